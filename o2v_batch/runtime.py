@@ -1,0 +1,373 @@
+"""The worker pool: one process per device (or CPU workers), bounded mini-batches
+in flight, plain-data results, and dead or hung worker detection with retries.
+
+The parent never imports torch here (unless it must count GPUs): workers are
+spawned, build their model themselves and exchange only bytes and plain data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from o2v_batch.errors import O2VError, WorkerError
+
+# Stop waiting for a worker that ignores the stop message after this long.
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What a worker needs to know to serve mini-batches."""
+
+    mode: str = "auto"  # auto | embedding | classification
+    join_source: str = "None"
+    input_filter: str = "$"
+    output_filter: str = "$"
+    on_bad_record: str = "fail"
+    infer_max_seqlens: tuple[int, int] | None = None
+
+
+@dataclass
+class BatchResult:
+    """Encoded responses of one mini-batch, or the bad record that failed it."""
+
+    payload: bytes = b""
+    records: int = 0
+    bad_records: int = 0
+    truncated: int = 0
+    error_pos: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model_dir: str
+    device: str  # "cpu" or "cuda:N" (N as the parent sees it)
+    threads: int
+    options: ServingOptions
+    # "module:function" returning an object with serve(positions, records, content_type, accept);
+    # lets tests hand in a model that hangs or crashes.
+    factory: str = "o2v_batch.serving:Server"
+
+
+@dataclass
+class Done:
+    task_id: int
+    result: BatchResult
+
+
+@dataclass
+class Failed:
+    task_id: int
+    reason: str
+
+
+# -- device selection -----------------------------------------------------
+
+
+def visible_gpus() -> int:
+    """How many CUDA devices this process may use; avoids importing torch on machines without NVIDIA devices."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_devices(devices: str) -> list[str]:
+    """`auto`, `cpu`, `cuda` or `cuda:0,cuda:1` to a list of device names."""
+    text = devices.strip().lower()
+    if text == "cpu":
+        return ["cpu"]
+    if text in ("auto", "cuda"):
+        count = visible_gpus()
+        if count:
+            return [f"cuda:{i}" for i in range(count)]
+        if text == "cuda":
+            raise O2VError("--devices cuda: no CUDA device is visible")
+        return ["cpu"]
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    count = None
+    for name in names:
+        kind, _, index = name.partition(":")
+        if kind != "cuda" or not index.isdigit():
+            raise O2VError(f"--devices: {name!r} is not cpu, cuda or cuda:N")
+        count = visible_gpus() if count is None else count
+        if int(index) >= count:
+            raise O2VError(f"--devices: {name} is not visible ({count} CUDA devices visible)")
+    if len(set(names)) != len(names):
+        raise O2VError(f"--devices: {devices!r} names a device twice")
+    return names
+
+
+def plan_workers(devices: list[str], workers: int | None, cpu_count: int | None = None) -> list[tuple[str, int]]:
+    """(device, torch threads) per worker: one per GPU by default; on CPU, cores are shared out."""
+    cores = cpu_count or os.cpu_count() or 1
+    if devices != ["cpu"]:
+        n = workers or len(devices)
+        return [(devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
+    # Measured on 2 cores: one worker with two torch threads beats two with one each,
+    # and leaves the parent its share of a core for reading and writing.
+    n = workers or max(1, cores // 4)
+    return [("cpu", max(1, cores // n)) for _ in range(n)]
+
+
+# -- the worker process ---------------------------------------------------
+
+
+def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    if spec.device.startswith("cuda"):
+        # One device per process: the worker sees only its own GPU, as cuda:0.
+        index = int(spec.device.split(":")[1])
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        physical = visible.split(",")[index].strip() if visible else str(index)
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical
+        device = "cuda:0"
+    else:
+        device = "cpu"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+        module, _, name = spec.factory.partition(":")
+        server = getattr(importlib.import_module(module), name)(spec.model_dir, device, spec.options)
+    except Exception as exc:  # reported as plain text: the parent makes it the job's error
+        conn.send(("fatal", _describe(exc)))
+        return
+    conn.send(("ready", os.getpid()))
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the parent is gone: never linger as an orphan
+            tasks.put(message)
+            if message is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    while (message := tasks.get()) is not None:
+        task_id, *request = message
+        try:
+            conn.send(("done", task_id, server.serve(*request)))
+        except Exception as exc:
+            traceback.print_exc()
+            conn.send(("failed", task_id, _describe(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
+
+
+# -- the pool, parent side ------------------------------------------------
+
+
+@dataclass
+class _Task:
+    task_id: int
+    message: tuple  # (task_id, positions, records, content type, accept), as the worker gets it
+    attempts: int = 0
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    process: mp.Process
+    conn: Connection
+    ready: bool = False
+    pid: int | None = None
+    in_flight: deque = field(default_factory=deque)
+    head_started: float = 0.0
+
+
+class WorkerPool:
+    """Runs mini-batches on worker processes; results come back as Done or Failed events."""
+
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        max_concurrent: int = 2,
+        max_retries: int = 3,
+        invocation_timeout: float = 600.0,
+    ):
+        self._ctx = mp.get_context("spawn")
+        self._specs = specs
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries
+        self.invocation_timeout = invocation_timeout
+        self._workers: list[_Worker] = []
+        self._retry: deque[_Task] = deque()
+        self._events: list[Done | Failed] = []
+        self.restarts = 0
+
+    # lifecycle
+
+    def __enter__(self) -> WorkerPool:
+        self._workers = [self._spawn(spec) for spec in self._specs]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spawn(self, spec: WorkerSpec) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child, spec), daemon=True, name="o2v-worker")
+        process.start()
+        child.close()
+        return _Worker(spec, process, parent)
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for w in self._workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        self._workers = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    # work
+
+    @property
+    def capacity(self) -> int:
+        return len(self._specs) * self.max_concurrent
+
+    def in_flight(self) -> int:
+        return sum(len(w.in_flight) for w in self._workers) + len(self._retry)
+
+    def has_room(self) -> bool:
+        return self.in_flight() < self.capacity
+
+    def submit(
+        self, task_id: int, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
+    ) -> None:
+        self._retry.append(_Task(task_id, (task_id, positions, records, content_type, accept)))
+        self._dispatch()
+
+    def poll(self, timeout: float) -> list[Done | Failed]:
+        """Waits up to `timeout` for results; detects dead and hung workers meanwhile."""
+        self._dispatch()
+        if not self._events:
+            handles = {}
+            for w in self._workers:
+                handles[w.conn] = w
+                handles[w.process.sentinel] = w
+            for handle in wait(list(handles), timeout=self._wait_time(timeout)):
+                w = handles[handle]
+                if w in self._workers:
+                    self._service(w, handle)
+            self._check_hung()
+            self._dispatch()
+        events, self._events = self._events, []
+        return events
+
+    def _wait_time(self, timeout: float) -> float:
+        now = time.monotonic()
+        for w in self._workers:
+            if w.in_flight:
+                timeout = min(timeout, max(0.0, w.head_started + self.invocation_timeout - now))
+        return timeout
+
+    def _dispatch(self) -> None:
+        while self._retry:
+            ready = [w for w in self._workers if w.ready and len(w.in_flight) < self.max_concurrent]
+            if not ready:
+                return
+            w = min(ready, key=lambda w: len(w.in_flight))
+            task = self._retry.popleft()
+            if not w.in_flight:
+                w.head_started = time.monotonic()
+            w.in_flight.append(task)
+            try:
+                w.conn.send(task.message)
+            except OSError:
+                self._lost(w, "its connection closed")
+
+    def _service(self, w: _Worker, handle) -> None:
+        if handle is w.process.sentinel and not w.conn.poll():
+            w.process.join()
+            self._lost(w, _exit_reason(w.process.exitcode))
+            return
+        try:
+            message = w.conn.recv()
+        except (EOFError, OSError):
+            w.process.join(1.0)
+            self._lost(w, _exit_reason(w.process.exitcode))
+            return
+        kind = message[0]
+        if kind == "ready":
+            w.ready, w.pid = True, message[1]
+        elif kind == "fatal":
+            raise WorkerError(f"worker could not start on {w.spec.device}: {message[1]}")
+        else:
+            task = w.in_flight.popleft()
+            assert task.task_id == message[1], "workers answer in order"
+            w.head_started = time.monotonic()
+            if kind == "done":
+                self._events.append(Done(task.task_id, message[2]))
+            else:
+                self._retry_or_fail(task, f"the worker raised {message[2]}")
+
+    def _check_hung(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            if w.in_flight and now - w.head_started > self.invocation_timeout:
+                w.process.kill()
+                w.process.join()
+                self._lost(w, f"timed out after {self.invocation_timeout:g} s (--invocation-timeout)")
+
+    def _lost(self, w: _Worker, reason: str) -> None:
+        """A worker died or hung: replace it and retry what it held."""
+        if not w.ready and not w.in_flight:
+            raise WorkerError(f"worker on {w.spec.device} {reason} while loading the model")
+        self._workers.remove(w)
+        w.conn.close()
+        head, *rest = w.in_flight or [None]
+        # Queued tasks it never started go back without using a retry.
+        self._retry.extendleft(reversed(rest))
+        if head is not None:
+            self._retry_or_fail(head, f"worker {w.process.pid} {reason}")
+        self.restarts += 1
+        self._workers.append(self._spawn(w.spec))
+
+    def _retry_or_fail(self, task: _Task, reason: str) -> None:
+        task.attempts += 1
+        if task.attempts > self.max_retries:
+            self._events.append(Failed(task.task_id, f"{reason}; gave up after {task.attempts} attempts"))
+        else:
+            self._retry.appendleft(task)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"

@@ -1,0 +1,54 @@
+"""Stand-in per-worker servers for runtime tests: they answer, crash, hang or fail
+on purpose. Loaded in the worker processes by "module:function" name."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from o2v_batch.runtime import BatchResult
+
+
+class Echo:
+    """Answers each record with its own bytes, upper-cased, one per line."""
+
+    def __init__(self, model_dir: str, device: str, options) -> None:
+        self.model_dir = model_dir
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        return BatchResult(
+            payload=b"".join(r.upper() + b"\n" for r in records), records=len(records)
+        )
+
+
+class _Once(Echo):
+    """Misbehaves on a record containing b"boom" the first time only (a marker file remembers)."""
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        marker = os.path.join(self.model_dir, "misbehaved")
+        if any(b"boom" in r for r in records) and not os.path.exists(marker):
+            open(marker, "w").close()
+            self.misbehave()
+        return super().serve(positions, records, content_type, accept)
+
+
+class CrashOnce(_Once):
+    def misbehave(self) -> None:
+        os._exit(3)
+
+
+class HangOnce(_Once):
+    def misbehave(self) -> None:
+        time.sleep(3600)
+
+
+class AlwaysRaise(Echo):
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        if any(b"boom" in r for r in records):
+            raise RuntimeError("the model broke")
+        return super().serve(positions, records, content_type, accept)
+
+
+class FailToLoad(Echo):
+    def __init__(self, model_dir: str, device: str, options) -> None:
+        raise ValueError("no such model")

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from o2v_batch.errors import O2VError, WorkerError
+from o2v_batch.runtime import (
+    Done,
+    Failed,
+    ServingOptions,
+    WorkerPool,
+    WorkerSpec,
+    parse_devices,
+    plan_workers,
+)
+
+
+def _pool(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:
+    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}")
+    return WorkerPool([spec] * workers, **kwargs)
+
+
+def _run(
+    pool: WorkerPool, batches: list[list[bytes]], deadline: float = 60.0
+) -> dict[int, Done | Failed]:
+    events: dict[int, Done | Failed] = {}
+    todo = list(enumerate(batches))
+    end = time.monotonic() + deadline
+    while len(events) < len(batches):
+        assert time.monotonic() < end, "the pool stopped answering"
+        while todo and pool.has_room():
+            task_id, records = todo.pop(0)
+            pool.submit(
+                task_id,
+                list(range(len(records))),
+                records,
+                "application/jsonlines",
+                "application/jsonlines",
+            )
+        for event in pool.poll(0.5):
+            assert event.task_id not in events, "every task is answered once"
+            events[event.task_id] = event
+    return events
+
+
+def _expected(batches: list[list[bytes]]) -> dict[int, bytes]:
+    return {i: b"".join(r.upper() + b"\n" for r in b) for i, b in enumerate(batches)}
+
+
+BATCHES = [[f"rec-{i}-{j}".encode() for j in range(i % 5 + 1)] for i in range(40)]
+
+
+def test_every_batch_answered_once_with_bounded_in_flight(tmp_path):
+    with _pool(tmp_path, "Echo", max_concurrent=2) as pool:
+        assert pool.capacity == 4
+        events = _run(pool, BATCHES)
+        assert pool.in_flight() == 0
+    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES)
+
+
+@pytest.mark.parametrize("factory", ["CrashOnce", "HangOnce"])
+def test_dead_or_hung_worker_is_replaced_and_its_batch_retried(tmp_path, factory):
+    batches = [*BATCHES[:10], [b"boom"], *BATCHES[10:20]]
+    with _pool(tmp_path, factory, invocation_timeout=2.0) as pool:
+        events = _run(pool, batches)
+        assert pool.restarts == 1
+    assert all(isinstance(e, Done) for e in events.values())
+    assert {i: e.result.payload for i, e in events.items()} == _expected(batches)
+
+
+def test_retries_run_out_and_only_that_batch_fails(tmp_path):
+    batches = [BATCHES[0], [b"boom"], BATCHES[2]]
+    with _pool(tmp_path, "AlwaysRaise", workers=1, max_retries=2) as pool:
+        events = _run(pool, batches)
+    assert isinstance(events[1], Failed)
+    assert (
+        events[1].reason
+        == "the worker raised RuntimeError: the model broke; gave up after 3 attempts"
+    )
+    assert events[0].result.payload == _expected(batches)[0]
+    assert events[2].result.payload == _expected(batches)[2]
+
+
+def test_worker_killed_from_outside_is_replaced(tmp_path):
+    with _pool(tmp_path, "Echo", workers=1) as pool:
+        _run(pool, BATCHES[:2])
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGKILL)
+        events = _run(pool, BATCHES)
+        assert pool.pids != [pid]
+    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES)
+
+
+def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
+    with (
+        pytest.raises(
+            WorkerError, match="worker could not start on cpu: ValueError: no such model"
+        ),
+        _pool(tmp_path, "FailToLoad") as pool,
+    ):
+        _run(pool, BATCHES[:1])
+
+
+def test_close_leaves_no_processes(tmp_path):
+    pool = _pool(tmp_path, "Echo")
+    with pool:
+        _run(pool, BATCHES[:4])
+        processes = [w.process for w in pool._workers]
+    assert all(not p.is_alive() for p in processes)
+
+
+def test_device_parsing_and_worker_plan_on_cpu():
+    assert parse_devices("cpu") == ["cpu"]
+    assert plan_workers(["cpu"], None, cpu_count=2) == [("cpu", 2)]
+    assert plan_workers(["cpu"], 2, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
+    assert plan_workers(["cuda:0", "cuda:1"], None, cpu_count=16) == [("cuda:0", 8), ("cuda:1", 8)]
+    with pytest.raises(O2VError, match=r"--devices: 'tpu' is not cpu, cuda or cuda:N"):
+        parse_devices("tpu")
+
+
+def test_cuda_devices_are_refused_without_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert parse_devices("auto") == ["cpu"]
+    with pytest.raises(O2VError, match="--devices cuda: no CUDA device is visible"):
+        parse_devices("cuda")
+    with pytest.raises(
+        O2VError, match=r"--devices: cuda:1 is not visible \(0 CUDA devices visible\)"
+    ):
+        parse_devices("cuda:1")
