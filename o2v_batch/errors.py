@@ -41,3 +41,15 @@ class OutputExistsError(InputError):
 
 class WorkerError(O2VError):
     """A worker process died, hung or failed beyond its retries."""
+
+
+class RequestFormatError(BadRecordError):
+    """An application/json request is not {"instances": [...]}, is truncated or has trailing data."""
+
+
+class FilterError(O2VError):
+    """A JSONPath filter is malformed or unsupported, or a record lacks the part it selects."""
+
+
+class ConfigError(O2VError, ValueError):
+    """A transform option is invalid or conflicts with another."""

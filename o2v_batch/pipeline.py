@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 
+from o2v_batch.artifacts import resolve_model
 from o2v_batch.batching import MiniBatch, pack, payload_bytes
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import O2VError, OutputExistsError
@@ -125,7 +126,7 @@ class _Job:
         self.reports = [r for _, r in planned]
         config = self.config
         devices = parse_devices(config.devices)
-        model_dir = _resolve_model(config.model)
+        model_dir = resolve_model(config.model)
         specs = [
             WorkerSpec(model_dir, device, threads, self._serving_options(), config.worker_factory)
             for device, threads in plan_workers(devices, config.workers)
@@ -345,12 +346,6 @@ def _exists(uri: str) -> bool:
     from o2v_batch.sources import exists
 
     return exists(uri)
-
-
-def _resolve_model(uri: str) -> str:
-    from o2v_batch.model import resolve_model
-
-    return resolve_model(uri)
 
 
 def _progress_bar(enabled: bool | None):
