@@ -269,7 +269,7 @@ def _show_token(token: Any) -> str:
     return json.dumps(token) if isinstance(token, bool | float | str | None) else repr(token)
 
 
-def _check_sequence(sequence: Any, vocab_size: int, input_name: str) -> None:
+def check_sequence(sequence: Any, vocab_size: int, input_name: str) -> None:
     """The slow, exact check of one sequence, run only once a batch is known to be bad."""
     if not isinstance(sequence, list | tuple | np.ndarray):
         raise BadRecordError(
@@ -286,9 +286,9 @@ def _check_sequence(sequence: Any, vocab_size: int, input_name: str) -> None:
             raise BadRecordError(_out_of_range(int(token), vocab_size, input_name))
 
 
-def _fast_ids(sequences: Sequence[Any], vocab_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+def fast_ids(sequences: Sequence[Any], vocab_size: int) -> tuple[np.ndarray, np.ndarray] | None:
     """All ids as one int64 array plus each sequence's length, or None when anything is
-    wrong (then _check_sequence finds what). Vectorised: this runs for every mini-batch."""
+    wrong (then check_sequence finds what). Vectorised: this runs for every mini-batch."""
     if not all(isinstance(s, list | tuple | np.ndarray) for s in sequences):
         return None
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
@@ -317,11 +317,11 @@ def to_batch(
 
     Returns the (B, T) LongTensor on `device` and how many sequences were truncated.
     """
-    checked = _fast_ids(sequences, vocab_size)
+    checked = fast_ids(sequences, vocab_size)
     if checked is None:
         for sequence in sequences:
-            _check_sequence(sequence, vocab_size, input_name)
-        raise AssertionError("_fast_ids refused sequences that _check_sequence accepts")
+            check_sequence(sequence, vocab_size, input_name)
+        raise AssertionError("fast_ids refused sequences that check_sequence accepts")
     ids, lengths = checked
     kept = np.minimum(lengths, max_len)
     width = max(int(kept.max(initial=0)), 1)
@@ -516,7 +516,7 @@ class Model:
             # Say which sequence: find it among this batch's, one by one (error path only).
             for row, sequence in zip(rows, chosen, strict=True):
                 try:
-                    _check_sequence(sequence, config.vocab_size, name)
+                    check_sequence(sequence, config.vocab_size, name)
                 except BadRecordError as error:
                     raise BadRecordError(f"sequence {row}: {error}") from error
             raise
