@@ -18,13 +18,27 @@ from o2v_batch.artifacts import resolve_model
 from o2v_batch.batching import MiniBatch, pack, payload_bytes
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import O2VError, OutputExistsError
-from o2v_batch.formats import JSON, Oversize, content_type_for, framing_for, iter_json_instances, iter_jsonlines, where
-from o2v_batch.runtime import Done, ServingOptions, WorkerPool, WorkerSpec, parse_devices, plan_workers
+from o2v_batch.formats import (
+    JSON,
+    Oversize,
+    content_type_for,
+    framing_for,
+    iter_json_instances,
+    iter_jsonlines,
+    where,
+)
+from o2v_batch.runtime import (
+    Done,
+    ServingOptions,
+    WorkerPool,
+    WorkerSpec,
+    parse_devices,
+    plan_workers,
+)
+from o2v_batch.sharding import assign, summary_name
 from o2v_batch.sources import Shard, list_shards, open_input, output_uri, write_atomic
 from o2v_batch.sources import describe_s3_error as describe_error
 from o2v_batch.writer import ShardOutput
-
-SUMMARY_NAME = "_SUCCESS"
 
 
 @dataclass
@@ -98,6 +112,8 @@ class _Job:
     def plan(self) -> list[tuple[Shard, ShardReport]]:
         config = self.config
         shards = list_shards(config.input, None if self.to_stdout else config.output, manifest=config.manifest)
+        if config.num_shards > 1:
+            shards = assign(shards, config.num_shards)[config.shard_index]
         planned, clobbered = [], []
         for shard in shards:
             report = ShardReport(shard.uri, output_uri(config.output, shard.rel))
@@ -318,7 +334,8 @@ class _Job:
             self.log(f"o2v-batch: {line}")
         target = self.config.summary
         if target is None and not self.to_stdout and s.shards_failed == 0:
-            target = self.config.output.rstrip("/") + "/" + SUMMARY_NAME
+            name = summary_name(self.config.num_shards, self.config.shard_index)
+            target = self.config.output.rstrip("/") + "/" + name
         if target is not None:
             write_atomic(target, s.to_json())
 
