@@ -1,0 +1,526 @@
+"""The training loop behind `o2v-batch train`.
+
+Reads jsonlines pairs (`{"label": 1, "in0": [..], "in1": [..]}`), fits an
+Object2Vec network with SageMaker's training hyperparameters and saves the
+best epoch's weights. Early stopping watches the validation metric (accuracy
+for softmax, MSE for mean_squared_error); without a validation file every
+epoch runs and the last one is saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import smart_open
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from o2v_batch.config import EncoderConfig, Hyperparameters
+from o2v_batch.errors import BadRecordError, HyperparameterError, InputError, TrainingDataError
+from o2v_batch.model import Object2Vec, save_model, to_batch
+
+# Validation batches need no gradients, so they can be much larger than training ones.
+_EVAL_BATCH = 512
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adadelta": torch.optim.Adadelta,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: two token-id sequences and their label."""
+
+    in0: list[int]
+    in1: list[int]
+    label: int | float
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    loss: float  # mean training loss over the epoch's examples
+    metric: float | None  # validation accuracy or MSE; None without validation
+
+
+@dataclass
+class TrainResult:
+    metric_name: str  # "accuracy" (higher is better) or "MSE" (lower is better)
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float | None = None
+    stopped_early: bool = False
+    truncated_sequences: int = 0
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(
+    hp: Hyperparameters,
+    train_uri: str,
+    output: str,
+    validation_uri: str | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> TrainResult:
+    """Train an Object2Vec network on `train_uri` and save the best epoch to `output`.
+
+    `output` is a folder, a path ending in .tar.gz, or an s3:// folder or .tar.gz.
+    `device` None picks cuda when available; `progress` None shows tqdm bars only
+    when stderr is a terminal.
+    """
+    started = time.monotonic()
+    check_training_hyperparameters(hp)
+    seed_everything(hp.seed)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pairs, truncated = read_pairs(train_uri, hp)
+    validation, more = read_pairs(validation_uri, hp) if validation_uri else ([], 0)
+    if truncated + more:
+        log(f"truncated {truncated + more} sequences longer than max_seq_len")
+    network = Object2Vec(hp)
+    load_pretrained_embeddings(network, hp)
+    network.to(torch_device)
+    show = sys.stderr.isatty() if progress is None else progress
+    result = fit(network, hp, pairs, validation, torch_device, show, log)
+    result.truncated_sequences = truncated + more
+    write_model(network, hp, output)
+    result.seconds = time.monotonic() - started
+    log(f"saved epoch {result.best_epoch} to {output} ({result.seconds:.1f} s)")
+    return result
+
+
+def fit(
+    network: Object2Vec,
+    hp: Hyperparameters,
+    pairs: list[Pair],
+    validation: list[Pair],
+    device: torch.device,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """The epochs; leaves the best epoch's weights in `network` (the last epoch's
+    without validation)."""
+    optimizer = make_optimizer(network, hp)
+    result = TrainResult(metric_name="accuracy" if hp.output_layer == "softmax" else "MSE")
+    stopping = EarlyStopping(
+        higher_is_better=hp.output_layer == "softmax",
+        patience=hp.early_stopping_patience,
+        tolerance=hp.early_stopping_tolerance,
+    )
+    rng = np.random.default_rng(hp.seed)
+    best_weights = None
+    for epoch in range(1, hp.epochs + 1):
+        epoch_pairs = pairs + negative_pairs(pairs, hp.negative_sampling_rate, rng)
+        batches = epoch_batches(epoch_pairs, hp.mini_batch_size, hp.bucket_width, rng)
+        description = f"epoch {epoch}/{hp.epochs}"
+        with tqdm(
+            batches, desc=description, file=sys.stderr, disable=not progress, leave=False
+        ) as bar:
+            loss = train_epoch(network, optimizer, epoch_pairs, bar, hp, device)
+        metric = evaluate(network, validation, hp, device) if validation else None
+        result.history.append(EpochStats(epoch, loss, metric))
+        log(_epoch_line(epoch, hp.epochs, loss, metric, result.metric_name))
+        if metric is None:
+            continue
+        if stopping.update(epoch, metric):
+            best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        if stopping.should_stop and epoch < hp.epochs:
+            result.stopped_early = True
+            log(
+                f"early stopping after epoch {epoch}: no improvement above "
+                f"{hp.early_stopping_tolerance} for {hp.early_stopping_patience} epochs"
+            )
+            break
+    if best_weights is None:
+        result.best_epoch = result.epochs_run
+    else:
+        network.load_state_dict(best_weights)
+        result.best_epoch, result.best_metric = stopping.best_epoch, stopping.best
+    return result
+
+
+def _epoch_line(epoch: int, epochs: int, loss: float, metric: float | None, name: str) -> str:
+    line = f"epoch {epoch}/{epochs}: loss {loss:.4f}"
+    return line if metric is None else f"{line}, validation {name} {metric:.4f}"
+
+
+def check_training_hyperparameters(hp: Hyperparameters) -> None:
+    """Reject combinations that training cannot honour."""
+    if hp.negative_sampling_rate and hp.output_layer != "softmax":
+        raise HyperparameterError(
+            f"negative_sampling_rate={hp.negative_sampling_rate} needs output_layer=softmax "
+            f"(negatives are labelled 0), but output_layer is {hp.output_layer}"
+        )
+    for index in (0, 1):
+        config = hp.encoder(index)
+        if config.pretrained_embedding_file and not config.vocab_file:
+            raise HyperparameterError(
+                f"enc{index}_pretrained_embedding_file is set but enc{index}_vocab_file is not: "
+                "the vocab file (JSON word -> token id) says which row each word fills"
+            )
+    enc0, enc1 = hp.encoder(0), hp.encoder(1)
+    tied_files = (enc0.pretrained_embedding_file, enc0.vocab_file)
+    if (
+        hp.tied_token_embedding_weight
+        and enc1.pretrained_embedding_file
+        and ((enc1.pretrained_embedding_file, enc1.vocab_file) != tied_files)
+    ):
+        raise HyperparameterError(
+            "tied_token_embedding_weight=true makes enc1 share enc0's token embedding, so "
+            "enc1_pretrained_embedding_file and enc1_vocab_file must be unset or equal enc0's"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python, so a CPU run is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- training data ---------------------------------------------------------
+
+
+class _Problem(Exception):
+    """What is wrong with one line; read_pairs adds the file and line number."""
+
+
+def read_pairs(uri: str, hp: Hyperparameters) -> tuple[list[Pair], int]:
+    """Read and validate a jsonlines file of pairs (.gz and s3:// work).
+
+    Returns the pairs and how many sequences were truncated to max_seq_len.
+    """
+    encoders = (hp.encoder(0), hp.encoder(1))
+    pairs: list[Pair] = []
+    truncated = 0
+    try:
+        stream = smart_open.open(uri, "rb")
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot open {uri}: {e}") from None
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                pair = _parse_pair(line, hp, encoders)
+            except _Problem as problem:
+                raise TrainingDataError(f"{uri}, line {number}: {problem}") from None
+            pair, cut = _truncate(pair, encoders)
+            truncated += cut
+            pairs.append(pair)
+    if not pairs:
+        raise TrainingDataError(f"{uri} holds no pairs")
+    return pairs, truncated
+
+
+def _parse_pair(line: bytes, hp: Hyperparameters, encoders: Sequence[EncoderConfig]) -> Pair:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise _Problem("not valid JSON") from None
+    if not isinstance(record, dict):
+        raise _Problem('expected an object like {"label": 1, "in0": [...], "in1": [...]}')
+    for name in ("label", "in0", "in1"):
+        if name not in record:
+            raise _Problem(f"missing field {name!r}")
+    return Pair(
+        in0=_token_ids(record["in0"], "in0", encoders[0].vocab_size),
+        in1=_token_ids(record["in1"], "in1", encoders[1].vocab_size),
+        label=_label(record["label"], hp),
+    )
+
+
+def _label(label: object, hp: Hyperparameters) -> int | float:
+    if hp.output_layer == "softmax":
+        if type(label) is not int or not 0 <= label < hp.num_classes:
+            raise _Problem(
+                f"label {_show(label)} is not a class: expected an integer in "
+                f"0..{hp.num_classes - 1} (num_classes={hp.num_classes})"
+            )
+        return label
+    if type(label) not in (int, float) or not math.isfinite(label):
+        raise _Problem(f"label {_show(label)} is not a number (output_layer=mean_squared_error)")
+    return float(label)
+
+
+def _token_ids(value: object, name: str, vocab_size: int) -> list[int]:
+    if (
+        isinstance(value, list)
+        and value
+        and all(type(token) is int for token in value)
+        and min(value) >= 0
+        and max(value) < vocab_size
+    ):
+        return value
+    # The slow path only runs for a bad line: to_batch words the problem as inference does.
+    try:
+        to_batch([value], 1, vocab_size, name, "cpu")
+    except BadRecordError as e:
+        raise _Problem(str(e)) from None
+    raise AssertionError(f"to_batch accepted {name} that the training check refused")
+
+
+def _show(value: object) -> str:
+    """A JSON value the way the user wrote it, cut short."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _truncate(pair: Pair, encoders: Sequence[EncoderConfig]) -> tuple[Pair, int]:
+    """The pair cut to each encoder's max_seq_len, and how many of its sequences were cut."""
+    limit0, limit1 = encoders[0].max_seq_len, encoders[1].max_seq_len
+    cut = (len(pair.in0) > limit0) + (len(pair.in1) > limit1)
+    return (Pair(pair.in0[:limit0], pair.in1[:limit1], pair.label) if cut else pair), cut
+
+
+# ---- epochs ----------------------------------------------------------------
+
+
+def negative_pairs(pairs: Sequence[Pair], rate: int, rng: np.random.Generator) -> list[Pair]:
+    """`rate` negatives per positive pair (label != 0): its in0 with the in1 of a
+    random other pair, labelled 0. Called every epoch, so the negatives change."""
+    positives = np.array([i for i, pair in enumerate(pairs) if pair.label != 0], dtype=np.int64)
+    if rate <= 0 or len(pairs) < 2 or len(positives) == 0:
+        return []
+    sources = np.repeat(positives, rate)
+    # Draw from the n - 1 other pairs: shift the draws at or above the source by one.
+    others = rng.integers(0, len(pairs) - 1, size=len(sources))
+    others += others >= sources
+    return [
+        Pair(pairs[i].in0, pairs[j].in1, 0)
+        for i, j in zip(sources.tolist(), others.tolist(), strict=True)
+    ]
+
+
+def epoch_batches(
+    pairs: Sequence[Pair], batch_size: int, bucket_width: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffled mini-batches of pair indices. With bucket_width > 0 a mini-batch
+    only holds pairs whose longer sequence falls in the same length bucket."""
+    if bucket_width <= 0:
+        order = rng.permutation(len(pairs))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        buckets[max(len(pair.in0), len(pair.in1)) // bucket_width].append(i)
+    batches = []
+    for key in sorted(buckets):
+        members = rng.permutation(buckets[key])
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _tensors(
+    pairs: Sequence[Pair], hp: Hyperparameters, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    enc0, enc1 = hp.encoder(0), hp.encoder(1)
+    in0, _ = to_batch([p.in0 for p in pairs], enc0.max_seq_len, enc0.vocab_size, "in0", device)
+    in1, _ = to_batch([p.in1 for p in pairs], enc1.max_seq_len, enc1.vocab_size, "in1", device)
+    dtype = torch.long if hp.output_layer == "softmax" else torch.float32
+    labels = torch.tensor([p.label for p in pairs], dtype=dtype, device=device)
+    return in0, in1, labels
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, output_layer: str) -> torch.Tensor:
+    if output_layer == "softmax":
+        return nn.functional.cross_entropy(logits, labels)
+    return nn.functional.mse_loss(logits.squeeze(1), labels)
+
+
+def train_epoch(
+    network: Object2Vec,
+    optimizer: torch.optim.Optimizer,
+    pairs: Sequence[Pair],
+    batches: Sequence[np.ndarray],
+    hp: Hyperparameters,
+    device: torch.device,
+) -> float:
+    """One pass over `batches`; returns the mean loss per example."""
+    network.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        in0, in1, labels = _tensors([pairs[i] for i in batch.tolist()], hp, device)
+        loss = _loss(network.logits(in0, in1), labels, hp.output_layer)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+        count += len(batch)
+    return total / count
+
+
+@torch.inference_mode()
+def evaluate(
+    network: Object2Vec, pairs: Sequence[Pair], hp: Hyperparameters, device: torch.device
+) -> float:
+    """Validation accuracy (softmax) or mean squared error (regression)."""
+    network.eval()
+    total = 0.0
+    for start in range(0, len(pairs), _EVAL_BATCH):
+        in0, in1, labels = _tensors(pairs[start : start + _EVAL_BATCH], hp, device)
+        logits = network.logits(in0, in1)
+        if hp.output_layer == "softmax":
+            total += (logits.argmax(dim=1) == labels).sum().item()
+        else:
+            total += ((logits.squeeze(1) - labels) ** 2).sum().item()
+    return total / len(pairs)
+
+
+@dataclass
+class EarlyStopping:
+    """Patience counts epochs that do not beat the last improvement by more than
+    `tolerance`; the best epoch is simply the one with the best metric."""
+
+    higher_is_better: bool
+    patience: int
+    tolerance: float
+    best: float | None = None
+    best_epoch: int = 0
+    _reference: float | None = None
+    _stale_epochs: int = 0
+
+    def update(self, epoch: int, metric: float) -> bool:
+        """Record an epoch's metric; True when it is the best so far."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        if self._reference is None or sign * (metric - self._reference) > self.tolerance:
+            self._reference, self._stale_epochs = metric, 0
+        else:
+            self._stale_epochs += 1
+        if self.best is None or sign * (metric - self.best) > 0:
+            self.best, self.best_epoch = metric, epoch
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self._stale_epochs >= self.patience
+
+
+def make_optimizer(network: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+    # Frozen pretrained embeddings stay out, so weight decay cannot move them.
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    return OPTIMIZERS[hp.optimizer](trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+
+# ---- pretrained token embeddings -------------------------------------------
+
+
+def load_pretrained_embeddings(network: Object2Vec, hp: Hyperparameters) -> None:
+    """Copy GloVe-style vectors into the token embeddings, by way of encX_vocab_file."""
+    for index, encoder in enumerate((network.enc0, network.enc1)):
+        config = hp.encoder(index)
+        # A tied enc1 holds enc0's embedding, which is already loaded.
+        if not config.pretrained_embedding_file or (index == 1 and hp.tied_token_embedding_weight):
+            continue
+        vocabulary = read_vocabulary(config.vocab_file, config.vocab_size)
+        ids, vectors = read_vectors(
+            config.pretrained_embedding_file, vocabulary, config.token_embedding_dim
+        )
+        weight = encoder.embedding.weight
+        with torch.no_grad():
+            weight[torch.tensor(ids, dtype=torch.long)] = torch.tensor(vectors, dtype=weight.dtype)
+        if config.freeze_pretrained_embedding:
+            weight.requires_grad_(False)
+
+
+def read_vocabulary(uri: str, vocab_size: int) -> dict[str, int]:
+    """A JSON object word -> token id, every id inside the vocabulary."""
+    with smart_open.open(uri, "rb") as f:
+        try:
+            vocabulary = orjson.loads(f.read())
+        except orjson.JSONDecodeError:
+            raise TrainingDataError(f"{uri}: not valid JSON") from None
+    if not isinstance(vocabulary, dict):
+        raise TrainingDataError(f"{uri}: expected a JSON object mapping word -> token id")
+    for word, token in vocabulary.items():
+        if type(token) is not int or not 0 <= token < vocab_size:
+            raise TrainingDataError(
+                f"{uri}: id {_show(token)} of word {word!r} is not a token id in 0..{vocab_size - 1}"
+            )
+    return vocabulary
+
+
+def read_vectors(uri: str, vocabulary: dict[str, int], dim: int) -> tuple[list[int], np.ndarray]:
+    """The vectors of the vocabulary's words, streamed from a `word v1 v2 ...` file."""
+    ids: list[int] = []
+    rows: list[list[float]] = []
+    with smart_open.open(uri, "r", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            word, *values = line.rstrip("\n").split(" ")
+            if not line.strip() or word not in vocabulary:
+                continue
+            if len(values) != dim:
+                raise TrainingDataError(
+                    f"{uri}, line {number}: {word!r} has {len(values)} numbers, "
+                    f"but token_embedding_dim is {dim}"
+                )
+            try:
+                rows.append([float(v) for v in values])
+            except ValueError:
+                raise TrainingDataError(
+                    f"{uri}, line {number}: {word!r} has a value that is not a number"
+                ) from None
+            ids.append(vocabulary[word])
+    return ids, np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+
+
+# ---- output ----------------------------------------------------------------
+
+
+def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:
+    """Save to a local folder directly; a .tar.gz or an S3 target is built locally
+    first and then copied."""
+    remote = "://" in output
+    if not remote and not output.endswith(".tar.gz"):
+        save_model(network, hp, output)
+        return
+    with tempfile.TemporaryDirectory(prefix="o2v-train-") as tmp:
+        folder = os.path.join(tmp, "model")
+        save_model(network, hp, folder)
+        files = sorted(os.listdir(folder))
+        if output.endswith(".tar.gz"):
+            archive = os.path.join(tmp, "model.tar.gz")
+            with tarfile.open(archive, "w:gz") as tar:
+                for name in files:
+                    tar.add(os.path.join(folder, name), arcname=name)
+            _publish(archive, output)
+        else:
+            for name in files:
+                _publish(os.path.join(folder, name), f"{output.rstrip('/')}/{name}")
+
+
+def _publish(source: str, target: str) -> None:
+    if "://" in target:
+        # compression disabled: the bytes are already what the target should hold.
+        with open(source, "rb") as src, smart_open.open(target, "wb", compression="disable") as dst:
+            shutil.copyfileobj(src, dst)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    partial = f"{target}.partial"
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
