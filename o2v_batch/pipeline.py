@@ -17,7 +17,7 @@ import orjson
 from o2v_batch.artifacts import resolve_model
 from o2v_batch.batching import MiniBatch, pack, payload_bytes
 from o2v_batch.config import TransformConfig
-from o2v_batch.errors import O2VError, OutputExistsError
+from o2v_batch.errors import InputError, O2VError, OutputExistsError
 from o2v_batch.formats import (
     JSON,
     Oversize,
@@ -85,6 +85,46 @@ class JobSummary:
         return out
 
 
+def plan(config: TransformConfig) -> tuple[list[tuple[Shard, ShardReport]], list[dict]]:
+    """This node's shards with their output paths, and the shards skipped by --resume.
+
+    Refuses to clobber existing outputs unless --resume or --overwrite says what to do.
+    """
+    to_stdout = config.output == "-"
+    shards = list_shards(
+        config.input, None if to_stdout else config.output, manifest=config.manifest
+    )
+    if config.num_shards > 1:
+        shards = assign(shards, config.num_shards)[config.shard_index]
+    existing = set() if to_stdout else _existing_outputs(config.output)
+    planned, skipped, clobbered = [], [], []
+    for shard in shards:
+        report = ShardReport(shard.uri, output_uri(config.output, shard.rel))
+        if shard.rel + ".out" in existing:
+            if config.resume:
+                report.status, report.reason = "skipped", "output exists (--resume)"
+                skipped.append({"shard": shard.uri, "reason": report.reason})
+                continue
+            if not config.overwrite:
+                clobbered.append(report.output)
+        planned.append((shard, report))
+    if clobbered:
+        more = f" and {len(clobbered) - 3} more" if len(clobbered) > 3 else ""
+        raise OutputExistsError(
+            f"output already exists: {', '.join(clobbered[:3])}{more} "
+            "(use --resume to skip finished shards or --overwrite to replace them)"
+        )
+    return planned, skipped
+
+
+def _existing_outputs(output: str) -> set[str]:
+    """Paths (relative to OUTPUT) of what is already there, from one listing."""
+    try:
+        return {s.rel for s in list_shards(output)}
+    except InputError:  # no output folder yet
+        return set()
+
+
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
     """Runs a batch transform job; per-shard failures are reported in the summary, not raised."""
     return _Job(config, log or (lambda line: print(line, file=sys.stderr))).run()
@@ -107,38 +147,12 @@ class _Job:
         self.progress = None
         self.read_bytes = 0
 
-    # -- planning ---------------------------------------------------------
-
-    def plan(self) -> list[tuple[Shard, ShardReport]]:
-        config = self.config
-        shards = list_shards(config.input, None if self.to_stdout else config.output, manifest=config.manifest)
-        if config.num_shards > 1:
-            shards = assign(shards, config.num_shards)[config.shard_index]
-        planned, clobbered = [], []
-        for shard in shards:
-            report = ShardReport(shard.uri, output_uri(config.output, shard.rel))
-            if not self.to_stdout and _exists(report.output):
-                if config.resume:
-                    report.status, report.reason = "skipped", "output exists (--resume)"
-                    self.summary.skipped.append({"shard": shard.uri, "reason": report.reason})
-                    continue
-                if not config.overwrite:
-                    clobbered.append(report.output)
-            planned.append((shard, report))
-        if clobbered:
-            more = f" and {len(clobbered) - 3} more" if len(clobbered) > 3 else ""
-            raise OutputExistsError(
-                f"output already exists: {', '.join(clobbered[:3])}{more} "
-                "(use --resume to skip finished shards or --overwrite to replace them)"
-            )
-        self.summary.shards_skipped = len(self.summary.skipped)
-        return planned
-
     # -- the run ----------------------------------------------------------
 
     def run(self) -> JobSummary:
         start = time.monotonic()
-        planned = self.plan()
+        planned, self.summary.skipped = plan(self.config)
+        self.summary.shards_skipped = len(self.summary.skipped)
         self.reports = [r for _, r in planned]
         config = self.config
         devices = parse_devices(config.devices)
@@ -150,7 +164,12 @@ class _Job:
         reader = threading.Thread(target=self._read, args=([s for s, _ in planned],), daemon=True)
         self.progress = _progress_bar(config.progress)
         try:
-            with WorkerPool(specs, config.max_concurrent_transforms, config.max_retries, config.invocation_timeout) as pool:
+            with WorkerPool(
+                specs,
+                config.max_concurrent_transforms,
+                config.max_retries,
+                config.invocation_timeout,
+            ) as pool:
                 self.pids = pool.pids
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
@@ -231,8 +250,12 @@ class _Job:
                 self.tasks[task_id] = (idx, seq, batch)
                 self.summary.mini_batches += 1
                 self.summary.records_in += len(batch.records)
-                self.summary.largest_mini_batch_bytes = max(self.summary.largest_mini_batch_bytes, batch.nbytes)
-                pool.submit(task_id, batch.positions, batch.records, content_type, self._accept(idx))
+                self.summary.largest_mini_batch_bytes = max(
+                    self.summary.largest_mini_batch_bytes, batch.nbytes
+                )
+                pool.submit(
+                    task_id, batch.positions, batch.records, content_type, self._accept(idx)
+                )
         elif kind == "end":
             self.outputs[idx].total = item[2]
             self._maybe_commit(idx)
@@ -245,7 +268,9 @@ class _Job:
         cap = payload_bytes(self.config.max_payload)
         problem = f"record is {item.size} bytes, over the --max-payload cap of {cap} bytes"
         if self.config.on_bad_record == "fail":
-            self._fail(idx, f"{self.reports[idx].shard}: {where(item.pos, content_type)}: {problem}")
+            self._fail(
+                idx, f"{self.reports[idx].shard}: {where(item.pos, content_type)}: {problem}"
+            )
             return
         key = "record" if content_type == JSON else "line"
         payload = orjson.dumps({"error": {"message": problem, key: item.pos}})
@@ -261,12 +286,17 @@ class _Job:
             return
         report = self.reports[idx]
         if not isinstance(event, Done):
-            self._fail(idx, f"{report.shard}: mini-batch from {where(batch.positions[0], self._ct(idx))}: {event.reason}")
+            self._fail(
+                idx,
+                f"{report.shard}: mini-batch from {where(batch.positions[0], self._ct(idx))}: {event.reason}",
+            )
             return
         result = event.result
         self.summary.truncated_sequences += result.truncated
         if result.error is not None:
-            self._fail(idx, f"{report.shard}: {where(result.error_pos, self._ct(idx))}: {result.error}")
+            self._fail(
+                idx, f"{report.shard}: {where(result.error_pos, self._ct(idx))}: {result.error}"
+            )
             return
         self._count_bad(idx, result.bad_records)
         self.outputs[idx].add(seq, result.payload, result.records)
@@ -324,7 +354,9 @@ class _Job:
         if n:
             self.summary.bad_records += n
             shard = self.reports[idx].shard
-            self.summary.bad_records_by_shard[shard] = self.summary.bad_records_by_shard.get(shard, 0) + n
+            self.summary.bad_records_by_shard[shard] = (
+                self.summary.bad_records_by_shard.get(shard, 0) + n
+            )
 
     def _finish(self, seconds: float) -> None:
         s = self.summary
@@ -357,12 +389,6 @@ class _Job:
 
     def _accept(self, idx: int) -> str:
         return self.config.accept or self._ct(idx)
-
-
-def _exists(uri: str) -> bool:
-    from o2v_batch.sources import exists
-
-    return exists(uri)
 
 
 def _progress_bar(enabled: bool | None):
