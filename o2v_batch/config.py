@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from o2v_batch.errors import ConfigError, HyperparameterError
+from o2v_batch.errors import ConfigError, FilterError, HyperparameterError
+from o2v_batch.formats import compile_filter
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 COMPARATORS = ("hadamard", "concat", "abs_diff")
@@ -430,6 +431,14 @@ class TransformConfig:
             )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
+        for option, expr in (
+            ("--input-filter", self.input_filter),
+            ("--output-filter", self.output_filter),
+        ):
+            try:
+                compile_filter(expr)
+            except FilterError as exc:
+                raise ConfigError(f"{option}: {exc}") from None
         if self.infer_max_seqlens is not None:
             for n in self.infer_max_seqlens:
                 if not 1 <= n <= 5000:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
@@ -20,6 +20,7 @@ from o2v_batch.config import TransformConfig
 from o2v_batch.errors import InputError, O2VError, OutputExistsError
 from o2v_batch.formats import (
     JSON,
+    MAX_RECORD_BYTES,
     Oversize,
     content_type_for,
     framing_for,
@@ -56,6 +57,7 @@ class JobSummary:
     shards_ok: int = 0
     shards_failed: int = 0
     shards_skipped: int = 0
+    shards_unfinished: int = 0  # interrupted before they were written; --resume does them
     records_in: int = 0
     records_out: int = 0
     bad_records: int = 0
@@ -73,8 +75,9 @@ class JobSummary:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2) + b"\n"
 
     def lines(self) -> list[str]:
+        unfinished = f", {self.shards_unfinished} unfinished" if self.shards_unfinished else ""
         out = [
-            f"shards: {self.shards_ok} ok, {self.shards_failed} failed, {self.shards_skipped} skipped",
+            f"shards: {self.shards_ok} ok, {self.shards_failed} failed, {self.shards_skipped} skipped{unfinished}",
             f"records: {self.records_in} in, {self.records_out} out, {self.bad_records} bad, "
             f"{self.truncated_sequences} truncated sequences",
             f"mini-batches: {self.mini_batches} (largest {self.largest_mini_batch_bytes} bytes)",
@@ -99,6 +102,8 @@ def plan(config: TransformConfig) -> tuple[list[tuple[Shard, ShardReport]], list
     existing = set() if to_stdout else _existing_outputs(config.output)
     planned, skipped, clobbered = [], [], []
     for shard in shards:
+        if shard.uri == "-" and not to_stdout:
+            shard = replace(shard, rel="stdin")  # `- out/` writes out/stdin.out
         report = ShardReport(shard.uri, output_uri(config.output, shard.rel))
         if shard.rel + ".out" in existing:
             if config.resume:
@@ -146,6 +151,8 @@ class _Job:
         self.next_commit = 0  # stdout: shards are committed in input order
         self.progress = None
         self.read_bytes = 0
+        # With no cap (0), a mini-batch still stops at the one-record limit, so memory stays bounded.
+        self.cap = payload_bytes(config.max_payload) or MAX_RECORD_BYTES
 
     # -- the run ----------------------------------------------------------
 
@@ -163,6 +170,7 @@ class _Job:
         ]
         reader = threading.Thread(target=self._read, args=([s for s, _ in planned],), daemon=True)
         self.progress = _progress_bar(config.progress)
+        complete = False
         try:
             with WorkerPool(
                 specs,
@@ -176,13 +184,16 @@ class _Job:
                 reader.start()
                 self._loop(pool)
                 self.summary.worker_restarts = pool.restarts
+            complete = True
         finally:
+            # Interrupted or broken: whatever is half written goes, and --resume redoes it.
             self.stop.set()
-            for idx in list(self.outputs):
-                self._fail(idx, "the job stopped before this shard finished")
+            for output in self.outputs.values():
+                output.abort()
             if self.progress is not None:
                 self.progress.close()
-        self._finish(time.monotonic() - start)
+            self.summary.shards_unfinished = sum(r.status == "running" for r in self.reports)
+            self._finish(time.monotonic() - start, complete)
         return self.summary
 
     def _loop(self, pool: WorkerPool) -> None:
@@ -200,7 +211,7 @@ class _Job:
     def _read(self, shards: list[Shard]) -> None:
         """Reader thread: shards to mini-batches, at most a few ahead of the workers."""
         config = self.config
-        cap = payload_bytes(config.max_payload)
+        cap = self.cap
         for idx, shard in enumerate(shards):
             if self.stop.is_set():
                 break
@@ -265,8 +276,12 @@ class _Job:
 
     def _oversize(self, idx: int, seq: int, item: Oversize, content_type: str) -> None:
         self.summary.records_in += 1
-        cap = payload_bytes(self.config.max_payload)
-        problem = f"record is {item.size} bytes, over the --max-payload cap of {cap} bytes"
+        if self.config.max_payload:
+            problem = f"record is {item.size} bytes, over the --max-payload cap of {self.cap} bytes"
+        else:
+            problem = (
+                f"record is {item.size} bytes, over the limit of {self.cap} bytes for one record"
+            )
         if self.config.on_bad_record == "fail":
             self._fail(
                 idx, f"{self.reports[idx].shard}: {where(item.pos, content_type)}: {problem}"
@@ -358,14 +373,14 @@ class _Job:
                 self.summary.bad_records_by_shard.get(shard, 0) + n
             )
 
-    def _finish(self, seconds: float) -> None:
+    def _finish(self, seconds: float, complete: bool) -> None:
         s = self.summary
         s.seconds = round(seconds, 3)
         s.records_per_second = round(s.records_out / seconds, 1) if seconds > 0 else 0.0
         for line in s.lines():
             self.log(f"o2v-batch: {line}")
         target = self.config.summary
-        if target is None and not self.to_stdout and s.shards_failed == 0:
+        if target is None and complete and not self.to_stdout and s.shards_failed == 0:
             name = summary_name(self.config.num_shards, self.config.shard_index)
             target = self.config.output.rstrip("/") + "/" + name
         if target is not None:

@@ -7,6 +7,7 @@ spawned, build their model themselves and exchange only bytes and plain data.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
@@ -113,7 +114,9 @@ def parse_devices(devices: str) -> list[str]:
     return names
 
 
-def plan_workers(devices: list[str], workers: int | None, cpu_count: int | None = None) -> list[tuple[str, int]]:
+def plan_workers(
+    devices: list[str], workers: int | None, cpu_count: int | None = None
+) -> list[tuple[str, int]]:
     """(device, torch threads) per worker: one per GPU by default; on CPU, cores are shared out."""
     cores = cpu_count or os.cpu_count() or 1
     if devices != ["cpu"]:
@@ -144,7 +147,9 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
 
         torch.set_num_threads(spec.threads)
         module, _, name = spec.factory.partition(":")
-        server = getattr(importlib.import_module(module), name)(spec.model_dir, device, spec.options)
+        server = getattr(importlib.import_module(module), name)(
+            spec.model_dir, device, spec.options
+        )
     except Exception as exc:  # reported as plain text: the parent makes it the job's error
         conn.send(("fatal", _describe(exc)))
         return
@@ -222,22 +227,25 @@ class WorkerPool:
         self._workers = [self._spawn(spec) for spec in self._specs]
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # After an error or an interrupt nothing the workers hold is wanted: stop them now.
+        self.close(graceful=exc_type is None)
 
     def _spawn(self, spec: WorkerSpec) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, spec), daemon=True, name="o2v-worker")
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, spec), daemon=True, name="o2v-worker"
+        )
         process.start()
         child.close()
         return _Worker(spec, process, parent)
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
         for w in self._workers:
-            try:
+            if not graceful:
+                w.process.kill()
+            with contextlib.suppress(OSError):
                 w.conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + STOP_GRACE_S
         for w in self._workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -264,7 +272,12 @@ class WorkerPool:
         return self.in_flight() < self.capacity
 
     def submit(
-        self, task_id: int, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
+        self,
+        task_id: int,
+        positions: Sequence[int],
+        records: Sequence[bytes],
+        content_type: str,
+        accept: str,
     ) -> None:
         self._retry.append(_Task(task_id, (task_id, positions, records, content_type, accept)))
         self._dispatch()
@@ -323,7 +336,7 @@ class WorkerPool:
         if kind == "ready":
             w.ready, w.pid = True, message[1]
         elif kind == "fatal":
-            raise WorkerError(f"worker could not start on {w.spec.device}: {message[1]}")
+            raise WorkerError(f"cannot load the model on {w.spec.device}: {message[1]}")
         else:
             task = w.in_flight.popleft()
             assert task.task_id == message[1], "workers answer in order"
@@ -339,7 +352,9 @@ class WorkerPool:
             if w.in_flight and now - w.head_started > self.invocation_timeout:
                 w.process.kill()
                 w.process.join()
-                self._lost(w, f"timed out after {self.invocation_timeout:g} s (--invocation-timeout)")
+                self._lost(
+                    w, f"timed out after {self.invocation_timeout:g} s (--invocation-timeout)"
+                )
 
     def _lost(self, w: _Worker, reason: str) -> None:
         """A worker died or hung: replace it and retry what it held."""
@@ -358,7 +373,9 @@ class WorkerPool:
     def _retry_or_fail(self, task: _Task, reason: str) -> None:
         task.attempts += 1
         if task.attempts > self.max_retries:
-            self._events.append(Failed(task.task_id, f"{reason}; gave up after {task.attempts} attempts"))
+            self._events.append(
+                Failed(task.task_id, f"{reason}; gave up after {task.attempts} attempts")
+            )
         else:
             self._retry.appendleft(task)
 

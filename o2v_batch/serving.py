@@ -42,7 +42,9 @@ class Server:
         self.vocab = [hp.encoder(i).vocab_size for i in (0, 1)]
         self.max_lens = [hp.encoder(i).max_seq_len for i in (0, 1)]
         if options.infer_max_seqlens:
-            self.max_lens = [min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)]
+            self.max_lens = [
+                min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)
+            ]
         kind = "cpu" if self.device.type == "cpu" else "cuda"
         self.token_budget = int(os.environ.get("O2V_DEVICE_BATCH_TOKENS", TOKEN_BUDGET[kind]))
         self.max_rows = MAX_ROWS[kind]
@@ -51,7 +53,9 @@ class Server:
         self.join = options.join_source == "Input"
         self.regression = hp.output_layer == "mean_squared_error"
 
-    def serve(self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str) -> BatchResult:
+    def serve(
+        self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
+    ) -> BatchResult:
         batch = _Batch(self, positions, records, "record" if content_type == JSON else "line")
         try:
             batch.parse()
@@ -70,14 +74,18 @@ class _Failed(Exception):
 class _Batch:
     """The state of one mini-batch while it is served."""
 
-    def __init__(self, server: Server, positions: Sequence[int], records: Sequence[bytes], error_key: str):
+    def __init__(
+        self, server: Server, positions: Sequence[int], records: Sequence[bytes], error_key: str
+    ):
         self.server = server
         self.positions = positions
         self.records = records
         self.error_key = error_key
         self.result = BatchResult(records=len(records))
         self.kinds = [-1] * len(records)
-        self.sources: list[Any] | None = [None] * len(records) if server.join or server.output_filter else None
+        self.sources: list[Any] | None = (
+            [None] * len(records) if server.join or server.output_filter else None
+        )
         self.errors: dict[int, str] = {}
         self.rows: tuple[list[int], list[int]] = ([], [])  # record index per encoder input
         self.seqs: tuple[list[Any], list[Any]] = ([], [])
@@ -195,9 +203,13 @@ class _Batch:
             done += size
             columns = np.arange(longest)
             inside = columns < lengths[chunk, None]  # (B, T)
-            tokens = np.where(inside, ids[np.minimum(starts[chunk, None] + columns, ids.size - 1)], 0)
+            tokens = np.where(
+                inside, ids[np.minimum(starts[chunk, None] + columns, ids.size - 1)], 0
+            )
             tokens = torch.from_numpy(tokens).to(server.device, non_blocking=True)
-            out[torch.from_numpy(chunk).to(server.device)] = server.network.encode(tokens, enc).float()
+            out[torch.from_numpy(chunk).to(server.device)] = server.network.encode(
+                tokens, enc
+            ).float()
         return out
 
     def _drop_unpaired(self, enc: int) -> bool:
@@ -248,7 +260,9 @@ class _Batch:
 
     def _error_part(self, i: int) -> bytes:
         """What a bad record's place holds under --on-bad-record emit-error."""
-        return orjson.dumps({"error": {"message": self.errors[i], self.error_key: self.positions[i]}})
+        return orjson.dumps(
+            {"error": {"message": self.errors[i], self.error_key: self.positions[i]}}
+        )
 
 
 def _filter_or_none(expr: str) -> Callable[[Any], Any] | None:
@@ -256,5 +270,12 @@ def _filter_or_none(expr: str) -> Callable[[Any], Any] | None:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     return names.get(type(value), "null")

@@ -48,7 +48,9 @@ class ShardOutput:
 
     def commit(self) -> None:
         assert self.complete, "every mini-batch is written before the commit"
-        tail = self._framing.footer if self._started else self._framing.header + self._framing.footer
+        tail = (
+            self._framing.footer if self._started else self._framing.header + self._framing.footer
+        )
         if tail:
             self._writer.write(tail)
         writer, self._writer = self._writer, None

@@ -97,7 +97,7 @@ def test_worker_killed_from_outside_is_replaced(tmp_path):
 def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
     with (
         pytest.raises(
-            WorkerError, match="worker could not start on cpu: ValueError: no such model"
+            WorkerError, match="cannot load the model on cpu: ValueError: no such model"
         ),
         _pool(tmp_path, "FailToLoad") as pool,
     ):

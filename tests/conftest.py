@@ -1,0 +1,48 @@
+"""Shared fixtures: the real S3 server (SeaweedFS on loopback), started once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_local_s3():
+    spec = importlib.util.spec_from_file_location("local_s3", REPO / "scripts" / "local_s3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory, request):
+    """A running LocalS3; os.environ points boto3 at it for the whole session."""
+    local_s3 = _load_local_s3()
+    server = local_s3.LocalS3(tmp_path_factory.mktemp("s3"))
+    # The data is thrown away, so a short grace period before SIGKILL is enough.
+    request.addfinalizer(lambda: server.stop(timeout=2))
+    server.start()  # raises with the server log's tail if it cannot start
+    names = [*server.env(), *local_s3.OVERRIDDEN_ENV]
+    saved = {name: os.environ.get(name) for name in names}
+    for name in local_s3.OVERRIDDEN_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(server.env())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
