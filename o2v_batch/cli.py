@@ -19,6 +19,7 @@ from o2v_batch.config import (
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_RETRIES,
+    ENGINES,
     JOIN_SOURCES,
     MODES,
     STRATEGIES,
@@ -419,6 +420,18 @@ def _on_sigterm(signum, frame):
     "--summary",
     "summary_uri",
     help="Write the JSON job summary here. [default: OUTPUT/_SUCCESS when every shard succeeded]",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: worker processes on this machine; ray: Ray actors on a cluster.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    help="--engine ray: the cluster to join. [default: $RAY_ADDRESS, else a local Ray]",
 )
 @click.option(
     "--progress/--no-progress",

@@ -392,6 +392,7 @@ class TransformConfig:
     overwrite: bool = False
     on_bad_record: str = "fail"
     engine: str = "local"
+    ray_address: str | None = None  # --engine ray: None means $RAY_ADDRESS, else a local Ray
     progress: bool | None = None  # None: on when stderr is a terminal
     infer_max_seqlens: tuple[int, int] | None = None
     max_retries: int = DEFAULT_MAX_RETRIES

@@ -37,7 +37,14 @@ from o2v_batch.runtime import (
     plan_workers,
 )
 from o2v_batch.sharding import assign, summary_name
-from o2v_batch.sources import Shard, list_shards, open_input, output_uri, write_atomic
+from o2v_batch.sources import (
+    Shard,
+    abort_stale_uploads,
+    list_shards,
+    open_input,
+    output_uri,
+    write_atomic,
+)
 from o2v_batch.sources import describe_s3_error as describe_error
 from o2v_batch.writer import ShardOutput
 
@@ -83,7 +90,7 @@ class JobSummary:
             f"mini-batches: {self.mini_batches} (largest {self.largest_mini_batch_bytes} bytes)",
             f"time: {self.seconds:.2f} s, {self.records_per_second:,.0f} records/s",
         ]
-        out += [f"failed: {f['shard']}: {f['reason']}" for f in self.failed]
+        out += [f"failed: {f['reason']}" for f in self.failed]
         out += [f"skipped: {s['shard']}: {s['reason']}" for s in self.skipped]
         return out
 
@@ -130,9 +137,85 @@ def _existing_outputs(output: str) -> set[str]:
         return set()
 
 
+# -- shared by both engines (here and ray_engine.py), so they word things alike ----
+
+
+def serving_options(config: TransformConfig) -> ServingOptions:
+    """What a worker needs to know of the job."""
+    return ServingOptions(
+        mode=config.mode,
+        join_source=config.join_source,
+        input_filter=config.input_filter,
+        output_filter=config.output_filter,
+        on_bad_record=config.on_bad_record,
+        infer_max_seqlens=config.infer_max_seqlens,
+    )
+
+
+def mini_batch_cap(config: TransformConfig) -> int:
+    """Record bytes per mini-batch."""
+    # With no cap (0), a mini-batch still stops at the one-record limit, so memory stays bounded.
+    return payload_bytes(config.max_payload) or MAX_RECORD_BYTES
+
+
+def read_failure(shard: str, exc: Exception) -> str:
+    """Why reading a shard failed, naming the shard once."""
+    if isinstance(exc, O2VError):
+        message = str(exc)
+        return message if shard in message else f"{shard}: {message}"
+    return describe_error(exc, shard)
+
+
+def record_failure(shard: str, pos: int, content_type: str, problem: str) -> str:
+    """Why a shard failed at one record: `<shard>: line N: <problem>`."""
+    return f"{shard}: {where(pos, content_type)}: {problem}"
+
+
+def oversize_problem(size: int, config: TransformConfig) -> str:
+    """What is wrong with a record too big for a mini-batch."""
+    cap = mini_batch_cap(config)
+    if config.max_payload:
+        return f"record is {size} bytes, over the --max-payload cap of {cap} bytes"
+    return f"record is {size} bytes, over the limit of {cap} bytes for one record"
+
+
+def error_record(problem: str, pos: int, content_type: str, accept: str) -> bytes:
+    """An oversize record's place in the output under --on-bad-record emit-error."""
+    key = "record" if content_type == JSON else "line"
+    payload = orjson.dumps({"error": {"message": problem, key: pos}})
+    return payload if accept == JSON else payload + b"\n"
+
+
+def finish_summary(
+    summary: JobSummary,
+    config: TransformConfig,
+    seconds: float,
+    complete: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Times and logs the summary, and writes it: to --summary, or as OUTPUT's
+    `_SUCCESS` when the job ran to its end and every shard succeeded."""
+    s = summary
+    s.seconds = round(seconds, 3)
+    s.records_per_second = round(s.records_out / seconds, 1) if seconds > 0 else 0.0
+    for line in s.lines():
+        log(f"o2v-batch: {line}")
+    target = config.summary
+    if target is None and complete and config.output != "-" and s.shards_failed == 0:
+        name = summary_name(config.num_shards, config.shard_index)
+        target = config.output.rstrip("/") + "/" + name
+    if target is not None:
+        write_atomic(target, s.to_json())
+
+
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
     """Runs a batch transform job; per-shard failures are reported in the summary, not raised."""
-    return _Job(config, log or (lambda line: print(line, file=sys.stderr))).run()
+    log = log or (lambda line: print(line, file=sys.stderr))
+    if config.engine == "ray":
+        from o2v_batch import ray_engine  # Ray is an optional extra
+
+        return ray_engine.transform(config, log)
+    return _Job(config, log).run()
 
 
 class _Job:
@@ -151,8 +234,7 @@ class _Job:
         self.next_commit = 0  # stdout: shards are committed in input order
         self.progress = None
         self.read_bytes = 0
-        # With no cap (0), a mini-batch still stops at the one-record limit, so memory stays bounded.
-        self.cap = payload_bytes(config.max_payload) or MAX_RECORD_BYTES
+        self.cap = mini_batch_cap(config)
 
     # -- the run ----------------------------------------------------------
 
@@ -161,11 +243,12 @@ class _Job:
         planned, self.summary.skipped = plan(self.config)
         self.summary.shards_skipped = len(self.summary.skipped)
         self.reports = [r for _, r in planned]
+        abort_stale_uploads([r.output for r in self.reports])
         config = self.config
         devices = parse_devices(config.devices)
         model_dir = resolve_model(config.model)
         specs = [
-            WorkerSpec(model_dir, device, threads, self._serving_options(), config.worker_factory)
+            WorkerSpec(model_dir, device, threads, serving_options(config), config.worker_factory)
             for device, threads in plan_workers(devices, config.workers)
         ]
         reader = threading.Thread(target=self._read, args=([s for s, _ in planned],), daemon=True)
@@ -226,11 +309,8 @@ class _Job:
                             break
                         self._put(("item", idx, seq, item, content_type))
                         seq += 1
-            except O2VError as exc:
-                self._put(("error", idx, f"{shard.uri}: {exc}"))
-                continue
-            except Exception as exc:  # I/O failures: this shard fails, the others go on
-                self._put(("error", idx, describe_error(exc, shard.uri)))
+            except Exception as exc:  # I/O failures too: this shard fails, the others go on
+                self._put(("error", idx, read_failure(shard.uri, exc)))
                 continue
             self._put(("end", idx, seq))
         self._put(("done",))
@@ -276,24 +356,15 @@ class _Job:
 
     def _oversize(self, idx: int, seq: int, item: Oversize, content_type: str) -> None:
         self.summary.records_in += 1
-        if self.config.max_payload:
-            problem = f"record is {item.size} bytes, over the --max-payload cap of {self.cap} bytes"
-        else:
-            problem = (
-                f"record is {item.size} bytes, over the limit of {self.cap} bytes for one record"
-            )
+        problem = oversize_problem(item.size, self.config)
         if self.config.on_bad_record == "fail":
             self._fail(
-                idx, f"{self.reports[idx].shard}: {where(item.pos, content_type)}: {problem}"
+                idx, record_failure(self.reports[idx].shard, item.pos, content_type, problem)
             )
             return
-        key = "record" if content_type == JSON else "line"
-        payload = orjson.dumps({"error": {"message": problem, key: item.pos}})
-        if self._accept(idx) != JSON:
-            payload += b"\n"
+        payload = error_record(problem, item.pos, content_type, self._accept(idx))
         self._count_bad(idx, 1)
-        self.outputs[idx].add(seq, payload, 1)
-        self._maybe_commit(idx)
+        self._add(idx, seq, payload, 1)
 
     def _result(self, event) -> None:
         idx, seq, batch = self.tasks.pop(event.task_id)
@@ -310,18 +381,25 @@ class _Job:
         self.summary.truncated_sequences += result.truncated
         if result.error is not None:
             self._fail(
-                idx, f"{report.shard}: {where(result.error_pos, self._ct(idx))}: {result.error}"
+                idx, record_failure(report.shard, result.error_pos, self._ct(idx), result.error)
             )
             return
         self._count_bad(idx, result.bad_records)
-        self.outputs[idx].add(seq, result.payload, result.records)
         if self.progress is not None:
             self.read_bytes += batch.nbytes
             self.progress.update(result.records)
             self.progress.set_postfix_str(_human_bytes(self.read_bytes), refresh=False)
-        self._maybe_commit(idx)
+        self._add(idx, seq, result.payload, result.records)
 
     # -- shard completion -------------------------------------------------
+
+    def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
+        try:
+            self.outputs[idx].add(seq, payload, records)
+        except Exception as exc:  # the output cannot be written (e.g. S3 went away)
+            self._fail(idx, describe_error(exc, self.reports[idx].output))
+            return
+        self._maybe_commit(idx)
 
     def _maybe_commit(self, idx: int) -> None:
         if self.to_stdout:
@@ -374,30 +452,9 @@ class _Job:
             )
 
     def _finish(self, seconds: float, complete: bool) -> None:
-        s = self.summary
-        s.seconds = round(seconds, 3)
-        s.records_per_second = round(s.records_out / seconds, 1) if seconds > 0 else 0.0
-        for line in s.lines():
-            self.log(f"o2v-batch: {line}")
-        target = self.config.summary
-        if target is None and complete and not self.to_stdout and s.shards_failed == 0:
-            name = summary_name(self.config.num_shards, self.config.shard_index)
-            target = self.config.output.rstrip("/") + "/" + name
-        if target is not None:
-            write_atomic(target, s.to_json())
+        finish_summary(self.summary, self.config, seconds, complete, self.log)
 
     # -- helpers ----------------------------------------------------------
-
-    def _serving_options(self) -> ServingOptions:
-        c = self.config
-        return ServingOptions(
-            mode=c.mode,
-            join_source=c.join_source,
-            input_filter=c.input_filter,
-            output_filter=c.output_filter,
-            on_bad_record=c.on_bad_record,
-            infer_max_seqlens=c.infer_max_seqlens,
-        )
 
     def _ct(self, idx: int) -> str:
         return self.config.content_type or content_type_for(self.reports[idx].shard)

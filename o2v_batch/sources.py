@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -604,6 +604,36 @@ class _S3Writer(ShardWriter):
     def _abort(self) -> None:
         with _s3_errors(self.uri):
             self._upload.terminate()
+
+
+def abort_stale_uploads(uris: Sequence[str]) -> int:
+    """Aborts in-progress multipart uploads to these S3 objects; returns how many.
+
+    A run that lost its endpoint mid-shard cannot abort its upload; the next run
+    to write the same output (--resume or --overwrite) clears it first.
+    """
+    wanted: dict[str, set[str]] = {}
+    for uri in uris:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            wanted.setdefault(bucket, set()).add(key)
+    aborted = 0
+    for bucket, keys in wanted.items():
+        prefix = os.path.commonprefix(sorted(keys))  # noqa: RUF071 (S3 prefixes are strings)
+        with _s3_errors(f"s3://{bucket}/{prefix}"):
+            pages = (
+                s3_client()
+                .get_paginator("list_multipart_uploads")
+                .paginate(Bucket=bucket, Prefix=prefix)
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] in keys:
+                        s3_client().abort_multipart_upload(
+                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+    return aborted
 
 
 def _part_size() -> int:

@@ -3,6 +3,9 @@ written in input order, atomically, with the response framing around them."""
 
 from __future__ import annotations
 
+import contextlib
+
+from o2v_batch.errors import O2VError
 from o2v_batch.formats import Framing
 from o2v_batch.sources import ShardWriter, open_output
 
@@ -57,7 +60,9 @@ class ShardOutput:
         writer.commit()
 
     def abort(self) -> None:
+        """Best effort: an upload that cannot be aborted now is aborted by the next run."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
             self._pending.clear()
-            writer.abort()
+            with contextlib.suppress(O2VError):
+                writer.abort()

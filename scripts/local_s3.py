@@ -128,11 +128,12 @@ class LocalS3:
         if self._process is not None:
             raise RuntimeError("the server is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        free = iter(_free_ports(2 * len(_COMPONENTS)))
-        self.port = self.port or next(free)
-        self._ports = {"s3": self.port}
-        self._ports.update({c: next(free) for c in _COMPONENTS[1:]})
-        self._ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
+        if not self._ports:  # a restart keeps its ports, so stored volumes are found again
+            free = iter(_free_ports(2 * len(_COMPONENTS)))
+            self.port = self.port or next(free)
+            self._ports = {"s3": self.port}
+            self._ports.update({c: next(free) for c in _COMPONENTS[1:]})
+            self._ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self._command(),

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_local_s3():
+def load_local_s3():
     spec = importlib.util.spec_from_file_location("local_s3", REPO / "scripts" / "local_s3.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -22,7 +22,7 @@ def _load_local_s3():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory, request):
     """A running LocalS3; os.environ points boto3 at it for the whole session."""
-    local_s3 = _load_local_s3()
+    local_s3 = load_local_s3()
     server = local_s3.LocalS3(tmp_path_factory.mktemp("s3"))
     # The data is thrown away, so a short grace period before SIGKILL is enough.
     request.addfinalizer(lambda: server.stop(timeout=2))
