@@ -431,7 +431,8 @@ def _on_sigterm(signum, frame):
 @click.option(
     "--ray-address",
     metavar="ADDRESS",
-    help="--engine ray: the cluster to join. [default: $RAY_ADDRESS, else a local Ray]",
+    help="--engine ray: the cluster to join (auto: the one running on this machine). "
+    "[default: $RAY_ADDRESS, else a new local Ray]",
 )
 @click.option(
     "--progress/--no-progress",

@@ -551,7 +551,8 @@ def _make_step(m: re.Match, name: str, at: str) -> tuple[_Step, bool]:
     return _slice_step(slice(start, stop), name, at), True
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What kind of JSON value this is, for messages: `an object`, `a string`..."""
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, (list, tuple)):
@@ -565,7 +566,7 @@ def _json_type(value: Any) -> str:
 
 def _expect(node: Any, kinds: type | tuple[type, ...], what: str, name: str, at: str) -> None:
     if not isinstance(node, kinds):
-        raise FilterError(f"{name}: expected {what} at {at}, found {_json_type(node)}")
+        raise FilterError(f"{name}: expected {what} at {at}, found {json_type(node)}")
 
 
 def _key_step(key: str, name: str, at: str) -> _Step:

@@ -34,10 +34,12 @@ from o2v_batch.errors import (
     ModelFormatError,
     O2VError,
 )
+from o2v_batch.formats import json_type
 
 # With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.
 TIED_TENSOR = "enc1.embedding.weight"
 MODES = ("classification", "embedding")
+SHOWN_CHARS = 40  # of a bad token id quoted in a message
 
 
 # ---------------------------------------------------------------- network
@@ -263,18 +265,23 @@ def _is_token(value: Any) -> bool:
 
 
 def _show_token(token: Any) -> str:
-    """A token as it was written in the JSON record."""
+    """A token as it was written in the JSON record, cut short when long."""
     if isinstance(token, np.generic):
         token = token.item()
-    return json.dumps(token) if isinstance(token, bool | float | str | None) else repr(token)
+    try:
+        text = json.dumps(token)
+    except (RecursionError, TypeError, ValueError):  # nested deeper than Python recurses
+        text = ""
+        while isinstance(token, list) and token and len(text) < SHOWN_CHARS:
+            text, token = text + "[", token[0]
+        return (text + "...") if text else json_type(token)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def check_sequence(sequence: Any, vocab_size: int, input_name: str) -> None:
     """The slow, exact check of one sequence, run only once a batch is known to be bad."""
     if not isinstance(sequence, list | tuple | np.ndarray):
-        raise BadRecordError(
-            f"{input_name} must be a list of token ids, got {type(sequence).__name__}"
-        )
+        raise BadRecordError(f"{input_name} must be a list of token ids, got {json_type(sequence)}")
     if len(sequence) == 0:
         raise BadRecordError(f"{input_name} is empty: it needs at least one token id")
     for token in sequence:

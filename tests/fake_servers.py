@@ -7,6 +7,7 @@ import os
 import time
 
 from o2v_batch.runtime import BatchResult
+from o2v_batch.serving import Server
 
 
 class Echo:
@@ -52,3 +53,33 @@ class AlwaysRaise(Echo):
 class FailToLoad(Echo):
     def __init__(self, model_dir: str, device: str, options) -> None:
         raise ValueError("no such model")
+
+
+# -- the real server, misbehaving on a marked record ------------------------
+
+MARKER = b"boom"
+
+
+class HangOnceServer(Server):
+    """The real server, except that its forward hangs the first time a mini-batch holds
+    a record containing MARKER (a file in the model folder remembers, across workers)."""
+
+    def __init__(self, model_dir: str, device: str, options) -> None:
+        super().__init__(model_dir, device, options)
+        self.model_dir = model_dir
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        marker = os.path.join(self.model_dir, "hung-once")
+        if any(MARKER in r for r in records) and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(3600)
+        return super().serve(positions, records, content_type, accept)
+
+
+class AlwaysFailServer(Server):
+    """The real server, except that it raises on every mini-batch holding MARKER."""
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        if any(MARKER in r for r in records):
+            raise RuntimeError("the model broke on a marked record")
+        return super().serve(positions, records, content_type, accept)

@@ -301,9 +301,9 @@ def test_to_batch_of_nothing() -> None:
             [[10**30]],
             f"in1 id {10**30} is out of range: vocab size is 10 (ids must be in 0..9)",
         ),
-        ([[1], "abc"], "in1 must be a list of token ids, got str"),
-        ([[1], 5], "in1 must be a list of token ids, got int"),
-        ([{"a": 1}], "in1 must be a list of token ids, got dict"),
+        ([[1], "abc"], "in1 must be a list of token ids, got a string"),
+        ([[1], 5], "in1 must be a list of token ids, got a number"),
+        ([{"a": 1}], "in1 must be a list of token ids, got an object"),
     ],
 )
 def test_to_batch_refuses_bad_sequences(sequences: list, message: str) -> None:

@@ -114,7 +114,9 @@ def test_close_leaves_no_processes(tmp_path):
 
 def test_device_parsing_and_worker_plan_on_cpu():
     assert parse_devices("cpu") == ["cpu"]
-    assert plan_workers(["cpu"], None, cpu_count=2) == [("cpu", 2)]
+    assert plan_workers(["cpu"], None, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
+    assert plan_workers(["cpu"], None, cpu_count=32) == [("cpu", 4)] * 8
+    assert plan_workers(["cpu"], 1, cpu_count=2) == [("cpu", 2)]
     assert plan_workers(["cpu"], 2, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
     assert plan_workers(["cuda:0", "cuda:1"], None, cpu_count=16) == [("cuda:0", 8), ("cuda:1", 8)]
     with pytest.raises(O2VError, match=r"--devices: 'tpu' is not cpu, cuda or cuda:N"):

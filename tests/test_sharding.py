@@ -6,8 +6,8 @@ import filecmp
 import os
 
 import pytest
-
 from helpers import make_model, random_records, write_jsonl
+
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import ConfigError
 from o2v_batch.pipeline import transform

@@ -389,8 +389,8 @@ GOOD = '{"label": 1, "in0": [1, 2], "in1": [3]}'
             '{"label": null, "in0": [1], "in1": [2]}',
             "label null is not a class: expected an integer in 0..1 (num_classes=2)",
         ),
-        ('{"label": 1, "in0": "1 2", "in1": [2]}', "in0 must be a list of token ids, got str"),
-        ('{"label": 1, "in0": [1], "in1": {"a": 1}}', "in1 must be a list of token ids, got dict"),
+        ('{"label": 1, "in0": "1 2", "in1": [2]}', "in0 must be a list of token ids, got a string"),
+        ('{"label": 1, "in0": [1], "in1": {"a": 1}}', "in1 must be a list of token ids, got an object"),
         ('{"label": 1, "in0": [], "in1": [2]}', "in0 is empty: it needs at least one token id"),
         ('{"label": 1, "in0": [1], "in1": []}', "in1 is empty: it needs at least one token id"),
         (

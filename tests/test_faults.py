@@ -1,0 +1,231 @@
+"""Worker faults and interruption: nothing lost, nothing partial, no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import make_model, random_records, write_jsonl
+
+from o2v_batch.config import TransformConfig
+from o2v_batch.pipeline import transform
+
+SHARDS, RECORDS = 8, 10_000
+# Small mini-batches: the job runs several seconds and has many in flight to lose.
+JOB_OPTIONS = ("--max-payload", "0.01", "--workers", "2", "--no-progress")
+
+
+# -- processes, from /proc (Linux) ------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+    return fields[0], int(fields[1])
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The parent's multiprocessing workers (not its resource tracker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or (_stat(int(entry)) or ("", 0))[1] != parent:
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time a process has used, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# -- the job --------------------------------------------------------------
+
+
+def finished(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("*.out") if not p.name.startswith("."))
+
+
+def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "o2v_batch", "transform", str(data / "in"), str(out)]
+    with open(out.parent / f"{out.name}.stderr", "w") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [*command, "--model", str(data / "model"), *JOB_OPTIONS, *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def stderr_of(out: Path) -> str:
+    return (out.parent / f"{out.name}.stderr").read_text()
+
+
+def run_to_end(data: Path, out: Path, *extra: str) -> None:
+    process = start(data, out, *extra)
+    assert process.wait(timeout=300) == 0, stderr_of(out)
+
+
+@pytest.fixture(scope="module")
+def big_job(tmp_path_factory) -> Path:
+    """8 shards x 10,000 records, the model, and `reference/`: the outputs of an unfaulted run."""
+    data = tmp_path_factory.mktemp("big-job")
+    make_model(data / "model")
+    for i in range(SHARDS):
+        write_jsonl(data / "in" / f"part-{i}.jsonl", random_records(RECORDS, seed=i))
+    run_to_end(data, data / "reference")
+    return data
+
+
+def assert_outputs_equal_reference(data: Path, out: Path) -> None:
+    names = [f"part-{i}.jsonl.out" for i in range(SHARDS)]
+    assert finished(out) == names
+    for name in names:
+        got = (out / name).read_bytes()
+        assert got.count(b"\n") == RECORDS, name  # every record exactly once
+        assert got == (data / "reference" / name).read_bytes(), name
+
+
+def test_worker_killed_mid_job_is_replaced_and_nothing_is_lost(big_job, tmp_path):
+    out = tmp_path / "out"
+    process = start(big_job, out)
+    try:
+        wait_until(lambda: finished(out), 120, "the first output shard")
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+        # The busiest worker has surely loaded its model and holds mini-batches; the
+        # other may still be loading on a loaded machine.
+        victim = max(workers, key=cpu_ticks)
+        os.kill(victim, signal.SIGKILL)
+        assert process.wait(timeout=300) == 0, stderr_of(out)
+    finally:
+        process.kill()
+    assert not alive(victim)
+    assert_outputs_equal_reference(big_job, out)
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert summary["worker_restarts"] == 1
+    assert summary["records_in"] == summary["records_out"] == SHARDS * RECORDS
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_the_job_cleanly_and_resume_finishes_it(big_job, tmp_path, signum, status):
+    out = tmp_path / "out"
+    process = start(big_job, out)
+    try:
+        wait_until(lambda: finished(out), 120, "the first output shard")
+        workers = worker_pids(process.pid)
+        assert workers
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        code = process.wait(timeout=60)
+        seconds = time.monotonic() - signalled
+    finally:
+        process.kill()
+    print(f"{signal.Signals(signum).name}: exit {code} after {seconds:.2f} s")
+    assert code == status, stderr_of(out)
+    assert seconds < 10
+    assert "o2v-batch: shards: " in stderr_of(out)  # the summary so far
+    # The shards written are whole; the others have no .out and no temp debris.
+    done = finished(out)
+    assert 0 < len(done) < SHARDS
+    for name in done:
+        assert (out / name).read_bytes() == (big_job / "reference" / name).read_bytes()
+    assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
+    assert not (out / "_SUCCESS").exists()
+    wait_until(lambda: not any(map(alive, workers)), 3, f"workers {workers} to exit")
+    run_to_end(big_job, out, "--resume")
+    assert_outputs_equal_reference(big_job, out)
+
+
+# -- a model that hangs or fails on one record --------------------------------
+
+SMALL = 40
+MARKED = {"in0": [1, 2, 3], "tag": "boom"}  # fake_servers.MARKER; the real server ignores "tag"
+
+
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory) -> Path:
+    """Three shards, the marked record first in b.jsonl, and `reference/` from the real server."""
+    data = tmp_path_factory.mktemp("small-job")
+    make_model(data / "model")
+    for i, name in enumerate("abc"):
+        records = random_records(SMALL, seed=10 + i)
+        write_jsonl(data / "in" / f"{name}.jsonl", [MARKED, *records] if name == "b" else records)
+    summary = run(data, data / "model", data / "reference")
+    assert summary.shards_ok == 3
+    return data
+
+
+def run(data: Path, model: Path, out: Path, **options):
+    config = TransformConfig(
+        input=str(data / "in"), output=str(out), model=str(model), max_payload=0.002, **options
+    )
+    return transform(config, log=lambda line: None)
+
+
+def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path):
+    model = shutil.copytree(small_job / "model", tmp_path / "model")  # gets the marker file
+    started = time.monotonic()
+    summary = run(
+        small_job,
+        model,
+        tmp_path / "out",
+        worker_factory="fake_servers:HangOnceServer",
+        invocation_timeout=3,
+    )
+    assert (model / "hung-once").exists()  # it did hang
+    assert time.monotonic() - started < 60
+    assert summary.worker_restarts == 1
+    assert (summary.shards_ok, summary.shards_failed) == (3, 0)
+    for name in ("a", "b", "c"):
+        got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
+        assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
+
+
+def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
+    summary = run(
+        small_job,
+        small_job / "model",
+        tmp_path / "out",
+        worker_factory="fake_servers:AlwaysFailServer",
+        max_retries=1,
+    )
+    shard = str(small_job / "in" / "b.jsonl")
+    reason = (
+        f"{shard}: mini-batch from line 1: the worker raised RuntimeError: "
+        "the model broke on a marked record; gave up after 2 attempts"
+    )
+    assert summary.failed == [{"shard": shard, "reason": reason}]
+    assert (summary.shards_ok, summary.shards_failed) == (2, 1)
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.jsonl.out", "c.jsonl.out"]
+    for name in ("a", "c"):
+        got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
+        assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
