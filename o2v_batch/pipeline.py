@@ -387,8 +387,8 @@ class _Job:
         self._count_bad(idx, result.bad_records)
         if self.progress is not None:
             self.read_bytes += batch.nbytes
-            self.progress.update(result.records)
             self.progress.set_postfix_str(_human_bytes(self.read_bytes), refresh=False)
+            self.progress.update(result.records)
         self._add(idx, seq, result.payload, result.records)
 
     # -- shard completion -------------------------------------------------
