@@ -39,7 +39,7 @@ from o2v_batch.runtime import (
 from o2v_batch.sharding import assign, summary_name
 from o2v_batch.sources import (
     Shard,
-    abort_stale_uploads,
+    discard_partial,
     list_shards,
     open_input,
     output_uri,
@@ -243,7 +243,7 @@ class _Job:
         planned, self.summary.skipped = plan(self.config)
         self.summary.shards_skipped = len(self.summary.skipped)
         self.reports = [r for _, r in planned]
-        abort_stale_uploads([r.output for r in self.reports])
+        discard_partial([r.output for r in self.reports])
         config = self.config
         devices = parse_devices(config.devices)
         model_dir = resolve_model(config.model)
@@ -252,7 +252,7 @@ class _Job:
             for device, threads in plan_workers(devices, config.workers)
         ]
         reader = threading.Thread(target=self._read, args=([s for s, _ in planned],), daemon=True)
-        self.progress = _progress_bar(config.progress)
+        self.progress = progress_bar(config.progress)
         complete = False
         try:
             with WorkerPool(
@@ -463,7 +463,7 @@ class _Job:
         return self.config.accept or self._ct(idx)
 
 
-def _progress_bar(enabled: bool | None):
+def progress_bar(enabled: bool | None):
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:

@@ -156,7 +156,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
             spec.model_dir, device, spec.options
         )
     except Exception as exc:  # reported as plain text: the parent makes it the job's error
-        conn.send(("fatal", _describe(exc)))
+        conn.send(("fatal", describe(exc)))
         return
     conn.send(("ready", os.getpid()))
     tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -178,10 +178,10 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
             conn.send(("done", task_id, server.serve(*request)))
         except Exception as exc:
             traceback.print_exc()
-            conn.send(("failed", task_id, _describe(exc)))
+            conn.send(("failed", task_id, describe(exc)))
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
 
 

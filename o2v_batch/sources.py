@@ -12,6 +12,7 @@ import abc
 import concurrent.futures
 import contextlib
 import functools
+import glob
 import io
 import json
 import logging
@@ -540,13 +541,21 @@ class ShardWriter(abc.ABC):
             logger.warning("%s: abort failed", self.uri, exc_info=True)
 
 
+_TEMP_GLOB = "[0-9a-f]" * 12  # matches secrets.token_hex(6)
+
+
+def _temp_name(name: str, token: str) -> str:
+    """The hidden temp file a local output is written to before its rename."""
+    return f".{name}.{token}.tmp"
+
+
 class _LocalWriter(ShardWriter):
     """A hidden temp file beside the target, renamed over it on commit."""
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         folder, name = os.path.split(os.path.abspath(uri))
-        self._temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        self._temp = os.path.join(folder, _temp_name(name, secrets.token_hex(6)))
         try:
             os.makedirs(folder, exist_ok=True)
             # os.open with 0o666 keeps the user's umask, unlike mkstemp's 0o600.
@@ -606,34 +615,39 @@ class _S3Writer(ShardWriter):
             self._upload.terminate()
 
 
-def abort_stale_uploads(uris: Sequence[str]) -> int:
-    """Aborts in-progress multipart uploads to these S3 objects; returns how many.
+def discard_partial(uris: Sequence[str]) -> None:
+    """Removes what killed writers of these outputs left behind: hidden temp files
+    beside local outputs, in-progress multipart uploads to S3 ones.
 
-    A run that lost its endpoint mid-shard cannot abort its upload; the next run
-    to write the same output (--resume or --overwrite) clears it first.
+    A writer that dies (SIGKILL, a lost node, an S3 endpoint gone mid-shard) cannot
+    clean up after itself; the next run writing the same output does it first.
+    Best effort: a leftover is hidden and harmless, so cleanup never fails a job.
     """
-    wanted: dict[str, set[str]] = {}
+    uploads: dict[str, set[str]] = {}
     for uri in uris:
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            wanted.setdefault(bucket, set()).add(key)
-    aborted = 0
-    for bucket, keys in wanted.items():
+            uploads.setdefault(bucket, set()).add(key)
+        elif uri != STDIO:
+            folder, name = os.path.split(os.path.abspath(uri))
+            for path in glob.glob(
+                os.path.join(glob.escape(folder), _temp_name(glob.escape(name), _TEMP_GLOB))
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+    for bucket, keys in uploads.items():
         prefix = os.path.commonprefix(sorted(keys))  # noqa: RUF071 (S3 prefixes are strings)
-        with _s3_errors(f"s3://{bucket}/{prefix}"):
+        with contextlib.suppress(*_S3_FAILURES):
             pages = (
                 s3_client()
                 .get_paginator("list_multipart_uploads")
                 .paginate(Bucket=bucket, Prefix=prefix)
             )
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["Key"] in keys:
-                        s3_client().abort_multipart_upload(
-                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        aborted += 1
-    return aborted
+            for upload in (u for page in pages for u in page.get("Uploads", [])):
+                if upload["Key"] in keys:
+                    s3_client().abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
 
 
 def _part_size() -> int:

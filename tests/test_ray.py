@@ -1,0 +1,560 @@
+"""`--engine ray` on a local Ray instance (2 CPUs), checked byte for byte against the
+local engine on the same inputs, with local folders and with S3."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import make_model, random_records, write_json, write_jsonl
+
+from o2v_batch.cli import cli
+from o2v_batch.config import TransformConfig
+from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.pipeline import transform
+from o2v_batch.ray_engine import MISSING_RAY, ActorPlan, plan_actors
+from o2v_batch.serving import Server
+from o2v_batch.sources import discard_partial
+
+TESTS = Path(__file__).resolve().parent
+JSON = "application/json"
+# Summary fields both engines must agree on, and those that only agree when no shard
+# fails (the local engine reads a little ahead of a failure, the Ray engine does not).
+SAME = ("shards_ok", "shards_failed", "shards_skipped", "records_out", "bad_records")
+SAME_WHEN_OK = ("records_in", "truncated_sequences", "mini_batches", "largest_mini_batch_bytes")
+
+
+@pytest.fixture(scope="module")
+def ray_instance(s3_server):
+    """One Ray for the module; it starts after s3_server, so its workers see the S3 endpoint."""
+    ray = pytest.importorskip("ray")
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        address="local",  # never another session's Ray on this machine
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.ERROR,
+        # The faulty servers below are imported by name in the actors.
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("model") / "m")
+
+
+# -- servers that misbehave on records containing "boom" (worker_factory) -----------
+
+
+class _Faulty(Server):
+    def __init__(self, model_dir: str, device: str, options) -> None:
+        super().__init__(model_dir, device, options)
+        self.marker = Path(model_dir) / "misbehaved"
+
+    def serve(self, positions, records, content_type, accept):
+        if any(b"boom" in r for r in records):
+            self.misbehave()
+        return super().serve(positions, records, content_type, accept)
+
+
+class CrashOnce(_Faulty):
+    """Dies the first time only: the marker file outlives the process."""
+
+    def misbehave(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os._exit(3)
+
+
+class HangOnce(_Faulty):
+    def misbehave(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            time.sleep(3600)
+
+
+class AlwaysCrash(_Faulty):
+    def misbehave(self) -> None:
+        os._exit(3)
+
+
+class AlwaysHang(_Faulty):
+    def misbehave(self) -> None:
+        time.sleep(3600)
+
+
+class AlwaysRaise(_Faulty):
+    def misbehave(self) -> None:
+        raise RuntimeError("the model broke")
+
+
+# -- inputs and comparisons ---------------------------------------------------------
+
+# --invocation-timeout for the tests of hung actors: a healthy mini-batch takes milliseconds.
+HANG_S = 2.0
+BIG = {"in0": [1] * 700}  # over a 0.001 MB cap (1048 bytes)
+# Why each shard of `inputs` that can fail does, after "<shard>: ".
+REASONS = {
+    "bad.jsonl": "line 4: in0 id 999 is out of range: vocab size is 60 (ids must be in 0..59)",
+    "big.json": f"instances[2]: record is {len(json.dumps(BIG))} bytes, "
+    "over the --max-payload cap of 1048 bytes",
+}
+# One local-engine run per set of options, shared by the tests that compare with it.
+CASES = {
+    "small-mini-batches": {"max_payload": 0.001},
+    "json-out-emit-error": {"max_payload": 0.001, "accept": JSON, "on_bad_record": "emit-error"},
+    "join-classification-no-cap": {
+        "max_payload": 0,
+        "join_source": "Input",
+        "mode": "classification",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Nested jsonlines, JSON and gzipped shards, a bad record, an oversize one, and a
+    "boom" record (line 61 of a.jsonl) that only the faulty servers notice."""
+    root = tmp_path_factory.mktemp("inputs") / "in"
+    records = random_records(360, seed=5)
+    write_jsonl(
+        root / "a.jsonl", [*records[:60], {"in0": [4, 5, 6], "tag": "boom"}, *records[60:120]]
+    )
+    write_json(root / "sub" / "b.json", records[120:240])
+    gz = root / "sub" / "deeper" / "c.jsonl.gz"
+    gz.parent.mkdir(parents=True)
+    gz.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records[240:]).encode()))
+    write_jsonl(root / "bad.jsonl", [*records[:3], {"in0": [1, 999]}, *records[3:9]])
+    # Compact JSON, so the big record's size is len(json.dumps(BIG)).
+    (root / "big.json").write_text(json.dumps({"instances": [*records[:2], BIG, *records[2:6]]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, model_dir, tmp_path_factory):
+    """case -> (output folder, summary) of the local engine, run once per case."""
+    runs = {}
+
+    def local(case: str):
+        if case not in runs:
+            out = tmp_path_factory.mktemp("local") / "out"
+            summary, _ = run(inputs, out, model_dir, workers=1, **CASES[case])
+            runs[case] = out, summary
+        return runs[case]
+
+    return local
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root, hidden ones too (debris would show), except _SUCCESS."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "_SUCCESS"
+    }
+
+
+def run(input_path, output_path, model, **options):
+    logged: list[str] = []
+    config = TransformConfig(
+        input=str(input_path), output=str(output_path), model=str(model), **options
+    )
+    return transform(config, log=logged.append), logged
+
+
+def by_shard(failed: list[dict]) -> list[dict]:
+    return sorted(failed, key=lambda f: f["shard"])
+
+
+def assert_same_summary(ray_summary, local_summary) -> None:
+    fields = SAME + (SAME_WHEN_OK if not local_summary.shards_failed else ())
+    for name in fields:
+        assert getattr(ray_summary, name) == getattr(local_summary, name), name
+    assert ray_summary.bad_records_by_shard == local_summary.bad_records_by_shard
+    assert by_shard(ray_summary.failed) == by_shard(local_summary.failed)
+
+
+# -- the engine against the local engine --------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("case", "failing"),
+    [
+        ("small-mini-batches", ["bad.jsonl", "big.json"]),
+        ("json-out-emit-error", []),
+        ("join-classification-no-cap", ["bad.jsonl"]),
+    ],
+)
+def test_outputs_are_byte_identical_to_the_local_engine(
+    ray_instance, inputs, model_dir, reference, tmp_path, case, failing
+):
+    local_out, local = reference(case)
+    summary, logged = run(inputs, tmp_path / "ray", model_dir, engine="ray", **CASES[case])
+
+    assert tree(tmp_path / "ray") == tree(local_out)
+    assert len(tree(local_out)) == 5 - len(failing)
+    expected = [
+        {"shard": str(inputs / n), "reason": f"{inputs / n}: {REASONS[n]}"} for n in failing
+    ]
+    assert by_shard(summary.failed) == by_shard(local.failed) == expected
+    assert_same_summary(summary, local)
+    for failure in expected:
+        assert f"o2v-batch: shard failed: {failure['reason']}" in logged
+    assert (tmp_path / "ray" / "_SUCCESS").exists() == (not failing)
+
+
+@pytest.mark.ray
+def test_resume_skips_finished_shards_without_starting_actors(
+    ray_instance, inputs, model_dir, reference, tmp_path
+):
+    local_out, _ = reference("small-mini-batches")
+    shutil.copytree(local_out / "sub", tmp_path / "out")
+    before = tree(tmp_path / "out")
+    summary, _ = run(
+        inputs / "sub",
+        tmp_path / "out",
+        model_dir,
+        engine="ray",
+        resume=True,
+        worker_factory="nowhere:Nothing",  # an actor would fail to start
+    )
+    assert (summary.shards_ok, summary.shards_skipped) == (0, 2)
+    assert tree(tmp_path / "out") == before
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
+    ray_instance, s3_server, s3_bucket, inputs, model_dir, reference
+):
+    client = s3_server.client()
+    for path in sorted(inputs.rglob("*")):
+        if path.is_file():
+            key = "in/" + path.relative_to(inputs).as_posix()
+            client.put_object(Bucket=s3_bucket, Key=key, Body=path.read_bytes())
+    for name in ("hyperparameters.json", "model.safetensors"):
+        body = (model_dir / name).read_bytes()
+        client.put_object(Bucket=s3_bucket, Key=f"model/{name}", Body=body)
+    base = f"s3://{s3_bucket}"
+    args = ["transform", f"{base}/in/", f"{base}/out/", "--model", f"{base}/model/"]
+    result = CliRunner().invoke(cli, [*args, "--max-payload", "0.001", "--engine", "ray"])
+    assert result.exit_code == 1, result.output  # bad.jsonl and big.json fail
+
+    listing = client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])
+    written = {
+        item["Key"][len("out/") :]: client.get_object(Bucket=s3_bucket, Key=item["Key"])[
+            "Body"
+        ].read()
+        for item in listing
+    }
+    local_out, local = reference("small-mini-batches")
+    assert written == tree(local_out)
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    failures = sorted(line for line in result.output.splitlines() if "shard failed" in line)
+    expected = [f"o2v-batch: shard failed: {f['reason']}" for f in by_shard(local.failed)]
+    assert failures == [line.replace(str(inputs), f"{base}/in") for line in expected]
+
+
+# -- faults -------------------------------------------------------------------------
+
+
+def faulty_model(model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the model, so the marker file is this test's own."""
+    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("factory", ["CrashOnce", "HangOnce"])
+def test_an_actor_that_dies_or_hangs_mid_shard_is_restarted_and_the_shard_retried(
+    ray_instance, inputs, model_dir, reference, tmp_path, factory
+):
+    model = faulty_model(model_dir, tmp_path)
+    summary, _ = run(
+        inputs,
+        tmp_path / "out",
+        model,
+        engine="ray",
+        worker_factory=f"test_ray:{factory}",
+        invocation_timeout=HANG_S,
+        **CASES["small-mini-batches"],
+    )
+    assert (model / "misbehaved").exists()  # it did misbehave once
+    assert summary.worker_restarts == 1
+    # Same bytes as an unfaulted run, and no temp file left by the killed actor.
+    local_out, local = reference("small-mini-batches")
+    assert tree(tmp_path / "out") == tree(local_out)
+    assert_same_summary(summary, local)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("factory", ["AlwaysCrash", "AlwaysHang", "AlwaysRaise"])
+def test_a_shard_whose_retries_run_out_fails_alone(
+    ray_instance, inputs, model_dir, reference, tmp_path, factory
+):
+    options = {
+        **CASES["small-mini-batches"],
+        "max_retries": 1,
+        "invocation_timeout": HANG_S,
+        "worker_factory": f"test_ray:{factory}",
+    }
+    model = faulty_model(model_dir, tmp_path)
+    summary, logged = run(inputs, tmp_path / "out", model, engine="ray", **options)
+
+    shard = str(inputs / "a.jsonl")
+    failure = {f["shard"]: f["reason"] for f in summary.failed}[shard]
+    if factory == "AlwaysCrash":
+        pattern = (
+            r": its Ray actor died \(Actor\w*Error; Ray's logs say why\); gave up after 2 attempts"
+        )
+        assert re.fullmatch(re.escape(shard) + pattern, failure)
+    elif factory == "AlwaysHang":  # worded as the local engine words a hung worker
+        pattern = (
+            rf": mini-batch from line \d+: worker \d+ timed out after {HANG_S:g} s "
+            r"\(--invocation-timeout\); gave up after 2 attempts"
+        )
+        assert re.fullmatch(re.escape(shard) + pattern, failure)
+    else:  # worded as the local engine words it
+        local, _ = run(inputs, tmp_path / "local", model_dir, workers=1, **options)
+        assert failure == {f["shard"]: f["reason"] for f in local.failed}[shard]
+        assert failure.startswith(f"{shard}: mini-batch from line ")
+        assert failure.endswith(
+            ": the worker raised RuntimeError: the model broke; gave up after 2 attempts"
+        )
+    assert f"o2v-batch: shard failed: {failure}" in logged
+    assert summary.shards_failed == 3  # with bad.jsonl and big.json
+    local_out, _ = reference("small-mini-batches")
+    assert tree(tmp_path / "out") == {
+        k: v for k, v in tree(local_out).items() if k != "a.jsonl.out"
+    }
+
+
+@pytest.mark.ray
+def test_a_model_that_cannot_load_fails_the_job(ray_instance, inputs, model_dir, tmp_path):
+    with pytest.raises(O2VError) as caught:
+        run(
+            inputs,
+            tmp_path / "out",
+            model_dir,
+            engine="ray",
+            worker_factory="fake_servers:FailToLoad",
+        )
+    assert str(caught.value) == "cannot load the model on cpu: ValueError: no such model"
+    assert tree(tmp_path / "out") == {}
+
+
+# -- no Ray needed ------------------------------------------------------------------
+
+
+def test_missing_ray_says_how_to_install_it(monkeypatch, inputs, tmp_path, model_dir):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(O2VError) as caught:
+        run(inputs, tmp_path / "out", model_dir, engine="ray")
+    assert (
+        str(caught.value) == MISSING_RAY == "--engine ray needs Ray: pip install 'o2v-batch[ray]'"
+    )
+    args = ["transform", str(inputs), str(tmp_path / "out"), "--model", str(model_dir)]
+    result = CliRunner().invoke(cli, [*args, "--engine", "ray"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {MISSING_RAY}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stdio", ["input", "output"])
+def test_stdin_and_stdout_are_refused(inputs, tmp_path, model_dir, stdio):
+    pytest.importorskip("ray")
+    paths = {"input": inputs, "output": tmp_path / "out", stdio: "-"}
+    with pytest.raises(ConfigError) as caught:
+        run(paths["input"], paths["output"], model_dir, engine="ray")
+    assert str(caught.value) == (
+        "--engine ray reads and writes shards on the cluster: "
+        "INPUT and OUTPUT cannot be - (stdin or stdout)"
+    )
+
+
+def config_with(**options) -> TransformConfig:
+    return TransformConfig(input="in", output="out", model="m", engine="ray", **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "shards", "cluster", "expected"),
+    [
+        # (cluster CPUs, largest node's CPUs, GPUs)
+        ({}, 10, (2, 2, 0), ActorPlan(1, "cpu", 2, {"num_cpus": 2.0})),
+        ({}, 10, (16, 8, 0), ActorPlan(8, "cpu", 2, {"num_cpus": 2.0})),
+        ({}, 3, (16, 8, 0), ActorPlan(3, "cpu", 2, {"num_cpus": 2.0})),
+        ({}, 10, (1, 1, 0), ActorPlan(1, "cpu", 1, {"num_cpus": 1.0})),
+        ({"workers": 2}, 10, (2, 2, 0), ActorPlan(2, "cpu", 1, {"num_cpus": 1.0})),
+        ({"workers": 4}, 10, (2, 2, 0), ActorPlan(4, "cpu", 1, {"num_cpus": 0.5})),
+        ({"workers": 1}, 10, (16, 4, 0), ActorPlan(1, "cpu", 4, {"num_cpus": 4.0})),
+        ({"devices": "cpu"}, 10, (16, 8, 2), ActorPlan(8, "cpu", 2, {"num_cpus": 2.0})),
+        ({}, 10, (16, 8, 2), ActorPlan(2, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1})),
+        (
+            {"devices": "cuda"},
+            1,
+            (16, 8, 4),
+            ActorPlan(1, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1}),
+        ),
+        ({"workers": 3}, 10, (16, 8, 2), ActorPlan(3, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1})),
+    ],
+)
+def test_plan_actors(options, shards, cluster, expected):
+    assert plan_actors(config_with(**options), shards, *cluster) == expected
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ("cuda", "--devices cuda: the Ray cluster has no GPUs"),
+        (
+            "cuda:0,cuda:1",
+            "--devices cuda:0,cuda:1: with --engine ray, Ray assigns the GPUs (use auto, cuda or cpu)",
+        ),
+    ],
+)
+def test_plan_actors_refuses_devices_ray_cannot_give(devices, message):
+    with pytest.raises(ConfigError) as caught:
+        plan_actors(config_with(devices=devices), 4, 8, 8, 0)
+    assert str(caught.value) == message
+
+
+def test_discard_partial_removes_only_the_killed_writers_temp_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    names = [
+        ".a.jsonl.out.0123456789ab.tmp",  # a.jsonl.out's: goes
+        ".a.jsonl.out.0123456789ab.tmp.x",
+        ".ab.jsonl.out.0123456789ab.tmp",
+        ".a.jsonl.out.zz.tmp",
+        "a.jsonl.out",
+    ]
+    for name in names:
+        (tmp_path / "sub" / name).write_text("x")
+    discard_partial([str(tmp_path / "sub" / "a.jsonl.out")])
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(names[1:])
+
+
+@pytest.mark.s3
+def test_discard_partial_aborts_only_the_outputs_multipart_upload(s3_server, s3_bucket):
+    client = s3_server.client()
+    for key in ("out/a.jsonl.out", "out/a.jsonl.out2"):
+        client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+    discard_partial([f"s3://{s3_bucket}/out/a.jsonl.out"])
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in left] == ["out/a.jsonl.out2"]
+
+
+# -- the examples -------------------------------------------------------------------
+
+EXAMPLES = TESTS.parent / "examples"
+
+
+def assert_transform_command(args: list[str]) -> None:
+    """An example's command line is o2v-batch transform with options that exist and parse."""
+    assert args[:2] == ["o2v-batch", "transform"]
+    cli.commands["transform"].make_context("transform", list(args[2:]))
+
+
+def stub(bin_dir: Path, name: str) -> None:
+    """A stand-in command that writes its arguments, one a line, to $STUB_ARGS, and exits
+    with $STUB_STATUS."""
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$STUB_ARGS"\nexit "${STUB_STATUS:-0}"\n')
+    path.chmod(0o755)
+
+
+def run_example(script: str, tmp_path: Path, *args: str, **env: str) -> tuple[int, list[str], str]:
+    """Runs examples/<script> with stubs first on PATH: (status, stub's arguments, stderr)."""
+    environ = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "STUB_ARGS": str(tmp_path / "args"),
+        **env,
+    }
+    done = subprocess.run(
+        ["bash", str(EXAMPLES / script), *args], env=environ, capture_output=True, text=True
+    )
+    called = tmp_path / "args"
+    return done.returncode, called.read_text().splitlines() if called.exists() else [], done.stderr
+
+
+def test_kubernetes_indexed_job_runs_one_share_per_pod():
+    yaml = pytest.importorskip("yaml")
+    job = yaml.safe_load((EXAMPLES / "kubernetes-indexed-job.yaml").read_text())
+    spec = job["spec"]
+    command = spec["template"]["spec"]["containers"][0]["command"]
+    assert_transform_command(command)
+    shards = int(command[command.index("--num-shards") + 1])
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == (
+        "Indexed",
+        shards,
+        shards,
+    )
+    # The index comes from JOB_COMPLETION_INDEX; --resume makes a retried pod finish its share.
+    assert "--resume" in command and "--shard-index" not in command
+
+
+def test_aws_batch_array_job_submits_n_children_of_n_shards(tmp_path):
+    stub(tmp_path / "bin", "aws")
+    env = {"N": "6", "JOB_QUEUE": "queue", "JOB_DEFINITION": "o2v"}
+    status, args, _ = run_example("aws-batch-array-job.sh", tmp_path, **env)
+    assert status == 0
+    assert args[:2] == ["batch", "submit-job"]
+    assert args[args.index("--array-properties") + 1] == "size=6"
+    command = json.loads(args[args.index("--container-overrides") + 1])["command"]
+    assert_transform_command(command)
+    assert command[command.index("--num-shards") + 1] == "6"
+    assert "--resume" in command and "--shard-index" not in command
+
+
+def test_ray_submit_runs_the_ray_engine_as_a_ray_job(tmp_path):
+    stub(tmp_path / "bin", "ray")
+    status, args, _ = run_example("ray-submit.sh", tmp_path, RAY_ADDRESS="http://head:8265")
+    assert status == 0
+    assert args[:4] == ["job", "submit", "--address", "http://head:8265"]
+    command = args[args.index("--") + 1 :]
+    assert_transform_command(command)
+    assert command[command.index("--engine") + 1] == "ray"
+
+
+@pytest.mark.parametrize("exit_status", [0, 1, 2])
+def test_nightly_transforms_yesterday_with_resume_and_passes_the_status_on(tmp_path, exit_status):
+    stub(tmp_path / "bin", "o2v-batch")
+    env = {"IN_ROOT": "s3://b/events", "OUT_ROOT": "s3://b/emb", "LOCK": str(tmp_path / "lock")}
+    status, args, _ = run_example(
+        "nightly.sh", tmp_path, "--engine", "ray", STUB_STATUS=str(exit_status), **env
+    )
+    assert status == exit_status
+    day = (datetime.date.today() - datetime.timedelta(days=1)).strftime("%Y/%m/%d")
+    assert args[:3] == ["transform", f"s3://b/events/{day}/", f"s3://b/emb/{day}/"]
+    assert_transform_command(["o2v-batch", *args])
+    assert "--resume" in args and args[-2:] == ["--engine", "ray"]
+
+
+def test_nightly_does_not_start_while_another_run_holds_the_lock(tmp_path):
+    stub(tmp_path / "bin", "o2v-batch")
+    lock = tmp_path / "lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        status, args, stderr = run_example("nightly.sh", tmp_path, LOCK=str(lock), DAY="2024/05/01")
+    assert (status, args) == (75, [])
+    assert stderr == f"o2v-nightly: another run holds {lock}; not starting\n"
