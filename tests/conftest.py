@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Before anything imports torch: spinning OpenMP threads crawl on a busy 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests run tiny models in this process beside worker processes: one thread each."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def load_local_s3():

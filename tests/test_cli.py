@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from o2v_batch.cli import cli
@@ -31,15 +30,6 @@ PAIRS = [
     {"label": i % 2, "in0": [1 + i % 7, 2 + i % 11], "in1": [3 + i % 5, 40, 1 + i % 3]}
     for i in range(40)
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models on a shared 2-core machine: a second thread only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

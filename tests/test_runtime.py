@@ -96,9 +96,7 @@ def test_worker_killed_from_outside_is_replaced(tmp_path):
 
 def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
     with (
-        pytest.raises(
-            WorkerError, match="cannot load the model on cpu: ValueError: no such model"
-        ),
+        pytest.raises(WorkerError, match="cannot load the model on cpu: ValueError: no such model"),
         _pool(tmp_path, "FailToLoad") as pool,
     ):
         _run(pool, BATCHES[:1])

@@ -57,7 +57,11 @@ def test_a_bad_scheduler_index_is_refused():
 
 def test_summary_names_never_collide():
     assert summary_name(1, 0) == "_SUCCESS"
-    assert {summary_name(3, k) for k in range(3)} == {"_SUCCESS.0-of-3", "_SUCCESS.1-of-3", "_SUCCESS.2-of-3"}
+    assert {summary_name(3, k) for k in range(3)} == {
+        "_SUCCESS.0-of-3",
+        "_SUCCESS.1-of-3",
+        "_SUCCESS.2-of-3",
+    }
 
 
 def test_sharded_runs_together_equal_one_run(tmp_path):
@@ -69,7 +73,9 @@ def test_sharded_runs_together_equal_one_run(tmp_path):
         """The outputs this run wrote."""
         before = set(os.listdir(out)) if out.exists() else set()
         summary = transform(
-            TransformConfig(input=str(tmp_path / "in"), output=str(out), model=str(model), **options),
+            TransformConfig(
+                input=str(tmp_path / "in"), output=str(out), model=str(model), **options
+            ),
             log=lambda line: None,
         )
         assert summary.shards_failed == 0

@@ -39,15 +39,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models on a shared 2-core machine: a second thread only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def quiet(message: str) -> None:
     """A log that drops the per-epoch lines."""
 
@@ -390,7 +381,10 @@ GOOD = '{"label": 1, "in0": [1, 2], "in1": [3]}'
             "label null is not a class: expected an integer in 0..1 (num_classes=2)",
         ),
         ('{"label": 1, "in0": "1 2", "in1": [2]}', "in0 must be a list of token ids, got a string"),
-        ('{"label": 1, "in0": [1], "in1": {"a": 1}}', "in1 must be a list of token ids, got an object"),
+        (
+            '{"label": 1, "in0": [1], "in1": {"a": 1}}',
+            "in1 must be a list of token ids, got an object",
+        ),
         ('{"label": 1, "in0": [], "in1": [2]}', "in0 is empty: it needs at least one token id"),
         ('{"label": 1, "in0": [1], "in1": []}', "in1 is empty: it needs at least one token id"),
         (
