@@ -261,7 +261,6 @@ class _Job:
                 config.max_retries,
                 config.invocation_timeout,
             ) as pool:
-                self.pids = pool.pids
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
                 reader.start()
