@@ -378,6 +378,10 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(temp)
+        # safetensors creates its file 0600; a model is meant to be shared like any file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
