@@ -1,0 +1,891 @@
+"""The benchmark of issue 6 (protocol: DESIGN.md section 7).
+
+Generates its workloads (seeded), then runs, side by side on the same data and model,
+each as its own process: o2v-batch `transform` (defaults, then variants), a hand-written
+json loop, Ray Data, the model-only ceiling and the I/O floor; plus the start-up time of
+a tiny job and o2v-batch's peak memory on a tenth of the input. Prints a Markdown table,
+writes it as JSON (bench.json) and plots records/s (bench.png).
+
+Usage:
+    python scripts/bench.py [--records N] [--heavy-records M] [--out bench-results/]
+                            [--quick] [--systems o2v-batch,baseline,...]
+
+On a machine with CUDA it adds GPU rows: the ceiling on the GPU and o2v-batch with
+--devices cuda (the CPU rows then pass --devices cpu, so they stay CPU figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHT_MODEL = ROOT / "examples" / "model"
+TINY_INPUT = ROOT / "examples" / "requests" / "documented.jsonl"
+
+SYSTEMS = ("o2v-batch", "baseline", "ray-data", "ceiling", "io-floor", "startup", "scaling")
+# Ray Data takes tens of seconds to start and run even on tiny inputs: --quick skips it.
+QUICK_SYSTEMS = tuple(s for s in SYSTEMS if s != "ray-data")
+# Flags worth comparing with the defaults on a few cores; each becomes a labelled row.
+VARIANTS = ("--workers 1", "--max-concurrent-transforms 4", "--max-payload 1")
+
+# The heavy model of issue 6: hcnn, token dim 300, enc_dim 512, 4 layers.
+HEAVY_HYPERPARAMETERS = {
+    "enc0_network": "hcnn",
+    "enc0_layers": 4,
+    "enc0_token_embedding_dim": 300,
+    "enc0_vocab_size": 10240,
+    "enc0_max_seq_len": 200,
+    "enc_dim": 512,
+}
+VOCAB = 10240  # both models' vocab: ids are drawn in 1..VOCAB-1 (0 is padding)
+MIN_TOKENS, MAX_TOKENS = 5, 200
+# Log-normal lengths: median 24 tokens, a long tail clipped at MAX_TOKENS (about 0.4% hit it).
+MEDIAN_TOKENS, LENGTH_SIGMA = 24, 0.8
+ZIPF_EXPONENT = 1.1  # word frequencies in text
+SHARDS = 8
+BASELINE_BATCH = 256
+SAMPLE_S = 0.05  # memory sampling period
+RUN_TIMEOUT_S = 1800  # a run that has not ended by then is stuck (Ray can hang)
+STARTUP_RUNS = 3
+# The ceiling is the best of a few passes: the first pays one-off allocations, and on a
+# shared machine a pass can lose its cores for a while.
+CEILING_PASSES = 3
+STARTUP_WORKLOAD = f"{TINY_INPUT.name} (3 records)"
+# Ray Data's actors: two with half a Ray CPU and one torch thread each, so one Ray CPU is
+# left for the read and write tasks (actors holding every CPU starve them: the job hangs).
+# Fastest of those tried on 2 cores: 1 actor x 1 CPU x 2 threads ran at 0.4x, 1 x 1 x 1 at 0.8x.
+RAY_ACTORS, RAY_ACTOR_CPUS, RAY_ACTOR_THREADS = 2, 0.5, 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str  # light | heavy
+    mode: str  # embedding | classification
+    scale: float = 1.0  # fraction of the model's record count (the memory-scaling run)
+    shards: int = SHARDS
+
+    @property
+    def pairs(self) -> bool:
+        return self.mode == "classification"
+
+
+WORKLOADS = (
+    Workload("light-embedding", "light", "embedding"),
+    Workload("light-classification", "light", "classification"),
+    Workload("heavy-embedding", "heavy", "embedding"),
+    Workload("heavy-classification", "heavy", "classification"),
+)
+# A tenth of light-embedding's records in one shard as large as each of its shards: the
+# mini-batches are the same, so any growth in peak memory comes from the input's size.
+SCALING = Workload("light-embedding-0.1x", "light", "embedding", 0.1, shards=1)
+
+
+@dataclass
+class Row:
+    """One measured run; ratios are filled in once the workload's references are known."""
+
+    system: str  # what the table shows, with the flags of an o2v-batch variant
+    workload: str
+    device: str = "cpu"
+    command: str = ""
+    records: int = 0
+    records_out: int | None = None
+    seconds: float | None = None  # the timed part (see README: whole process or section)
+    process_seconds: float | None = None
+    records_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    others_cores: float | None = None  # CPU used outside the run, in cores: the noise
+    ratio_to_o2v: float | None = None
+    ratio_to_ceiling: float | None = None
+    o2v_reference: str | None = None
+    ceiling_reference: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def zipf_cdf(vocab: int) -> np.ndarray:
+    ranks = np.arange(1, vocab, dtype=np.float64)
+    cdf = np.cumsum(ranks**-ZIPF_EXPONENT)
+    return cdf / cdf[-1]
+
+
+def draw_sequences(
+    rng: np.random.Generator, n: int, cdf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """All ids of n sequences as one array, and each sequence's start offset (n + 1 long)."""
+    raw = rng.lognormal(np.log(MEDIAN_TOKENS), LENGTH_SIGMA, n)
+    lengths = np.clip(raw.astype(np.int64), MIN_TOKENS, MAX_TOKENS)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    # Rank r (0-based) becomes id r + 1: frequent ids are small, like a frequency-sorted vocab.
+    ids = np.searchsorted(cdf, rng.random(int(offsets[-1]))) + 1
+    return ids.astype(np.int64), offsets
+
+
+def write_workload(folder: Path, n: int, pairs: bool, seed: int, shards: int = SHARDS) -> None:
+    """n records (in0 only, or in0/in1 pairs) as jsonlines shards."""
+    rng = np.random.default_rng(seed)
+    cdf = zipf_cdf(VOCAB)
+    inputs = [draw_sequences(rng, n, cdf) for _ in range(2 if pairs else 1)]
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, n, shards + 1).astype(np.int64)
+    names = ("in0", "in1")
+    dumps, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    for shard, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        with open(folder / f"part-{shard:05d}.jsonl", "wb") as out:
+            lines = [
+                dumps(
+                    {
+                        name: ids[off[i] : off[i + 1]]
+                        for name, (ids, off) in zip(names, inputs, strict=False)
+                    },
+                    option=numpy,
+                )
+                for i in range(lo, hi)
+            ]
+            out.write(b"\n".join(lines) + b"\n" if lines else b"")
+
+
+def make_heavy_model(folder: Path) -> None:
+    """Random weights: the heavy model is about cost, not accuracy."""
+    import torch
+
+    from o2v_batch.config import Hyperparameters
+    from o2v_batch.model import Object2Vec, save_model
+
+    torch.manual_seed(0)
+    hp = Hyperparameters.from_dict(HEAVY_HYPERPARAMETERS)
+    save_model(Object2Vec(hp), hp, folder)
+
+
+def count_lines(folder: Path) -> int:
+    total = 0
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(("_", ".")):
+            with open(path, "rb") as f:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return total
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class TreeMonitor(threading.Thread):
+    """Samples a process and all its descendants every SAMPLE_S seconds: the peak of their
+    summed RSS, their CPU time, and the CPU time the rest of the machine used meanwhile.
+
+    RSS is summed over processes, so pages they share (libraries, Ray's object store)
+    count once per process: an upper bound, the same rule for every system. The others'
+    CPU says how much a shared machine disturbed the run.
+    """
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self.cpu: dict[int, float] = {}  # last CPU seconds seen per process of the tree
+        self.busy_start = busy_seconds()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self._sample()
+            if self.done.wait(SAMPLE_S):
+                self.others = busy_seconds() - self.busy_start - sum(self.cpu.values())
+                return
+
+    def _sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            self.cpu[proc.pid] = times.user + times.system
+        self.peak = max(self.peak, rss)
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_mb: float
+    others_cores: float  # CPU the rest of the machine used, in cores, over the run
+    returncode: int
+    first_output_s: float | None = None
+
+
+def measure(cmd: list[str], log: Path, env: dict[str, str], watch: Path | None = None) -> Run:
+    """Runs cmd to its end; wall time, the tree's peak RSS and, if asked, when `watch` appeared."""
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        monitor = TreeMonitor(proc.pid)
+        monitor.start()
+        first = None
+        while watch is not None and first is None and proc.poll() is None:
+            if watch.exists():
+                first = time.perf_counter() - start
+            else:
+                time.sleep(0.002)
+        try:
+            code = proc.wait(RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            code = proc.wait()
+        seconds = time.perf_counter() - start
+        monitor.done.set()
+        monitor.join()
+    return Run(seconds, monitor.peak / 2**20, max(0.0, monitor.others) / seconds, code, first)
+
+
+def kill_tree(pid: int) -> None:
+    """A run past its time: the process and what it started (Ray's raylet and workers)."""
+    root = psutil.Process(pid)
+    for proc in [*root.children(recursive=True), root]:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text("utf-8", "replace").splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- the runs
+
+
+@dataclass
+class Bench:
+    work: Path
+    env: dict[str, str]
+    cuda: bool
+    keep: bool  # outputs stay for inspection (--work)
+    data: dict[str, Path] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    models: dict[str, Path] = field(default_factory=dict)
+
+    def folder(self, *parts: str) -> Path:
+        path = self.work.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def o2v(self, workload: Workload, flags: str, device: str = "cpu") -> Row:
+        # With a GPU present the CPU rows say --devices cpu, or the defaults would take the GPU.
+        devices = f"--devices {device}" if self.cuda or device != "cpu" else ""
+        label = " ".join(filter(None, ["o2v-batch", flags, devices if device != "cpu" else ""]))
+        out = self.work / "out" / workload.name / slug(label)
+        cmd = [
+            *o2v_command(),
+            "transform",
+            str(self.data[workload.name]),
+            str(out),
+            "--model",
+            str(self.models[workload.model]),
+            "--mode",
+            workload.mode,
+            "--no-progress",
+            *shlex.split(f"{flags} {devices}"),
+        ]
+        return self._run(label, workload, cmd, out, device=device)
+
+    def child(self, system: str, workload: Workload, device: str = "cpu") -> Row:
+        label = system if device == "cpu" else f"{system} ({device})"
+        out = self.work / "out" / workload.name / slug(label)
+        result = self.work / "logs" / f"{workload.name}-{slug(label)}.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "child",
+            system,
+            str(self.data[workload.name]),
+            str(out),
+            str(self.models[workload.model]),
+            workload.mode,
+            device,
+            str(result),
+        ]
+        return self._run(label, workload, cmd, out, device=device, result=result)
+
+    def _run(
+        self,
+        label: str,
+        workload: Workload,
+        cmd: list[str],
+        out: Path,
+        device: str,
+        result: Path | None = None,
+    ) -> Row:
+        log = self.folder("logs") / f"{workload.name}-{slug(label)}.log"
+        print(f"  {workload.name}: {label} ...", end="", flush=True, file=sys.stderr)
+        run = measure(cmd, log, self.env)
+        row = Row(label, workload.name, device, shlex.join(cmd), self.counts[workload.name])
+        row.process_seconds, row.peak_rss_mb = run.seconds, run.peak_rss_mb
+        row.others_cores = run.others_cores
+        if run.returncode != 0:
+            row.error = f"exit status {run.returncode}: {tail(log)}"
+            print(f" failed (see {log})", file=sys.stderr)
+            return row
+        row.seconds = run.seconds
+        if result is not None:
+            # Systems timed inside (Ray Data, ceiling, I/O floor) report their own seconds.
+            timed = json.loads(result.read_text())
+            row.seconds = timed.pop("seconds", run.seconds)
+            row.extra.update(timed)
+        if (out / "_SUCCESS").exists():  # o2v-batch's job summary
+            row.extra["job_seconds"] = json.loads((out / "_SUCCESS").read_text())["seconds"]
+        if out.exists():
+            row.records_out = count_lines(out)
+            if not self.keep:
+                shutil.rmtree(out)
+        row.records_per_s = row.records / row.seconds
+        print(f" {row.records_per_s:,.0f} records/s", file=sys.stderr)
+        return row
+
+    def startup(self) -> Row:
+        """Launch to first output file on the documented 3-record request (median of runs)."""
+        firsts, runs = [], []
+        for i in range(STARTUP_RUNS):
+            out = self.work / "out" / "startup" / str(i)
+            cmd = [*o2v_command(), "transform", str(TINY_INPUT), str(out)]
+            cmd += ["--model", str(LIGHT_MODEL), "--no-progress"]
+            if self.cuda:
+                cmd += ["--devices", "cpu"]
+            log = self.folder("logs") / f"startup-{i}.log"
+            run = measure(cmd, log, self.env, watch=out / (TINY_INPUT.name + ".out"))
+            if run.returncode != 0 or run.first_output_s is None:
+                error = f"exit status {run.returncode}: {tail(log)}"
+                return Row("o2v-batch start-up", STARTUP_WORKLOAD, error=error)
+            firsts.append(run.first_output_s)
+            runs.append(run)
+        row = Row("o2v-batch start-up", STARTUP_WORKLOAD, command=shlex.join(cmd))
+        row.records = row.records_out = 3
+        row.seconds = statistics.median(firsts)
+        row.process_seconds = statistics.median(r.seconds for r in runs)
+        row.peak_rss_mb = max(r.peak_rss_mb for r in runs)
+        row.others_cores = statistics.mean(r.others_cores for r in runs)
+        row.extra["first_output_s"] = [round(s, 3) for s in firsts]
+        return row
+
+
+def o2v_command() -> list[str]:
+    found = shutil.which("o2v-batch", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "o2v_batch"]
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-").replace("--", "-")
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def child_main(argv: list[str]) -> None:
+    """`bench.py child SYSTEM INPUT OUTPUT MODEL MODE DEVICE RESULT`: one system, timed inside."""
+    system, data, out, model, mode, device, result = argv
+    runners = {
+        "baseline": run_baseline,
+        "ray-data": run_ray_data,
+        "ceiling": run_ceiling,
+        "io-floor": run_io_floor,
+    }
+    timed = runners[system](Path(data), Path(out), model, mode, device)
+    Path(result).write_text(json.dumps(timed))
+
+
+def shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.jsonl"))
+
+
+def run_baseline(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
+    """A Friday-afternoon loop: json module, batches of 256 in arrival order, json.dumps."""
+    import torch
+
+    import o2v_batch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = o2v_batch.load_model(model_dir, device=device, mode=mode)
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    for shard in shards(data):
+        with open(shard) as reader, open(out / (shard.name + ".out"), "w") as writer:
+            batch = []
+            for line in reader:
+                batch.append(json.loads(line))
+                if len(batch) == BASELINE_BATCH:
+                    writer.write(baseline_predict(model, batch, mode))
+                    batch = []
+            if batch:
+                writer.write(baseline_predict(model, batch, mode))
+    # The whole process's wall time is what counts, as for o2v-batch; this is for the record.
+    return {"loop_seconds": time.perf_counter() - start}
+
+
+def baseline_predict(model: Any, batch: list[dict], mode: str) -> str:
+    if mode == "embedding":
+        vectors = model.embed([r["in0"] for r in batch])
+        lines = [json.dumps({"embeddings": v.tolist()}) for v in vectors]
+    else:
+        scores = model.score([r["in0"] for r in batch], [r["in1"] for r in batch])
+        lines = [
+            json.dumps({"scores": s.tolist(), "predicted_label": int(s.argmax())}) for s in scores
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class RayPredictor:
+    """The Ray Data actor: the same model, called on batches of 256."""
+
+    def __init__(self, model_dir: str, mode: str, threads: int):
+        import torch
+
+        import o2v_batch
+
+        torch.set_num_threads(threads)
+        self.model = o2v_batch.load_model(model_dir, mode=mode)
+        self.mode = mode
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        in0 = [s.tolist() for s in batch["in0"]]
+        if self.mode == "embedding":
+            return {"embeddings": list(self.model.embed(in0))}
+        scores = self.model.score(in0, [s.tolist() for s in batch["in1"]])
+        return {"scores": list(scores), "predicted_label": scores.argmax(axis=1)}
+
+
+def run_ray_data(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
+    """read_json -> map_batches(actor) -> write_json, timed from ray.init to the written output."""
+    import ray
+
+    cores = os.cpu_count() or 1
+    start = time.perf_counter()
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_json(str(data)).map_batches(
+        RayPredictor,
+        fn_constructor_args=(model_dir, mode, RAY_ACTOR_THREADS),
+        batch_size=BASELINE_BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=RAY_ACTORS),
+        num_cpus=RAY_ACTOR_CPUS,
+    )
+    dataset.write_json(str(out))
+    end = time.perf_counter()
+    ray.shutdown()
+    return {"seconds": end - start, "ray_init_seconds": started - start}
+
+
+def read_requests(data: Path, mode: str) -> list[list[list[int]]]:
+    """Per encoder input, every record's sequence (pairs have both)."""
+    names = ("in0", "in1") if mode == "classification" else ("in0",)
+    seqs: list[list[list[int]]] = [[] for _ in names]
+    for shard in shards(data):
+        with open(shard, "rb") as f:
+            for line in f:
+                record = orjson.loads(line)
+                for k, name in enumerate(names):
+                    seqs[k].append(record[name])
+    return seqs
+
+
+def sorted_batches(seqs: list[list[int]], budget: int, max_rows: int, max_len: int):
+    """Padded (B, T) token arrays, longest first, cut by the product's token budget,
+    with the rows each holds."""
+    lengths = np.array([min(len(s), max_len) for s in seqs], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    done = 0
+    while done < len(order):
+        longest = int(lengths[order[done]])
+        size = max(1, min(max_rows, budget // longest, len(order) - done))
+        rows = order[done : done + size]
+        tokens = np.zeros((size, longest), dtype=np.int64)
+        for r, i in enumerate(rows):
+            tokens[r, : lengths[i]] = seqs[i][: lengths[i]]
+        yield rows, tokens
+        done += size
+
+
+def run_ceiling(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
+    """Forward passes only, on pre-built length-sorted tensors already on the device."""
+    import torch
+
+    from o2v_batch.model import load_network
+    from o2v_batch.serving import MAX_ROWS, TOKEN_BUDGET
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    kind = "cpu" if device == "cpu" else "cuda"
+    network = load_network(model_dir, device, encoders_only=mode == "embedding")
+    hp = network.hp
+    batches = [
+        [
+            (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device))
+            for rows, tokens in sorted_batches(
+                seqs, TOKEN_BUDGET[kind], MAX_ROWS[kind], hp.encoder(enc).max_seq_len
+            )
+        ]
+        for enc, seqs in enumerate(read_requests(data, mode))
+    ]
+    n = sum(len(rows) for rows, _ in batches[0])
+    passes = []
+    with torch.inference_mode():
+        for _ in range(CEILING_PASSES):
+            start = time.perf_counter()
+            forward(network, batches, n, MAX_ROWS[kind])
+            synchronize(device)
+            passes.append(time.perf_counter() - start)
+    return {
+        "seconds": min(passes),
+        "pass_seconds": [round(p, 3) for p in passes],
+        "device_batches": sum(len(b) for b in batches),
+    }
+
+
+def forward(network: Any, batches: list, n: int, head_rows: int) -> None:
+    import torch
+
+    embeddings = []
+    for enc, encoder_batches in enumerate(batches):
+        device = encoder_batches[0][1].device
+        out = torch.empty((n, network.hp.enc_dim), device=device)
+        for rows, tokens in encoder_batches:
+            out[rows] = network.encode(tokens, enc)
+        embeddings.append(out)
+    if len(embeddings) == 2:
+        u, v = embeddings
+        for lo in range(0, n, head_rows):
+            network.predict_from_embeddings(u[lo : lo + head_rows], v[lo : lo + head_rows])
+
+
+def synchronize(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_io_floor(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
+    """orjson parse every record, write responses of the right width; no model."""
+    hp = json.loads((Path(model_dir) / "hyperparameters.json").read_text())
+    rng = np.random.default_rng(0)
+    if mode == "embedding":
+        pool = [{"embeddings": v} for v in rng.random((4096, hp["enc_dim"]), dtype=np.float32)]
+    else:
+        scores = rng.dirichlet(np.ones(hp.get("num_classes", 2)), 4096).astype(np.float32)
+        pool = [{"scores": s, "predicted_label": int(s.argmax())} for s in scores]
+    out.mkdir(parents=True)
+    loads, dumps, numpy = orjson.loads, orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    start = time.perf_counter()
+    for shard in shards(data):
+        with open(shard, "rb") as reader, open(out / (shard.name + ".out"), "wb") as writer:
+            parts = []
+            for i, line in enumerate(reader):
+                loads(line)
+                parts.append(dumps(pool[i % len(pool)], option=numpy))
+                if len(parts) == 4096:
+                    writer.write(b"\n".join(parts) + b"\n")
+                    parts = []
+            if parts:
+                writer.write(b"\n".join(parts) + b"\n")
+    return {"seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def fill_ratios(rows: list[Row]) -> None:
+    """Each row against the o2v-batch default (CPU) and the ceiling on its own device."""
+    by_key = {(r.workload, r.system): r for r in rows if r.records_per_s}
+    for row in rows:
+        if not row.records_per_s or row.workload not in {w.name for w in WORKLOADS}:
+            continue
+        ceiling = "ceiling" if row.device == "cpu" else f"ceiling ({row.device})"
+        for attr, ref_name in (("o2v", "o2v-batch"), ("ceiling", ceiling)):
+            ref = by_key.get((row.workload, ref_name))
+            if ref is not None:
+                setattr(row, f"{attr}_reference", ref_name)
+                setattr(row, f"ratio_to_{attr}", row.records_per_s / ref.records_per_s)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu": cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = [
+        "| system | workload | records/s | x o2v-batch | x ceiling | seconds | peak MB | others' CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rate = "failed" if r.error else fmt(r.records_per_s, ",.0f")
+        if r.system == "o2v-batch start-up":
+            rate = "(time to first output)"
+        lines.append(
+            f"| {r.system} | {r.workload} | {rate} | {fmt(r.ratio_to_o2v, '.2f')} | "
+            f"{fmt(r.ratio_to_ceiling, '.2f')} | {fmt(r.seconds, '.2f')} | "
+            f"{fmt(r.peak_rss_mb, ',.0f')} | {fmt(r.others_cores, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """Issue 6's targets, judged on this run's o2v-batch defaults."""
+    get = {(r.workload, r.system): r for r in rows if r.error is None}
+    notes = []
+    light = get.get(("light-embedding", "o2v-batch"))
+    for other in ("baseline", "ray-data"):
+        ref = get.get(("light-embedding", other))
+        if light and ref:
+            x = light.records_per_s / ref.records_per_s
+            notes.append(verdict(f"light embedding >= 5x {other}", f"{x:.2f}x", x >= 5))
+    goals = {"light-embedding": 0.6, "heavy-embedding": 0.9, "heavy-classification": 0.9}
+    for name, goal in goals.items():
+        row = get.get((name, "o2v-batch"))
+        if row and row.ratio_to_ceiling is not None:
+            ratio = row.ratio_to_ceiling
+            notes.append(verdict(f"{name} >= {goal} of ceiling", f"{ratio:.2f}", ratio >= goal))
+    start = get.get((STARTUP_WORKLOAD, "o2v-batch start-up"))
+    if start:
+        notes.append(
+            verdict(
+                "first output of a tiny job <= 3 s", f"{start.seconds:.2f} s", start.seconds <= 3
+            )
+        )
+    small = get.get((SCALING.name, "o2v-batch"))
+    if light and small:
+        growth = light.peak_rss_mb / small.peak_rss_mb
+        notes.append(verdict("peak memory, 10x input, within 20%", f"{growth:.2f}x", growth <= 1.2))
+    return notes
+
+
+def verdict(target: str, value: str, met: bool) -> str:
+    return f"- {target}: {value} ({'met' if met else 'MISSED'})"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w.name for w in WORKLOADS if any(r.workload == w.name for r in rows)]
+    systems = list(dict.fromkeys(r.system for r in rows if r.workload in workloads))
+    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(workloads)), 5))
+    width = 0.8 / max(1, len(systems))
+    for k, system in enumerate(systems):
+        values = [
+            next((r.records_per_s or 0 for r in rows if (r.workload, r.system) == (w, system)), 0)
+            for w in workloads
+        ]
+        xs = [i + (k - (len(systems) - 1) / 2) * width for i in range(len(workloads))]
+        ax.bar(xs, values, width, label=system)
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_yscale("log")
+    ax.set_ylabel("records/s (log scale)")
+    ax.set_title("o2v-batch benchmark: records/s per system")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--records", type=int, help="light-model records (default 1,000,000; --quick 5,000)"
+    )
+    p.add_argument(
+        "--heavy-records", type=int, help="heavy-model records (default 10,000; --quick 300)"
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results folder")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, no Ray Data unless asked")
+    p.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument(
+        "--workloads", help=f"comma-separated subset of {','.join(w.name for w in WORKLOADS)}"
+    )
+    p.add_argument(
+        "--variants",
+        help=f"o2v-batch flag sets beside the defaults, ';'-separated (default: {';'.join(VARIANTS)}; --quick: none)",
+    )
+    p.add_argument(
+        "--work", type=Path, help="keep data and outputs here (default: a temp folder, removed)"
+    )
+    args = p.parse_args(argv)
+    args.records = args.records or (5_000 if args.quick else 1_000_000)
+    args.heavy_records = args.heavy_records or (300 if args.quick else 10_000)
+    default_systems = QUICK_SYSTEMS if args.quick else SYSTEMS
+    args.systems = split_list(args.systems, SYSTEMS, "--systems") or list(default_systems)
+    names = [w.name for w in WORKLOADS]
+    chosen = split_list(args.workloads, names, "--workloads") or names
+    args.workloads = [w for w in WORKLOADS if w.name in chosen]
+    if args.variants is None:
+        args.variants = "" if args.quick else ";".join(VARIANTS)
+    args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    return args
+
+
+def split_list(text: str | None, allowed: tuple[str, ...] | list[str], option: str) -> list[str]:
+    if not text:
+        return []
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in items if s not in allowed]
+    if unknown:
+        sys.exit(f"{option}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def prepare(bench: Bench, args: argparse.Namespace) -> list[Workload]:
+    """Writes the data and the heavy model; returns the workloads to run."""
+    workloads = list(args.workloads)
+    if "scaling" in args.systems and any(w.name == "light-embedding" for w in workloads):
+        workloads.append(SCALING)
+    bench.models["light"] = LIGHT_MODEL
+    if any(w.model == "heavy" for w in workloads):
+        bench.models["heavy"] = bench.folder("heavy-model")
+        make_heavy_model(bench.models["heavy"])
+    for w in workloads:
+        seed = [*WORKLOADS, SCALING].index(w)  # the same data whichever workloads run
+        n = args.records if w.model == "light" else args.heavy_records
+        n = max(SHARDS, int(n * w.scale))
+        bench.data[w.name], bench.counts[w.name] = bench.work / "data" / w.name, n
+        print(f"writing {w.name}: {n:,} records", file=sys.stderr)
+        write_workload(bench.data[w.name], n, w.pairs, seed, w.shards)
+    return workloads
+
+
+def run_workload(bench: Bench, w: Workload, args: argparse.Namespace) -> list[Row]:
+    if w is SCALING:
+        return [bench.o2v(w, "")]
+    rows = []
+    if "o2v-batch" in args.systems:
+        rows += [bench.o2v(w, flags) for flags in ["", *args.variants]]
+    for system in ("baseline", "ray-data", "ceiling", "io-floor"):
+        if system in args.systems:
+            rows.append(bench.child(system, w))
+    if bench.cuda:
+        if "ceiling" in args.systems:
+            rows.append(bench.child("ceiling", w, "cuda"))
+        if "o2v-batch" in args.systems:
+            rows.append(bench.o2v(w, "", "cuda"))
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["child"]:
+        child_main(argv[1:])
+        return 0
+    args = parse_args(argv)
+    info = machine()
+    print(
+        f"machine: {info['cores']} cores ({info['cpu']}), {info['memory_gb']} GB, "
+        f"Python {info['python']}, torch {info['torch']}, GPU: {info['gpu'] or 'none'}"
+    )
+    work = args.work or Path(tempfile.mkdtemp(prefix="o2v-bench-"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bench = Bench(work, env, cuda=info["gpu"] is not None, keep=args.work is not None)
+    try:
+        workloads = prepare(bench, args)
+        rows: list[Row] = []
+        for w in workloads:
+            rows += run_workload(bench, w, args)
+        if "startup" in args.systems:
+            rows.append(bench.startup())
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    fill_ratios(rows)
+    report(rows, info, args)
+    return 1 if any(r.error for r in rows) else 0
+
+
+def report(rows: list[Row], info: dict[str, Any], args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    notes = targets(rows)
+    print()
+    print(markdown(rows))
+    if notes:
+        print("\nTargets (issue 6, o2v-batch defaults):")
+        print("\n".join(notes))
+    for r in rows:
+        if r.error:
+            print(f"\n{r.system} on {r.workload} failed: {r.error}")
+    document = {
+        "machine": info,
+        "records": args.records,
+        "heavy_records": args.heavy_records,
+        "systems": args.systems,
+        "variants": args.variants,
+        "rows": [asdict(r) for r in rows],
+        "targets": notes,
+    }
+    (args.out / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(rows, args.out / "bench.png")
+    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
