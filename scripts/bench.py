@@ -545,7 +545,7 @@ def run_ceiling(data: Path, out: Path, model_dir: str, mode: str, device: str) -
     import torch
 
     from o2v_batch.model import load_network
-    from o2v_batch.serving import MAX_ROWS, TOKEN_BUDGET
+    from o2v_batch.serving import MAX_ROWS, token_budget
 
     torch.set_num_threads(os.cpu_count() or 1)
     kind = "cpu" if device == "cpu" else "cuda"
@@ -555,7 +555,7 @@ def run_ceiling(data: Path, out: Path, model_dir: str, mode: str, device: str) -
         [
             (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device))
             for rows, tokens in sorted_batches(
-                seqs, TOKEN_BUDGET[kind], MAX_ROWS[kind], hp.encoder(enc).max_seq_len
+                seqs, token_budget(hp, kind), MAX_ROWS[kind], hp.encoder(enc).max_seq_len
             )
         ]
         for enc, seqs in enumerate(read_requests(data, mode))
