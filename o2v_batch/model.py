@@ -430,6 +430,21 @@ def _read_tensors(
         raise ModelFormatError(f"{path} is not a readable safetensors file: {error}") from error
 
 
+# Token-embedding numbers above which a network is built on the meta device.
+META_BUILD_NUMBERS = 2**25
+
+
+def _build_device(hp: Hyperparameters) -> str:
+    """Where to build a network whose random init is about to be replaced.
+
+    The meta device skips the init, but its first use imports sympy: about 1 s per
+    worker. A small model's init on the CPU takes milliseconds; a large vocabulary's
+    would take seconds and gigabytes, so those still go to the meta device.
+    """
+    numbers = sum(hp.encoder(i).vocab_size * hp.encoder(i).token_embedding_dim for i in (0, 1))
+    return "meta" if numbers > META_BUILD_NUMBERS else "cpu"
+
+
 def load_network(
     folder: str | os.PathLike[str], device: torch.device | str = "cpu", encoders_only: bool = False
 ) -> Object2Vec:
@@ -439,8 +454,7 @@ def load_network(
     head weights are never read.
     """
     hp = read_hyperparameters(folder)
-    # Built on the meta device: no time or memory spent on a random init that is replaced.
-    with torch.device("meta"):
+    with torch.device(_build_device(hp)):
         network = Object2Vec(hp, encoders_only=encoders_only)
     expected = _shapes(network)
     state = _read_tensors(

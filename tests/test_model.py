@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import o2v_batch.model as model_module
 from o2v_batch.config import Hyperparameters
 from o2v_batch.errors import (
     BadRecordError,
@@ -357,8 +358,13 @@ def to_pair(a: list[int], b: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([a]), torch.tensor([b])
 
 
+@pytest.mark.parametrize(
+    "meta_above", [model_module.META_BUILD_NUMBERS, 0], ids=["cpu-build", "meta-build"]
+)
 @saved_configs
-def test_save_load_round_trip(tmp_path: Path, values: dict) -> None:
+def test_save_load_round_trip(tmp_path: Path, values: dict, meta_above: int, monkeypatch) -> None:
+    # Small models are built on the CPU before their weights are assigned, big ones on meta.
+    monkeypatch.setattr(model_module, "META_BUILD_NUMBERS", meta_above)
     hp, network = saved(tmp_path / "model", **values)
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "hyperparameters.json",
