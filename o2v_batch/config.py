@@ -6,9 +6,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from o2v_batch.errors import ConfigError, FilterError, HyperparameterError
 from o2v_batch.formats import compile_filter
@@ -74,15 +74,19 @@ def _as_float(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
-class _Int:
-    lo: int
-    hi: int
+class _Range:
+    """A number in lo..hi; subclasses say which kind and how a value is read."""
+
+    lo: float
+    hi: float
+    kind: ClassVar[str]
+    read: ClassVar[Callable[[Any], float | None]]
 
     def allowed(self) -> str:
-        return f"an integer in {self.lo}..{self.hi}"
+        return f"{self.kind} in {self.lo}..{self.hi}"
 
-    def __call__(self, name: str, value: Any) -> int:
-        number = _as_int(value)
+    def __call__(self, name: str, value: Any) -> float:
+        number = type(self).read(value)
         if number is None:
             raise _invalid(name, value, self.allowed())
         if not self.lo <= number <= self.hi:
@@ -91,20 +95,15 @@ class _Int:
 
 
 @dataclass(frozen=True)
-class _Float:
-    lo: float
-    hi: float
+class _Int(_Range):
+    kind = "an integer"
+    read = staticmethod(_as_int)
 
-    def allowed(self) -> str:
-        return f"a number in {self.lo}..{self.hi}"
 
-    def __call__(self, name: str, value: Any) -> float:
-        number = _as_float(value)
-        if number is None:
-            raise _invalid(name, value, self.allowed())
-        if not self.lo <= number <= self.hi:
-            raise _out_of_range(name, number, self.allowed())
-        return number
+@dataclass(frozen=True)
+class _Float(_Range):
+    kind = "a number"
+    read = staticmethod(_as_float)
 
 
 @dataclass(frozen=True)
