@@ -11,7 +11,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from o2v_batch.errors import ConfigError, FilterError, HyperparameterError
-from o2v_batch.formats import compile_filter
+from o2v_batch.jsonpath import compile_filter
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 COMPARATORS = ("hadamard", "concat", "abs_diff")

@@ -34,7 +34,7 @@ from o2v_batch.errors import (
     ModelFormatError,
     O2VError,
 )
-from o2v_batch.formats import json_type
+from o2v_batch.jsonpath import json_type
 
 # With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.
 TIED_TENSOR = "enc1.embedding.weight"

@@ -24,20 +24,10 @@ from o2v_batch.formats import (
     Oversize,
     content_type_for,
     framing_for,
-    iter_json_instances,
     iter_jsonlines,
     where,
 )
-from o2v_batch.runtime import (
-    Done,
-    ServingOptions,
-    WorkerPool,
-    WorkerSpec,
-    parse_devices,
-    plan_workers,
-)
-from o2v_batch.sharding import assign, summary_name
-from o2v_batch.sources import (
+from o2v_batch.io import (
     Shard,
     discard_partial,
     list_shards,
@@ -45,7 +35,15 @@ from o2v_batch.sources import (
     output_uri,
     write_atomic,
 )
-from o2v_batch.sources import describe_s3_error as describe_error
+from o2v_batch.io import describe_s3_error as describe_error
+from o2v_batch.jsonstream import iter_json_instances
+from o2v_batch.protocol import Done, ServingOptions, WorkerSpec
+from o2v_batch.runtime import (
+    WorkerPool,
+    parse_devices,
+    plan_workers,
+)
+from o2v_batch.sharding import assign, summary_name
 from o2v_batch.writer import ShardOutput
 
 

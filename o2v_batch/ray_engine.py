@@ -28,10 +28,11 @@ from o2v_batch.formats import (
     Oversize,
     content_type_for,
     framing_for,
-    iter_json_instances,
     iter_jsonlines,
     where,
 )
+from o2v_batch.io import STDIO, describe_s3_error, discard_partial, is_s3, open_input
+from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.pipeline import (
     JobSummary,
     ShardReport,
@@ -46,7 +47,6 @@ from o2v_batch.pipeline import (
     serving_options,
 )
 from o2v_batch.runtime import describe
-from o2v_batch.sources import STDIO, describe_s3_error, discard_partial, is_s3, open_input
 from o2v_batch.writer import ShardOutput
 
 MISSING_RAY = "--engine ray needs Ray: pip install 'o2v-batch[ray]'"

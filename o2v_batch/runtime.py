@@ -22,57 +22,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from o2v_batch.errors import O2VError, WorkerError
+from o2v_batch.protocol import Done, Failed, WorkerSpec
 
 MAX_CPU_WORKERS = 8
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """What a worker needs to know to serve mini-batches."""
-
-    mode: str = "auto"  # auto | embedding | classification
-    join_source: str = "None"
-    input_filter: str = "$"
-    output_filter: str = "$"
-    on_bad_record: str = "fail"
-    infer_max_seqlens: tuple[int, int] | None = None
-
-
-@dataclass
-class BatchResult:
-    """Encoded responses of one mini-batch, or the bad record that failed it."""
-
-    payload: bytes = b""
-    records: int = 0
-    bad_records: int = 0
-    truncated: int = 0
-    error_pos: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    model_dir: str
-    device: str  # "cpu" or "cuda:N" (N as the parent sees it)
-    threads: int
-    options: ServingOptions
-    # "module:function" returning an object with serve(positions, records, content_type, accept);
-    # lets tests hand in a model that hangs or crashes.
-    factory: str = "o2v_batch.serving:Server"
-
-
-@dataclass
-class Done:
-    task_id: int
-    result: BatchResult
-
-
-@dataclass
-class Failed:
-    task_id: int
-    reason: str
 
 
 # -- device selection -----------------------------------------------------

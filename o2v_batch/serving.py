@@ -16,9 +16,10 @@ import torch
 
 from o2v_batch.config import Hyperparameters
 from o2v_batch.errors import BadRecordError, O2VError
-from o2v_batch.formats import JSON, compile_filter, join_input, json_type
+from o2v_batch.formats import JSON
+from o2v_batch.jsonpath import compile_filter, join_input, json_type
 from o2v_batch.model import check_sequence, fast_ids, load_network
-from o2v_batch.runtime import BatchResult, ServingOptions
+from o2v_batch.protocol import BatchResult, ServingOptions
 
 INPUT_NAMES = ("in0", "in1")
 PAIR = 2  # record kinds: 0 = in0 only, 1 = in1 only, 2 = both

@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from o2v_batch.errors import ConfigError
-from o2v_batch.sources import Shard
+from o2v_batch.io import Shard
 
 # Array-job schedulers that hand each task its index (Kubernetes Indexed Jobs, AWS Batch).
 INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")

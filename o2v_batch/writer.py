@@ -7,7 +7,7 @@ import contextlib
 
 from o2v_batch.errors import O2VError
 from o2v_batch.formats import Framing
-from o2v_batch.sources import ShardWriter, open_output
+from o2v_batch.io import ShardWriter, open_output
 
 
 class ShardOutput:

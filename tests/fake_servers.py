@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from o2v_batch.runtime import BatchResult
+from o2v_batch.protocol import BatchResult
 from o2v_batch.serving import Server
 
 

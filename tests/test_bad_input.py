@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from o2v_batch import load_model
-from o2v_batch.runtime import ServingOptions
+from o2v_batch.protocol import ServingOptions
 from o2v_batch.serving import Server
 
 V = TINY["enc0_vocab_size"]

@@ -21,17 +21,16 @@ from o2v_batch.formats import (
     Framing,
     Oversize,
     Record,
-    compile_filter,
     content_type_for,
     encode_records,
     frame_document,
     framing_for,
-    iter_json_instances,
     iter_jsonlines,
-    join_input,
     media_type,
     where,
 )
+from o2v_batch.jsonpath import compile_filter, join_input
+from o2v_batch.jsonstream import iter_json_instances
 
 BOM = b"\xef\xbb\xbf"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

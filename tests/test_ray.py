@@ -23,10 +23,10 @@ from helpers import make_model, random_records, write_json, write_jsonl
 from o2v_batch.cli import cli
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.io import discard_partial
 from o2v_batch.pipeline import transform
 from o2v_batch.ray_engine import MISSING_RAY, ActorPlan, plan_actors
 from o2v_batch.serving import Server
-from o2v_batch.sources import discard_partial
 
 TESTS = Path(__file__).resolve().parent
 JSON = "application/json"

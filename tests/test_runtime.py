@@ -7,12 +7,9 @@ import time
 import pytest
 
 from o2v_batch.errors import O2VError, WorkerError
+from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
 from o2v_batch.runtime import (
-    Done,
-    Failed,
-    ServingOptions,
     WorkerPool,
-    WorkerSpec,
     parse_devices,
     plan_workers,
 )

@@ -10,9 +10,9 @@ from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import ConfigError
+from o2v_batch.io import Shard
 from o2v_batch.pipeline import transform
 from o2v_batch.sharding import assign, shard_index_from, summary_name
-from o2v_batch.sources import Shard
 
 
 def _shards(sizes: list[int]) -> list[Shard]:

@@ -15,9 +15,9 @@ import botocore.exceptions
 import pytest
 import zstandard
 
-from o2v_batch import sources
+from o2v_batch import io as sources
 from o2v_batch.errors import InputError, UnsafePathError
-from o2v_batch.sources import Shard
+from o2v_batch.io import Shard
 
 
 def make_files(root, files: dict[str, bytes]) -> None:
@@ -276,7 +276,7 @@ def test_stdout_shows_only_committed_shards(capsysbinary):
 def test_stdout_writer_in_a_real_process():
     script = textwrap.dedent(
         """
-        from o2v_batch import sources
+        from o2v_batch import io as sources
         w = sources.open_output("-")
         w.write(b"partial")
         w.abort()

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from o2v_batch import sources
+from o2v_batch import io as sources
 from o2v_batch.errors import InputError
-from o2v_batch.sources import Shard
+from o2v_batch.io import Shard
 
 pytestmark = pytest.mark.s3
 
