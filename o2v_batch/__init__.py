@@ -11,11 +11,11 @@ __all__ = ["O2VError", "__version__", "load_model", "transform"]
 def __getattr__(name: str):
     # Lazy, so `o2v-batch --help` and the batch parent never import torch.
     if name == "load_model":
-        from o2v_batch.model import load_model
+        from o2v_batch.api import load_model
 
         return load_model
     if name == "transform":
-        from o2v_batch.pipeline import transform
+        from o2v_batch.job import transform
 
         return transform
     raise AttributeError(name)

@@ -1,6 +1,9 @@
 """Model artifacts on disk and on S3: a folder with hyperparameters.json and
-model.safetensors, or a .tar.gz of one. Resolving and safe extraction need no
-torch, so the batch parent can fetch a model once without importing it."""
+model.safetensors, or a .tar.gz of one; resolve, extract, save and load.
+
+Resolving and safe extraction need no torch, so the batch parent can fetch a model
+once without importing it: saving and loading import torch when they run.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,26 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from o2v_batch import io
 from o2v_batch.config import Hyperparameters
-from o2v_batch.errors import HyperparameterError, ModelFormatError, UnsafeArchiveError
+from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
+from o2v_batch.io import describe_error, is_local, open_read
+
+if TYPE_CHECKING:
+    import torch
+
+    from o2v_batch.model import Object2Vec
 
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 WEIGHTS_FILE = "model.safetensors"
+# With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.
+TIED_TENSOR = "enc1.embedding.weight"
+# Token-embedding numbers above which a network is built on the meta device.
+META_BUILD_NUMBERS = 2**25
 
 
 def _is_tarball(name: str) -> bool:
@@ -92,16 +107,13 @@ def _model_root(folder: Path) -> Path:
 
 
 def _download(uri: str, path: Path) -> None:
-    # Lazy: smart_open pulls in boto3, which only S3 models need.
-    from botocore.exceptions import BotoCoreError, ClientError
-    from smart_open import open as open_uri
-
     try:
-        # compression="disable": a .tar.gz must arrive as the archive, not its gunzipped body.
-        with open_uri(uri, "rb", compression="disable") as source, path.open("wb") as out:
+        # Not decompressed: a .tar.gz must arrive as the archive, not its gunzipped body.
+        with open_read(uri, decompress=False) as source, path.open("wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
-    except (OSError, ValueError, BotoCoreError, ClientError) as error:
-        raise ModelFormatError(f"cannot download model file {uri}: {error}") from error
+    except Exception as error:  # an S3 client's errors share no base class with OSError
+        reason = describe_error(error, uri).removeprefix(f"{uri}: ")
+        raise ModelFormatError(f"cannot download model file {uri}: {reason}") from error
 
 
 def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str:
@@ -114,7 +126,7 @@ def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str
         raise
 
 
-def _fetch_s3(uri: str, folder: Path) -> Path:
+def _fetch_remote(uri: str, folder: Path) -> Path:
     if _is_tarball(uri):
         archive = folder / "model.tar.gz"
         _download(uri, archive)
@@ -129,8 +141,8 @@ def _fetch_s3(uri: str, folder: Path) -> Path:
 
 def resolve_model(uri: str, cache_dir: str | None = None) -> str:
     """A local folder holding the model files, for a folder, a .tar.gz/.tgz or an S3 URI."""
-    if uri.startswith("s3://"):
-        return _fill_new_folder(cache_dir, lambda folder: _fetch_s3(uri, folder))
+    if not is_local(uri):
+        return _fill_new_folder(cache_dir, lambda folder: _fetch_remote(uri, folder))
     path = Path(uri).expanduser()
     if path.is_dir():
         return str(path)
@@ -158,3 +170,126 @@ def read_hyperparameters(folder: str | os.PathLike[str]) -> Hyperparameters:
         return Hyperparameters.from_dict(values)
     except HyperparameterError as error:
         raise HyperparameterError(f"{path}: {error}") from error
+
+
+# ---------------------------------------------------------------- save and load
+
+
+def _saved_tensors(network: Object2Vec) -> dict[str, torch.Tensor]:
+    """The tensors a model file holds: the state dict with a tied embedding once."""
+    state = network.state_dict()
+    if network.hp.tied_token_embedding_weight:
+        del state[TIED_TENSOR]
+    return state
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")"
+
+
+def _mismatches(
+    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> list[str]:
+    problems = []
+    for name, shape in expected.items():
+        if name not in found:
+            problems.append(f"{name} is missing")
+        elif found[name] != shape:
+            problems.append(
+                f"{name} has shape {_shape_text(found[name])}, expected {_shape_text(shape)}"
+            )
+    problems += [f"{name} is not expected" for name in sorted(found) if name not in expected]
+    return problems
+
+
+def _shapes(network: Object2Vec) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in _saved_tensors(network).items()}
+
+
+def save_model(network: Object2Vec, hp: Hyperparameters, folder: str | os.PathLike[str]) -> None:
+    """Write hyperparameters.json and model.safetensors into `folder` (created if needed)."""
+    import torch
+    from safetensors.torch import save
+
+    from o2v_batch.model import Object2Vec
+
+    if network.encoders_only:
+        raise O2VError("cannot save an encoders-only network: it has no comparator, MLP or head")
+    with torch.device("meta"):
+        expected = _shapes(Object2Vec(hp))
+    problems = _mismatches(_shapes(network), expected)
+    if problems:
+        raise ModelFormatError("network does not match the hyperparameters: " + "; ".join(problems))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: t.detach().to("cpu", torch.float32).contiguous()
+        for name, t in _saved_tensors(network).items()
+    }
+    text = json.dumps(hp.to_dict(), sort_keys=True, indent=2) + "\n"
+    # Atomic writes: a crash never leaves half a file where a model is expected.
+    io.write_atomic(str(folder / WEIGHTS_FILE), save(tensors))
+    io.write_atomic(str(folder / HYPERPARAMETERS_FILE), text.encode("utf-8"))
+
+
+def _read_tensors(
+    path: Path, expected: dict[str, tuple[int, ...]], wanted: Callable[[str], bool]
+) -> dict[str, torch.Tensor]:
+    """Read only the `wanted` tensors, after checking every one against `expected`."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise ModelFormatError(f"{path.parent} has no {WEIGHTS_FILE}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as weights:
+            found = {
+                name: tuple(weights.get_slice(name).get_shape())
+                for name in weights.keys()  # noqa: SIM118 (safe_open is not a dict)
+                if wanted(name)
+            }
+            problems = _mismatches(found, expected)
+            if problems:
+                raise ModelFormatError(
+                    f"{WEIGHTS_FILE} does not match {HYPERPARAMETERS_FILE}: " + "; ".join(problems)
+                )
+            return {name: weights.get_tensor(name).float() for name in expected}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFormatError(f"{path} is not a readable safetensors file: {error}") from error
+
+
+def _build_device(hp: Hyperparameters) -> str:
+    """Where to build a network whose random init is about to be replaced.
+
+    The meta device skips the init, but its first use imports sympy: about 1 s per
+    worker. A small model's init on the CPU takes milliseconds; a large vocabulary's
+    would take seconds and gigabytes, so those still go to the meta device.
+    """
+    numbers = sum(hp.encoder(i).vocab_size * hp.encoder(i).token_embedding_dim for i in (0, 1))
+    return "meta" if numbers > META_BUILD_NUMBERS else "cpu"
+
+
+def load_network(
+    folder: str | os.PathLike[str], device: torch.device | str = "cpu", encoders_only: bool = False
+) -> Object2Vec:
+    """The network of a model folder, in eval mode on `device`.
+
+    encoders_only builds and reads only the enc0./enc1. tensors: the comparator, MLP and
+    head weights are never read.
+    """
+    import torch
+
+    from o2v_batch.model import Object2Vec
+
+    hp = read_hyperparameters(folder)
+    with torch.device(_build_device(hp)):
+        network = Object2Vec(hp, encoders_only=encoders_only)
+    expected = _shapes(network)
+    state = _read_tensors(
+        Path(folder) / WEIGHTS_FILE,
+        expected,
+        lambda name: not encoders_only or name.startswith(("enc0.", "enc1.")),
+    )
+    if hp.tied_token_embedding_weight:
+        state[TIED_TENSOR] = state["enc0.embedding.weight"]
+    network.load_state_dict(state, assign=True)
+    return network.to(device).eval()

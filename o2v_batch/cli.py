@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 
 from o2v_batch import __version__
 from o2v_batch.config import (
+    ACCEPT_TYPES,
     BAD_RECORD_POLICIES,
     CONTENT_TYPES,
     DEFAULT_INVOCATION_TIMEOUT_S,
@@ -56,22 +56,12 @@ def _parse_hp(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 
 
 def _parse_device(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
-    """auto -> None (cuda when torch sees a GPU); a named GPU must exist."""
-    if value == "auto":
-        return None
-    if value == "cpu":
-        return value
-    if not re.fullmatch(r"cuda(:\d+)?", value):
-        raise click.BadParameter(f"{value!r} is not auto, cpu, cuda or cuda:N")
-    # Imported here: only naming a GPU needs torch, --help and transform's parent do not.
-    import torch
+    from o2v_batch.devices import parse_device
 
-    index = int(value.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise click.BadParameter(
-            f"{value} is not available: torch sees {torch.cuda.device_count()} GPU(s)"
-        )
-    return value
+    try:
+        return parse_device(value)
+    except O2VError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _read_hyperparameters_file(path: str | None) -> dict:
@@ -183,8 +173,9 @@ def train_command(
 
 def _describe(uri: str) -> dict:
     """What `inspect` shows, as plain JSON values."""
+    from o2v_batch.artifacts import load_network, resolve_model
     from o2v_batch.config import Hyperparameters
-    from o2v_batch.model import count_parameters, load_network, resolve_model
+    from o2v_batch.model import count_parameters
 
     network = load_network(resolve_model(uri))
     hp = network.hp
@@ -319,7 +310,7 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--accept",
-    type=click.Choice(CONTENT_TYPES),
+    type=click.Choice(ACCEPT_TYPES),
     help="Response format. [default: the content type]",
 )
 @click.option(
@@ -449,7 +440,7 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
 
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
-    from o2v_batch.pipeline import transform as run_transform
+    from o2v_batch.job import transform as run_transform
 
     try:
         options["mode"] = options["mode"] or preferred_mode(os.environ)

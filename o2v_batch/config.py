@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from o2v_batch.errors import ConfigError, FilterError, HyperparameterError
 from o2v_batch.jsonpath import compile_filter
+from o2v_batch.responses import ACCEPT_TYPES
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 COMPARATORS = ("hadamard", "concat", "abs_diff")
@@ -398,11 +399,11 @@ class TransformConfig:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
     # "module:function" building the per-worker server; tests hand in faulty models.
-    worker_factory: str = "o2v_batch.serving:Server"
+    worker_factory: str = "o2v_batch.serving:create_server"
 
     def __post_init__(self) -> None:
         _choice("--content-type", self.content_type, CONTENT_TYPES, optional=True)
-        _choice("--accept", self.accept, CONTENT_TYPES, optional=True)
+        _choice("--accept", self.accept, ACCEPT_TYPES, optional=True)
         _choice("--strategy", self.strategy, STRATEGIES)
         _choice("--mode", self.mode, MODES)
         _choice("--join-source", self.join_source, JOIN_SOURCES)

@@ -1,16 +1,13 @@
-"""Media types, the jsonlines splitter and response framing.
+"""Media types and the jsonlines splitter.
 
 The batch parent only splits (raw bytes, never parsed); workers parse and encode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import repeat
 from typing import BinaryIO, NamedTuple
-
-import orjson
 
 JSONLINES = "application/jsonlines"
 JSON = "application/json"
@@ -18,7 +15,7 @@ JSON = "application/json"
 # One enormous line or element must never exhaust memory, even with no --max-payload.
 MAX_RECORD_BYTES = 100 * 2**20
 
-_CHUNK = 2**20
+READ_CHUNK = 2**20  # bytes per read of a request stream
 _BOM = b"\xef\xbb\xbf"
 _COMPRESSION_EXTENSIONS = (".gz", ".zst", ".bz2")
 # JSON whitespace; other control bytes on a line are left to the parser to reject.
@@ -39,9 +36,14 @@ class Oversize(NamedTuple):
     size: int
 
 
+def bare_type(content_type: str) -> str:
+    """A content type without its parameters, in lower case."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def media_type(content_type: str) -> str:
-    """The bare media type of a content type (parameters dropped); ValueError if unsupported."""
-    bare = content_type.split(";", 1)[0].strip().lower()
+    """The bare media type of a request content type; ValueError if unsupported."""
+    bare = bare_type(content_type)
     if bare not in (JSONLINES, JSON):
         raise ValueError(f"unsupported content type {content_type!r}: use {JSONLINES} or {JSON}")
     return bare
@@ -62,12 +64,12 @@ def content_type_for(path: str) -> str:
     return JSON if name.endswith(".json") else JSONLINES
 
 
-def _strip_bom(stream: BinaryIO) -> tuple[bytes, int]:
+def strip_bom(stream: BinaryIO) -> tuple[bytes, int]:
     """The first chunk of a stream without its UTF-8 BOM, and the BOM's length (0 or 3)."""
-    head = stream.read(_CHUNK)
+    head = stream.read(READ_CHUNK)
     # A stream may hand out the BOM a byte at a time.
     while head and len(head) < len(_BOM) and _BOM.startswith(head):
-        more = stream.read(_CHUNK)
+        more = stream.read(READ_CHUNK)
         if not more:
             break
         head += more
@@ -77,10 +79,10 @@ def _strip_bom(stream: BinaryIO) -> tuple[bytes, int]:
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
-    head, _ = _strip_bom(stream)
+    head, _ = strip_bom(stream)
     if head:
         yield head
-    while chunk := stream.read(_CHUNK):
+    while chunk := stream.read(READ_CHUNK):
         yield chunk
 
 
@@ -163,43 +165,3 @@ def _checked_lines(lines: list[bytes], lineno: int, limit: int) -> Iterator[Reco
             yield Oversize(lineno, len(line))
         elif line.strip(_JSON_WS):
             yield Record(lineno, line)
-
-
-# ---------------------------------------------------------------- responses
-
-
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """What wraps the encoded mini-batches of one output shard."""
-
-    header: bytes
-    separator: bytes  # between two non-empty mini-batch fragments
-    footer: bytes
-
-
-_FRAMINGS = {
-    JSONLINES: Framing(b"", b"", b""),
-    JSON: Framing(b'{"predictions":[', b",", b"]}\n"),
-}
-_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def framing_for(accept: str) -> Framing:
-    """The framing of an output shard of this content type."""
-    return _FRAMINGS[media_type(accept)]
-
-
-def encode_records(objs: list, accept: str) -> bytes:
-    """Encode response objects as one mini-batch fragment: lines, or a bare comma list for JSON."""
-    if media_type(accept) == JSON:
-        # One call, then drop the brackets: orjson writes `[a,b]` without spaces.
-        return orjson.dumps(objs, option=_DUMPS_OPTIONS)[1:-1]
-    options = _DUMPS_OPTIONS | orjson.OPT_APPEND_NEWLINE
-    return b"".join([orjson.dumps(obj, option=options) for obj in objs])
-
-
-def frame_document(fragments: Iterable[bytes], accept: str) -> bytes:
-    """A whole output shard from its fragments (empty fragments are skipped)."""
-    framing = framing_for(accept)
-    body = framing.separator.join(fragment for fragment in fragments if fragment)
-    return framing.header + body + framing.footer

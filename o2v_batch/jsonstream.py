@@ -11,9 +11,9 @@ from typing import BinaryIO, NoReturn
 
 import orjson
 
-from o2v_batch import formats
+from o2v_batch import formats  # formats.MAX_RECORD_BYTES read at call time: tests lower it
 from o2v_batch.errors import RequestFormatError
-from o2v_batch.formats import _CHUNK, Oversize, Record, _strip_bom
+from o2v_batch.formats import READ_CHUNK, Oversize, Record, strip_bom
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
 # A whole string (group 1 is None when it runs past the chunk) or a bracket.
@@ -57,7 +57,7 @@ class _JsonScanner:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.buf, self.base = _strip_bom(stream)  # base: stream offset of buf[0]
+        self.buf, self.base = strip_bom(stream)  # base: stream offset of buf[0]
         self.pos = 0
         # The value being scanned: its start in buf, bytes before buf, kept pieces.
         self.start = 0
@@ -67,7 +67,7 @@ class _JsonScanner:
 
     def _refill(self) -> bool:
         self.base += len(self.buf)
-        self.buf = self.stream.read(_CHUNK)
+        self.buf = self.stream.read(READ_CHUNK)
         self.pos = 0
         return bool(self.buf)
 

@@ -1,9 +1,17 @@
 """The worker boundary: what the parent tells a worker and what a worker answers.
-Plain data only, so every message pickles and unpickles anywhere."""
+
+Plain data only, so every message pickles and unpickles anywhere: a worker's
+failure crosses as text, never as an exception object that might not unpickle.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+# "module:function" building a worker's server: factory(model_dir, device, options, threads)
+# returns an object with serve(positions, records, content_type, accept) -> BatchResult.
+DEFAULT_FACTORY = "o2v_batch.serving:create_server"
 
 
 @dataclass(frozen=True)
@@ -18,6 +26,29 @@ class ServingOptions:
     infer_max_seqlens: tuple[int, int] | None = None
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to start one worker: its model, device, torch threads and server factory."""
+
+    model_dir: str
+    device: str  # "cpu" or "cuda:N" (N as the parent sees it)
+    threads: int
+    options: ServingOptions
+    # Tests hand in servers that hang, crash or fail to load.
+    factory: str = DEFAULT_FACTORY
+
+
+@dataclass(frozen=True, slots=True)
+class ServeRequest:
+    """One mini-batch for a worker: raw record bytes and where each record is."""
+
+    task_id: int
+    positions: Sequence[int]
+    records: Sequence[bytes]
+    content_type: str
+    accept: str
+
+
 @dataclass
 class BatchResult:
     """Encoded responses of one mini-batch, or the bad record that failed it."""
@@ -30,15 +61,21 @@ class BatchResult:
     error: str | None = None
 
 
+# -- what a worker answers ------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class WorkerSpec:
-    model_dir: str
-    device: str  # "cpu" or "cuda:N" (N as the parent sees it)
-    threads: int
-    options: ServingOptions
-    # "module:function" returning an object with serve(positions, records, content_type, accept);
-    # lets tests hand in a model that hangs or crashes.
-    factory: str = "o2v_batch.serving:Server"
+class Ready:
+    """The model is loaded; requests may come."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The server could not be built: the job cannot run."""
+
+    reason: str
 
 
 @dataclass
@@ -49,5 +86,7 @@ class Done:
 
 @dataclass
 class Failed:
+    """The server raised on this mini-batch (or, in the pool's events, retries ran out)."""
+
     task_id: int
     reason: str

@@ -1,8 +1,8 @@
 """The worker pool: one process per device (or CPU workers), bounded mini-batches
 in flight, plain-data results, and dead or hung worker detection with retries.
 
-The parent never imports torch here (unless it must count GPUs): workers are
-spawned, build their model themselves and exchange only bytes and plain data.
+Nothing here imports torch: workers are spawned, build their server themselves
+(the factory sets torch's threads) and exchange only bytes and plain data.
 """
 
 from __future__ import annotations
@@ -20,53 +20,18 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
+from o2v_batch.devices import worker_device
 from o2v_batch.errors import O2VError, WorkerError
-from o2v_batch.protocol import Done, Failed, WorkerSpec
+from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, WorkerSpec
 
 MAX_CPU_WORKERS = 8
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
 
 
-# -- device selection -----------------------------------------------------
-
-
-def visible_gpus() -> int:
-    """How many CUDA devices this process may use; avoids importing torch on machines without NVIDIA devices."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return 0
-    if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")):
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def parse_devices(devices: str) -> list[str]:
-    """`auto`, `cpu`, `cuda` or `cuda:0,cuda:1` to a list of device names."""
-    text = devices.strip().lower()
-    if text == "cpu":
-        return ["cpu"]
-    if text in ("auto", "cuda"):
-        count = visible_gpus()
-        if count:
-            return [f"cuda:{i}" for i in range(count)]
-        if text == "cuda":
-            raise O2VError("--devices cuda: no CUDA device is visible")
-        return ["cpu"]
-    names = [d.strip() for d in text.split(",") if d.strip()]
-    count = None
-    for name in names:
-        kind, _, index = name.partition(":")
-        if kind != "cuda" or not index.isdigit():
-            raise O2VError(f"--devices: {name!r} is not cpu, cuda or cuda:N")
-        count = visible_gpus() if count is None else count
-        if int(index) >= count:
-            raise O2VError(f"--devices: {name} is not visible ({count} CUDA devices visible)")
-    if len(set(names)) != len(names):
-        raise O2VError(f"--devices: {devices!r} names a device twice")
-    return names
+# -- sizing -----------------------------------------------------------------
 
 
 def plan_workers(
@@ -87,33 +52,27 @@ def plan_workers(
 # -- the worker process ---------------------------------------------------
 
 
-def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    if spec.device.startswith("cuda"):
-        # One device per process: the worker sees only its own GPU, as cuda:0.
-        index = int(spec.device.split(":")[1])
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        physical = visible.split(",")[index].strip() if visible else str(index)
-        os.environ["CUDA_VISIBLE_DEVICES"] = physical
-        device = "cuda:0"
-    else:
-        device = "cpu"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+def start_server(spec: WorkerSpec) -> Any:
+    """Builds a worker's server: the one start-up path of pool workers and Ray actors."""
     # Spinning OpenMP threads stall whenever the parent or another worker takes the
     # core (measured on 2 cores: 2 threads fell from 160,000 to 7,000 records/s).
+    # Read once, when torch loads: so set before the factory imports it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import torch
+    device = worker_device(spec.device)
+    module, _, name = spec.factory.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    return factory(spec.model_dir, device, spec.options, spec.threads)
 
-        torch.set_num_threads(spec.threads)
-        module, _, name = spec.factory.partition(":")
-        server = getattr(importlib.import_module(module), name)(
-            spec.model_dir, device, spec.options
-        )
+
+def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        server = start_server(spec)
     except Exception as exc:  # reported as plain text: the parent makes it the job's error
-        conn.send(("fatal", describe(exc)))
+        conn.send(Fatal(describe(exc)))
         return
-    conn.send(("ready", os.getpid()))
-    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    conn.send(Ready(os.getpid()))
+    requests: queue.SimpleQueue = queue.SimpleQueue()
 
     def receive() -> None:
         while True:
@@ -121,21 +80,24 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 message = conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the parent is gone: never linger as an orphan
-            tasks.put(message)
+            requests.put(message)
             if message is None:
                 return
 
     threading.Thread(target=receive, daemon=True).start()
-    while (message := tasks.get()) is not None:
-        task_id, *request = message
+    while (request := requests.get()) is not None:
         try:
-            conn.send(("done", task_id, server.serve(*request)))
+            result = server.serve(
+                request.positions, request.records, request.content_type, request.accept
+            )
+            conn.send(Done(request.task_id, result))
         except Exception as exc:
             traceback.print_exc()
-            conn.send(("failed", task_id, describe(exc)))
+            conn.send(Failed(request.task_id, describe(exc)))
 
 
 def describe(exc: BaseException) -> str:
+    """An exception as one line of text: our own errors carry their message."""
     return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -145,7 +107,7 @@ def describe(exc: BaseException) -> str:
 @dataclass
 class _Task:
     task_id: int
-    message: tuple  # (task_id, positions, records, content type, accept), as the worker gets it
+    request: ServeRequest
     attempts: int = 0
 
 
@@ -215,10 +177,6 @@ class WorkerPool:
             w.conn.close()
         self._workers = []
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
-
     # work
 
     @property
@@ -239,7 +197,8 @@ class WorkerPool:
         content_type: str,
         accept: str,
     ) -> None:
-        self._retry.append(_Task(task_id, (task_id, positions, records, content_type, accept)))
+        request = ServeRequest(task_id, positions, records, content_type, accept)
+        self._retry.append(_Task(task_id, request))
         self._dispatch()
 
     def poll(self, timeout: float) -> list[Done | Failed]:
@@ -277,7 +236,7 @@ class WorkerPool:
                 w.head_started = time.monotonic()
             w.in_flight.append(task)
             try:
-                w.conn.send(task.message)
+                w.conn.send(task.request)
             except OSError:
                 self._lost(w, "its connection closed")
 
@@ -292,19 +251,18 @@ class WorkerPool:
             w.process.join(1.0)
             self._lost(w, _exit_reason(w.process.exitcode))
             return
-        kind = message[0]
-        if kind == "ready":
-            w.ready, w.pid = True, message[1]
-        elif kind == "fatal":
-            raise WorkerError(f"cannot load the model on {w.spec.device}: {message[1]}")
+        if isinstance(message, Ready):
+            w.ready, w.pid = True, message.pid
+        elif isinstance(message, Fatal):
+            raise WorkerError(f"cannot load the model on {w.spec.device}: {message.reason}")
         else:
             task = w.in_flight.popleft()
-            assert task.task_id == message[1], "workers answer in order"
+            assert task.task_id == message.task_id, "workers answer in order"
             w.head_started = time.monotonic()
-            if kind == "done":
-                self._events.append(Done(task.task_id, message[2]))
+            if isinstance(message, Done):
+                self._events.append(message)
             else:
-                self._retry_or_fail(task, f"the worker raised {message[2]}")
+                self._retry_or_fail(task, f"the worker raised {message.reason}")
 
     def _check_hung(self) -> None:
         now = time.monotonic()

@@ -6,43 +6,30 @@ all happen here, so the parent only moves bytes.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
 
-from o2v_batch.config import Hyperparameters
+from o2v_batch.artifacts import load_network
 from o2v_batch.errors import BadRecordError, O2VError
-from o2v_batch.formats import JSON
 from o2v_batch.jsonpath import compile_filter, join_input, json_type
-from o2v_batch.model import check_sequence, fast_ids, load_network
 from o2v_batch.protocol import BatchResult, ServingOptions
+from o2v_batch.responses import Codec, codec_for, error_object, position_key
+from o2v_batch.tokens import (
+    MAX_ROWS,
+    check_sequence,
+    device_kind,
+    embed_ids,
+    fast_ids,
+    token_budget,
+)
 
 INPUT_NAMES = ("in0", "in1")
 PAIR = 2  # record kinds: 0 = in0 only, 1 = in1 only, 2 = both
 _MISSING = object()
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-# Device batches are cut by a token budget (rows x padded length), so one long
-# record never forces a huge padded tensor, and sorted by length to cut padding.
-# The budget is set so that one layer's activations (tokens x widest layer) stay
-# near a size the device handles best: a core's cache on CPU (measured: the heavy
-# model ran 578 records/s at 16,384 tokens and 917 at 2,048; the light one
-# prefers 32,768), plenty on a GPU.
-ACTIVATIONS = {"cpu": 2**20, "cuda": 2**27}
-MAX_ROWS = {"cpu": 512, "cuda": 8192}
-
-
-def token_budget(hp: Hyperparameters, kind: str) -> int:
-    """Tokens per device batch for this model on a `cpu` or `cuda` device."""
-    widest = max(hp.enc_dim, *(hp.encoder(i).token_embedding_dim for i in (0, 1)))
-    return int(os.environ.get("O2V_DEVICE_BATCH_TOKENS", max(256, ACTIVATIONS[kind] // widest)))
-
-
-ENCODE_CHUNK = 1024
 
 
 class Server:
@@ -60,9 +47,8 @@ class Server:
             self.max_lens = [
                 min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)
             ]
-        kind = "cpu" if self.device.type == "cpu" else "cuda"
-        self.token_budget = token_budget(hp, kind)
-        self.max_rows = MAX_ROWS[kind]
+        kind = device_kind(self.device)
+        self.token_budget, self.max_rows = token_budget(hp, kind), MAX_ROWS[kind]
         self.input_filter = _filter_or_none(options.input_filter)
         self.output_filter = _filter_or_none(options.output_filter)
         self.join = options.join_source == "Input"
@@ -71,14 +57,13 @@ class Server:
     def serve(
         self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
     ) -> BatchResult:
-        batch = _Batch(self, positions, records, "record" if content_type == JSON else "line")
+        batch = _Batch(self, positions, records, position_key(content_type))
         try:
             batch.parse()
             batch.predict()
-            payload = batch.encode(b"," if accept == JSON else b"\n")
+            batch.result.payload = batch.encode(codec_for(accept))
         except _Failed:
-            return batch.result
-        batch.result.payload = payload if accept == JSON else payload + b"\n"
+            pass
         return batch.result
 
 
@@ -197,35 +182,13 @@ class _Batch:
         if checked is None:
             self._drop_bad(enc)
             checked = fast_ids(self.seqs[enc], server.vocab[enc])
-        seqs = self.seqs[enc]
-        if not seqs:
+        if not self.seqs[enc]:
             return None
-        ids, lengths = checked
-        max_len = server.max_lens[enc]
-        if lengths.max() > max_len:
-            self.result.truncated += int((lengths > max_len).sum())
-            position = np.arange(ids.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            ids = ids[position < max_len]
-            lengths = np.minimum(lengths, max_len)
-        starts = np.cumsum(lengths) - lengths
-        order = np.argsort(-lengths, kind="stable")
-        out = torch.empty((len(seqs), server.enc_dim), dtype=torch.float32, device=server.device)
-        done = 0
-        while done < len(order):
-            longest = int(lengths[order[done]])
-            size = max(1, min(server.max_rows, server.token_budget // longest, len(order) - done))
-            chunk = order[done : done + size]
-            done += size
-            columns = np.arange(longest)
-            inside = columns < lengths[chunk, None]  # (B, T)
-            tokens = np.where(
-                inside, ids[np.minimum(starts[chunk, None] + columns, ids.size - 1)], 0
-            )
-            tokens = torch.from_numpy(tokens).to(server.device, non_blocking=True)
-            out[torch.from_numpy(chunk).to(server.device)] = server.network.encode(
-                tokens, enc
-            ).float()
-        return out
+        checked, truncated = checked.truncate(server.max_lens[enc])
+        self.result.truncated += truncated
+        return embed_ids(
+            server.network, checked, enc, server.token_budget, server.max_rows, server.device
+        )
 
     def _drop_unpaired(self, enc: int) -> bool:
         """Drops in1 of pairs whose in0 was bad; True when nothing else needs a look."""
@@ -252,40 +215,39 @@ class _Batch:
 
     # -- responses --------------------------------------------------------
 
-    def encode(self, sep: bytes) -> bytes:
-        """The responses, one per record, joined by `sep` (b"," or b"\n")."""
-        server = self.server
+    def encode(self, codec: Codec) -> bytes:
+        """The responses, one per record, as one fragment."""
         if not (self.errors or self.sources is not None):
-            # One dumps call for the whole batch: faster, and orjson gives every small
-            # result a 4 KiB buffer, which per record multiplied memory by 20. These
-            # objects nest no other object, so "},{" only ever separates two records.
-            body = orjson.dumps(self.outputs, option=_NUMPY)[1:-1]
-            return body if sep == b"," else body.replace(b"},{", b"}\n{")
-        chunks, parts = [], []
+            return codec.encode_predictions(self.outputs)
+        return codec.encode(self._responses())
+
+    def _responses(self) -> Iterator[Any]:
+        """Each record's response: its prediction (joined, filtered) or its error object."""
+        server = self.server
         for i, prediction in enumerate(self.outputs):
             if i in self.errors:
-                parts.append(self._error_part(i))
-            else:
-                out = join_input(self.sources[i], prediction) if server.join else prediction
+                yield self._error(i)
+                continue
+            out = join_input(self.sources[i], prediction) if server.join else prediction
+            if server.output_filter is not None:
                 try:
-                    if server.output_filter is not None:
-                        out = server.output_filter(out)
-                    parts.append(orjson.dumps(out, option=_NUMPY))
+                    out = server.output_filter(out)
                 except O2VError as exc:
                     self.bad(i, str(exc))
-                    parts.append(self._error_part(i))
-            if len(parts) == ENCODE_CHUNK:  # bounds the per-result buffers held at once
-                chunks.append(sep.join(parts))
-                parts = []
-        chunks.append(sep.join(parts))
-        return sep.join(chunks)
+                    yield self._error(i)
+                    continue
+            yield out
 
-    def _error_part(self, i: int) -> bytes:
+    def _error(self, i: int) -> dict:
         """What a bad record's place holds under --on-bad-record emit-error."""
-        return orjson.dumps(
-            {"error": {"message": self.errors[i], self.error_key: self.positions[i]}}
-        )
+        return error_object(self.errors[i], self.positions[i], self.error_key)
 
 
 def _filter_or_none(expr: str) -> Callable[[Any], Any] | None:
     return None if expr.strip() == "$" else compile_filter(expr)
+
+
+def create_server(model_dir: str, device: str, options: ServingOptions, threads: int) -> Server:
+    """The worker factory (protocol.DEFAULT_FACTORY): torch's threads, then the model."""
+    torch.set_num_threads(threads)
+    return Server(model_dir, device, options)

@@ -9,6 +9,7 @@ epoch runs and the last one is saved.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -23,14 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-import smart_open
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from o2v_batch.artifacts import save_model
 from o2v_batch.config import EncoderConfig, Hyperparameters
 from o2v_batch.errors import BadRecordError, HyperparameterError, InputError, TrainingDataError
-from o2v_batch.model import Object2Vec, save_model, to_batch
+from o2v_batch.io import is_local, open_read, open_write
+from o2v_batch.model import Object2Vec
+from o2v_batch.tokens import check_ids, check_sequence, truncate_sequence
 
 # Validation batches need no gradients, so they can be much larger than training ones.
 _EVAL_BATCH = 512
@@ -219,8 +222,8 @@ def read_pairs(uri: str, hp: Hyperparameters) -> tuple[list[Pair], int]:
     pairs: list[Pair] = []
     truncated = 0
     try:
-        stream = smart_open.open(uri, "rb")
-    except (OSError, ValueError) as e:
+        stream = open_read(uri)
+    except InputError as e:
         raise InputError(f"cannot open {uri}: {e}") from None
     with stream:
         for number, line in enumerate(stream, 1):
@@ -269,20 +272,12 @@ def _label(label: object, hp: Hyperparameters) -> int | float:
 
 
 def _token_ids(value: object, name: str, vocab_size: int) -> list[int]:
-    if (
-        isinstance(value, list)
-        and value
-        and all(type(token) is int for token in value)
-        and min(value) >= 0
-        and max(value) < vocab_size
-    ):
-        return value
-    # The slow path only runs for a bad line: to_batch words the problem as inference does.
+    # The check inference runs, so a problem is worded as a transform words it.
     try:
-        to_batch([value], 1, vocab_size, name, "cpu")
+        check_sequence(value, vocab_size, name)
     except BadRecordError as e:
         raise _Problem(str(e)) from None
-    raise AssertionError(f"to_batch accepted {name} that the training check refused")
+    return value
 
 
 def _show(value: object) -> str:
@@ -293,9 +288,9 @@ def _show(value: object) -> str:
 
 def _truncate(pair: Pair, encoders: Sequence[EncoderConfig]) -> tuple[Pair, int]:
     """The pair cut to each encoder's max_seq_len, and how many of its sequences were cut."""
-    limit0, limit1 = encoders[0].max_seq_len, encoders[1].max_seq_len
-    cut = (len(pair.in0) > limit0) + (len(pair.in1) > limit1)
-    return (Pair(pair.in0[:limit0], pair.in1[:limit1], pair.label) if cut else pair), cut
+    in0, cut0 = truncate_sequence(pair.in0, encoders[0].max_seq_len)
+    in1, cut1 = truncate_sequence(pair.in1, encoders[1].max_seq_len)
+    return (Pair(in0, in1, pair.label) if cut0 or cut1 else pair), cut0 + cut1
 
 
 # ---- epochs ----------------------------------------------------------------
@@ -335,12 +330,18 @@ def epoch_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _padded(
+    sequences: list[list[int]], config: EncoderConfig, name: str, device: torch.device
+) -> torch.Tensor:
+    # Checked and truncated when read: only padding is left to do.
+    return torch.from_numpy(check_ids(sequences, config.vocab_size, name).padded()).to(device)
+
+
 def _tensors(
     pairs: Sequence[Pair], hp: Hyperparameters, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    enc0, enc1 = hp.encoder(0), hp.encoder(1)
-    in0, _ = to_batch([p.in0 for p in pairs], enc0.max_seq_len, enc0.vocab_size, "in0", device)
-    in1, _ = to_batch([p.in1 for p in pairs], enc1.max_seq_len, enc1.vocab_size, "in1", device)
+    in0 = _padded([p.in0 for p in pairs], hp.encoder(0), "in0", device)
+    in1 = _padded([p.in1 for p in pairs], hp.encoder(1), "in1", device)
     dtype = torch.long if hp.output_layer == "softmax" else torch.float32
     labels = torch.tensor([p.label for p in pairs], dtype=dtype, device=device)
     return in0, in1, labels
@@ -450,7 +451,7 @@ def load_pretrained_embeddings(network: Object2Vec, hp: Hyperparameters) -> None
 
 def read_vocabulary(uri: str, vocab_size: int) -> dict[str, int]:
     """A JSON object word -> token id, every id inside the vocabulary."""
-    with smart_open.open(uri, "rb") as f:
+    with open_read(uri) as f:
         try:
             vocabulary = orjson.loads(f.read())
         except orjson.JSONDecodeError:
@@ -469,7 +470,7 @@ def read_vectors(uri: str, vocabulary: dict[str, int], dim: int) -> tuple[list[i
     """The vectors of the vocabulary's words, streamed from a `word v1 v2 ...` file."""
     ids: list[int] = []
     rows: list[list[float]] = []
-    with smart_open.open(uri, "r", encoding="utf-8") as f:
+    with io.TextIOWrapper(open_read(uri), encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             word, *values = line.rstrip("\n").split(" ")
             if not line.strip() or word not in vocabulary:
@@ -495,8 +496,7 @@ def read_vectors(uri: str, vocabulary: dict[str, int], dim: int) -> tuple[list[i
 def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:
     """Save to a local folder directly; a .tar.gz or an S3 target is built locally
     first and then copied."""
-    remote = "://" in output
-    if not remote and not output.endswith(".tar.gz"):
+    if is_local(output) and not output.endswith(".tar.gz"):
         save_model(network, hp, output)
         return
     with tempfile.TemporaryDirectory(prefix="o2v-train-") as tmp:
@@ -515,12 +515,6 @@ def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:
 
 
 def _publish(source: str, target: str) -> None:
-    if "://" in target:
-        # compression disabled: the bytes are already what the target should hold.
-        with open(source, "rb") as src, smart_open.open(target, "wb", compression="disable") as dst:
-            shutil.copyfileobj(src, dst)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    partial = f"{target}.partial"
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    """Copy a local file to `target`, which appears whole or not at all."""
+    with open(source, "rb") as src, open_write(target) as dst:
+        shutil.copyfileobj(src, dst)

@@ -1,61 +1,47 @@
-"""Per-shard output assembly: mini-batch results arrive in any order and are
-written in input order, atomically, with the response framing around them."""
+"""The per-shard reorder buffer: mini-batch results arrive in any order and are
+written in input order, framed by the accept type's codec, atomically."""
 
 from __future__ import annotations
 
 import contextlib
 
 from o2v_batch.errors import O2VError
-from o2v_batch.formats import Framing
-from o2v_batch.io import ShardWriter, open_output
+from o2v_batch.io import AtomicWriter, open_write
+from o2v_batch.responses import codec_for
 
 
 class ShardOutput:
     """The output of one input shard, written as its mini-batches complete in order."""
 
-    def __init__(self, uri: str, framing: Framing):
+    def __init__(self, uri: str, accept: str):
         self.uri = uri
-        self._framing = framing
-        self._writer: ShardWriter | None = open_output(uri)
         self._pending: dict[int, bytes] = {}
         self._next = 0
-        self._started = False
         self.total: int | None = None  # mini-batches in the shard, once reading ends
         self.records = 0
+        codec = codec_for(accept)
+        self._writer: AtomicWriter | None = open_write(uri)
+        try:
+            self._framer = codec.start(self._writer)
+        except BaseException:
+            self.abort()
+            raise
 
     def add(self, seq: int, payload: bytes, records: int) -> None:
         """Takes the result of mini-batch `seq`; writes every result now in order."""
         self._pending[seq] = payload
         self.records += records
         while self._next in self._pending:
-            self._write(self._pending.pop(self._next))
+            self._framer.add(self._pending.pop(self._next))
             self._next += 1
-
-    @property
-    def buffered(self) -> int:
-        return len(self._pending)
 
     @property
     def complete(self) -> bool:
         return self.total is not None and self._next == self.total
 
-    def _write(self, payload: bytes) -> None:
-        if not payload:
-            return
-        if self._started:
-            payload = self._framing.separator + payload
-        else:
-            payload = self._framing.header + payload
-            self._started = True
-        self._writer.write(payload)
-
     def commit(self) -> None:
         assert self.complete, "every mini-batch is written before the commit"
-        tail = (
-            self._framing.footer if self._started else self._framing.header + self._framing.footer
-        )
-        if tail:
-            self._writer.write(tail)
+        self._framer.finish()
         writer, self._writer = self._writer, None
         writer.commit()
 

@@ -179,8 +179,9 @@ def make_heavy_model(folder: Path) -> None:
     """Random weights: the heavy model is about cost, not accuracy."""
     import torch
 
+    from o2v_batch.artifacts import save_model
     from o2v_batch.config import Hyperparameters
-    from o2v_batch.model import Object2Vec, save_model
+    from o2v_batch.model import Object2Vec
 
     torch.manual_seed(0)
     hp = Hyperparameters.from_dict(HEAVY_HYPERPARAMETERS)
@@ -530,43 +531,28 @@ def read_requests(data: Path, mode: str) -> list[list[list[int]]]:
     return seqs
 
 
-def sorted_batches(seqs: list[list[int]], budget: int, max_rows: int, max_len: int):
-    """Padded (B, T) token arrays, longest first, cut by the product's token budget,
-    with the rows each holds."""
-    lengths = np.array([min(len(s), max_len) for s in seqs], dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    done = 0
-    while done < len(order):
-        longest = int(lengths[order[done]])
-        size = max(1, min(max_rows, budget // longest, len(order) - done))
-        rows = order[done : done + size]
-        tokens = np.zeros((size, longest), dtype=np.int64)
-        for r, i in enumerate(rows):
-            tokens[r, : lengths[i]] = seqs[i][: lengths[i]]
-        yield rows, tokens
-        done += size
-
-
 def run_ceiling(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
     """Forward passes only, on pre-built length-sorted tensors already on the device."""
     import torch
 
-    from o2v_batch.model import load_network
-    from o2v_batch.serving import MAX_ROWS, token_budget
+    from o2v_batch.artifacts import load_network
+    from o2v_batch.tokens import MAX_ROWS, check_ids, device_kind, token_budget
 
     torch.set_num_threads(os.cpu_count() or 1)
-    kind = "cpu" if device == "cpu" else "cuda"
+    kind = device_kind(device)
     network = load_network(model_dir, device, encoders_only=mode == "embedding")
     hp = network.hp
-    batches = [
-        [
-            (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device))
-            for rows, tokens in sorted_batches(
-                seqs, token_budget(hp, kind), MAX_ROWS[kind], hp.encoder(enc).max_seq_len
-            )
-        ]
-        for enc, seqs in enumerate(read_requests(data, mode))
-    ]
+    batches = []
+    for enc, seqs in enumerate(read_requests(data, mode)):
+        # The product's device batches: the same checks, truncation, order and cuts.
+        config = hp.encoder(enc)
+        ids, _ = check_ids(seqs, config.vocab_size, f"in{enc}").truncate(config.max_seq_len)
+        batches.append(
+            [
+                (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device))
+                for rows, tokens in ids.device_batches(token_budget(hp, kind), MAX_ROWS[kind])
+            ]
+        )
     n = sum(len(rows) for rows, _ in batches[0])
     passes = []
     with torch.inference_mode():

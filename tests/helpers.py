@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from o2v_batch.artifacts import save_model
 from o2v_batch.config import Hyperparameters
-from o2v_batch.model import Object2Vec, save_model
+from o2v_batch.model import Object2Vec
 
 TINY = {
     "enc0_vocab_size": 60,

@@ -12,6 +12,9 @@ import numpy as np
 import orjson
 import pytest
 
+# Runs the benchmark's systems as processes.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench.py"
 SYSTEMS = ("o2v-batch", "baseline", "ceiling")

@@ -1,4 +1,4 @@
-"""sources.py against a real S3 server (SeaweedFS on loopback)."""
+"""io/s3.py against a real S3 server (SeaweedFS on loopback)."""
 
 from __future__ import annotations
 
@@ -128,16 +128,16 @@ def test_multipart_write_reads_back_equal(s3, s3_bucket, monkeypatch):
     data = os.urandom(11 * MiB + 12345)
     uri = f"s3://{s3_bucket}/out/big.jsonl.out"
 
-    with sources.open_output(uri) as writer:
+    with sources.open_write(uri) as writer:
         for start in range(0, len(data), MiB - 1):
             writer.write(data[start : start + MiB - 1])
-            assert not sources.exists(uri)  # nothing visible before commit
+            assert sources.size(uri) is None  # nothing visible before commit
 
     head = s3.head_object(Bucket=s3_bucket, Key="out/big.jsonl.out")
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 1 MiB
     assert s3.get_object(Bucket=s3_bucket, Key="out/big.jsonl.out")["Body"].read() == data
-    with sources.open_input(uri) as stream:
+    with sources.open_read(uri) as stream:
         assert stream.read() == data
 
 
@@ -145,7 +145,7 @@ def test_multipart_write_reads_back_equal(s3, s3_bucket, monkeypatch):
 def test_aborted_write_leaves_no_object_and_no_upload(s3, s3_bucket, monkeypatch, how):
     monkeypatch.setenv("O2V_S3_PART_SIZE", str(5 * MiB))
     uri = f"s3://{s3_bucket}/out/a.jsonl.out"
-    writer = sources.open_output(uri)
+    writer = sources.open_write(uri)
     writer.write(os.urandom(6 * MiB))  # one part is already uploaded
     assert s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     if how == "abort":
@@ -155,36 +155,37 @@ def test_aborted_write_leaves_no_object_and_no_upload(s3, s3_bucket, monkeypatch
             raise KeyError("boom")
 
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
-    assert not sources.exists(uri)
+    assert sources.size(uri) is None
     assert "Contents" not in s3.list_objects_v2(Bucket=s3_bucket)
 
 
 def test_empty_output_and_small_files(s3, s3_bucket):
-    with sources.open_output(f"s3://{s3_bucket}/out/empty.jsonl.out"):
+    with sources.open_write(f"s3://{s3_bucket}/out/empty.jsonl.out"):
         pass
     sources.write_atomic(f"s3://{s3_bucket}/out/_SUCCESS", b'{"shards_ok": 1}')
     assert s3.get_object(Bucket=s3_bucket, Key="out/empty.jsonl.out")["Body"].read() == b""
     assert s3.get_object(Bucket=s3_bucket, Key="out/_SUCCESS")["Body"].read() == b'{"shards_ok": 1}'
 
 
-def test_exists(s3, s3_bucket):
+def test_size(s3, s3_bucket):
     put_all(s3, s3_bucket, {"out/a.jsonl.out": b"x"})
-    assert sources.exists(f"s3://{s3_bucket}/out/a.jsonl.out")
-    assert not sources.exists(f"s3://{s3_bucket}/out/b.jsonl.out")
-    assert not sources.exists(f"s3://{s3_bucket}/out/a.jsonl")
+    assert sources.size(f"s3://{s3_bucket}/out/a.jsonl.out") == 1
+    assert sources.size(f"s3://{s3_bucket}/out/b.jsonl.out") is None
+    assert sources.size(f"s3://{s3_bucket}/out/a.jsonl") is None
+    assert sources.size(f"s3://{s3_bucket}/") is None  # a bucket is no object
 
 
 def test_compressed_object_is_streamed_back(s3, s3_bucket):
     lines = b"".join(b'{"in0": [%d]}\n' % i for i in range(50000))
     put_all(s3, s3_bucket, {"in/a.jsonl.gz": gzip.compress(lines)})
-    with sources.open_input(f"s3://{s3_bucket}/in/a.jsonl.gz") as stream:
+    with sources.open_read(f"s3://{s3_bucket}/in/a.jsonl.gz") as stream:
         assert stream.readline() == b'{"in0": [0]}\n'
         assert stream.read() == lines[len(b'{"in0": [0]}\n') :]
 
 
 def test_missing_object_is_input_not_found(s3_bucket):
     with pytest.raises(InputError) as info:
-        sources.open_input(f"s3://{s3_bucket}/nope.jsonl")
+        sources.open_read(f"s3://{s3_bucket}/nope.jsonl")
     assert str(info.value) == f"input not found: s3://{s3_bucket}/nope.jsonl"
 
 
@@ -223,11 +224,11 @@ def closed_port() -> int:
     [
         lambda uri: sources.list_shards(uri + "in/"),
         lambda uri: sources.list_shards(uri + "in"),
-        lambda uri: sources.open_input(uri + "in/a.jsonl"),
-        lambda uri: sources.open_output(uri + "out/a.jsonl.out"),
-        lambda uri: sources.exists(uri + "out/a.jsonl.out"),
+        lambda uri: sources.open_read(uri + "in/a.jsonl"),
+        lambda uri: sources.open_write(uri + "out/a.jsonl.out"),
+        lambda uri: sources.size(uri + "out/a.jsonl.out"),
     ],
-    ids=["list-folder", "list-prefix", "open_input", "open_output", "exists"],
+    ids=["list-folder", "list-prefix", "open_read", "open_write", "size"],
 )
 def test_unreachable_endpoint_names_it_without_credentials(s3_bucket, monkeypatch, call):
     port = closed_port()
@@ -248,9 +249,9 @@ def test_unreachable_endpoint_names_it_without_credentials(s3_bucket, monkeypatc
     [
         (sources.list_shards, "in/"),
         (sources.list_shards, "in/a.jsonl"),
-        (sources.exists, "in/a.jsonl"),
-        (sources.open_input, "in/a.jsonl"),
-        (sources.open_output, "out/a.jsonl.out"),
+        (sources.size, "in/a.jsonl"),
+        (sources.open_read, "in/a.jsonl"),
+        (sources.open_write, "out/a.jsonl.out"),
     ],
 )
 def test_wrong_secret_is_access_denied_without_credentials(s3, s3_bucket, monkeypatch, call, key):

@@ -11,7 +11,7 @@ from helpers import make_model, random_records, write_jsonl
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import ConfigError
 from o2v_batch.io import Shard
-from o2v_batch.pipeline import transform
+from o2v_batch.job import transform
 from o2v_batch.sharding import assign, shard_index_from, summary_name
 
 
@@ -64,6 +64,7 @@ def test_summary_names_never_collide():
     }
 
 
+@pytest.mark.slow
 def test_sharded_runs_together_equal_one_run(tmp_path):
     model = make_model(tmp_path / "model")
     for i, n in enumerate([40, 3, 3, 25, 2, 12, 1]):

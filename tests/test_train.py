@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from o2v_batch.api import load_model
 from o2v_batch.config import Hyperparameters
 from o2v_batch.errors import HyperparameterError, TrainingDataError
-from o2v_batch.model import Object2Vec, load_model
+from o2v_batch.model import Object2Vec
 from o2v_batch.train import (
     EarlyStopping,
     Pair,

@@ -11,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import faulty_servers
 import pytest
 from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.pipeline import transform
+from o2v_batch.job import transform
+
+# Whole jobs, killed workers and signals: real processes.
+pytestmark = pytest.mark.slow
 
 SHARDS, RECORDS = 8, 10_000
 # Small mini-batches: the job runs several seconds and has many in flight to lose.
@@ -168,7 +172,7 @@ def test_signal_stops_the_job_cleanly_and_resume_finishes_it(big_job, tmp_path, 
 # -- a model that hangs or fails on one record --------------------------------
 
 SMALL = 40
-MARKED = {"in0": [1, 2, 3], "tag": "boom"}  # fake_servers.MARKER; the real server ignores "tag"
+MARKED = {"in0": [1, 2, 3], "tag": "boom"}  # faulty_servers.MARKER; the real server ignores "tag"
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +202,10 @@ def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path):
         small_job,
         model,
         tmp_path / "out",
-        worker_factory="fake_servers:HangOnceServer",
+        worker_factory="faulty_servers:HangOnce",
         invocation_timeout=3,
     )
-    assert (model / "hung-once").exists()  # it did hang
+    assert (model / faulty_servers.MISBEHAVED).exists()  # it did hang
     assert time.monotonic() - started < 60
     assert summary.worker_restarts == 1
     assert (summary.shards_ok, summary.shards_failed) == (3, 0)
@@ -215,7 +219,7 @@ def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
         small_job,
         small_job / "model",
         tmp_path / "out",
-        worker_factory="fake_servers:AlwaysFailServer",
+        worker_factory="faulty_servers:AlwaysRaise",
         max_retries=1,
     )
     shard = str(small_job / "in" / "b.jsonl")

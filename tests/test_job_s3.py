@@ -17,7 +17,7 @@ from conftest import load_local_s3
 from helpers import make_model, random_records, write_json, write_jsonl
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.pipeline import transform
+from o2v_batch.job import transform
 
 pytestmark = pytest.mark.s3
 MiB = 2**20

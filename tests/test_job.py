@@ -16,7 +16,10 @@ from helpers import make_model, random_records, read_predictions, write_json, wr
 from o2v_batch import load_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import OutputExistsError
-from o2v_batch.pipeline import transform
+from o2v_batch.job import transform
+
+# Whole transform jobs with real worker processes.
+pytestmark = pytest.mark.slow
 
 JSONL, JSON = "application/jsonlines", "application/json"
 

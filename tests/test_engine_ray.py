@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,10 @@ from helpers import make_model, random_records, write_json, write_jsonl
 
 from o2v_batch.cli import cli
 from o2v_batch.config import TransformConfig
+from o2v_batch.engines.ray import MISSING_RAY, ActorPlan, plan_actors
 from o2v_batch.errors import ConfigError, O2VError
 from o2v_batch.io import discard_partial
-from o2v_batch.pipeline import transform
-from o2v_batch.ray_engine import MISSING_RAY, ActorPlan, plan_actors
-from o2v_batch.serving import Server
+from o2v_batch.job import transform
 
 TESTS = Path(__file__).resolve().parent
 JSON = "application/json"
@@ -58,51 +56,6 @@ def ray_instance(s3_server):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("model") / "m")
-
-
-# -- servers that misbehave on records containing "boom" (worker_factory) -----------
-
-
-class _Faulty(Server):
-    def __init__(self, model_dir: str, device: str, options) -> None:
-        super().__init__(model_dir, device, options)
-        self.marker = Path(model_dir) / "misbehaved"
-
-    def serve(self, positions, records, content_type, accept):
-        if any(b"boom" in r for r in records):
-            self.misbehave()
-        return super().serve(positions, records, content_type, accept)
-
-
-class CrashOnce(_Faulty):
-    """Dies the first time only: the marker file outlives the process."""
-
-    def misbehave(self) -> None:
-        if not self.marker.exists():
-            self.marker.touch()
-            os._exit(3)
-
-
-class HangOnce(_Faulty):
-    def misbehave(self) -> None:
-        if not self.marker.exists():
-            self.marker.touch()
-            time.sleep(3600)
-
-
-class AlwaysCrash(_Faulty):
-    def misbehave(self) -> None:
-        os._exit(3)
-
-
-class AlwaysHang(_Faulty):
-    def misbehave(self) -> None:
-        time.sleep(3600)
-
-
-class AlwaysRaise(_Faulty):
-    def misbehave(self) -> None:
-        raise RuntimeError("the model broke")
 
 
 # -- inputs and comparisons ---------------------------------------------------------
@@ -293,7 +246,7 @@ def test_an_actor_that_dies_or_hangs_mid_shard_is_restarted_and_the_shard_retrie
         tmp_path / "out",
         model,
         engine="ray",
-        worker_factory=f"test_ray:{factory}",
+        worker_factory=f"faulty_servers:{factory}",
         invocation_timeout=HANG_S,
         **CASES["small-mini-batches"],
     )
@@ -314,7 +267,7 @@ def test_a_shard_whose_retries_run_out_fails_alone(
         **CASES["small-mini-batches"],
         "max_retries": 1,
         "invocation_timeout": HANG_S,
-        "worker_factory": f"test_ray:{factory}",
+        "worker_factory": f"faulty_servers:{factory}",
     }
     model = faulty_model(model_dir, tmp_path)
     summary, logged = run(inputs, tmp_path / "out", model, engine="ray", **options)
@@ -337,7 +290,7 @@ def test_a_shard_whose_retries_run_out_fails_alone(
         assert failure == {f["shard"]: f["reason"] for f in local.failed}[shard]
         assert failure.startswith(f"{shard}: mini-batch from line ")
         assert failure.endswith(
-            ": the worker raised RuntimeError: the model broke; gave up after 2 attempts"
+            ": the worker raised RuntimeError: the model broke on a marked record; gave up after 2 attempts"
         )
     assert f"o2v-batch: shard failed: {failure}" in logged
     assert summary.shards_failed == 3  # with bad.jsonl and big.json

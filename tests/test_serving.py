@@ -272,6 +272,7 @@ def assert_same_predictions(got: dict, expected: dict) -> None:
     np.testing.assert_allclose(got["embeddings"], expected["embeddings"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # whole jobs through the CLI
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_fail_setting(runs, case):
     """The shard with the bad record fails alone, with `<shard>: <where>: <problem>`."""
@@ -293,6 +294,7 @@ def test_fail_setting(runs, case):
     assert not (out / f"{case.name}.out").exists()
 
 
+@pytest.mark.slow  # whole jobs through the CLI
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_emit_error_setting(runs, case):
     """The bad record's place holds the error object; every good one the clean run's prediction."""
@@ -321,6 +323,7 @@ def test_emit_error_setting(runs, case):
     assert summary["bad_records_by_shard"].get(shard_uri, 0) == expected_bad
 
 
+@pytest.mark.slow  # whole jobs through the CLI
 @pytest.mark.parametrize("setting", ["fail", "emit-error"])
 @pytest.mark.parametrize("name", sorted(BROKEN_DOCUMENTS))
 def test_broken_json_document_fails_its_shard_under_both_settings(runs, setting, name):
@@ -332,6 +335,7 @@ def test_broken_json_document_fails_its_shard_under_both_settings(runs, setting,
     assert not (out / f"{name}.out").exists()
 
 
+@pytest.mark.slow  # whole jobs through the CLI
 @pytest.mark.parametrize("setting", ["fail", "emit-error"])
 def test_job_summary_and_exit_status(runs, setting):
     done, out, summary = runs[setting]

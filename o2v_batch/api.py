@@ -1,0 +1,81 @@
+"""The public Python API: `load_model(uri)` and the Model it returns.
+
+Sequences go through the same checks, truncation and length-sorted device batches
+as the batch transform, so a model called here answers as `transform` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from o2v_batch.artifacts import load_network, resolve_model
+from o2v_batch.errors import O2VError
+from o2v_batch.model import Object2Vec
+from o2v_batch.tokens import MAX_ROWS, check_ids, device_kind, embed_ids, token_budget
+
+MODES = ("classification", "embedding")
+
+
+class Model:
+    """A loaded model for Python callers: lists of token ids in, numpy arrays out."""
+
+    def __init__(self, network: Object2Vec, device: torch.device | str, mode: str) -> None:
+        self.network = network
+        self.hp = network.hp
+        self.device = torch.device(device)
+        self.mode = mode
+        self.truncated = 0  # sequences cut to max_seq_len so far
+        kind = device_kind(self.device)
+        self.token_budget = token_budget(self.hp, kind)
+        self.max_rows = MAX_ROWS[kind]
+
+    def embed(self, sequences: Sequence[Sequence[int]], encoder: int = 0) -> np.ndarray:
+        """(n, enc_dim) float32 embeddings of token-id sequences by encoder 0 or 1."""
+        with torch.inference_mode():
+            return self._encode(sequences, encoder).cpu().numpy()
+
+    def score(
+        self, in0_sequences: Sequence[Sequence[int]], in1_sequences: Sequence[Sequence[int]]
+    ) -> np.ndarray:
+        """(n, num_classes) probabilities, or (n, 1) values for a regression model."""
+        if self.mode == "embedding":
+            raise O2VError(
+                "score needs the whole network, but the model was loaded in embedding mode "
+                "(encoders only); load it with mode='classification'"
+            )
+        if len(in0_sequences) != len(in1_sequences):
+            raise O2VError(
+                f"in0 and in1 must have as many sequences: {len(in0_sequences)} != "
+                f"{len(in1_sequences)}"
+            )
+        width = self.hp.num_classes if self.hp.output_layer == "softmax" else 1
+        with torch.inference_mode():
+            u, v = self._encode(in0_sequences, 0), self._encode(in1_sequences, 1)
+            out = torch.empty((len(u), width), dtype=torch.float32, device=self.device)
+            # The head in slices too, so its activations stay as small as the encoders'.
+            for lo in range(0, len(u), self.max_rows):
+                rows = slice(lo, lo + self.max_rows)
+                out[rows] = self.network.predict_from_embeddings(u[rows], v[rows]).float()
+            return out.cpu().numpy()
+
+    def _encode(self, sequences: Sequence[Sequence[int]], encoder: int) -> torch.Tensor:
+        config = self.hp.encoder(encoder)
+        ids = check_ids(sequences, config.vocab_size, f"in{encoder}")
+        ids, truncated = ids.truncate(config.max_seq_len)
+        self.truncated += truncated
+        return embed_ids(self.network, ids, encoder, self.token_budget, self.max_rows, self.device)
+
+
+def load_model(uri: str, device: str = "cpu", mode: str = "classification") -> Model:
+    """Load a model folder or .tar.gz, local or on S3.
+
+    mode "embedding" loads only the encoders (embed only); "classification" loads the
+    whole network (embed and score).
+    """
+    if mode not in MODES:
+        raise O2VError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    network = load_network(resolve_model(uri), device, encoders_only=mode == "embedding")
+    return Model(network, device, mode)

@@ -1,0 +1,265 @@
+"""The local engine: a reader thread turns shards into mini-batches, a pool of
+worker processes serves them, and each shard's output is written in input order
+and committed atomically once complete."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from o2v_batch import io
+from o2v_batch.artifacts import resolve_model
+from o2v_batch.batching import MiniBatch
+from o2v_batch.config import TransformConfig
+from o2v_batch.devices import parse_devices
+from o2v_batch.engines.shard import (
+    ShardFailed,
+    ShardTask,
+    mini_batches,
+    oversize,
+    served,
+    serving_options,
+)
+from o2v_batch.formats import Oversize
+from o2v_batch.protocol import Done, WorkerSpec
+from o2v_batch.report import batch_failure, human_bytes, progress_bar, shard_failed
+from o2v_batch.runtime import WorkerPool, plan_workers
+from o2v_batch.writer import ShardOutput
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """The reader begins shard `idx`."""
+
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """Mini-batch (or oversize record) number `seq` of shard `idx`."""
+
+    idx: int
+    seq: int
+    item: MiniBatch | Oversize
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """Shard `idx` has `total` items in all."""
+
+    idx: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    idx: int
+    reason: str
+
+
+_DONE = None  # the reader has read every shard
+
+
+def check(config: TransformConfig) -> None:
+    """Every option the local engine takes is checked by TransformConfig."""
+
+
+def run(config: TransformConfig, tasks: list[ShardTask], log: Callable[[str], None]) -> int:
+    """Serves every shard; returns how many workers were restarted."""
+    return _Run(config, tasks, log).run()
+
+
+class _Run:
+    def __init__(self, config: TransformConfig, tasks: list[ShardTask], log: Callable[[str], None]):
+        self.config = config
+        self.tasks = tasks
+        self.log = log
+        self.outputs: dict[int, ShardOutput] = {}
+        self.in_flight: dict[int, tuple[int, int, MiniBatch]] = {}  # task id -> idx, seq, batch
+        self.failed: set[int] = set()
+        self.stop = threading.Event()
+        self.items: queue.Queue = queue.Queue()  # bounded once the pool's size is known
+        self.task_ids = itertools.count()
+        self.to_stdout = config.output == io.STDIO
+        self.next_commit = 0  # stdout: shards are committed in input order
+        self.progress = progress_bar(config.progress)
+        self.read_bytes = 0
+
+    def run(self) -> int:
+        io.discard_partial([t.report.output for t in self.tasks])
+        reader = threading.Thread(target=self._read, daemon=True)
+        try:
+            with WorkerPool(
+                self._specs(),
+                self.config.max_concurrent_transforms,
+                self.config.max_retries,
+                self.config.invocation_timeout,
+            ) as pool:
+                # Bounded by the workers' capacity: memory stays flat whatever the input size.
+                self.items = queue.Queue(maxsize=pool.capacity + 2)
+                reader.start()
+                self._loop(pool)
+                return pool.restarts
+        finally:
+            # Interrupted or broken: whatever is half written goes, and --resume redoes it.
+            self.stop.set()
+            for output in self.outputs.values():
+                output.abort()
+            self.progress.close()
+
+    def _specs(self) -> list[WorkerSpec]:
+        config = self.config
+        devices = parse_devices(config.devices)
+        model_dir = resolve_model(config.model)
+        options = serving_options(config)
+        return [
+            WorkerSpec(model_dir, device, threads, options, config.worker_factory)
+            for device, threads in plan_workers(devices, config.workers)
+        ]
+
+    def _loop(self, pool: WorkerPool) -> None:
+        reading = True
+        while reading or pool.in_flight():
+            while reading and pool.has_room():
+                try:
+                    message = self.items.get(timeout=0.05 if pool.in_flight() else 1.0)
+                except queue.Empty:
+                    break
+                reading = self._take(message, pool)
+            for event in pool.poll(0.01 if reading and pool.has_room() else 0.5):
+                self._result(event)
+
+    # -- the reader thread ------------------------------------------------
+
+    def _read(self) -> None:
+        """Shards to mini-batches, at most a few ahead of the workers."""
+        for idx, task in enumerate(self.tasks):
+            if self.stop.is_set():
+                break
+            self._put(_Start(idx))
+            seq = 0
+            try:
+                for item in mini_batches(task, self.config):
+                    if idx in self.failed or self.stop.is_set():
+                        break
+                    self._put(_Item(idx, seq, item))
+                    seq += 1
+            except ShardFailed as exc:
+                self._put(_Unreadable(idx, str(exc)))
+                continue
+            self._put(_End(idx, seq))
+        self._put(_DONE)
+
+    def _put(self, message: object) -> None:
+        while not self.stop.is_set():
+            try:
+                self.items.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # -- the parent's loop ------------------------------------------------
+
+    def _take(self, message: object, pool: WorkerPool) -> bool:
+        """Acts on one message of the reader; False once it has read everything."""
+        if message is _DONE:
+            return False
+        idx = message.idx
+        if idx in self.failed:
+            return True
+        task = self.tasks[idx]
+        if isinstance(message, _Start):
+            self.outputs[idx] = ShardOutput(task.report.output, task.accept)
+        elif isinstance(message, _Item):
+            self._submit(message, pool)
+        elif isinstance(message, _End):
+            self.outputs[idx].total = message.total
+            self._maybe_commit(idx)
+        else:
+            self._fail(idx, message.reason)
+        return True
+
+    def _submit(self, message: _Item, pool: WorkerPool) -> None:
+        idx, seq, item = message.idx, message.seq, message.item
+        task = self.tasks[idx]
+        if isinstance(item, Oversize):
+            try:
+                self._add(idx, seq, oversize(task, item, self.config), 1)
+            except ShardFailed as exc:
+                self._fail(idx, str(exc))
+            return
+        task_id = next(self.task_ids)
+        self.in_flight[task_id] = (idx, seq, item)
+        task.report.count_batch(len(item.records), item.nbytes)
+        pool.submit(task_id, item.positions, item.records, task.content_type, task.accept)
+
+    def _result(self, event) -> None:
+        idx, seq, batch = self.in_flight.pop(event.task_id)
+        if idx in self.failed:
+            return
+        task = self.tasks[idx]
+        if not isinstance(event, Done):
+            reason = batch_failure(batch.positions[0], task.content_type, event.reason)
+            self._fail(idx, f"{task.report.shard}: {reason}")
+            return
+        try:
+            payload = served(task, event.result)
+        except ShardFailed as exc:
+            self._fail(idx, str(exc))
+            return
+        self.read_bytes += batch.nbytes
+        self.progress.set_postfix_str(human_bytes(self.read_bytes), refresh=False)
+        self.progress.update(event.result.records)
+        self._add(idx, seq, payload, event.result.records)
+
+    # -- shard completion -------------------------------------------------
+
+    def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
+        try:
+            self.outputs[idx].add(seq, payload, records)
+        except Exception as exc:  # the output cannot be written (e.g. S3 went away)
+            self._fail(idx, io.describe_error(exc, self.tasks[idx].report.output))
+            return
+        self._maybe_commit(idx)
+
+    def _maybe_commit(self, idx: int) -> None:
+        if not self.to_stdout:
+            if self.outputs[idx].complete:
+                self._commit(idx)
+            return
+        while self.next_commit in self.failed or (
+            self.next_commit in self.outputs and self.outputs[self.next_commit].complete
+        ):
+            if self.next_commit not in self.failed:
+                self._commit(self.next_commit)
+            self.next_commit += 1
+
+    def _commit(self, idx: int) -> None:
+        output = self.outputs.pop(idx)
+        report = self.tasks[idx].report
+        try:
+            output.commit()
+        except Exception as exc:
+            output.abort()
+            self._mark_failed(idx, io.describe_error(exc, report.output))
+            return
+        report.status, report.records_out = "ok", output.records
+
+    def _fail(self, idx: int, reason: str) -> None:
+        output = self.outputs.pop(idx, None)
+        if output is not None:
+            output.abort()
+        self._mark_failed(idx, reason)
+        if self.to_stdout:
+            self._maybe_commit(idx)
+
+    def _mark_failed(self, idx: int, reason: str) -> None:
+        if idx in self.failed:
+            return
+        self.failed.add(idx)
+        report = self.tasks[idx].report
+        report.status, report.reason = "failed", reason
+        self.log(shard_failed(reason))

@@ -1,0 +1,124 @@
+"""The Ray engine's actor: one model on one device, serving whole shards one at a
+time: read, pack, serve every mini-batch, write the mirrored output atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from o2v_batch import io
+from o2v_batch.artifacts import resolve_model
+from o2v_batch.batching import MiniBatch
+from o2v_batch.config import TransformConfig
+from o2v_batch.engines.shard import (
+    ShardFailed,
+    ShardTask,
+    mini_batches,
+    oversize,
+    served,
+    serving_options,
+)
+from o2v_batch.errors import WorkerError
+from o2v_batch.formats import Oversize
+from o2v_batch.protocol import WorkerSpec
+from o2v_batch.report import ShardReport, batch_failure
+from o2v_batch.runtime import describe, start_server
+from o2v_batch.writer import ShardOutput
+
+
+class ShardWorker:
+    """A Ray actor. Runs with two threads, so progress() answers while serve_shard() works."""
+
+    def __init__(self, config: TransformConfig, model: str, device: str, threads: int):
+        import ray
+
+        self.config = config
+        self.pid = os.getpid()
+        # (shard index, records written so far, first record of the mini-batch at hand,
+        # when work on it began)
+        self.now = (-1, 0, 0, time.monotonic())
+        # A restarted actor first removes what its killed predecessor left half-written.
+        self.sweep = ray.get_runtime_context().was_current_actor_reconstructed
+        self.fatal: str | None = None
+        try:
+            options = serving_options(config)
+            spec = WorkerSpec(resolve_model(model), device, threads, options, config.worker_factory)
+            self.server = start_server(spec)
+        except Exception as exc:  # plain text: the driver makes it the job's error
+            self.fatal = f"cannot load the model on {device}: {describe(exc)}"
+
+    def ready(self) -> tuple[int, str | None]:
+        return self.pid, self.fatal
+
+    def progress(self) -> tuple[int, int, int, int, float]:
+        """(pid, shard index, records written, first record of the mini-batch at hand,
+        seconds spent on it): measured here, so the nodes' clocks need not agree."""
+        idx, records, pos, started = self.now
+        return self.pid, idx, records, pos, time.monotonic() - started
+
+    def serve_shard(self, idx: int, task: ShardTask) -> tuple[int, ShardReport]:
+        """Serves one shard into its output, committed only when every record is written.
+
+        A model that raises or a process that dies makes Ray retry the whole shard.
+        """
+        if self.fatal:
+            raise WorkerError(self.fatal)
+        report = task.report
+        if self.sweep:
+            self.sweep = False
+            io.discard_partial([report.output])
+        self.now = (idx, 0, 0, time.monotonic())
+        try:
+            output = ShardOutput(report.output, task.accept)
+        except Exception as exc:
+            return self._failed(report, io.describe_error(exc, report.output))
+        try:
+            self._serve(idx, task, output)
+        except ShardFailed as exc:
+            output.abort()
+            return self._failed(report, str(exc))
+        except BaseException:
+            output.abort()
+            raise
+        try:
+            output.commit()
+        except Exception as exc:
+            output.abort()
+            return self._failed(report, io.describe_error(exc, report.output))
+        report.status, report.records_out = "ok", output.records
+        return self.pid, report
+
+    def _serve(self, idx: int, task: ShardTask, output: ShardOutput) -> None:
+        count = 0
+        with contextlib.closing(mini_batches(task, self.config)) as items:
+            for item in items:
+                pos = item.pos if isinstance(item, Oversize) else item.positions[0]
+                self.now = (idx, output.records, pos, time.monotonic())
+                if isinstance(item, Oversize):
+                    payload, records = oversize(task, item, self.config), 1
+                else:
+                    payload, records = self._batch(task, item)
+                try:
+                    output.add(count, payload, records)
+                except Exception as exc:
+                    raise ShardFailed(io.describe_error(exc, output.uri)) from None
+                count += 1
+        output.total = count
+
+    def _batch(self, task: ShardTask, batch: MiniBatch) -> tuple[bytes, int]:
+        task.report.count_batch(len(batch.records), batch.nbytes)
+        try:
+            result = self.server.serve(
+                batch.positions, batch.records, task.content_type, task.accept
+            )
+        except Exception as exc:
+            reason = f"the worker raised {describe(exc)}"
+            raise WorkerError(
+                batch_failure(batch.positions[0], task.content_type, reason)
+            ) from None
+        return served(task, result), result.records
+
+    def _failed(self, report: ShardReport, reason: str) -> tuple[int, ShardReport]:
+        report.status, report.reason = "failed", reason
+        return self.pid, report

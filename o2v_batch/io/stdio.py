@@ -1,0 +1,57 @@
+"""`-`: stdin as the one input shard, stdout as an output that shows whole shards only."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from o2v_batch.io.base import STDIO, AtomicWriter, Shard
+
+# Bytes of a stdout shard kept in memory before it spills to a temporary file.
+STDOUT_SPOOL_BYTES = 8 * 2**20
+
+
+def list_shards(input: str, output: str | None) -> list[Shard]:
+    """Stdin is one shard of unknown size."""
+    return [Shard(STDIO, STDIO, -1)]
+
+
+def size(uri: str) -> int | None:
+    """None: stdout never holds an earlier output, and stdin's size is unknown."""
+    return None
+
+
+def open_read(uri: str) -> BinaryIO:
+    return sys.stdin.buffer
+
+
+class _StdoutWriter(AtomicWriter):
+    """Spooled, then copied to stdout on commit: stdout never shows part of a shard."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        # Held open across calls, closed by commit or abort.
+        self._spool = tempfile.SpooledTemporaryFile(max_size=STDOUT_SPOOL_BYTES)  # noqa: SIM115
+
+    def write(self, data: bytes) -> None:
+        self._spool.write(data)
+
+    def _commit(self) -> None:
+        with self._spool:
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+
+    def _abort(self) -> None:
+        self._spool.close()
+
+
+def open_write(uri: str) -> AtomicWriter:
+    return _StdoutWriter(uri)
+
+
+def discard_partial(uris: Sequence[str]) -> None:
+    """Nothing to do: a killed writer's spool is a temporary file the system removes."""

@@ -1,0 +1,214 @@
+"""Token ids on their way into the network: id checks, truncation to max_seq_len,
+zero padding, and length-sorted device batches cut by a token budget.
+
+The one copy used by serving, the Python API, training and the benchmark, so all
+of them check, cut and batch alike. Numpy only; torch comes in where tensors do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from o2v_batch.errors import BadRecordError
+from o2v_batch.jsonpath import json_type
+
+if TYPE_CHECKING:
+    import torch
+
+    from o2v_batch.config import Hyperparameters
+    from o2v_batch.model import Object2Vec
+
+SHOWN_CHARS = 40  # of a bad token id quoted in a message
+
+# Device batches are cut by a token budget (rows x padded length), so one long
+# record never forces a huge padded tensor, and sorted by length to cut padding.
+# The budget is set so that one layer's activations (tokens x widest layer) stay
+# near a size the device handles best: a core's cache on CPU (measured: the heavy
+# model ran 578 records/s at 16,384 tokens and 917 at 2,048; the light one
+# prefers 32,768), plenty on a GPU.
+ACTIVATIONS = {"cpu": 2**20, "cuda": 2**27}
+MAX_ROWS = {"cpu": 512, "cuda": 8192}
+BUDGET_VARIABLE = "O2V_DEVICE_BATCH_TOKENS"  # overrides token_budget when set
+
+
+def device_kind(device: torch.device | str) -> str:
+    """The key of ACTIVATIONS and MAX_ROWS for a device: `cpu`, or `cuda` for a GPU."""
+    return "cpu" if str(device).partition(":")[0] == "cpu" else "cuda"
+
+
+def token_budget(hp: Hyperparameters, kind: str) -> int:
+    """Tokens per device batch for this model on a `cpu` or `cuda` device."""
+    widest = max(hp.enc_dim, *(hp.encoder(i).token_embedding_dim for i in (0, 1)))
+    return int(os.environ.get(BUDGET_VARIABLE, max(256, ACTIVATIONS[kind] // widest)))
+
+
+# ---------------------------------------------------------------- id checks
+
+
+def _out_of_range(token: int, vocab_size: int, input_name: str) -> str:
+    return (
+        f"{input_name} id {token} is out of range: vocab size is {vocab_size} "
+        f"(ids must be in 0..{vocab_size - 1})"
+    )
+
+
+def _is_token(value: Any) -> bool:
+    # bool is an int subclass; `true` is never a token id.
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _show_token(token: Any) -> str:
+    """A token as it was written in the JSON record, cut short when long."""
+    if isinstance(token, np.generic):
+        token = token.item()
+    try:
+        text = json.dumps(token)
+    except (RecursionError, TypeError, ValueError):  # nested deeper than Python recurses
+        text = ""
+        while isinstance(token, list) and token and len(text) < SHOWN_CHARS:
+            text, token = text + "[", token[0]
+        return (text + "...") if text else json_type(token)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def check_sequence(sequence: Any, vocab_size: int, input_name: str) -> None:
+    """Raise BadRecordError saying what is wrong with one sequence of token ids, if anything."""
+    # The common case without a Python comparison per id: training checks every line.
+    if (
+        type(sequence) is list
+        and sequence
+        and all(type(token) is int for token in sequence)
+        and min(sequence) >= 0
+        and max(sequence) < vocab_size
+    ):
+        return
+    if not isinstance(sequence, list | tuple | np.ndarray):
+        raise BadRecordError(f"{input_name} must be a list of token ids, got {json_type(sequence)}")
+    if len(sequence) == 0:
+        raise BadRecordError(f"{input_name} is empty: it needs at least one token id")
+    for token in sequence:
+        if not _is_token(token):
+            raise BadRecordError(
+                f"{input_name} has a token id that is not an integer: {_show_token(token)}"
+            )
+        if not 0 <= token < vocab_size:
+            raise BadRecordError(_out_of_range(int(token), vocab_size, input_name))
+
+
+def fast_ids(sequences: Sequence[Any], vocab_size: int) -> TokenIds | None:
+    """The sequences as TokenIds, or None when anything is wrong (then check_sequence
+    finds what). Vectorised: this runs for every mini-batch."""
+    if not all(isinstance(s, list | tuple | np.ndarray) for s in sequences):
+        return None
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    flat = list(chain.from_iterable(sequences))
+    if not lengths.all() or not all(
+        t is int or issubclass(t, np.integer) for t in set(map(type, flat))
+    ):
+        return None
+    try:
+        ids = np.array(flat, dtype=np.int64)
+    except OverflowError:
+        return None
+    if ((ids < 0) | (ids >= vocab_size)).any():
+        return None
+    return TokenIds(ids, lengths)
+
+
+def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:
+    """The sequences as TokenIds; BadRecordError names the first bad one by its index."""
+    checked = fast_ids(sequences, vocab_size)
+    if checked is not None:
+        return checked
+    for index, sequence in enumerate(sequences):
+        try:
+            check_sequence(sequence, vocab_size, input_name)
+        except BadRecordError as error:
+            raise BadRecordError(f"sequence {index}: {error}") from error
+    raise AssertionError("fast_ids refused sequences that check_sequence accepts")
+
+
+# ---------------------------------------------------------------- truncation, padding, batches
+
+
+def truncate_sequence(sequence: list[int], max_len: int) -> tuple[list[int], bool]:
+    """One sequence cut to max_len ids, and whether anything was cut."""
+    return (sequence[:max_len], True) if len(sequence) > max_len else (sequence, False)
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
+class TokenIds:
+    """Checked sequences of one input: every id in one int64 array, one sequence after
+    another, and each sequence's length (at least 1)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """Where each sequence's ids begin in `ids`."""
+        return np.cumsum(self.lengths) - self.lengths
+
+    def truncate(self, max_len: int) -> tuple[TokenIds, int]:
+        """Every sequence cut to max_len ids, and how many sequences were cut."""
+        if not len(self) or self.lengths.max() <= max_len:
+            return self, 0
+        position = np.arange(self.ids.size) - np.repeat(self.starts, self.lengths)
+        cut = TokenIds(self.ids[position < max_len], np.minimum(self.lengths, max_len))
+        return cut, int((self.lengths > max_len).sum())
+
+    def padded(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B, T) int64 ids of `rows` (default: all), zero-padded to the longest; T >= 1."""
+        starts, lengths = self.starts, self.lengths
+        if rows is not None:
+            starts, lengths = starts[rows], lengths[rows]
+        columns = np.arange(max(int(lengths.max(initial=0)), 1))
+        inside = columns < lengths[:, None]  # (B, T)
+        # Clipped so that padding places index some id too; np.where then zeroes them.
+        return np.where(
+            inside, self.ids[np.minimum(starts[:, None] + columns, self.ids.size - 1)], 0
+        )
+
+    def device_batches(
+        self, token_budget: int, max_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, padded ids) per device batch, longest sequences first: as many rows as
+        the token budget allows at the batch's longest length, at least 1, at most max_rows."""
+        order = np.argsort(-self.lengths, kind="stable")
+        done = 0
+        while done < len(order):
+            longest = int(self.lengths[order[done]])
+            size = max(1, min(max_rows, token_budget // longest, len(order) - done))
+            rows = order[done : done + size]
+            done += size
+            yield rows, self.padded(rows)
+
+
+def embed_ids(
+    network: Object2Vec,
+    ids: TokenIds,
+    encoder: int,
+    token_budget: int,
+    max_rows: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """(n, enc_dim) float32 embeddings by `encoder`, in row order, from length-sorted
+    device batches on `device` (where the network is)."""
+    import torch
+
+    out = torch.empty((len(ids), network.hp.enc_dim), dtype=torch.float32, device=device)
+    for rows, tokens in ids.device_batches(token_budget, max_rows):
+        batch = torch.from_numpy(tokens).to(device, non_blocking=True)
+        out[torch.from_numpy(rows).to(device)] = network.encode(batch, encoder).float()
+    return out

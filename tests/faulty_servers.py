@@ -1,0 +1,58 @@
+"""The real server, misbehaving on purpose on a mini-batch holding a marked record
+(one containing MARKER): for the transform engines' fault tests. Loaded in worker
+processes and Ray actors by "module:function" name."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from o2v_batch.serving import Server
+
+MARKER = b"boom"
+# Left in the model folder by a server that misbehaves once: it outlives the process,
+# so the retried worker behaves.
+MISBEHAVED = "misbehaved"
+
+
+class _Faulty(Server):
+    def __init__(self, model_dir: str, device: str, options, threads: int) -> None:
+        super().__init__(model_dir, device, options)
+        self.marker = Path(model_dir) / MISBEHAVED
+
+    def serve(self, positions, records, content_type, accept):
+        if any(MARKER in r for r in records):
+            self.misbehave()
+        return super().serve(positions, records, content_type, accept)
+
+
+class CrashOnce(_Faulty):
+    """Dies the first time only."""
+
+    def misbehave(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os._exit(3)
+
+
+class HangOnce(_Faulty):
+    def misbehave(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            time.sleep(3600)
+
+
+class AlwaysCrash(_Faulty):
+    def misbehave(self) -> None:
+        os._exit(3)
+
+
+class AlwaysHang(_Faulty):
+    def misbehave(self) -> None:
+        time.sleep(3600)
+
+
+class AlwaysRaise(_Faulty):
+    def misbehave(self) -> None:
+        raise RuntimeError("the model broke on a marked record")

@@ -1,0 +1,100 @@
+"""The public Python API: load_model and Model's embed and score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import VOCAB, build, embed, random_rows, saved, tiny, to_pair
+
+from o2v_batch.api import load_model
+from o2v_batch.errors import BadRecordError, O2VError
+from o2v_batch.model import count_parameters
+from o2v_batch.protocol import ServingOptions
+from o2v_batch.serving import Server
+
+
+def test_embedding_mode_loads_encoders_only_and_refuses_to_score(tmp_path: Path) -> None:
+    _, network = saved(tmp_path)
+    model = load_model(str(tmp_path), mode="embedding")
+    assert (model.mode, model.device, model.hp) == ("embedding", torch.device("cpu"), network.hp)
+    assert count_parameters(model.network) == count_parameters(build(tiny(), encoders_only=True))
+    rows = random_rows(3)
+    np.testing.assert_allclose(model.embed(rows), embed(network, rows).numpy(), atol=1e-6)
+    with pytest.raises(O2VError) as caught:
+        model.score(rows, rows)
+    assert str(caught.value) == (
+        "score needs the whole network, but the model was loaded in embedding mode "
+        "(encoders only); load it with mode='classification'"
+    )
+
+
+def test_load_model_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    saved(tmp_path)
+    with pytest.raises(
+        O2VError, match=r"^mode must be one of classification, embedding, got 'auto'$"
+    ):
+        load_model(str(tmp_path), mode="auto")
+
+
+@pytest.mark.parametrize(("budget", "max_rows"), [(12, 512), (10_000, 3), (1, 512)])
+def test_model_batches_sorted_by_length_keep_the_input_order(
+    tmp_path: Path, budget: int, max_rows: int
+) -> None:
+    _, network = saved(tmp_path, enc0_network="bilstm")
+    model = load_model(str(tmp_path))
+    # Small device batches: the 11 rows take several, cut by tokens or by rows.
+    model.token_budget, model.max_rows = budget, max_rows
+    rows = random_rows(11, seed=9)
+    alone = np.concatenate([embed(network, [row]).numpy() for row in rows])
+    np.testing.assert_allclose(model.embed(rows), alone, atol=1e-5)
+    others = random_rows(11, seed=10)
+    with torch.inference_mode():
+        pairs = [network.predict(*to_pair(a, b)) for a, b in zip(rows, others, strict=True)]
+    np.testing.assert_allclose(model.score(rows, others), torch.cat(pairs).numpy(), atol=1e-5)
+    assert model.embed([]).shape == (0, 8)
+    assert model.score([], []).shape == (0, 2)
+
+
+def test_model_takes_the_device_batch_limits_of_serving(tmp_path: Path, monkeypatch) -> None:
+    saved(tmp_path)
+    model = load_model(str(tmp_path))
+    server = Server(str(tmp_path), "cpu", ServingOptions())
+    assert (model.token_budget, model.max_rows) == (server.token_budget, server.max_rows)
+    assert (model.token_budget, model.max_rows) == (2**20 // 8, 512)
+    monkeypatch.setenv("O2V_DEVICE_BATCH_TOKENS", "300")
+    assert load_model(str(tmp_path)).token_budget == 300
+
+
+def test_model_truncates_to_max_seq_len_and_counts(tmp_path: Path) -> None:
+    _, network = saved(tmp_path)
+    model = load_model(str(tmp_path))
+    long = list(range(1, 21))
+    got = model.embed([long, [1, 2], long])
+    np.testing.assert_allclose(got[0], embed(network, [long[:12]])[0].numpy(), atol=1e-6)
+    assert model.truncated == 2
+    model.score([long], [long])
+    assert model.truncated == 4
+
+
+def test_model_names_the_bad_sequence(tmp_path: Path) -> None:
+    saved(tmp_path)
+    model = load_model(str(tmp_path))
+    with pytest.raises(BadRecordError) as caught:
+        model.embed([[1, 2], [3], [4, VOCAB, 5]], encoder=1)
+    assert (
+        str(caught.value)
+        == "sequence 2: in1 id 50 is out of range: vocab size is 50 (ids must be in 0..49)"
+    )
+    with pytest.raises(BadRecordError, match=r"^sequence 0: in1 is empty"):
+        model.score([[1]], [[]])
+    with pytest.raises(O2VError, match=r"^in0 and in1 must have as many sequences: 2 != 1$"):
+        model.score([[1], [2]], [[1]])
+
+
+def test_package_exposes_load_model() -> None:
+    import o2v_batch
+
+    assert o2v_batch.load_model is load_model

@@ -1,0 +1,59 @@
+"""io/stdio.py: stdin as the one input shard, stdout showing whole shards only."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from o2v_batch import io as sources
+from o2v_batch.io import Shard
+from o2v_batch.io.stdio import STDOUT_SPOOL_BYTES
+
+
+def test_stdin_is_one_shard_of_unknown_size():
+    assert sources.list_shards("-", "-") == [Shard("-", "-", -1)]
+
+
+def test_stdout_never_holds_an_earlier_output():
+    assert sources.size("-") is None
+
+
+def test_stdin_is_read_as_bytes(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"in0": [1]}\n')))
+    assert sources.open_read("-").read() == b'{"in0": [1]}\n'
+
+
+def test_stdout_shows_only_committed_shards(capsysbinary):
+    big = b"x" * (STDOUT_SPOOL_BYTES + 123)  # spills to disk
+    first = sources.open_write("-")
+    first.write(b"one\n")
+    assert capsysbinary.readouterr().out == b""
+    first.commit()
+    with pytest.raises(RuntimeError), sources.open_write("-") as failed:
+        failed.write(b"half of a shard\n")
+        raise RuntimeError
+    sources.write_atomic("-", big)
+    assert capsysbinary.readouterr().out == b"one\n" + big
+
+
+def test_stdout_writer_in_a_real_process():
+    script = textwrap.dedent(
+        """
+        from o2v_batch import io as sources
+        w = sources.open_write("-")
+        w.write(b"partial")
+        w.abort()
+        sources.write_atomic("-", b"a\\n")
+        w = sources.open_write("-")
+        w.write(b"b\\n")
+        w.commit()
+        w = sources.open_write("-")
+        w.write(b"never")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    assert done.stdout == b"a\nb\n"

@@ -1,0 +1,176 @@
+"""Token ids: checks and their messages, truncation, padding, device batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import build, embed, random_rows, tiny
+
+from o2v_batch.errors import BadRecordError
+from o2v_batch.tokens import (
+    MAX_ROWS,
+    TokenIds,
+    check_ids,
+    check_sequence,
+    device_kind,
+    embed_ids,
+    fast_ids,
+    token_budget,
+    truncate_sequence,
+)
+
+# ---------------------------------------------------------------- checks
+
+
+def test_checked_ids_pad_truncate_and_count() -> None:
+    ids = check_ids([[1, 2, 3], (4,), np.array([5, 6, 7, 8, 9])], 10, "in0")
+    cut, truncated = ids.truncate(4)
+    tokens = cut.padded()
+    assert tokens.dtype == np.int64
+    assert tokens.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]]
+    assert truncated == 1
+    same, none = ids.truncate(5)
+    assert same is ids and none == 0
+
+
+def test_checked_ids_of_nothing() -> None:
+    ids, truncated = check_ids([], 10, "in0").truncate(4)
+    assert ids.padded().shape == (0, 1)
+    assert truncated == 0
+    assert list(ids.device_batches(100, 10)) == []
+
+
+@pytest.mark.parametrize(
+    ("sequences", "index", "message"),
+    [
+        ([[1], []], 1, "in1 is empty: it needs at least one token id"),
+        ([[1, True]], 0, "in1 has a token id that is not an integer: true"),
+        ([[1, 2.0]], 0, "in1 has a token id that is not an integer: 2.0"),
+        ([[1, "3"]], 0, 'in1 has a token id that is not an integer: "3"'),
+        ([[1, None]], 0, "in1 has a token id that is not an integer: null"),
+        ([[1, [2]]], 0, "in1 has a token id that is not an integer: [2]"),
+        ([np.array([1.5])], 0, "in1 has a token id that is not an integer: 1.5"),
+        ([[1, -1]], 0, "in1 id -1 is out of range: vocab size is 10 (ids must be in 0..9)"),
+        ([[1], [10]], 1, "in1 id 10 is out of range: vocab size is 10 (ids must be in 0..9)"),
+        (
+            [[10**30]],
+            0,
+            f"in1 id {10**30} is out of range: vocab size is 10 (ids must be in 0..9)",
+        ),
+        ([[1], "abc"], 1, "in1 must be a list of token ids, got a string"),
+        ([[1], 5], 1, "in1 must be a list of token ids, got a number"),
+        ([{"a": 1}], 0, "in1 must be a list of token ids, got an object"),
+        ([[1, "x" * 60]], 0, f'in1 has a token id that is not an integer: "{"x" * 36}...'),
+    ],
+)
+def test_bad_sequences_are_refused_with_what_is_wrong(
+    sequences: list, index: int, message: str
+) -> None:
+    assert fast_ids(sequences, 10) is None
+    with pytest.raises(BadRecordError) as caught:
+        check_sequence(sequences[index], 10, "in1")
+    assert str(caught.value) == message
+    with pytest.raises(BadRecordError) as caught:
+        check_ids(sequences, 10, "in1")
+    assert str(caught.value) == f"sequence {index}: {message}"
+
+
+def test_a_token_nested_deeper_than_python_recurses() -> None:
+    token: list = []
+    for _ in range(100_000):
+        token = [token]
+    with pytest.raises(BadRecordError) as caught:
+        check_sequence([1, token], 10, "in0")
+    assert str(caught.value) == ("in0 has a token id that is not an integer: " + "[" * 40 + "...")
+
+
+tokens = st.one_of(
+    st.integers(-3, 12),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.floats(),
+    st.none(),
+    st.text(max_size=2),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+sequences = st.one_of(st.lists(tokens, max_size=5), st.integers(), st.text(max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(sequences, max_size=4))
+def test_the_batch_check_and_the_exact_check_agree(batch: list) -> None:
+    exact_ok = True
+    for sequence in batch:
+        try:
+            check_sequence(sequence, 10, "in0")
+        except BadRecordError:
+            exact_ok = False
+    assert (fast_ids(batch, 10) is not None) == exact_ok
+
+
+def test_truncate_sequence() -> None:
+    assert truncate_sequence([1, 2, 3], 3) == ([1, 2, 3], False)
+    assert truncate_sequence([1, 2, 3, 4], 3) == ([1, 2, 3], True)
+
+
+# ---------------------------------------------------------------- device batches
+
+
+def test_token_budget_follows_the_widest_layer_and_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv("O2V_DEVICE_BATCH_TOKENS", raising=False)
+    hp = tiny(enc0_token_embedding_dim=64, enc_dim=32)
+    assert token_budget(hp, "cpu") == 2**20 // 64
+    assert token_budget(hp, "cuda") == 2**27 // 64
+    assert token_budget(tiny(enc_dim=8000), "cpu") == 256
+    monkeypatch.setenv("O2V_DEVICE_BATCH_TOKENS", "77")
+    assert token_budget(hp, "cpu") == 77
+    assert (MAX_ROWS["cpu"], MAX_ROWS["cuda"]) == (512, 8192)
+
+
+@pytest.mark.parametrize(
+    ("device", "kind"),
+    [("cpu", "cpu"), (torch.device("cpu"), "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda")],
+)
+def test_device_kind(device: object, kind: str) -> None:
+    assert device_kind(device) == kind
+
+
+lengths_lists = st.lists(st.integers(1, 40), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=lengths_lists, budget=st.integers(1, 200), max_rows=st.integers(1, 16))
+def test_device_batches_longest_first_within_the_budget(
+    lengths: list[int], budget: int, max_rows: int
+) -> None:
+    ids = TokenIds(np.arange(1, sum(lengths) + 1, dtype=np.int64), np.array(lengths, np.int64))
+    seen: list[int] = []
+    for rows, padded in ids.device_batches(budget, max_rows):
+        batch_lengths = [lengths[i] for i in rows]
+        longest = batch_lengths[0]
+        # Each batch is as big as the budget lets the longest row have, capped, at least one.
+        left = len(lengths) - len(seen)
+        assert len(rows) == max(1, min(max_rows, budget // longest, left))
+        assert batch_lengths == sorted(batch_lengths, reverse=True)
+        assert padded.shape == (len(rows), longest)
+        for row, tokens in zip(rows.tolist(), padded.tolist(), strict=True):
+            start = sum(lengths[:row])
+            expected = list(range(start + 1, start + lengths[row] + 1))
+            assert tokens == expected + [0] * (longest - lengths[row])
+        seen += rows.tolist()
+    # Every row once, longest first, equal lengths in input order.
+    assert seen == sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def test_encode_gives_each_row_its_own_embedding_in_row_order() -> None:
+    network = build(tiny(enc0_network="bilstm"))
+    rows = random_rows(13, seed=4)
+    ids = check_ids(rows, 50, "in0")
+    with torch.inference_mode():
+        got = embed_ids(network, ids, 0, 20, 3, torch.device("cpu"))
+    alone = torch.cat([embed(network, [row]) for row in rows])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
