@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from o2v_batch import io
-from o2v_batch.config import Hyperparameters
 from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io import describe_error, is_local, open_read
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from o2v_batch.jsonpath import json_type
 if TYPE_CHECKING:
     import torch
 
-    from o2v_batch.config import Hyperparameters
+    from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.model import Object2Vec
 
 SHOWN_CHARS = 40  # of a bad token id quoted in a message

@@ -180,7 +180,7 @@ def make_heavy_model(folder: Path) -> None:
     import torch
 
     from o2v_batch.artifacts import save_model
-    from o2v_batch.config import Hyperparameters
+    from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.model import Object2Vec
 
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from o2v_batch.config import Hyperparameters
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from o2v_batch.artifacts import save_model
-from o2v_batch.config import Hyperparameters
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
 
 TINY = {

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from o2v_batch.cli import cli
-from o2v_batch.config import Hyperparameters
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 
 from o2v_batch.api import load_model
 from o2v_batch.artifacts import save_model
-from o2v_batch.config import Hyperparameters
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
 
 VOCAB = 50

@@ -20,8 +20,15 @@ import smart_open.s3
 from botocore.client import BaseClient
 
 from o2v_batch.errors import InputError
-from o2v_batch.io.base import AtomicWriter, Shard, hidden, scheme_of
-from o2v_batch.io.s3_errors import S3_FAILURES, botocore_error, describe_error, not_found
+from o2v_batch.io.base import AtomicWriter, Shard, hidden
+from o2v_batch.io.s3_errors import (
+    S3_FAILURES,
+    botocore_error,
+    describe_error,
+    is_s3,
+    not_found,
+    split_s3,
+)
 
 PART_SIZE_ENV = "O2V_S3_PART_SIZE"
 
@@ -29,19 +36,6 @@ PART_SIZE_ENV = "O2V_S3_PART_SIZE"
 # retry policy (configured in s3_client). A dead endpoint would cost a minute per
 # shard; botocore's policy alone is the one users can tune (AWS_MAX_ATTEMPTS).
 smart_open.s3.RETRY.exceptions = []
-
-
-def is_s3(uri: str) -> bool:
-    """True for s3://bucket/key URIs."""
-    return scheme_of(uri) == "s3"
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """s3://bucket/some/key -> ("bucket", "some/key"); the key may be empty."""
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not is_s3(uri) or not bucket:
-        raise InputError(f"not an s3://bucket/key URI: {uri}")
-    return bucket, key
 
 
 # ---------------------------------------------------------------- the client

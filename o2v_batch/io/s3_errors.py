@@ -1,4 +1,5 @@
-"""One-line descriptions of failed S3 calls, free of credentials and signed URLs."""
+"""S3 URIs, and one-line descriptions of failed S3 calls, free of credentials and
+signed URLs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from urllib.parse import urlsplit
 
 import botocore.exceptions
 
-from o2v_batch.errors import O2VError
+from o2v_batch.errors import InputError, O2VError
+from o2v_batch.io.base import scheme_of
 
 # smart_open wraps botocore errors in OSError or ValueError.
 S3_FAILURES = (
@@ -25,6 +27,19 @@ _HTTP_REASONS = {
     botocore.exceptions.ConnectionClosedError: "connection closed",
     botocore.exceptions.SSLError: "TLS error",
 }
+
+
+def is_s3(uri: str) -> bool:
+    """True for s3://bucket/key URIs."""
+    return scheme_of(uri) == "s3"
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/some/key -> ("bucket", "some/key"); the key may be empty."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not is_s3(uri) or not bucket:
+        raise InputError(f"not an s3://bucket/key URI: {uri}")
+    return bucket, key
 
 
 def botocore_error(exc: BaseException) -> BaseException | None:
@@ -80,8 +95,6 @@ def describe_error(exc: BaseException, uri: str) -> str:
 
 
 def _describe_client_error(exc: botocore.exceptions.ClientError, uri: str) -> str:
-    from o2v_batch.io.s3 import split_s3  # here: s3.py imports this module
-
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "NoSuchBucket":
