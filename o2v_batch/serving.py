@@ -162,12 +162,10 @@ class _Batch:
             u = embeddings[0][torch.from_numpy(where[0][pairs]).to(self.server.device)]
             v = embeddings[1][torch.from_numpy(where[1][pairs]).to(self.server.device)]
             scores = self.server.network.predict_from_embeddings(u, v).float().cpu().numpy()
-            labels = scores.argmax(axis=1).tolist()
+            # Exactly the hosted algorithm's response: classification and regression
+            # alike carry "scores" only (predicted_label belongs to other algorithms).
             for j, i in enumerate(pairs.tolist()):
-                if self.server.regression:
-                    self.outputs[i] = {"scores": scores[j]}
-                else:
-                    self.outputs[i] = {"scores": scores[j], "predicted_label": labels[j]}
+                self.outputs[i] = {"scores": scores[j]}
         for enc in (0, 1):
             rows = np.flatnonzero(kinds == enc)
             if len(rows):

@@ -469,9 +469,7 @@ def baseline_predict(model: Any, batch: list[dict], mode: str) -> str:
         lines = [json.dumps({"embeddings": v.tolist()}) for v in vectors]
     else:
         scores = model.score([r["in0"] for r in batch], [r["in1"] for r in batch])
-        lines = [
-            json.dumps({"scores": s.tolist(), "predicted_label": int(s.argmax())}) for s in scores
-        ]
+        lines = [json.dumps({"scores": s.tolist()}) for s in scores]
     return "\n".join(lines) + "\n"
 
 
@@ -492,7 +490,7 @@ class RayPredictor:
         if self.mode == "embedding":
             return {"embeddings": list(self.model.embed(in0))}
         scores = self.model.score(in0, [s.tolist() for s in batch["in1"]])
-        return {"scores": list(scores), "predicted_label": scores.argmax(axis=1)}
+        return {"scores": list(scores)}
 
 
 def run_ray_data(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
@@ -599,7 +597,7 @@ def run_io_floor(data: Path, out: Path, model_dir: str, mode: str, device: str) 
         pool = [{"embeddings": v} for v in rng.random((4096, hp["enc_dim"]), dtype=np.float32)]
     else:
         scores = rng.dirichlet(np.ones(hp.get("num_classes", 2)), 4096).astype(np.float32)
-        pool = [{"scores": s, "predicted_label": int(s.argmax())} for s in scores]
+        pool = [{"scores": s} for s in scores]
     out.mkdir(parents=True)
     loads, dumps, numpy = orjson.loads, orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     start = time.perf_counter()

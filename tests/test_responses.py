@@ -53,12 +53,12 @@ def test_framing() -> None:
 
 OBJECTS = [
     {"embeddings": np.array([0.5, 0.0, -1.25], dtype=np.float32)},
-    {"scores": [0.25, 0.75], "predicted_label": 1},
+    {"scores": [0.25, 0.75]},
     {"SageMakerInput": [1, "é"], "SageMakerOutput": {"scores": np.array([3.5])}},
 ]
 PLAIN = [
     {"embeddings": [0.5, 0.0, -1.25]},
-    {"scores": [0.25, 0.75], "predicted_label": 1},
+    {"scores": [0.25, 0.75]},
     {"SageMakerInput": [1, "é"], "SageMakerOutput": {"scores": [3.5]}},
 ]
 
@@ -81,12 +81,7 @@ def test_encode_json_fragment() -> None:
 def predictions(n: int) -> list[dict]:
     rng = np.random.default_rng(n)
     vectors = rng.standard_normal((n, 4)).astype(np.float32)
-    return [
-        {"embeddings": vectors[i]}
-        if i % 3
-        else {"scores": vectors[i, :3], "predicted_label": int(vectors[i, :3].argmax())}
-        for i in range(n)
-    ]
+    return [{"embeddings": vectors[i]} if i % 3 else {"scores": vectors[i, :3]} for i in range(n)]
 
 
 @pytest.mark.parametrize("accept", [JSON, JSONLINES])
@@ -104,14 +99,14 @@ def test_encode_predictions_is_encode(accept: str, n: int) -> None:
 @pytest.mark.parametrize(
     ("accept", "expected"),
     [
-        (JSONLINES, b'{"embeddings":[0.5,-1.0]}\n{"scores":[0.25,0.75],"predicted_label":1}\n'),
-        (JSON, b'{"embeddings":[0.5,-1.0]},{"scores":[0.25,0.75],"predicted_label":1}'),
+        (JSONLINES, b'{"embeddings":[0.5,-1.0]}\n{"scores":[0.25,0.75]}\n'),
+        (JSON, b'{"embeddings":[0.5,-1.0]},{"scores":[0.25,0.75]}'),
     ],
 )
 def test_encode_predictions_bytes(accept: str, expected: bytes) -> None:
     batch = [
         {"embeddings": np.array([0.5, -1.0], dtype=np.float32)},
-        {"scores": np.array([0.25, 0.75], dtype=np.float32), "predicted_label": 1},
+        {"scores": np.array([0.25, 0.75], dtype=np.float32)},
     ]
     assert codec_for(accept).encode_predictions(batch) == expected
 

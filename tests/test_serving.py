@@ -370,7 +370,7 @@ def reference(model, record: dict) -> dict:
     """The model's own output for a good record, through the public API."""
     if "in0" in record and "in1" in record:
         scores = model.score([record["in0"]], [record["in1"]])[0]
-        return {"scores": scores, "predicted_label": int(scores.argmax())}
+        return {"scores": scores}
     encoder = 0 if "in0" in record else 1
     return {"embeddings": model.embed([record[f"in{encoder}"]], encoder=encoder)[0]}
 
@@ -417,3 +417,27 @@ def test_fuzz_server_never_raises_and_keeps_one_output_per_record(server_and_mod
         for key, value in expected.items():
             np.testing.assert_allclose(out[key], value, atol=1e-5)
     assert result.bad_records == errors
+
+
+# -- the hosted algorithm's response shape --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "width"), [({}, TINY["num_classes"]), ({"output_layer": "mean_squared_error"}, 1)]
+)
+@pytest.mark.parametrize("accept", ["application/jsonlines", "application/json"])
+def test_a_pair_gets_scores_and_nothing_else(tmp_path, overrides, width, accept):
+    """As the Object2Vec documentation shows: {"scores": [...]} with num_classes
+    probabilities, or one value for regression; no predicted_label."""
+    model_dir = str(make_model(tmp_path / "m", **overrides))
+    server = Server(model_dir, "cpu", ServingOptions(mode="classification"))
+    pair = {"in0": [1, 2, 3], "in1": [4, 5]}
+    result = server.serve([1], [json.dumps(pair).encode()], "application/jsonlines", accept)
+    payload = result.payload.decode()
+    [prediction] = (
+        json.loads(f"[{payload}]") if accept == "application/json" else [json.loads(payload)]
+    )
+    assert list(prediction) == ["scores"]
+    expected = load_model(model_dir).score([pair["in0"]], [pair["in1"]])[0]
+    assert len(prediction["scores"]) == width
+    np.testing.assert_allclose(prediction["scores"], expected, atol=1e-6)
