@@ -178,6 +178,14 @@ class _Comparators:
         return tuple(names)
 
 
+def _same_setting(setting: str, value: Any, encoder: EncoderConfig) -> bool:
+    """Whether an enc1 setting agrees with (resolved) enc0 `encoder`: `auto` layers
+    resolve by enc0's network."""
+    if setting == "layers" and value == "auto":
+        value = AUTO_LAYERS[encoder.network]
+    return value == getattr(encoder, setting)
+
+
 def _hp(check: Any, default: Any = None) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -267,17 +275,20 @@ class Hyperparameters:
         self._check_tied_embedding()
 
     def _check_enc1_copy(self) -> None:
+        """enc1_network=enc0 copies enc0's settings: enc1 settings that agree with enc0's
+        are accepted (SageMaker's own examples pass them); only a real conflict is refused."""
         if self.enc1_network != "enc0":
             return
-        given = [
-            f"enc1_{s}={_show(getattr(self, f'enc1_{s}'))}"
+        enc0 = self.encoder(0)
+        conflicts = [
+            f"enc1_{s}={_show(given)} differs from enc0_{s}={_show(getattr(enc0, s))}"
             for s in ENCODER_SETTINGS
-            if getattr(self, f"enc1_{s}") is not None
+            if (given := getattr(self, f"enc1_{s}")) is not None
+            and not _same_setting(s, given, enc0)
         ]
-        if given:
-            verb = "is" if len(given) == 1 else "are"
+        if conflicts:
             raise HyperparameterError(
-                f"{', '.join(given)} {verb} set, but enc1_network=enc0 copies enc0's settings "
+                f"{'; '.join(conflicts)}, but enc1_network=enc0 copies enc0's settings "
                 "to enc1; set enc1_network to hcnn, bilstm or pooled_embedding to configure "
                 "enc1 separately"
             )

@@ -320,18 +320,20 @@ def test_enc1_configured_separately() -> None:
     [
         (
             {"enc1_vocab_size": 20},
-            "enc1_vocab_size=20 is set, but enc1_network=enc0 copies enc0's settings to enc1; "
+            "enc1_vocab_size=20 differs from enc0_vocab_size=50, but enc1_network=enc0 copies "
+            "enc0's settings to enc1; "
             "set enc1_network to hcnn, bilstm or pooled_embedding to configure enc1 separately",
         ),
         (
             {"enc1_network": "enc0", "enc1_max_seq_len": "7", "enc1_layers": "auto"},
-            "enc1_max_seq_len=7, enc1_layers='auto' are set, but enc1_network=enc0 copies "
+            "enc1_max_seq_len=7 differs from enc0_max_seq_len=10, but enc1_network=enc0 copies "
             "enc0's settings to enc1; set enc1_network to hcnn, bilstm or pooled_embedding "
             "to configure enc1 separately",
         ),
         (
             {"enc1_freeze_pretrained_embedding": "false"},
-            "enc1_freeze_pretrained_embedding=false is set, but enc1_network=enc0 copies "
+            "enc1_freeze_pretrained_embedding=false differs from "
+            "enc0_freeze_pretrained_embedding=true, but enc1_network=enc0 copies "
             "enc0's settings to enc1; set enc1_network to hcnn, bilstm or pooled_embedding "
             "to configure enc1 separately",
         ),
@@ -339,6 +341,33 @@ def test_enc1_configured_separately() -> None:
 )
 def test_enc1_setting_with_enc0_network_is_an_error(values: dict, message: str) -> None:
     assert error_of(**values) == message
+
+
+def test_enc1_settings_equal_to_enc0_are_accepted_as_sagemaker_passes_them() -> None:
+    """AWS's sentence-similarity example sets enc1's lengths and vocabulary next to
+    enc1_network=enc0, every value a string."""
+    values = {
+        "enc0_max_seq_len": "10",
+        "enc0_vocab_size": "50",
+        "enc0_network": "hcnn",
+        "enc1_network": "enc0",
+        "enc1_max_seq_len": "10",
+        "enc1_vocab_size": "50",
+        "enc1_layers": "auto",
+        "enc1_cnn_filter_width": "3",
+        "enc1_token_embedding_dim": "300",
+        "enc1_freeze_pretrained_embedding": "true",
+    }
+    hp = Hyperparameters.from_dict(values)
+    assert hp.encoder(1) == hp.encoder(0)
+
+
+def test_every_conflicting_enc1_setting_is_named_with_enc0s_value() -> None:
+    message = error_of(enc1_network="enc0", enc1_vocab_size="50", enc1_layers=2, enc1_max_seq_len=7)
+    assert message.startswith(
+        "enc1_max_seq_len=7 differs from enc0_max_seq_len=10; "
+        "enc1_layers=2 differs from enc0_layers=4, but enc1_network=enc0 copies"
+    )
 
 
 @pytest.mark.parametrize(
