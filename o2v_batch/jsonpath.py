@@ -4,10 +4,20 @@ and prediction (`--join-source Input`)."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from o2v_batch.errors import FilterError
+
+
+def _arrays() -> tuple[type, ...]:
+    """What counts as a JSON array: lists, and the numpy vectors predictions carry
+    (embeddings, scores), so output filters index them. Without numpy loaded, no such
+    vector exists, and the CLI parent need not import it to check a filter."""
+    numpy = sys.modules.get("numpy")
+    return (list, tuple) if numpy is None else (list, tuple, numpy.ndarray)
+
 
 _QUOTED = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\""""
 _STEP = re.compile(
@@ -106,7 +116,7 @@ def json_type(value: Any) -> str:
     """What kind of JSON value this is, for messages: `an object`, `a string`..."""
     if isinstance(value, dict):
         return "an object"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, _arrays()):
         return "an array"
     if isinstance(value, str):
         return "a string"
@@ -141,7 +151,7 @@ def _keys_step(keys: list[str], name: str, at: str) -> _Step:
 
 def _index_step(index: int, name: str, at: str) -> _Step:
     def step(node: Any) -> Any:
-        _expect(node, (list, tuple), "an array", name, at)
+        _expect(node, _arrays(), "an array", name, at)
         try:
             return node[index]
         except IndexError:
@@ -152,7 +162,7 @@ def _index_step(index: int, name: str, at: str) -> _Step:
 
 def _slice_step(part: slice, name: str, at: str) -> _Step:
     def step(node: Any) -> list:
-        _expect(node, (list, tuple), "an array", name, at)
+        _expect(node, _arrays(), "an array", name, at)
         return list(node[part])
 
     return step
@@ -160,7 +170,7 @@ def _slice_step(part: slice, name: str, at: str) -> _Step:
 
 def _star_step(name: str, at: str) -> _Step:
     def step(node: Any) -> list:
-        _expect(node, (dict, list, tuple), "an object or an array", name, at)
+        _expect(node, (dict, *_arrays()), "an object or an array", name, at)
         return list(node.values() if isinstance(node, dict) else node)
 
     return step

@@ -169,3 +169,23 @@ def test_sagemaker_join_then_output_filter() -> None:
         "SageMakerOutput": {"embeddings": [0.0573, 0.0307]},
     }
     assert record == {"id": 7, "in0": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("$.embeddings[0:3]", [0.0, 1.0, 2.0]),
+        ("$.embeddings[1]", 1.0),
+        ("$.embeddings[-1]", 4.0),
+        ("$.embeddings[*]", [0.0, 1.0, 2.0, 3.0, 4.0]),
+        ("$.SageMakerOutput.embeddings[3:]", [3.0, 4.0]),
+    ],
+)
+def test_filters_reach_into_prediction_vectors(expr: str, expected: object) -> None:
+    """Predictions carry numpy vectors; an output filter indexes them like JSON arrays."""
+    import numpy as np
+
+    prediction = {"embeddings": np.arange(5, dtype=np.float32)}
+    joined = join_input({"in0": [1, 2]}, prediction)
+    got = compile_filter(expr)(joined if "SageMakerOutput" in expr else prediction)
+    assert np.asarray(got).tolist() == expected

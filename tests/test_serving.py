@@ -441,3 +441,33 @@ def test_a_pair_gets_scores_and_nothing_else(tmp_path, overrides, width, accept)
     expected = load_model(model_dir).score([pair["in0"]], [pair["in1"]])[0]
     assert len(prediction["scores"]) == width
     np.testing.assert_allclose(prediction["scores"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("record", "join", "expr", "expected"),
+    [
+        ({"in0": [1, 2, 3]}, "None", "$.embeddings[0:3]", lambda m: m.embed([[1, 2, 3]])[0][:3]),
+        (
+            {"in0": [1, 2], "in1": [3]},
+            "None",
+            "$.scores[1]",
+            lambda m: m.score([[1, 2]], [[3]])[0][1],
+        ),
+        (
+            {"in1": [4, 5]},
+            "Input",
+            "$.SageMakerOutput.embeddings[*]",
+            lambda m: m.embed([[4, 5]], encoder=1)[0],
+        ),
+    ],
+)
+def test_output_filters_reach_into_predictions(tmp_path, record, join, expr, expected):
+    model_dir = str(make_model(tmp_path / "m"))
+    options = ServingOptions(join_source=join, output_filter=expr)
+    result = Server(model_dir, "cpu", options).serve(
+        [1], [json.dumps(record).encode()], "application/jsonlines", "application/jsonlines"
+    )
+    assert result.error is None and result.bad_records == 0
+    np.testing.assert_allclose(
+        json.loads(result.payload), expected(load_model(model_dir)), atol=1e-6
+    )
