@@ -6,8 +6,9 @@
 #
 #   RAY_ADDRESS=http://ray-head:8265 examples/ray-submit.sh
 #
-# Every node needs o2v-batch (`pip install 'o2v-batch[ray]'` in the cluster's
-# image) and read access to IN and MODEL, write access to OUT. Inside a Ray job
+# Every node needs o2v-batch with its ray extra in the cluster's image (from a
+# built wheel: pip install "$(ls dist/o2v_batch-*.whl)[ray]") and read access to
+# IN and MODEL, write access to OUT. Inside a Ray job
 # RAY_ADDRESS points at the cluster, so --engine ray joins it without
 # --ray-address. From a machine of the cluster you can also run the driver
 # directly: o2v-batch transform ... --engine ray --ray-address auto

@@ -1,8 +1,9 @@
 """Model artifacts on disk and on S3: a folder with hyperparameters.json and
 model.safetensors, or a .tar.gz of one; resolve, extract, save and load.
 
-Resolving and safe extraction need no torch, so the batch parent can fetch a model
-once without importing it: saving and loading import torch when they run.
+Resolving, safe extraction and checking need no torch, so the batch parent can fetch
+and check a model once without importing it: saving and loading import torch when
+they run.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from o2v_batch import io
 from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io import describe_error, is_local, open_read
+from o2v_batch.weights import TIED_TENSOR, Shapes, expected_shapes, mismatches
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
 
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 WEIGHTS_FILE = "model.safetensors"
-# With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.
-TIED_TENSOR = "enc1.embedding.weight"
+MODEL_FILES = (HYPERPARAMETERS_FILE, WEIGHTS_FILE)
+_T = TypeVar("_T")
 # Token-embedding numbers above which a network is built on the meta device.
 META_BUILD_NUMBERS = 2**25
 
@@ -128,15 +130,29 @@ def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str
 
 def _fetch_remote(uri: str, folder: Path) -> Path:
     if _is_tarball(uri):
+        if io.size(uri) is None:
+            raise _not_a_model(uri, "does not exist")
         archive = folder / "model.tar.gz"
         _download(uri, archive)
         root = _extract_tarball(archive, folder / "model", uri)
         archive.unlink()
         return root
     prefix = uri if uri.endswith("/") else uri + "/"
-    for name in (HYPERPARAMETERS_FILE, WEIGHTS_FILE):
+    missing = [name for name in MODEL_FILES if io.size(prefix + name) is None]
+    if len(missing) == len(MODEL_FILES):
+        raise _not_a_model(uri, "does not exist")
+    if missing:  # worded as for a local folder
+        raise ModelFormatError(f"{uri} has no {missing[0]}")
+    for name in MODEL_FILES:
         _download(prefix + name, folder / name)
     return folder
+
+
+def _not_a_model(uri: str, what: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"model {uri} {what}: a model is a folder with {HYPERPARAMETERS_FILE} and "
+        f"{WEIGHTS_FILE}, or a .tar.gz of one, local or on S3"
+    )
 
 
 def resolve_model(uri: str, cache_dir: str | None = None) -> str:
@@ -149,10 +165,7 @@ def resolve_model(uri: str, cache_dir: str | None = None) -> str:
     if path.is_file() and _is_tarball(path.name):
         return _fill_new_folder(cache_dir, lambda folder: _extract_tarball(path, folder, uri))
     what = "is not a folder or a .tar.gz/.tgz file" if path.exists() else "does not exist"
-    raise ModelFormatError(
-        f"model {uri} {what}: a model is a folder with {HYPERPARAMETERS_FILE} and "
-        f"{WEIGHTS_FILE}, or a .tar.gz of one, local or on S3"
-    )
+    raise _not_a_model(uri, what)
 
 
 def read_hyperparameters(folder: str | os.PathLike[str]) -> Hyperparameters:
@@ -183,26 +196,7 @@ def _saved_tensors(network: Object2Vec) -> dict[str, torch.Tensor]:
     return state
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ")"
-
-
-def _mismatches(
-    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
-) -> list[str]:
-    problems = []
-    for name, shape in expected.items():
-        if name not in found:
-            problems.append(f"{name} is missing")
-        elif found[name] != shape:
-            problems.append(
-                f"{name} has shape {_shape_text(found[name])}, expected {_shape_text(shape)}"
-            )
-    problems += [f"{name} is not expected" for name in sorted(found) if name not in expected]
-    return problems
-
-
-def _shapes(network: Object2Vec) -> dict[str, tuple[int, ...]]:
+def _shapes(network: Object2Vec) -> Shapes:
     return {name: tuple(t.shape) for name, t in _saved_tensors(network).items()}
 
 
@@ -211,13 +205,9 @@ def save_model(network: Object2Vec, hp: Hyperparameters, folder: str | os.PathLi
     import torch
     from safetensors.torch import save
 
-    from o2v_batch.model import Object2Vec
-
     if network.encoders_only:
         raise O2VError("cannot save an encoders-only network: it has no comparator, MLP or head")
-    with torch.device("meta"):
-        expected = _shapes(Object2Vec(hp))
-    problems = _mismatches(_shapes(network), expected)
+    problems = mismatches(_shapes(network), expected_shapes(hp))
     if problems:
         raise ModelFormatError("network does not match the hyperparameters: " + "; ".join(problems))
     folder = Path(folder)
@@ -232,27 +222,45 @@ def save_model(network: Object2Vec, hp: Hyperparameters, folder: str | os.PathLi
     io.write_atomic(str(folder / HYPERPARAMETERS_FILE), text.encode("utf-8"))
 
 
-def _read_tensors(
-    path: Path, expected: dict[str, tuple[int, ...]], wanted: Callable[[str], bool]
-) -> dict[str, torch.Tensor]:
-    """Read only the `wanted` tensors, after checking every one against `expected`."""
-    from safetensors import SafetensorError, safe_open
+def check_model(folder: str | os.PathLike[str], encoders_only: bool = False) -> Hyperparameters:
+    """Checks a model folder without torch: valid hyperparameters, and a weights file
+    whose header lists exactly the tensors (names and shapes) they need.
 
+    encoders_only checks the enc0./enc1. tensors only, as load_network reads them.
+    """
+    hp = read_hyperparameters(folder)
+    _check_weights(Path(folder) / WEIGHTS_FILE, expected_shapes(hp, encoders_only), encoders_only)
+    return hp
+
+
+def _check_weights(path: Path, expected: Shapes, encoders_only: bool) -> None:
+    """Reads the file's header only, which safetensors checks against the file's length
+    (so a truncated file fails here too); numpy, so no torch."""
     if not path.is_file():
         raise ModelFormatError(f"{path.parent} has no {WEIGHTS_FILE}")
+    found = _from_weights(
+        path,
+        "numpy",
+        lambda weights: {
+            name: tuple(weights.get_slice(name).get_shape())
+            for name in weights.keys()  # noqa: SIM118 (safe_open is not a dict)
+            if not encoders_only or name.startswith(("enc0.", "enc1."))
+        },
+    )
+    problems = mismatches(found, expected)
+    if problems:
+        raise ModelFormatError(
+            f"{WEIGHTS_FILE} does not match {HYPERPARAMETERS_FILE}: " + "; ".join(problems)
+        )
+
+
+def _from_weights(path: Path, framework: str, read: Callable[[Any], _T]) -> _T:
+    """`read` applied to the open weights file; a file that cannot be read names itself."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as weights:
-            found = {
-                name: tuple(weights.get_slice(name).get_shape())
-                for name in weights.keys()  # noqa: SIM118 (safe_open is not a dict)
-                if wanted(name)
-            }
-            problems = _mismatches(found, expected)
-            if problems:
-                raise ModelFormatError(
-                    f"{WEIGHTS_FILE} does not match {HYPERPARAMETERS_FILE}: " + "; ".join(problems)
-                )
-            return {name: weights.get_tensor(name).float() for name in expected}
+        with safe_open(str(path), framework=framework, device="cpu") as weights:
+            return read(weights)
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFormatError(f"{path} is not a readable safetensors file: {error}") from error
 
@@ -280,14 +288,13 @@ def load_network(
 
     from o2v_batch.model import Object2Vec
 
-    hp = read_hyperparameters(folder)
+    hp = check_model(folder, encoders_only)
     with torch.device(_build_device(hp)):
         network = Object2Vec(hp, encoders_only=encoders_only)
-    expected = _shapes(network)
-    state = _read_tensors(
+    state = _from_weights(
         Path(folder) / WEIGHTS_FILE,
-        expected,
-        lambda name: not encoders_only or name.startswith(("enc0.", "enc1.")),
+        "pt",
+        lambda weights: {name: weights.get_tensor(name).float() for name in _shapes(network)},
     )
     if hp.tied_token_embedding_weight:
         state[TIED_TENSOR] = state["enc0.embedding.weight"]

@@ -4,14 +4,18 @@ library and maps library errors to messages and exit codes."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 import sys
+from collections.abc import Mapping
 
 import click
 
 from o2v_batch import __version__
 from o2v_batch.cli_model import inspect_command, train_command
+from o2v_batch.cli_serve import serve_command
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
     CONTENT_TYPES,
@@ -26,8 +30,8 @@ from o2v_batch.config import (
     preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError, OutputExistsError
-from o2v_batch.responses import ACCEPT_TYPES
-from o2v_batch.sharding import shard_index_from
+from o2v_batch.responses import ACCEPT_TYPES, EMBEDDING_DTYPES
+from o2v_batch.sharding import INDEX_VARIABLES, shard_index_from
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +47,7 @@ def cli() -> None:
 
 cli.add_command(train_command)
 cli.add_command(inspect_command)
+cli.add_command(serve_command)
 
 
 # ---- transform -------------------------------------------------------------
@@ -58,6 +63,24 @@ class _SeqLens(click.ParamType):
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             self.fail(f"{value!r} is not two integers A,B (e.g. 50,50)", param, ctx)
         return int(parts[0]), int(parts[1])
+
+
+class _Payload(click.ParamType):
+    """--max-payload: MB (2^20 bytes) as a number, or with a unit: 6MB, 500KB (2^10 bytes)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
+        try:
+            mb = float(number)
+        except ValueError:
+            mb = math.nan
+        if not (math.isfinite(mb) and mb >= 0):
+            self.fail(f"{value!r} is not a size >= 0 such as 6, 0.5, 6MB or 500KB", param, ctx)
+        return mb / 1024 if unit and unit.lower() == "kb" else mb
 
 
 class _Signalled(BaseException):
@@ -83,6 +106,14 @@ def _on_sigterm(signum, frame):
     help="Response format. [default: the content type]",
 )
 @click.option(
+    "--embedding-dtype",
+    type=click.Choice(EMBEDDING_DTYPES),
+    default="float32",
+    show_default=True,
+    help="Of the embeddings in Parquet and .npy outputs: float16 halves their size and "
+    "keeps about 3 significant digits.",
+)
+@click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
     default="MultiRecord",
@@ -91,19 +122,25 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--max-payload",
-    type=click.FloatRange(min=0),
+    type=_Payload(),
     default=6.0,
-    show_default=True,
-    help="Mini-batch cap in MB (2^20 bytes of records); 0 = no cap.",
+    help="Mini-batch cap on record bytes: a number of MB (MB = 2^20 bytes, fractions "
+    "allowed), or 6MB, 500KB (KB = 2^10 bytes); 0 = no cap. [default: 6MB]",
 )
 @click.option(
     "--mode",
     type=click.Choice(MODES),
     default=None,
-    help="Mode. [default: $INFERENCE_PREFERRED_MODE, else auto]",
+    help="auto: per record, a pair scores and one input embeds; embedding: the encoders "
+    "only (a pair is a bad record); classification: the whole network. "
+    "[default: $INFERENCE_PREFERRED_MODE, else auto]",
 )
 @click.option(
-    "--devices", default="auto", show_default=True, help="auto, cpu, cuda or cuda:0,cuda:1."
+    "--devices",
+    default="auto",
+    show_default=True,
+    help="auto (every visible GPU, else CPU), cpu, cuda (every visible GPU) or a list "
+    "such as cuda:0,cuda:1.",
 )
 @click.option(
     "--workers",
@@ -151,6 +188,11 @@ def _on_sigterm(signum, frame):
 @click.option("--resume", is_flag=True, help="Skip shards whose output exists.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="An input with no shards succeeds. [default: it is an error, exit 1]",
+)
+@click.option(
     "--on-bad-record",
     type=click.Choice(BAD_RECORD_POLICIES),
     default="fail",
@@ -160,7 +202,8 @@ def _on_sigterm(signum, frame):
 @click.option(
     "--infer-max-seqlens",
     type=_SeqLens(),
-    help="Cap the sequence lengths used at inference, as A,B (in0,in1).",
+    help="Cap the sequence lengths used at inference, as A,B (in0,in1), each 1..5000. "
+    "[default: the model's enc0_max_seq_len,enc1_max_seq_len]",
 )
 @click.option(
     "--max-retries",
@@ -179,7 +222,8 @@ def _on_sigterm(signum, frame):
 @click.option(
     "--summary",
     "summary_uri",
-    help="Write the JSON job summary here. [default: OUTPUT/_SUCCESS when every shard succeeded]",
+    help="Also write the JSON job summary here, whatever the outcome. "
+    "[default: none; OUTPUT/_SUCCESS is written when every shard succeeded]",
 )
 @click.option(
     "--engine",
@@ -209,12 +253,11 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
 
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
+    from o2v_batch.io.stdio import StdoutClosed
     from o2v_batch.job import transform as run_transform
 
     try:
-        options["mode"] = options["mode"] or preferred_mode(os.environ)
-        if options["shard_index"] is None:
-            options["shard_index"] = shard_index_from(os.environ) or 0
+        _environment_defaults(options, os.environ)
         config = TransformConfig(
             input=input_uri,
             output=output_uri,
@@ -237,10 +280,38 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
     except _Signalled:
         click.echo("o2v-batch: terminated", err=True)
         sys.exit(143)
+    except StdoutClosed:
+        _silence_stdout()
+        sys.exit(141)  # 128 + SIGPIPE: what a Unix tool stopped by a closed pipe returns
     finally:
         signal.signal(signal.SIGTERM, previous)
     if summary.shards_failed:
         sys.exit(1)
+
+
+def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
+    """--mode and --shard-index, when not given, from the variables SageMaker and array-job
+    schedulers set; a bad value names its variable, which the user may not know is set."""
+    options["mode"] = options["mode"] or preferred_mode(environ)
+    if options["shard_index"] is not None:
+        return
+    index = shard_index_from(environ) or 0
+    num_shards = options["num_shards"]
+    if index >= num_shards:
+        name = next(name for name in INDEX_VARIABLES if environ.get(name, "").strip())
+        raise ConfigError(
+            f"{name}={index} is out of range: --num-shards {num_shards} takes a shard index "
+            f"in 0..{num_shards - 1}"
+        )
+    options["shard_index"] = index
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so Python's last flush of what is left in its buffer
+    meets no closed pipe (and prints no traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from o2v_batch.errors import O2VError
+from o2v_batch.errors import HyperparameterError, O2VError, OutputExistsError
 from o2v_batch.hyperparameters import Hyperparameters
 
 # ---- train -----------------------------------------------------------------
@@ -81,6 +81,11 @@ def _read_hyperparameters_file(path: str | None) -> dict:
     help="One hyperparameter; repeat for more. Overrides --hyperparameters.",
 )
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the model at --output; without it an output that is not empty is refused.",
+)
+@click.option(
     "--device",
     default="auto",
     show_default=True,
@@ -99,6 +104,7 @@ def train_command(
     output: str,
     hp_file: str | None,
     hp_items: dict[str, str],
+    overwrite: bool,
     device: str | None,
     progress: bool | None,
 ) -> None:
@@ -119,11 +125,13 @@ def train_command(
             --hyperparameters examples/train/hyperparameters.json \\
             --hp epochs=5 --output model/
     """
-    from o2v_batch.train import train
+    from o2v_batch.train import check_output, train
 
     values = {**_read_hyperparameters_file(hp_file), **hp_items}
     try:
         hp = Hyperparameters.from_dict(values)
+        if not overwrite:
+            check_output(output)
         train(
             hp,
             train_uri,
@@ -133,6 +141,8 @@ def train_command(
             progress=progress,
             log=lambda message: click.echo(message, err=True),
         )
+    except (HyperparameterError, OutputExistsError) as e:  # how it was asked, not the data
+        raise click.UsageError(str(e)) from None
     except O2VError as e:
         raise click.ClickException(str(e)) from None
 

@@ -6,9 +6,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from o2v_batch.devices import check_devices
 from o2v_batch.errors import ConfigError, FilterError
 from o2v_batch.jsonpath import compile_filter
-from o2v_batch.responses import ACCEPT_TYPES
+from o2v_batch.responses import ACCEPT_TYPES, check_output_format
 
 CONTENT_TYPES = ("application/jsonlines", "application/json")
 STRATEGIES = ("MultiRecord", "SingleRecord")
@@ -47,6 +48,7 @@ class TransformConfig:
     shard_index: int = 0
     resume: bool = False
     overwrite: bool = False
+    allow_empty: bool = False  # an input with no shards succeeds instead of failing
     on_bad_record: str = "fail"
     engine: str = "local"
     ray_address: str | None = None  # --engine ray: None means $RAY_ADDRESS, else a local Ray
@@ -57,8 +59,11 @@ class TransformConfig:
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
     # "module:function" building the per-worker server; tests hand in faulty models.
     worker_factory: str = "o2v_batch.serving:create_server"
+    # Of the embeddings in Parquet and .npy outputs: float16 halves their size.
+    embedding_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        check_output_format(self)  # what --accept's format holds, and where it goes
         _choice("--content-type", self.content_type, CONTENT_TYPES, optional=True)
         _choice("--accept", self.accept, ACCEPT_TYPES, optional=True)
         _choice("--strategy", self.strategy, STRATEGIES)
@@ -66,6 +71,7 @@ class TransformConfig:
         _choice("--join-source", self.join_source, JOIN_SOURCES)
         _choice("--on-bad-record", self.on_bad_record, BAD_RECORD_POLICIES)
         _choice("--engine", self.engine, ENGINES)
+        check_devices(self.devices)
         if not (self.max_payload >= 0 and math.isfinite(self.max_payload)):
             raise ConfigError(
                 f"--max-payload must be a number of MB >= 0 (0 = no cap), got {self.max_payload}"
@@ -114,8 +120,8 @@ def preferred_mode(environ: Mapping[str, str]) -> str:
     value = environ.get("INFERENCE_PREFERRED_MODE", "").strip().lower()
     if not value:
         return "auto"
-    if value not in ("embedding", "classification"):
+    if value not in MODES:
         raise ConfigError(
-            f"INFERENCE_PREFERRED_MODE must be embedding or classification, got {value!r}"
+            f"INFERENCE_PREFERRED_MODE must be one of {', '.join(MODES)}, got {value!r}"
         )
     return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from o2v_batch.errors import O2VError
+from o2v_batch.errors import ConfigError, O2VError
 
 
 def visible_gpus() -> int:
@@ -20,29 +20,44 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def parse_devices(devices: str) -> list[str]:
-    """`auto`, `cpu`, `cuda` or `cuda:0,cuda:1` to a list of device names."""
+def check_devices(devices: str) -> None:
+    """Checks a --devices value's spelling without looking for GPUs, so a typo is a
+    usage error before any work."""
+    _device_names(devices)
+
+
+def _device_names(devices: str) -> list[str]:
+    """`auto`, `cpu` or `cuda` alone, or a list of distinct `cuda:N`; else ConfigError."""
     text = devices.strip().lower()
-    if text == "cpu":
-        return ["cpu"]
-    if text in ("auto", "cuda"):
-        count = visible_gpus()
-        if count:
-            return [f"cuda:{i}" for i in range(count)]
-        if text == "cuda":
-            raise O2VError("--devices cuda: no CUDA device is visible")
-        return ["cpu"]
+    if text in ("auto", "cpu", "cuda"):
+        return [text]
     names = [d.strip() for d in text.split(",") if d.strip()]
-    count = None
+    if not names:
+        raise ConfigError(f"--devices: {devices!r} is not auto, cpu, cuda or cuda:N")
     for name in names:
         kind, _, index = name.partition(":")
         if kind != "cuda" or not index.isdigit():
-            raise O2VError(f"--devices: {name!r} is not cpu, cuda or cuda:N")
-        count = visible_gpus() if count is None else count
-        if int(index) >= count:
-            raise O2VError(f"--devices: {name} is not visible ({count} CUDA devices visible)")
+            raise ConfigError(f"--devices: {name!r} is not cpu, cuda or cuda:N")
     if len(set(names)) != len(names):
-        raise O2VError(f"--devices: {devices!r} names a device twice")
+        raise ConfigError(f"--devices: {devices!r} names a device twice")
+    return names
+
+
+def parse_devices(devices: str) -> list[str]:
+    """`auto`, `cpu`, `cuda` or `cuda:0,cuda:1` to a list of device names."""
+    names = _device_names(devices)
+    if names == ["cpu"]:
+        return names
+    count = visible_gpus()
+    if names in (["auto"], ["cuda"]):
+        if count:
+            return [f"cuda:{i}" for i in range(count)]
+        if names == ["cuda"]:
+            raise O2VError("--devices cuda: no CUDA device is visible")
+        return ["cpu"]
+    for name in names:
+        if int(name.partition(":")[2]) >= count:
+            raise O2VError(f"--devices: {name} is not visible ({count} CUDA devices visible)")
     return names
 
 

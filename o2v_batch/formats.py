@@ -54,6 +54,14 @@ def where(pos: int, content_type: str) -> str:
     return f"instances[{pos}]" if media_type(content_type) == JSON else f"line {pos}"
 
 
+def at_record(pos: int, content_type: str, problem: str) -> str:
+    """`line 12: <problem>`; a problem that starts with its place inside the record
+    (serving's `column 5: malformed JSON: ...`) joins the record's, so the message has
+    one position: `line 12, column 5: malformed JSON: ...`."""
+    joiner = ", " if problem.startswith(("column ", "character ")) else ": "
+    return f"{where(pos, content_type)}{joiner}{problem}"
+
+
 def content_type_for(path: str) -> str:
     """The content type a shard's name implies: `.json` (maybe compressed) is JSON."""
     name = path.lower()

@@ -1,20 +1,23 @@
-"""`transform(config) -> JobSummary`: plans this node's shards (listing, array-job
-share, --resume/--overwrite), hands them to an engine, and writes the summary."""
+"""`transform(config) -> JobSummary`: checks the model, plans this node's shards
+(listing, array-job share, --resume/--overwrite), hands them to an engine, and
+writes the summary."""
 
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import ModuleType
 
+import orjson
+
 from o2v_batch import io
+from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
-from o2v_batch.errors import InputError, OutputExistsError
-from o2v_batch.report import JobSummary, ShardReport
+from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError
+from o2v_batch.report import Faults, JobSummary, ShardReport, stderr_line
 from o2v_batch.sharding import assign, summary_name
 
 ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
@@ -22,18 +25,23 @@ ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
 
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
     """Runs a batch transform job; per-shard failures are reported in the summary, not raised."""
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = log or stderr_line
     engine = _engine(config.engine)
     engine.check(config)
+    _check_output(config.output)
+    # Before any input is listed or output written: a bad model fails at once, in one line.
+    model_dir = resolve_model(config.model)
+    check_model(model_dir, encoders_only=config.mode == "embedding")
     start = time.monotonic()
     tasks, skipped = plan(config)
-    restarts, complete = 0, False
+    faults, complete = Faults(), False
     try:
-        restarts = engine.run(config, tasks, log)
+        if tasks:  # a resume with nothing left starts no workers
+            engine.run(config, tasks, model_dir, log, faults)
         complete = True
     finally:
         reports = [t.report for t in tasks] + skipped
-        summary = JobSummary.of(reports, restarts, time.monotonic() - start)
+        summary = JobSummary.of(reports, faults, time.monotonic() - start)
         _finish(summary, config, complete, log)
     return summary
 
@@ -43,18 +51,32 @@ def _engine(name: str) -> ModuleType:
     return importlib.import_module(ENGINES[name])
 
 
+def _check_output(output: str) -> None:
+    """OUTPUT is a folder, a prefix or stdout: an existing file there is a usage error."""
+    if output != io.STDIO and io.is_local(output) and io.size(output) is not None:
+        raise ConfigError(
+            f"OUTPUT {output} is a file: it must be a folder, s3://bucket/prefix/ or - (stdout)"
+        )
+
+
 def plan(config: TransformConfig) -> tuple[list[ShardTask], list[ShardReport]]:
     """This node's shards to serve, and the reports of those skipped by --resume.
 
-    Refuses to clobber existing outputs unless --resume or --overwrite says what to do.
+    Refuses an empty input unless --allow-empty, and to clobber existing outputs unless
+    --resume or --overwrite says what to do.
     """
     to_stdout = config.output == io.STDIO
     shards = io.list_shards(
         config.input, None if to_stdout else config.output, manifest=config.manifest
     )
+    if not shards and not config.allow_empty:
+        # A nightly job on an empty prefix usually means that something upstream failed.
+        raise InputError(
+            f"no input shards under {config.input} (--allow-empty accepts an empty input)"
+        )
     if config.num_shards > 1:
         shards = assign(shards, config.num_shards)[config.shard_index]
-    existing = set() if to_stdout else _existing_outputs(config.output)
+    existing = set() if to_stdout else io.list_outputs(config.output)
     tasks, skipped, clobbered = [], [], []
     for shard in shards:
         if shard.uri == io.STDIO and not to_stdout:
@@ -62,7 +84,6 @@ def plan(config: TransformConfig) -> tuple[list[ShardTask], list[ShardReport]]:
         task = shard_task(shard, config)
         if shard.rel + task.suffix in existing:
             if config.resume:
-                task.report.status, task.report.reason = "skipped", "output exists (--resume)"
                 skipped.append(task.report)
                 continue
             if not config.overwrite:
@@ -74,28 +95,61 @@ def plan(config: TransformConfig) -> tuple[list[ShardTask], list[ShardReport]]:
             f"output already exists: {', '.join(clobbered[:3])}{more} "
             "(use --resume to skip finished shards or --overwrite to replace them)"
         )
+    if skipped:
+        _count_skipped(skipped, _earlier_counts(config))
     return tasks, skipped
 
 
-def _existing_outputs(output: str) -> set[str]:
-    """Paths (relative to OUTPUT) of what is already there, from one listing."""
+def _count_skipped(reports: list[ShardReport], earlier: dict[str, tuple[int, int]]) -> None:
+    """Shards skipped by --resume are done: they count with what an earlier run wrote."""
+    for report in reports:
+        report.status, report.reason = "skipped", "output exists (--resume)"
+        if report.shard in earlier:
+            report.records_out, report.bad_records = earlier[report.shard]
+            report.records_in = report.records_out + report.bad_records
+        else:
+            report.counted = False
+            report.reason += "; records not counted (no earlier summary)"
+
+
+def _earlier_counts(config: TransformConfig) -> dict[str, tuple[int, int]]:
+    """(records out, bad records) of each shard done, from the summaries an earlier run
+    wrote here: OUTPUT's `_SUCCESS` and the --summary file."""
+    counts: dict[str, tuple[int, int]] = {}
+    for uri in _summary_targets(config, complete=True, failed=0):
+        earlier = _read_summary(uri)
+        # One written by an older version has no per-shard counts: its shards go uncounted.
+        out = earlier.get("records_out_by_shard") or {}
+        bad = earlier.get("bad_records_by_shard") or {}
+        counts.update({shard: (n, bad.get(shard, 0)) for shard, n in out.items()})
+    return counts
+
+
+def _read_summary(uri: str) -> dict:
+    """A summary written earlier, or {} when there is none to read."""
     try:
-        return {s.rel for s in io.list_shards(output)}
-    except InputError:  # no output folder yet
-        return set()
+        with io.open_read(uri, decompress=False) as stream:
+            document = orjson.loads(stream.read())
+    except (O2VError, OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _summary_targets(config: TransformConfig, complete: bool, failed: int) -> list[str]:
+    """Where the summary goes: --summary PATH, and also OUTPUT's `_SUCCESS` when the
+    job ran to its end and every shard succeeded."""
+    targets = [config.summary] if config.summary else []
+    if complete and failed == 0 and config.output != io.STDIO:
+        name = summary_name(config.num_shards, config.shard_index)
+        targets.append(config.output.rstrip("/") + "/" + name)
+    return list(dict.fromkeys(targets))
 
 
 def _finish(
     summary: JobSummary, config: TransformConfig, complete: bool, log: Callable[[str], None]
 ) -> None:
-    """Logs the summary and writes it: to --summary, or as OUTPUT's `_SUCCESS` when
-    the job ran to its end and every shard succeeded."""
+    """Logs the summary and writes it where it goes."""
     for line in summary.lines():
         log(f"o2v-batch: {line}")
-    target = config.summary
-    if target is None and complete and config.output != io.STDIO and summary.shards_failed == 0:
-        target = (
-            config.output.rstrip("/") + "/" + summary_name(config.num_shards, config.shard_index)
-        )
-    if target is not None:
+    for target in _summary_targets(config, complete, summary.shards_failed):
         io.write_atomic(target, summary.to_json())

@@ -276,8 +276,8 @@ def _instances(scan: _JsonScanner, limit: int) -> Iterator[Record | Oversize]:
         if byte == _ARRAY_CLOSE:
             scan.pos += 1
             return
-        if byte is None:
-            raise RequestFormatError(f"JSON document ends inside {inside}")
+        if byte is None:  # the element is whole: only what follows it is missing
+            raise RequestFormatError(f"JSON document ends after {inside}")
         if byte != _COMMA:
             raise RequestFormatError(
                 f"JSON syntax error: expected ',' or ']' after {inside}, found {scan.found(byte)}"

@@ -10,24 +10,29 @@ from typing import Any
 import orjson
 
 from o2v_batch.errors import O2VError
-from o2v_batch.formats import where
+from o2v_batch.formats import at_record, where
 from o2v_batch.io import describe_error
 
 
 @dataclass
 class ShardReport:
-    """One input shard's fate and its counts: the per-shard tally both engines keep."""
+    """One input shard's fate and its counts: the per-shard tally both engines keep.
+
+    Every record read is exactly one of: a prediction written (records_out), a bad
+    record, or not written (its shard failed or was interrupted).
+    """
 
     shard: str  # the input's URI
     output: str  # its output's URI
     status: str = "running"  # running | ok | failed | skipped
     reason: str | None = None  # why it failed or was skipped
     records_in: int = 0
-    records_out: int = 0
+    records_out: int = 0  # predictions in the committed output (error objects are bad records)
     bad_records: int = 0
     truncated: int = 0
     mini_batches: int = 0
     largest_mini_batch_bytes: int = 0
+    counted: bool = True  # False: skipped, and no earlier summary gave its counts
 
     def take(self, other: ShardReport) -> None:
         """Takes over what a worker elsewhere (a Ray actor) reported for this shard."""
@@ -39,10 +44,31 @@ class ShardReport:
         self.records_in += records
         self.largest_mini_batch_bytes = max(self.largest_mini_batch_bytes, nbytes)
 
+    @property
+    def not_written(self) -> int:
+        """Good records lost with the shard: it failed or the job stopped first."""
+        if self.status in ("ok", "skipped"):
+            return 0
+        return self.records_in - self.records_out - self.bad_records
+
+
+@dataclass
+class Faults:
+    """What the engine recovered from, counted as it happens (so an interrupted job's
+    summary has them too)."""
+
+    worker_restarts: int = 0
+    mini_batch_retries: int = 0
+
 
 @dataclass
 class JobSummary:
-    """What a job did, added up from its shard reports; `_SUCCESS` holds it as JSON."""
+    """What a job did, added up from its shard reports; `_SUCCESS` holds it as JSON.
+
+    The shard and record counts describe the whole output: shards skipped by --resume
+    bring the counts an earlier summary gave them. records_in = records_out +
+    bad_records + records_not_written. The rest (mini-batches, faults, time) is this run's.
+    """
 
     shards_ok: int = 0
     shards_failed: int = 0
@@ -51,39 +77,50 @@ class JobSummary:
     records_in: int = 0
     records_out: int = 0
     bad_records: int = 0
+    records_not_written: int = 0  # good records of failed and unfinished shards
     truncated_sequences: int = 0
     mini_batches: int = 0
     largest_mini_batch_bytes: int = 0
     worker_restarts: int = 0
+    mini_batch_retries: int = 0
     seconds: float = 0.0
     records_per_second: float = 0.0
     failed: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     bad_records_by_shard: dict[str, int] = field(default_factory=dict)
+    # Of every shard whose output is complete: what a later --resume counts for it.
+    records_out_by_shard: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, reports: list[ShardReport], worker_restarts: int, seconds: float) -> JobSummary:
+    def of(cls, reports: list[ShardReport], faults: Faults, seconds: float) -> JobSummary:
         def with_status(status: str) -> list[ShardReport]:
             return [r for r in reports if r.status == status]
 
-        records_out = sum(r.records_out for r in reports)
+        served = sum(r.records_out for r in reports if r.status != "skipped")
         return cls(
             shards_ok=len(with_status("ok")),
             shards_failed=len(with_status("failed")),
             shards_skipped=len(with_status("skipped")),
             shards_unfinished=len(with_status("running")),
             records_in=sum(r.records_in for r in reports),
-            records_out=records_out,
+            records_out=sum(r.records_out for r in reports),
             bad_records=sum(r.bad_records for r in reports),
+            records_not_written=sum(r.not_written for r in reports),
             truncated_sequences=sum(r.truncated for r in reports),
             mini_batches=sum(r.mini_batches for r in reports),
             largest_mini_batch_bytes=max((r.largest_mini_batch_bytes for r in reports), default=0),
-            worker_restarts=worker_restarts,
+            worker_restarts=faults.worker_restarts,
+            mini_batch_retries=faults.mini_batch_retries,
             seconds=round(seconds, 3),
-            records_per_second=round(records_out / seconds, 1) if seconds > 0 else 0.0,
+            records_per_second=round(served / seconds, 1) if seconds > 0 else 0.0,
             failed=[{"shard": r.shard, "reason": r.reason} for r in with_status("failed")],
             skipped=[{"shard": r.shard, "reason": r.reason} for r in with_status("skipped")],
             bad_records_by_shard={r.shard: r.bad_records for r in reports if r.bad_records},
+            records_out_by_shard={
+                r.shard: r.records_out
+                for r in reports
+                if r.status == "ok" or (r.status == "skipped" and r.counted)
+            },
         )
 
     def to_json(self) -> bytes:
@@ -94,10 +131,15 @@ class JobSummary:
         out = [
             f"shards: {self.shards_ok} ok, {self.shards_failed} failed, {self.shards_skipped} skipped{unfinished}",
             f"records: {self.records_in} in, {self.records_out} out, {self.bad_records} bad, "
-            f"{self.truncated_sequences} truncated sequences",
+            f"{self.records_not_written} not written, {self.truncated_sequences} truncated sequences",
             f"mini-batches: {self.mini_batches} (largest {self.largest_mini_batch_bytes} bytes)",
-            f"time: {self.seconds:.2f} s, {self.records_per_second:,.0f} records/s",
         ]
+        if self.worker_restarts or self.mini_batch_retries:
+            out.append(
+                f"faults: {self.worker_restarts} worker restarts, "
+                f"{self.mini_batch_retries} mini-batch retries"
+            )
+        out.append(f"time: {self.seconds:.2f} s, {self.records_per_second:,.0f} records/s")
         out += [f"failed: {f['reason']}" for f in self.failed]
         out += [f"skipped: {s['shard']}: {s['reason']}" for s in self.skipped]
         return out
@@ -116,7 +158,7 @@ def read_failure(shard: str, exc: Exception) -> str:
 
 def record_failure(shard: str, pos: int, content_type: str, problem: str) -> str:
     """Why a shard failed at one record: `<shard>: line N: <problem>`."""
-    return f"{shard}: {where(pos, content_type)}: {problem}"
+    return f"{shard}: {at_record(pos, content_type, problem)}"
 
 
 def batch_failure(pos: int, content_type: str, reason: str) -> str:
@@ -136,25 +178,55 @@ def shard_failed(reason: str) -> str:
     return f"o2v-batch: shard failed: {reason}"
 
 
-# -- progress -------------------------------------------------------------------
+def recovered(reason: str, restarted: bool, retry: str | None) -> str:
+    """The one line logged when a worker is replaced or a mini-batch is tried again;
+    `retry` says which mini-batch and which attempt."""
+    actions = (["started a new worker"] if restarted else []) + ([retry] if retry else [])
+    return f"o2v-batch: {reason}; {' and '.join(actions)}"
 
 
-def progress_bar(enabled: bool | None) -> Any:
-    """A tqdm bar on stderr counting records; a silent one when disabled, so callers
-    never test for None. None: on when stderr is a terminal."""
+# -- stderr and progress ----------------------------------------------------------
+
+
+def stderr_line(line: str) -> None:
+    """Prints a line on stderr above the progress bar, never onto it."""
     from tqdm import tqdm  # only a job needs it, not --help
 
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(
-        unit=" records", unit_scale=True, desc="o2v-batch", file=sys.stderr, disable=not enabled
-    )
+    tqdm.write(line, file=sys.stderr)
 
 
-def human_bytes(n: float) -> str:
-    """`12.3 MiB read`, for the progress bar."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit} read"
-        n /= 1024
-    raise AssertionError("unreachable")
+class Progress:
+    """Input bytes read (a total and an ETA when every shard's size is known) and
+    records read, on stderr. Silent when disabled, so callers never test for None;
+    None: on when stderr is a terminal."""
+
+    def __init__(self, enabled: bool | None, total_bytes: int | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total_bytes = total_bytes
+        self._bar: Any = None
+
+    def show(self, nbytes: int, records: int) -> None:
+        """Moves the bar to `nbytes` read and `records` records (both so far, in all)."""
+        if not self.enabled or nbytes <= 0:
+            return  # drawn from the first byte: never an empty "0.00" bar
+        postfix = f"{records:,} records"
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total_bytes,
+                initial=nbytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="o2v-batch",
+                file=sys.stderr,
+                postfix=postfix,
+            )
+            return
+        self._bar.set_postfix_str(postfix, refresh=False)
+        self._bar.update(nbytes - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

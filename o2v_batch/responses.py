@@ -3,22 +3,34 @@
 In a worker, a codec encodes one mini-batch's responses (predictions, error
 objects, or what --join-source and --output-filter made of them) into one
 fragment. In the parent, it frames an output shard's fragments, in input
-order, into the shard's atomic writer.
+order, into the shard's atomic writer. JSON text lives here; the columnar
+formats for vector stores (Parquet, .npy) in o2v_batch/columnar.py.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from o2v_batch.errors import ConfigError
 from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
+    from o2v_batch.config import TransformConfig
     from o2v_batch.io import AtomicWriter
+
+PARQUET = "application/vnd.apache.parquet"
+PARQUET_ALIAS = "application/x-parquet"
+NPY = "application/x-npy"  # the SageMaker SDK's name
+COLUMNAR_TYPES = (PARQUET, PARQUET_ALIAS, NPY)
+EMBEDDING_DTYPES = ("float32", "float16")
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 # Responses dumped one at a time are joined every ENCODE_CHUNK: orjson gives each
@@ -38,12 +50,27 @@ class Framer(abc.ABC):
     def finish(self) -> None:
         """Writes what ends the shard; the writer is then ready to commit."""
 
+    def discard(self) -> None:  # noqa: B027 (a hook: most framers hold nothing but the writer)
+        """Lets go of what the shard holds besides its writer (a spool): it is aborted."""
+
 
 class Codec(abc.ABC):
     """The responses of one accept type."""
 
     media_type: str
     suffix = ".out"  # output shards are named <input path><suffix>
+
+    @abc.abstractmethod
+    def encode_error(self, problem: str, pos: int, key: str) -> bytes:
+        """The fragment of one bad record's place under --on-bad-record emit-error."""
+
+    @abc.abstractmethod
+    def start(self, writer: AtomicWriter) -> Framer:
+        """Begins an output shard in `writer`; the Framer takes its fragments."""
+
+
+class TextCodec(Codec):
+    """Responses as JSON text: each response object as the hosted algorithm writes it."""
 
     @abc.abstractmethod
     def encode(self, responses: Iterable[Any]) -> bytes:
@@ -53,9 +80,8 @@ class Codec(abc.ABC):
         """encode() of prediction dicts that nest no other object, maybe faster."""
         return self.encode(predictions)
 
-    @abc.abstractmethod
-    def start(self, writer: AtomicWriter) -> Framer:
-        """Begins an output shard in `writer`; the Framer takes its fragments."""
+    def encode_error(self, problem: str, pos: int, key: str) -> bytes:
+        return self.encode([error_object(problem, pos, key)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +93,7 @@ class Framing:
     footer: bytes
 
 
-class _JsonText(Codec):
+class _JsonText(TextCodec):
     """Each response as compact JSON, numpy arrays as lists, joined by `sep`;
     `terminated`: every response, the last one too, is followed by `sep`."""
 
@@ -126,22 +152,112 @@ class _JsonTextFramer(Framer):
             self._writer.write(self._framing.footer)
 
 
-_CODECS: dict[str, Codec] = {
+_TEXT_CODECS: dict[str, TextCodec] = {
     codec.media_type: codec
     for codec in (
         _JsonText(JSONLINES, b"\n", True, Framing(b"", b"", b"")),
         _JsonText(JSON, b",", False, Framing(b'{"predictions":[', b",", b"]}\n")),
     )
 }
-ACCEPT_TYPES = tuple(_CODECS)
+ACCEPT_TYPES = (*_TEXT_CODECS, *COLUMNAR_TYPES)
 
 
 def codec_for(accept: str) -> Codec:
-    """The codec of an accept type (parameters ignored); ValueError if unsupported."""
-    codec = _CODECS.get(bare_type(accept))
-    if codec is None:
-        raise ValueError(f"unsupported accept type {accept!r}: use {' or '.join(ACCEPT_TYPES)}")
-    return codec
+    """The codec of an accept type; ValueError if unsupported. A text type's parameters
+    are ignored; a columnar type's lay its columns out (output_type adds them)."""
+    bare = bare_type(accept)
+    codec = _TEXT_CODECS.get(bare)
+    if codec is not None:
+        return codec
+    if bare in COLUMNAR_TYPES:
+        from o2v_batch import columnar  # it builds on the classes above
+
+        return columnar.codec_for(accept)
+    raise ValueError(
+        f"unsupported accept type {accept!r}: use {', '.join(ACCEPT_TYPES[:-1])} "
+        f"or {ACCEPT_TYPES[-1]}"
+    )
+
+
+def output_type(accept: str, config: TransformConfig) -> str:
+    """The accept type a shard's responses are written in: `accept` itself, or for a
+    columnar type the parameters that lay out its columns for this job's model."""
+    bare = bare_type(accept)
+    if bare not in COLUMNAR_TYPES:
+        return accept
+    enc_dim, classes = model_widths(config.model)
+    scores = 0 if bare == NPY or config.mode == "embedding" else classes
+    params = [f"embeddings={enc_dim}", f"scores={scores}", f"dtype={config.embedding_dtype}"]
+    if config.join_source == "Input":
+        params.append("joined=1")
+    return "; ".join([NPY if bare == NPY else PARQUET, *params])
+
+
+def model_widths(model: str) -> tuple[int, int]:
+    """The model's embedding width (enc_dim) and scores width (num_classes, 1 for
+    regression), from its hyperparameters: no torch."""
+    from o2v_batch.artifacts import read_hyperparameters  # only a columnar job's parent
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():  # read each time: cheap, and never stale
+        hp = read_hyperparameters(folder)
+        return hp.enc_dim, 1 if hp.output_layer == "mean_squared_error" else hp.num_classes
+    return _fetched_widths(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _fetched_widths(model: str) -> tuple[int, int]:
+    """model_widths of an archive or an S3 model: fetched once per process."""
+    from o2v_batch.artifacts import resolve_model
+
+    return model_widths(resolve_model(model))
+
+
+def check_output_format(config: TransformConfig) -> None:
+    """Refuses, before any work, what the --accept format cannot hold (ConfigError)."""
+    problem = _format_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _format_problem(config: TransformConfig) -> str | None:
+    accept, dtype = config.accept, config.embedding_dtype
+    if dtype not in EMBEDDING_DTYPES:
+        return f"--embedding-dtype must be one of {', '.join(EMBEDDING_DTYPES)}; got {dtype!r}"
+    if accept not in COLUMNAR_TYPES:
+        if dtype != "float32" and accept in (None, *_TEXT_CODECS):
+            return (
+                f"--embedding-dtype {dtype} needs --accept {PARQUET} or {NPY} "
+                "(JSON responses carry float32 numbers)"
+            )
+        return None  # an unknown type is --accept's own error
+    if config.output == "-":
+        return (
+            f"--accept {accept} writes one binary file per shard: OUTPUT must be a folder "
+            "or s3://bucket/prefix/, not - (stdout)"
+        )
+    if accept != NPY and importlib.util.find_spec("pyarrow") is None:
+        return (
+            f"--accept {accept} needs pyarrow: pip install pyarrow (the o2v-batch[parquet] extra)"
+        )
+    joined, filtered = config.join_source == "Input", config.output_filter.strip() != "$"
+    if accept == NPY:
+        for option, used in (
+            ("--mode classification", config.mode == "classification"),
+            ("--join-source Input", joined),
+            ("--output-filter", filtered),
+        ):
+            if used:
+                return (
+                    f"--accept {NPY} holds embeddings only, so {option} has no place in it "
+                    f"(use --accept {PARQUET} or JSON)"
+                )
+    if filtered and not joined:
+        return (
+            f"--output-filter with --accept {accept} picks the input fields that become "
+            "columns: use it with --join-source Input"
+        )
+    return None
 
 
 def position_key(content_type: str) -> str:
@@ -156,4 +272,4 @@ def error_object(problem: str, pos: int, key: str) -> dict:
 
 def error_fragment(problem: str, pos: int, content_type: str, accept: str) -> bytes:
     """The fragment standing for a record too big for a mini-batch (it reaches no worker)."""
-    return codec_for(accept).encode([error_object(problem, pos, position_key(content_type))])
+    return codec_for(accept).encode_error(problem, pos, position_key(content_type))

@@ -15,9 +15,8 @@ import queue
 import signal
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -91,8 +90,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 request.positions, request.records, request.content_type, request.accept
             )
             conn.send(Done(request.task_id, result))
-        except Exception as exc:
-            traceback.print_exc()
+        except Exception as exc:  # one line in the job's log, not a traceback per retry
             conn.send(Failed(request.task_id, describe(exc)))
 
 
@@ -102,6 +100,16 @@ def describe(exc: BaseException) -> str:
 
 
 # -- the pool, parent side ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The pool got over a fault: it replaced a lost worker, tries a mini-batch again, or both."""
+
+    reason: str  # what went wrong: "worker 4242 was killed by SIGKILL (out of memory?)"
+    restarted: bool  # a new worker took the lost one's place
+    task_id: int | None = None  # the mini-batch tried again, if any
+    attempt: int = 0  # its attempt about to start: 2 is the first retry
 
 
 @dataclass
@@ -131,12 +139,15 @@ class WorkerPool:
         max_concurrent: int = 2,
         max_retries: int = 3,
         invocation_timeout: float = 600.0,
+        on_recovery: Callable[[Recovery], None] | None = None,
     ):
         self._ctx = mp.get_context("spawn")
         self._specs = specs
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries
         self.invocation_timeout = invocation_timeout
+        # Told of every restart and retry as it happens, so the job can say so at once.
+        self.on_recovery = on_recovery
         self._workers: list[_Worker] = []
         self._retry: deque[_Task] = deque()
         self._events: list[Done | Failed] = []
@@ -262,7 +273,9 @@ class WorkerPool:
             if isinstance(message, Done):
                 self._events.append(message)
             else:
-                self._retry_or_fail(task, f"the worker raised {message.reason}")
+                reason = f"the worker raised {message.reason}"
+                if self._retry_or_fail(task, reason):
+                    self._recovered(Recovery(reason, False, task.task_id, task.attempts + 1))
 
     def _check_hung(self) -> None:
         now = time.monotonic()
@@ -285,19 +298,30 @@ class WorkerPool:
         head, *rest = w.in_flight or [None]
         # Queued tasks it never started go back without using a retry.
         self._retry.extendleft(reversed(rest))
-        if head is not None:
-            self._retry_or_fail(head, f"worker {w.process.pid} {reason}")
+        # Only a ready worker holds tasks: one that was loading has no head.
+        what = f"worker {w.process.pid} {reason}" + ("" if w.ready else " while loading the model")
+        retried = head is not None and self._retry_or_fail(head, what)
         self.restarts += 1
         self._workers.append(self._spawn(w.spec))
+        if retried:
+            self._recovered(Recovery(what, True, head.task_id, head.attempts + 1))
+        else:
+            self._recovered(Recovery(what, True))
 
-    def _retry_or_fail(self, task: _Task, reason: str) -> None:
+    def _retry_or_fail(self, task: _Task, reason: str) -> bool:
+        """True when the task goes back for another attempt; False when it failed for good."""
         task.attempts += 1
         if task.attempts > self.max_retries:
             self._events.append(
                 Failed(task.task_id, f"{reason}; gave up after {task.attempts} attempts")
             )
-        else:
-            self._retry.appendleft(task)
+            return False
+        self._retry.appendleft(task)
+        return True
+
+    def _recovered(self, recovery: Recovery) -> None:
+        if self.on_recovery is not None:
+            self.on_recovery(recovery)
 
 
 def _exit_reason(code: int | None) -> str:

@@ -14,6 +14,7 @@ import orjson
 import torch
 
 from o2v_batch.artifacts import load_network
+from o2v_batch.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.jsonpath import compile_filter, join_input, json_type
 from o2v_batch.protocol import BatchResult, ServingOptions
@@ -117,7 +118,7 @@ class _Batch:
                     raise BadRecordError(f"record is not a JSON object (got {json_type(obj)})")
                 s0, s1 = obj.get("in0", _MISSING), obj.get("in1", _MISSING)
             except orjson.JSONDecodeError as exc:
-                self.bad(i, f"malformed JSON: {exc}")
+                self.bad(i, malformed_json(exc, data, self.error_key == "line"))
                 continue
             except O2VError as exc:
                 self.bad(i, str(exc))
@@ -215,9 +216,48 @@ class _Batch:
 
     def encode(self, codec: Codec) -> bytes:
         """The responses, one per record, as one fragment."""
+        if isinstance(codec, ColumnarCodec):
+            fields = self._columnar_fields(codec)
+            return codec.encode_rows(self.positions, self.outputs, self.errors, fields)
         if not (self.errors or self.sources is not None):
             return codec.encode_predictions(self.outputs)
         return codec.encode(self._responses())
+
+    def _columnar_fields(self, codec: ColumnarCodec) -> dict[int, dict]:
+        """Marks the predictions a columnar format has no place for as bad; with
+        --join-source Input, the fields each record adds as columns."""
+        for i in codec.refused(self.outputs):
+            self.bad(i, NPY_PAIRS)
+        fields: dict[int, dict] = {}
+        if self.server.join:
+            for i, prediction in enumerate(self.outputs):
+                if i not in self.errors and (joined := self._fields(i, prediction)):
+                    fields[i] = joined
+        return fields
+
+    def _fields(self, i: int, prediction: dict) -> dict | None:
+        """The joined input's fields that become columns (the prediction has its own)."""
+        out = join_input(self.sources[i], prediction)
+        try:
+            if self.server.output_filter is not None:
+                out = self.server.output_filter(out)
+            if type(out) is not dict:
+                raise BadRecordError(
+                    f"--output-filter gave {json_type(out)}: columns need a JSON object"
+                )
+        except O2VError as exc:
+            self.bad(i, str(exc))
+            return None
+        out.pop("SageMakerOutput", None)
+        taken = [name for name in OUR_COLUMNS if name in out]
+        if taken:
+            self.bad(
+                i,
+                f'input field "{taken[0]}" has the name of an output column: '
+                "leave it out with --output-filter",
+            )
+            return None
+        return out
 
     def _responses(self) -> Iterator[Any]:
         """Each record's response: its prediction (joined, filtered) or its error object."""
@@ -239,6 +279,21 @@ class _Batch:
     def _error(self, i: int) -> dict:
         """What a bad record's place holds under --on-bad-record emit-error."""
         return error_object(self.errors[i], self.positions[i], self.error_key)
+
+
+def malformed_json(exc: orjson.JSONDecodeError, data: bytes, one_line: bool) -> str:
+    """orjson's complaint with one position, inside the record: `column 13: malformed
+    JSON: ...` for a jsonlines record (one line), `character 13: ...` for an instance of a
+    JSON document; the record's own place (line, instance) is added to it. orjson's
+    message also carries its own "line 1 column 13 (char 12)", which would read as a
+    second position; and for invalid UTF-8 it always says char 0."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        at, problem = len(data[: bad.start].decode("utf-8")), "not valid UTF-8"
+    else:
+        at, problem = exc.pos, exc.msg
+    return f"{'column' if one_line else 'character'} {at + 1}: malformed JSON: {problem}"
 
 
 def _filter_or_none(expr: str) -> Callable[[Any], Any] | None:

@@ -25,9 +25,9 @@ from torch import nn
 from tqdm import tqdm
 
 from o2v_batch.artifacts import save_model
-from o2v_batch.errors import HyperparameterError
+from o2v_batch.errors import HyperparameterError, InputError, OutputExistsError
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
-from o2v_batch.io import is_local, open_write
+from o2v_batch.io import is_local, list_shards, open_write, size
 from o2v_batch.model import Object2Vec
 from o2v_batch.tokens import check_ids
 from o2v_batch.training_data import (
@@ -302,6 +302,23 @@ def make_optimizer(network: nn.Module, hp: Hyperparameters) -> torch.optim.Optim
 
 
 # ---- output ----------------------------------------------------------------
+
+
+def check_output(output: str) -> None:
+    """Refuses an output that is not empty (a folder or S3 prefix holding anything, an
+    existing .tar.gz): training takes long, and the model it would replace may be the
+    only copy. `o2v-batch train --overwrite` skips this check."""
+    if output.endswith(".tar.gz"):
+        exists = size(output) is not None
+    elif is_local(output):
+        exists = os.path.exists(output) and (not os.path.isdir(output) or bool(os.listdir(output)))
+    else:
+        try:
+            exists = bool(list_shards(output))
+        except InputError:  # nothing under the prefix
+            exists = False
+    if exists:
+        raise OutputExistsError(f"output already exists: {output} (use --overwrite to replace it)")
 
 
 def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:

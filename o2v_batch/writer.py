@@ -7,7 +7,7 @@ import contextlib
 
 from o2v_batch.errors import O2VError
 from o2v_batch.io import AtomicWriter, open_write
-from o2v_batch.responses import codec_for
+from o2v_batch.responses import Framer, codec_for
 
 
 class ShardOutput:
@@ -20,6 +20,7 @@ class ShardOutput:
         self.total: int | None = None  # mini-batches in the shard, once reading ends
         self.records = 0
         codec = codec_for(accept)
+        self._framer: Framer | None = None
         self._writer: AtomicWriter | None = open_write(uri)
         try:
             self._framer = codec.start(self._writer)
@@ -50,5 +51,7 @@ class ShardOutput:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             self._pending.clear()
+            if self._framer is not None:
+                self._framer.discard()
             with contextlib.suppress(O2VError):
                 writer.abort()

@@ -3,7 +3,8 @@
 Generates its workloads (seeded), then runs, side by side on the same data and model,
 each as its own process: o2v-batch `transform` (defaults, then variants), a hand-written
 json loop, Ray Data, the model-only ceiling and the I/O floor; plus the start-up time of
-a tiny job and o2v-batch's peak memory on ten times the input. Prints a Markdown table,
+a tiny job, o2v-batch's peak memory on ten times the input, and `o2v-batch serve`'s
+requests/s and latency under concurrent clients (`--systems serve`). Prints a Markdown table,
 writes it as JSON (bench.json) and plots records/s (bench.png).
 
 Usage:
@@ -17,6 +18,7 @@ On a machine with CUDA it adds GPU rows: the ceiling on the GPU and o2v-batch wi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -35,17 +37,36 @@ from typing import Any
 
 import numpy as np
 import orjson
-import psutil
+
+try:  # psutil, matplotlib and Ray Data come with the bench extra, not with o2v-batch
+    import psutil
+except ModuleNotFoundError as exc:
+    sys.exit(f"scripts/bench.py needs {exc.name}: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHT_MODEL = ROOT / "examples" / "model"
 TINY_INPUT = ROOT / "examples" / "requests" / "documented.jsonl"
 
-SYSTEMS = ("o2v-batch", "baseline", "ray-data", "ceiling", "io-floor", "startup", "scaling")
+SYSTEMS = (
+    "o2v-batch",
+    "baseline",
+    "ray-data",
+    "ceiling",
+    "io-floor",
+    "startup",
+    "scaling",
+    "formats",
+    "serve",
+)
 # Ray Data takes tens of seconds to start and run even on tiny inputs: --quick skips it.
 QUICK_SYSTEMS = tuple(s for s in SYSTEMS if s != "ray-data")
 # Flags worth comparing with the defaults on a few cores; each becomes a labelled row.
 VARIANTS = ("--workers 1", "--max-concurrent-transforms 4", "--max-payload 1")
+PARQUET, NPY = "application/vnd.apache.parquet", "application/x-npy"
+# The columnar outputs beside jsonlines ("formats"); .npy holds embeddings only.
+FORMATS = (f"--accept {PARQUET}", f"--accept {PARQUET} --embedding-dtype float16")
+EMBEDDING_FORMATS = (f"--accept {NPY}",)
+BINARY_SUFFIXES = (".parquet", ".npy")  # outputs that are not one line per record
 
 # The heavy model of issue 6: hcnn, token dim 300, enc_dim 512, 4 layers.
 HEAVY_HYPERPARAMETERS = {
@@ -374,10 +395,17 @@ class Bench:
             timed = json.loads(result.read_text())
             row.seconds = timed.pop("seconds", run.seconds)
             row.extra.update(timed)
+        summary = {}
         if (out / "_SUCCESS").exists():  # o2v-batch's job summary
-            row.extra["job_seconds"] = json.loads((out / "_SUCCESS").read_text())["seconds"]
+            summary = json.loads((out / "_SUCCESS").read_text())
+            row.extra["job_seconds"] = summary["seconds"]
         if out.exists():
-            row.records_out = count_lines(out)
+            files = [p for p in out.rglob("*") if p.is_file() and p.name[0] not in "._"]
+            row.extra["output_bytes_per_record"] = (
+                sum(p.stat().st_size for p in files) / row.records
+            )
+            binary = any(p.suffix in BINARY_SUFFIXES for p in files)
+            row.records_out = summary.get("records_out") if binary else count_lines(out)
             if not self.keep:
                 shutil.rmtree(out)
         row.records_per_s = row.records / row.seconds
@@ -417,6 +445,140 @@ def o2v_command() -> list[str]:
 
 def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").replace("--", "-")
+
+
+# ---------------------------------------------------------------- serve
+
+
+# `o2v-batch serve` on the light model, one server run: requests of each size (records per
+# request) from SERVE_CLIENTS concurrent clients, each on its own kept-alive connection.
+SERVE_SIZES = (1, 100)
+SERVE_CLIENTS = 8
+SERVE_REQUESTS = {1: 4000, 100: 800}  # per size, all clients together (--quick: a tenth)
+SERVE_WARM_UP = 2  # untimed requests per client first: the first forward passes cost more
+SERVE_START_S = 120.0
+
+
+def serve_rows(bench: Bench, quick: bool) -> list[Row]:
+    """Requests/s and p50/p99 latency of `o2v-batch serve` for each request size."""
+    import signal
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [*o2v_command(), "serve", "--model", str(LIGHT_MODEL), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *(["--devices", "cpu"] if bench.cuda else [])]
+    log = bench.folder("logs") / "serve.log"
+    rng, cdf = np.random.default_rng(99), zipf_cdf(VOCAB)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=bench.env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + SERVE_START_S
+        while _ping(port) != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return [Row("o2v-batch serve", "serve", error=f"did not start: {tail(log)}")]
+            time.sleep(0.1)
+        rows = []
+        for size in SERVE_SIZES:
+            count = SERVE_REQUESTS[size] // (10 if quick else 1)
+            lines = record_lines(rng, 50 * size, ("in0",), cdf).splitlines(keepends=True)
+            bodies = [b"".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+            print(f"  serve: {count:,} requests of {size} records ...", end="", file=sys.stderr)
+            rows.append(_serve_row(proc.pid, port, bodies, count, size, shlex.join(cmd)))
+            print(f" {rows[-1].extra.get('requests_per_s', 0):,.0f} requests/s", file=sys.stderr)
+        return rows
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait()
+
+
+def _ping(port: int) -> int:
+    """The status /ping answers; 0 while nothing listens."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/ping")
+        return connection.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        connection.close()
+
+
+def _serve_row(pid: int, port: int, bodies: list[bytes], count: int, size: int, cmd: str) -> Row:
+    """SERVE_CLIENTS threads send `count` requests in all; every answer must be a 200."""
+    import http.client
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    per_client = count // SERVE_CLIENTS
+    start_line = threading.Barrier(SERVE_CLIENTS + 1)
+
+    def client(k: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/jsonlines"}
+        mine = []
+        for j in range(SERVE_WARM_UP + per_client):
+            if j == SERVE_WARM_UP:
+                start_line.wait()
+            sent = time.perf_counter()
+            body = bodies[(k + j) % len(bodies)]
+            connection.request("POST", "/invocations", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200 or answer.count(b"\n") != size:
+                failures.append(f"{response.status}: {answer[:200]!r}")
+            if j >= SERVE_WARM_UP:
+                mine.append(time.perf_counter() - sent)
+        connection.close()
+        latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(SERVE_CLIENTS)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    monitor = TreeMonitor(pid)
+    monitor.start()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    monitor.done.set()
+    monitor.join()
+    requests = per_client * SERVE_CLIENTS
+    row = Row(f"o2v-batch serve ({SERVE_CLIENTS} clients)", f"{size}-record requests", command=cmd)
+    row.records = row.records_out = requests * size
+    row.seconds, row.records_per_s = seconds, requests * size / seconds
+    row.peak_rss_mb = monitor.peak / 2**20
+    row.others_cores = max(0.0, monitor.others) / seconds
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    row.extra.update(
+        requests=requests,
+        clients=SERVE_CLIENTS,
+        requests_per_s=requests / seconds,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+    )
+    if failures:
+        row.error = f"{len(failures)} requests failed, first: {failures[0]}"
+    return row
+
+
+def serve_notes(rows: list[Row]) -> list[str]:
+    """Requests/s and latency of each serve row."""
+    return [
+        f"- {r.workload}, {r.extra['clients']} clients: {r.extra['requests_per_s']:,.0f} "
+        f"requests/s ({r.records_per_s:,.0f} records/s), p50 {r.extra['p50_ms']:.1f} ms, "
+        f"p99 {r.extra['p99_ms']:.1f} ms"
+        for r in rows
+        if r.system.startswith("o2v-batch serve") and r.error is None
+    ]
 
 
 # ---------------------------------------------------------------- child processes
@@ -663,8 +825,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| system | workload | records/s | x o2v-batch | x ceiling | seconds | peak MB | others' CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| system | workload | records/s | x o2v-batch | x ceiling | seconds | peak MB | others' CPU "
+        "| output B/record |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         rate = "failed" if r.error else fmt(r.records_per_s, ",.0f")
@@ -673,9 +836,28 @@ def markdown(rows: list[Row]) -> str:
         lines.append(
             f"| {r.system} | {r.workload} | {rate} | {fmt(r.ratio_to_o2v, '.2f')} | "
             f"{fmt(r.ratio_to_ceiling, '.2f')} | {fmt(r.seconds, '.2f')} | "
-            f"{fmt(r.peak_rss_mb, ',.0f')} | {fmt(r.others_cores, '.2f')} |"
+            f"{fmt(r.peak_rss_mb, ',.0f')} | {fmt(r.others_cores, '.2f')} | "
+            f"{fmt(r.extra.get('output_bytes_per_record'), ',.1f')} |"
         )
     return "\n".join(lines)
+
+
+def format_notes(rows: list[Row]) -> list[str]:
+    """Each columnar output against jsonlines (the o2v-batch default) on its workload."""
+    get = {(r.workload, r.system): r for r in rows if r.error is None}
+    notes = []
+    for row in rows:
+        text = get.get((row.workload, "o2v-batch"))
+        if row.error or "--accept" not in row.system or text is None:
+            continue
+        smaller = text.extra["output_bytes_per_record"] / row.extra["output_bytes_per_record"]
+        notes.append(
+            f"- {row.workload}: {row.system.removeprefix('o2v-batch ')}: {smaller:.1f}x smaller "
+            f"than jsonlines ({row.extra['output_bytes_per_record']:,.1f} vs "
+            f"{text.extra['output_bytes_per_record']:,.1f} B/record), "
+            f"{row.records_per_s / text.records_per_s:.2f}x its records/s"
+        )
+    return notes
 
 
 def targets(rows: list[Row]) -> list[str]:
@@ -813,6 +995,9 @@ def run_workload(bench: Bench, w: Workload, args: argparse.Namespace) -> list[Ro
     rows = []
     if "o2v-batch" in args.systems:
         rows += [bench.o2v(w, flags) for flags in ["", *args.variants]]
+    if "formats" in args.systems:
+        formats = FORMATS + (EMBEDDING_FORMATS if w.mode == "embedding" else ())
+        rows += [bench.o2v(w, flags) for flags in formats]
     for system in ("baseline", "ray-data", "ceiling", "io-floor"):
         if system in args.systems:
             rows.append(bench.child(system, w))
@@ -829,6 +1014,12 @@ def main(argv: list[str]) -> int:
         child_main(argv[1:])
         return 0
     args = parse_args(argv)
+    # Checked before the runs, not when the plot or the Ray Data row needs them.
+    needed = ["matplotlib", *(["ray", "pyarrow"] if "ray-data" in args.systems else [])]
+    needed += ["uvicorn"] if "serve" in args.systems else []
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(f"scripts/bench.py needs {' and '.join(missing)}: pip install -e '.[bench]'")
     info = machine()
     print(
         f"machine: {info['cores']} cores ({info['cpu']}), {info['memory_gb']} GB, "
@@ -844,6 +1035,8 @@ def main(argv: list[str]) -> int:
             rows += run_workload(bench, w, args)
         if "startup" in args.systems:
             rows.append(bench.startup())
+        if "serve" in args.systems:
+            rows += serve_rows(bench, args.quick)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -860,6 +1053,14 @@ def report(rows: list[Row], info: dict[str, Any], args: argparse.Namespace) -> N
     if notes:
         print("\nTargets (issue 6, o2v-batch defaults):")
         print("\n".join(notes))
+    formats = format_notes(rows)
+    if formats:
+        print("\nOutput formats against jsonlines (this run):")
+        print("\n".join(formats))
+    served = serve_notes(rows)
+    if served:
+        print("\nServe (one server run, light model, embeddings):")
+        print("\n".join(served))
     for r in rows:
         if r.error:
             print(f"\n{r.system} on {r.workload} failed: {r.error}")
@@ -871,6 +1072,7 @@ def report(rows: list[Row], info: dict[str, Any], args: argparse.Namespace) -> N
         "variants": args.variants,
         "rows": [asdict(r) for r in rows],
         "targets": notes,
+        "formats": formats,
     }
     (args.out / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
     plot(rows, args.out / "bench.png")

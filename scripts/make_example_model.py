@@ -7,7 +7,9 @@ and the rest from a shared pool of common tokens, and a pair is labelled 1 when
 both sequences come from the same topic. The trained model therefore embeds
 sequences of one topic close together.
 
-Usage: python scripts/make_example_model.py [--output examples/model]
+Usage: python scripts/make_example_model.py [--output DIR] [--examples DIR] [--overwrite]
+
+Without --overwrite it refuses to replace what exists, the shipped examples included.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from o2v_batch.errors import OutputExistsError
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.train import train
+from o2v_batch.train import check_output, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = 8
@@ -120,14 +123,33 @@ def write_requests(folder: Path, rng: random.Random) -> None:
     write_jsonl(folder / "pairs.jsonl", mixed_requests(rng, 51))
 
 
+def existing_outputs(output: str, examples: Path) -> list[str]:
+    """What a build would replace: the model, and the example folders where not empty."""
+    folders = (examples / "requests", examples / "train")
+    existing = [str(f) for f in folders if f.is_dir() and any(f.iterdir())]
+    try:
+        check_output(output)
+    except OutputExistsError:
+        existing.insert(0, output)
+    return existing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(ROOT / "examples" / "model"))
     parser.add_argument(
         "--examples", default=str(ROOT / "examples"), help="requests/ and train/ go here"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace what exists")
     args = parser.parse_args(argv)
-    # Same thread count everywhere, so the float sums (and the weights) repeat exactly.
+    existing = existing_outputs(args.output, Path(args.examples))
+    if existing and not args.overwrite:
+        parser.error(
+            f"would replace {', '.join(existing)}: pass --overwrite, "
+            "or --output and --examples to build elsewhere"
+        )
+    # One thread: the float sums run in one order, so a rebuild on the same machine repeats
+    # the weights exactly (another CPU's vector units may round them differently).
     torch.set_num_threads(1)
     rng = random.Random(20240607)
     training, validation = make_pairs(rng, 6000), make_pairs(rng, 1000)

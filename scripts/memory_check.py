@@ -7,7 +7,13 @@ prints the peak RSS of the whole process tree (parent + workers), sampled every
 50 ms. RSS of the workers counts the pages they share with each other (torch's
 libraries) once per worker, so the figures are upper bounds.
 
+With --parquet-mb N it checks Parquet output instead: one jsonlines shard of about
+N MB, then one ten times longer (100 gives the 100 MB and 1 GB of issue 12), written
+with --accept application/vnd.apache.parquet; it exits 1 when the larger job's peak is
+more than 20% above the smaller one's.
+
 Usage: python scripts/memory_check.py [--records 200000] [--shards 4] [--model examples/model]
+       python scripts/memory_check.py --parquet-mb 100
 """
 
 from __future__ import annotations
@@ -23,11 +29,17 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+try:  # psutil comes with the bench (or test) extra, not with o2v-batch
+    import psutil
+except ModuleNotFoundError as exc:
+    sys.exit(f"scripts/memory_check.py needs {exc.name}: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_S = 0.05
 GIANT_LINE_BYTES = 200 * 2**20
+PARQUET = "application/vnd.apache.parquet"
+SAMPLE_RECORDS = 20_000  # repeated to make the Parquet check's shards
+FLAT = 1.2  # the larger job's peak RSS may be at most 20% above the smaller one's
 
 
 def write_records(path: Path, n: int, vocab: int, seed: int) -> None:
@@ -110,6 +122,35 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def check_parquet(work: Path, args: argparse.Namespace) -> bool:
+    """One jsonlines shard of about --parquet-mb MB and one ten times longer, written as
+    Parquet; True when the peak RSS stays flat."""
+    sample = work / "sample.jsonl"
+    write_records(sample, SAMPLE_RECORDS, args.vocab, seed=0)
+    times = max(1, round(args.parquet_mb * 2**20 / sample.stat().st_size))
+    peaks = {}
+    for name, scale in (("1x", 1), ("10x", 10)):
+        shard = work / f"parquet-{name}" / "shard.jsonl"
+        repeat_file(sample, shard, scale * times)
+        parent, tree, seconds = run_job(
+            shard.parent, work / f"out-parquet-{name}", args.model, "--accept", PARQUET,
+            *args.transform_options,
+        )  # fmt: skip
+        peaks[name] = tree
+        n = scale * times * SAMPLE_RECORDS
+        written = (work / f"out-parquet-{name}" / "shard.jsonl.parquet").stat().st_size
+        print(
+            f"Parquet {name:>3}: one shard of {mib(shard.stat().st_size)} ({n:,} records) -> "
+            f"{mib(written)}: peak RSS {mib(tree)} (parent alone {mib(parent)}), "
+            f"{seconds:.1f} s, {n / seconds:,.0f} records/s"
+        )
+        shard.unlink()  # the disk holds one of them at a time
+    ratio = peaks["10x"] / peaks["1x"]
+    flat = ratio <= FLAT
+    print(f"Parquet, 10x / 1x peak RSS: {ratio:.2f} ({'within' if flat else 'OVER'} 20%)")
+    return flat
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000, help="records in the 1x data")
@@ -117,10 +158,18 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "examples" / "model"))
     parser.add_argument("--vocab", type=int, default=10240, help="the model's vocab size")
     parser.add_argument("--workdir", help="where the data goes [default: a temporary folder]")
+    parser.add_argument(
+        "--parquet-mb",
+        type=int,
+        help="instead: a Parquet job on one shard of this many MB, then 10x",
+    )
     parser.add_argument("transform_options", nargs="*", help="more transform options, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
+        if args.parquet_mb:
+            print(f"model: {args.model}; options: {args.transform_options}")
+            sys.exit(0 if check_parquet(work, args) else 1)
         per_shard = args.records // args.shards
         for i in range(args.shards):
             write_records(work / "1x" / f"part-{i}.jsonl", per_shard, args.vocab, seed=i)

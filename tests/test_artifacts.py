@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import assert_same_outputs, build, embed, make_tar, random_rows, saved, tiny
 
 from o2v_batch import artifacts
-from o2v_batch.artifacts import load_network, resolve_model, save_model
+from o2v_batch.artifacts import check_model, load_network, resolve_model, save_model
 from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
 
 SAVED_CONFIGS = {
@@ -294,8 +296,81 @@ def test_models_on_s3(tmp_path: Path, s3_server, s3_bucket: str) -> None:
     for uri in ("models/model.tar.gz", "models/v1/", "models/v1"):
         assert_same_outputs(f"s3://{s3_bucket}/{uri}", network)
     cache = tmp_path / "cache"
-    with pytest.raises(
-        ModelFormatError, match=rf"^cannot download model file s3://{s3_bucket}/nope\.tar\.gz: "
-    ):
+    with pytest.raises(ModelFormatError):
         resolve_model(f"s3://{s3_bucket}/nope.tar.gz", cache_dir=str(cache))
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("name", ["nope.tar.gz", "nope/", "nope"])
+def test_a_missing_s3_model_reads_like_a_missing_local_one(tmp_path, s3_server, s3_bucket, name):
+    with pytest.raises(ModelFormatError) as local:
+        resolve_model(str(tmp_path / name))
+    with pytest.raises(ModelFormatError) as remote:
+        resolve_model(f"s3://{s3_bucket}/models/{name}")
+    assert str(remote.value) == str(local.value).replace(
+        str(tmp_path / name), f"s3://{s3_bucket}/models/{name}"
+    )
+    assert str(remote.value).startswith(f"model s3://{s3_bucket}/models/{name} does not exist: ")
+
+
+@pytest.mark.s3
+def test_an_s3_folder_missing_one_file_names_it(tmp_path, s3_server, s3_bucket):
+    saved(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").unlink()
+    s3_server.client().upload_file(
+        str(tmp_path / "model" / "hyperparameters.json"), s3_bucket, "v2/hyperparameters.json"
+    )
+    with pytest.raises(ModelFormatError) as remote:
+        resolve_model(f"s3://{s3_bucket}/v2/")
+    with pytest.raises(ModelFormatError) as local:
+        load_network(tmp_path / "model")
+    assert str(remote.value) == f"s3://{s3_bucket}/v2/ has no model.safetensors"
+    assert str(local.value) == f"{tmp_path / 'model'} has no model.safetensors"
+
+
+# ---------------------------------------------------------------- checking without torch
+
+
+def test_check_model_needs_no_torch(tmp_path: Path) -> None:
+    saved(tmp_path, enc1_network="bilstm")
+    code = (
+        "import sys; from o2v_batch.artifacts import check_model; "
+        f"hp = check_model({str(tmp_path)!r}); "
+        "print(hp.enc1_network, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["bilstm", "False"]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 8 / 100_000])
+def test_check_model_finds_a_truncated_file(tmp_path: Path, keep: float) -> None:
+    saved(tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: max(int(len(data) * keep), 1)])
+    with pytest.raises(ModelFormatError, match=rf"^{path} is not a readable safetensors file: "):
+        check_model(tmp_path)
+
+
+def test_check_model_says_what_load_network_says(tmp_path: Path) -> None:
+    saved(tmp_path, enc0_vocab_size=60)
+    rewrite_hyperparameters(tmp_path, enc0_vocab_size=50, mlp_dim=6)
+    with pytest.raises(ModelFormatError) as checked:
+        check_model(tmp_path)
+    with pytest.raises(ModelFormatError) as loaded:
+        load_network(tmp_path)
+    assert str(checked.value) == str(loaded.value)
+    assert str(checked.value).startswith(
+        "model.safetensors does not match hyperparameters.json: "
+        "enc0.embedding.weight has shape (60, 8), expected (50, 8); "
+    )
+
+
+def test_check_model_of_the_encoders_only_ignores_the_rest(tmp_path: Path) -> None:
+    saved(tmp_path)
+    rewrite_hyperparameters(tmp_path, mlp_dim=6)
+    assert check_model(tmp_path, encoders_only=True).mlp_dim == 6
+    with pytest.raises(ModelFormatError, match=r"mlp\.layers\.0\.weight has shape \(8, 32\)"):
+        check_model(tmp_path)

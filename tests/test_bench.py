@@ -142,3 +142,27 @@ def test_workloads_are_seeded_with_lengths_and_ids_in_range(tmp_path, pairs):
     assert ids.min() >= 1 and ids.max() < bench.VOCAB
     # Zipf-like: id 1 is the most frequent id.
     assert np.bincount(ids).argmax() == 1
+
+
+def test_the_serve_rows_give_requests_per_second_and_latency_from_one_run(tmp_path):
+    """`--systems serve`: one server, 1-record and 100-record requests from concurrent
+    clients; every answer was a 200 with a line per record (else the row has an error)."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--systems", "serve", "--workloads",
+         "light-embedding", "--records", "8", "--out", str(results)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((results / "bench.json").read_text())["rows"]
+    assert [(r["system"], r["workload"]) for r in rows] == [
+        (f"o2v-batch serve ({bench.SERVE_CLIENTS} clients)", f"{size}-record requests")
+        for size in bench.SERVE_SIZES
+    ]
+    for row, size in zip(rows, bench.SERVE_SIZES, strict=True):
+        requests = bench.SERVE_REQUESTS[size] // 10
+        assert row["error"] is None
+        assert row["extra"]["requests"] == requests and row["records"] == requests * size
+        assert row["extra"]["requests_per_s"] == pytest.approx(requests / row["seconds"])
+        assert 0 < row["extra"]["p50_ms"] <= row["extra"]["p99_ms"]
+        assert f"{row['workload']}, {bench.SERVE_CLIENTS} clients: " in proc.stdout

@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
+from helpers import make_model, random_records, write_jsonl
 
+from o2v_batch.batching import payload_bytes
 from o2v_batch.cli import cli
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
+from o2v_batch.report import JobSummary
 
 REPO = Path(__file__).resolve().parents[1]
 HYPERPARAMETERS = {
@@ -105,12 +113,49 @@ def test_malformed_hp_is_a_usage_error(files: dict[str, Path], item: str) -> Non
         ),
     ],
 )
-def test_bad_hyperparameter_exits_1_naming_it(
+def test_bad_hyperparameter_is_a_usage_error_naming_it(
     files: dict[str, Path], item: str, message: str
 ) -> None:
     result = invoke(*train_args(files, "--hp", item))
-    assert result.exit_code == 1
-    assert result.output == f"Error: {message}\n"
+    assert result.exit_code == 2
+    assert result.output.endswith(f"train --help' for help.\n\nError: {message}\n")
+    assert not files["output"].exists()
+
+
+def test_conflicting_training_hyperparameters_are_a_usage_error(files: dict[str, Path]) -> None:
+    result = invoke(
+        *train_args(files, "--hp", "output_layer=mean_squared_error"),
+        *("--hp", "negative_sampling_rate=1"),
+    )
+    assert result.exit_code == 2
+    assert result.output.endswith(
+        "Error: negative_sampling_rate=1 needs output_layer=softmax (negatives are labelled 0), "
+        "but output_layer is mean_squared_error\n"
+    )
+
+
+def test_train_refuses_a_model_folder_that_is_not_empty(files: dict[str, Path]) -> None:
+    files["output"].mkdir()
+    (files["output"] / "notes.txt").write_text("keep me")
+    refused = invoke(*train_args(files, "--hp", "epochs=1", "--no-progress"))
+    assert refused.exit_code == 2
+    assert refused.output.endswith(
+        f"Error: output already exists: {files['output']} (use --overwrite to replace it)\n"
+    )
+    assert [p.name for p in files["output"].iterdir()] == ["notes.txt"]
+
+    replaced = invoke(*train_args(files, "--hp", "epochs=1", "--no-progress", "--overwrite"))
+    assert replaced.exit_code == 0, replaced.output
+    assert (files["output"] / "model.safetensors").is_file()
+    again = invoke(*train_args(files, "--hp", "epochs=1", "--no-progress"))
+    assert again.exit_code == 2 and "output already exists" in again.output
+
+
+def test_train_into_an_empty_folder(files: dict[str, Path]) -> None:
+    files["output"].mkdir()
+    result = invoke(*train_args(files, "--hp", "epochs=1", "--no-progress"))
+    assert result.exit_code == 0, result.output
+    assert (files["output"] / "hyperparameters.json").is_file()
 
 
 def test_bad_training_line_exits_1_naming_file_and_line(files: dict[str, Path]) -> None:
@@ -254,3 +299,164 @@ def test_inspect_a_missing_model(tmp_path: Path) -> None:
     result = invoke("inspect", tmp_path / "nope")
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: model {tmp_path / 'nope'} does not exist")
+
+
+# ---- transform: options, usage errors and exit codes --------------------------------
+
+UNSET = dict.fromkeys(
+    ["INFERENCE_PREFERRED_MODE", "JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"]
+)
+
+
+@pytest.fixture
+def configs(monkeypatch) -> list:
+    """The TransformConfigs the CLI hands the library; no job runs."""
+    seen = []
+
+    def transform(config):
+        seen.append(config)
+        return JobSummary()
+
+    monkeypatch.setattr("o2v_batch.job.transform", transform)
+    return seen
+
+
+def transform_args(tmp_path: Path, *extra: str) -> list:
+    return ["transform", tmp_path / "in", tmp_path / "out", "--model", tmp_path / "model", *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "environ", "message"),
+    [
+        (["--devices", "gpu"], {}, "--devices: 'gpu' is not cpu, cuda or cuda:N"),
+        (["--devices", "cuda:0,cuda:0"], {}, "--devices: 'cuda:0,cuda:0' names a device twice"),
+        (["--devices", ""], {}, "--devices: '' is not auto, cpu, cuda or cuda:N"),
+        (
+            ["--infer-max-seqlens", "0,10"],
+            {},
+            "--infer-max-seqlens values must be in 1..5000, got 0",
+        ),
+        (["--num-shards", "2", "--shard-index", "2"], {}, "--shard-index must be in 0..1, got 2"),
+        (
+            [],
+            {"INFERENCE_PREFERRED_MODE": "fast"},
+            "INFERENCE_PREFERRED_MODE must be one of auto, embedding, classification, got 'fast'",
+        ),
+        (
+            [],
+            {"JOB_COMPLETION_INDEX": "x"},
+            "JOB_COMPLETION_INDEX='x' is not a shard index (a whole number)",
+        ),
+        (
+            ["--num-shards", "2"],
+            {"JOB_COMPLETION_INDEX": "3"},
+            "JOB_COMPLETION_INDEX=3 is out of range: --num-shards 2 takes a shard index in 0..1",
+        ),
+        (
+            [],
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "5"},
+            "AWS_BATCH_JOB_ARRAY_INDEX=5 is out of range: --num-shards 1 takes a shard index in 0..0",
+        ),
+    ],
+)
+def test_transform_usage_errors_exit_2_before_any_work(
+    tmp_path: Path, configs: list, extra: list, environ: dict, message: str
+) -> None:
+    result = CliRunner().invoke(
+        cli, [str(a) for a in transform_args(tmp_path, *extra)], env={**UNSET, **environ}
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Usage: cli transform [OPTIONS] INPUT OUTPUT\n")
+    assert result.output.endswith(f"transform --help' for help.\n\nError: {message}\n")
+    assert configs == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "'-1' is not a size >= 0 such as 6, 0.5, 6MB or 500KB"),
+        ("6GB", "'6GB' is not a size >= 0 such as 6, 0.5, 6MB or 500KB"),
+        ("nan", "'nan' is not a size >= 0 such as 6, 0.5, 6MB or 500KB"),
+    ],
+)
+def test_a_bad_max_payload_is_a_usage_error(
+    tmp_path: Path, configs: list, value: str, message: str
+) -> None:
+    result = invoke(*transform_args(tmp_path, "--max-payload", value))
+    assert result.exit_code == 2
+    assert result.output.endswith(f"Error: Invalid value for '--max-payload': {message}\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "megabytes", "cap_bytes"),
+    [
+        ("6", 6.0, 6 * 2**20),
+        ("0.05", 0.05, 52428),  # fractions of MB round down to whole bytes
+        ("0", 0.0, 0),
+        ("6MB", 6.0, 6 * 2**20),
+        ("500KB", 500 / 1024, 500 * 1024),
+        ("2 mb", 2.0, 2 * 2**20),
+    ],
+)
+def test_max_payload_takes_megabytes_or_a_unit(
+    tmp_path: Path, configs: list, value: str, megabytes: float, cap_bytes: int
+) -> None:
+    assert invoke(*transform_args(tmp_path, "--max-payload", value)).exit_code == 0
+    [config] = configs
+    assert config.max_payload == megabytes
+    assert payload_bytes(config.max_payload) == cap_bytes
+
+
+def test_settings_from_the_environment(tmp_path: Path, configs: list) -> None:
+    environ = {**UNSET, "INFERENCE_PREFERRED_MODE": "auto", "AWS_BATCH_JOB_ARRAY_INDEX": "2"}
+    args = [str(a) for a in transform_args(tmp_path, "--num-shards", "3")]
+    assert CliRunner().invoke(cli, args, env=environ).exit_code == 0
+    environ["INFERENCE_PREFERRED_MODE"] = "Embedding"
+    assert CliRunner().invoke(cli, [*args, "--shard-index", "0"], env=environ).exit_code == 0
+    assert [(c.mode, c.shard_index) for c in configs] == [("auto", 2), ("embedding", 0)]
+
+
+def test_transform_help_shows_values_defaults_and_ranges() -> None:
+    command = cli.commands["transform"]
+    ctx = click.Context(command, info_name="transform")
+    helps = {}
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record and isinstance(param, click.Option) and not param.is_flag:
+            helps[param.name] = " ".join(record)
+    for name, text in helps.items():  # every option that takes a value says what it is unset
+        assert "[default: " in text or "[required]" in text, name
+    assert "--mode [auto|embedding|classification]" in helps["mode"]
+    assert all(f"{mode}: " in helps["mode"] for mode in ("auto", "embedding", "classification"))
+    assert "each 1..5000" in helps["infer_max_seqlens"]
+    assert "[default: the model's enc0_max_seq_len,enc1_max_seq_len]" in helps["infer_max_seqlens"]
+    payload = helps["max_payload"]
+    for part in (
+        "MB = 2^20 bytes",
+        "6MB, 500KB",
+        "KB = 2^10 bytes",
+        "0 = no cap",
+        "[default: 6MB]",
+    ):
+        assert part in payload
+
+
+@pytest.mark.slow  # a whole job, in a real shell pipeline
+def test_a_closed_stdout_ends_the_job_quietly(tmp_path: Path) -> None:
+    """`... | head -2`: stop, no "shard failed", no traceback, the status of a Unix tool."""
+    make_model(tmp_path / "model")
+    for i in range(6):  # each shard's output is larger than a pipe's buffer
+        write_jsonl(tmp_path / "in" / f"part-{i}.jsonl", random_records(1500, seed=i, pairs=False))
+    job = [sys.executable, "-m", "o2v_batch", "transform", "in/", "-", "--model", "model"]
+    job += ["--no-progress", "--workers", "1", "--max-payload", "0.01"]
+    script = f"set -o pipefail; {shlex.join(job)} 2>err.txt | head -2 >head.txt; echo $?"
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout == "141\n", done.stderr
+    assert len((tmp_path / "head.txt").read_text().splitlines()) == 2
+    stderr = (tmp_path / "err.txt").read_text()
+    for noise in ("shard failed", "Traceback", "Exception ignored", "Broken pipe", "Error"):
+        assert noise not in stderr
+    records_in = int(re.search(r"records: (\d+) in", stderr)[1])
+    assert records_in < 6 * 1500  # it stopped reading

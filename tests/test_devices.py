@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from o2v_batch.devices import parse_device, parse_devices, worker_device
-from o2v_batch.errors import O2VError
+from o2v_batch.devices import check_devices, parse_device, parse_devices, worker_device
+from o2v_batch.errors import ConfigError, O2VError
 
 
 def test_device_parsing_on_cpu():
@@ -60,3 +60,26 @@ def test_a_cpu_worker_keeps_the_environment(monkeypatch):
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ("gpu", "--devices: 'gpu' is not cpu, cuda or cuda:N"),
+        ("cuda:x", "--devices: 'cuda:x' is not cpu, cuda or cuda:N"),
+        ("cuda:0,cuda:0", "--devices: 'cuda:0,cuda:0' names a device twice"),
+        ("", "--devices: '' is not auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_misspelled_devices_are_config_errors_without_looking_for_gpus(
+    monkeypatch, devices, message
+):
+    def no_gpu_lookup():
+        raise AssertionError("a spelling check needs no GPU")
+
+    monkeypatch.setattr("o2v_batch.devices.visible_gpus", no_gpu_lookup)
+    for check in (check_devices, parse_devices):
+        with pytest.raises(ConfigError) as caught:
+            check(devices)
+        assert str(caught.value) == message
+    check_devices("cuda:7,cuda:2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,6 +158,13 @@ def test_signal_stops_the_job_cleanly_and_resume_finishes_it(big_job, tmp_path, 
     assert code == status, stderr_of(out)
     assert seconds < 10
     assert "o2v-batch: shards: " in stderr_of(out)  # the summary so far
+    # Counts that add up: every record read was written, bad, or not written.
+    counts = re.search(
+        r"records: (\d+) in, (\d+) out, (\d+) bad, (\d+) not written", stderr_of(out)
+    )
+    records_in, records_out, bad, not_written = map(int, counts.groups())
+    assert records_in == records_out + bad + not_written and not_written > 0
+    assert records_out == RECORDS * len(finished(out))
     # The shards written are whole; the others have no .out and no temp debris.
     done = finished(out)
     assert 0 < len(done) < SHARDS
@@ -188,41 +196,85 @@ def small_job(tmp_path_factory) -> Path:
     return data
 
 
-def run(data: Path, model: Path, out: Path, **options):
+def run(data: Path, model: Path, out: Path, logged: list[str] | None = None, **options):
     config = TransformConfig(
         input=str(data / "in"), output=str(out), model=str(model), max_payload=0.002, **options
     )
-    return transform(config, log=lambda line: None)
+    return transform(config, log=(logged if logged is not None else []).append)
+
+
+def recovery_lines(logged: list[str]) -> list[str]:
+    return [line for line in logged if "; retrying the mini-batch" in line or "new worker" in line]
 
 
 def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path):
     model = shutil.copytree(small_job / "model", tmp_path / "model")  # gets the marker file
     started = time.monotonic()
+    logged: list[str] = []
     summary = run(
         small_job,
         model,
         tmp_path / "out",
+        logged,
         worker_factory="faulty_servers:HangOnce",
         invocation_timeout=3,
     )
     assert (model / faulty_servers.MISBEHAVED).exists()  # it did hang
     assert time.monotonic() - started < 60
-    assert summary.worker_restarts == 1
+    assert (summary.worker_restarts, summary.mini_batch_retries) == (1, 1)
+    [line] = recovery_lines(logged)
+    shard = re.escape(str(small_job / "in" / "b.jsonl"))
+    assert re.fullmatch(
+        r"o2v-batch: worker \d+ timed out after 3 s \(--invocation-timeout\); started a new "
+        rf"worker and retrying the mini-batch from {shard}: line 1 \(attempt 2 of 4\)",
+        line,
+    )
+    assert "o2v-batch: faults: 1 worker restarts, 1 mini-batch retries" in logged
     assert (summary.shards_ok, summary.shards_failed) == (3, 0)
     for name in ("a", "b", "c"):
         got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
         assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
 
 
+def test_a_crashed_worker_is_replaced_in_one_line_and_counted(small_job, tmp_path):
+    model = shutil.copytree(small_job / "model", tmp_path / "model")  # gets the marker file
+    logged: list[str] = []
+    summary = run(
+        small_job, model, tmp_path / "out", logged, worker_factory="faulty_servers:CrashOnce"
+    )
+    assert (model / faulty_servers.MISBEHAVED).exists()  # it did crash
+    [line] = recovery_lines(logged)
+    shard = re.escape(str(small_job / "in" / "b.jsonl"))
+    assert re.fullmatch(
+        r"o2v-batch: worker \d+ exited with status 3; started a new worker and retrying the "
+        rf"mini-batch from {shard}: line 1 \(attempt 2 of 4\)",
+        line,
+    )
+    assert (summary.worker_restarts, summary.mini_batch_retries) == (1, 1)
+    assert (summary.shards_ok, summary.records_out) == (3, 3 * SMALL + 1)
+    for name in ("a", "b", "c"):
+        got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
+        assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
+
+
 def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
+    logged: list[str] = []
     summary = run(
         small_job,
         small_job / "model",
         tmp_path / "out",
+        logged,
         worker_factory="faulty_servers:AlwaysRaise",
         max_retries=1,
     )
     shard = str(small_job / "in" / "b.jsonl")
+    assert recovery_lines(logged) == [
+        "o2v-batch: the worker raised RuntimeError: the model broke on a marked record; "
+        f"retrying the mini-batch from {shard}: line 1 (attempt 2 of 2)"
+    ]
+    assert (summary.worker_restarts, summary.mini_batch_retries) == (0, 1)
+    assert summary.records_out == 2 * SMALL
+    assert summary.records_in == summary.records_out + summary.records_not_written
     reason = (
         f"{shard}: mini-batch from line 1: the worker raised RuntimeError: "
         "the model broke on a marked record; gave up after 2 attempts"
@@ -233,3 +285,26 @@ def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
     for name in ("a", "c"):
         got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
         assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
+
+
+def test_a_retried_mini_batch_is_one_line_on_stderr_and_in_the_summary(small_job, tmp_path):
+    job = (
+        "from o2v_batch.config import TransformConfig; from o2v_batch.job import transform; "
+        f"transform(TransformConfig({str(small_job / 'in')!r}, {str(tmp_path / 'out')!r}, "
+        f"{str(small_job / 'model')!r}, worker_factory='faulty_servers:AlwaysRaise', "
+        "max_retries=1, workers=1, progress=False))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", job],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [line.split("; ")[1] for line in lines if line.startswith("o2v-batch: the worker")] == [
+        f"retrying the mini-batch from {small_job / 'in' / 'b.jsonl'}: line 1 (attempt 2 of 2)"
+    ]
+    assert "o2v-batch: faults: 0 worker restarts, 1 mini-batch retries" in lines
+    assert not [line for line in lines if not line.startswith("o2v-batch: ")]  # no traceback

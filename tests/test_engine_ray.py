@@ -227,6 +227,21 @@ def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
     assert failures == [line.replace(str(inputs), f"{base}/in") for line in expected]
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("accept", ["application/vnd.apache.parquet", "application/x-npy"])
+def test_columnar_outputs_are_byte_identical_to_the_local_engine(
+    ray_instance, inputs, model_dir, tmp_path, accept
+):
+    options = {"accept": accept, "max_payload": 0.001, "on_bad_record": "emit-error"}
+    local_summary, _ = run(inputs, tmp_path / "local", model_dir, workers=1, **options)
+    summary, _ = run(inputs, tmp_path / "ray", model_dir, engine="ray", **options)
+    suffix = ".npy" if accept.endswith("npy") else ".parquet"
+    names = ["a.jsonl", "bad.jsonl", "big.json", "sub/b.json", "sub/deeper/c.jsonl.gz"]
+    assert sorted(tree(tmp_path / "local")) == [name + suffix for name in names]
+    assert tree(tmp_path / "ray") == tree(tmp_path / "local")
+    assert_same_summary(summary, local_summary)
+
+
 # -- faults -------------------------------------------------------------------------
 
 
@@ -322,7 +337,12 @@ def test_missing_ray_says_how_to_install_it(monkeypatch, inputs, tmp_path, model
     with pytest.raises(O2VError) as caught:
         run(inputs, tmp_path / "out", model_dir, engine="ray")
     assert (
-        str(caught.value) == MISSING_RAY == "--engine ray needs Ray: pip install 'o2v-batch[ray]'"
+        str(caught.value)
+        == MISSING_RAY
+        == (
+            "--engine ray needs Ray: pip install -e '.[ray]' in a checkout, "
+            'or pip install "$(ls dist/o2v_batch-*.whl)[ray]" for a built wheel'
+        )
     )
     args = ["transform", str(inputs), str(tmp_path / "out"), "--model", str(model_dir)]
     result = CliRunner().invoke(cli, [*args, "--engine", "ray"])

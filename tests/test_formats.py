@@ -18,6 +18,7 @@ from o2v_batch.formats import (
     JSONLINES,
     Oversize,
     Record,
+    at_record,
     content_type_for,
     iter_jsonlines,
     media_type,
@@ -81,6 +82,31 @@ def test_media_type_rejects(value: str) -> None:
 )
 def test_where(pos: int, content_type: str, expected: str) -> None:
     assert where(pos, content_type) == expected
+
+
+@pytest.mark.parametrize(
+    ("pos", "content_type", "problem", "expected"),
+    [
+        (3, JSONLINES, "in0 is empty", "line 3: in0 is empty"),
+        (
+            3,
+            JSONLINES,
+            "column 13: malformed JSON: unexpected end of data",
+            "line 3, column 13: malformed JSON: unexpected end of data",
+        ),
+        (
+            2,
+            JSON,
+            "character 5: malformed JSON: unexpected character",
+            "instances[2], character 5: malformed JSON: unexpected character",
+        ),
+        (0, JSON, "record is not a JSON object", "instances[0]: record is not a JSON object"),
+    ],
+)
+def test_a_problem_inside_a_record_gets_one_position(
+    pos: int, content_type: str, problem: str, expected: str
+) -> None:
+    assert at_record(pos, content_type, problem) == expected
 
 
 def test_new_errors_are_picklable_o2v_errors() -> None:

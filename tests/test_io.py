@@ -146,6 +146,59 @@ def test_closing_a_decompressed_stream_closes_the_compressed_one():
     assert compressed.closed
 
 
+COMPRESSORS = {
+    "gzip": (".gz", gzip.compress),
+    "bz2": (".bz2", bz2.compress),
+    "xz": (".xz", lzma.compress),
+    # With its checksum, as the zstd command writes it: without one zstd may not notice.
+    "zstd": (".zst", lambda data: zstandard.ZstdCompressor(write_checksum=True).compress(data)),
+}
+
+
+def read_all(data: bytes | io.BytesIO, uri: str) -> bytes:
+    source = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
+    with decompressed(source, uri) as stream:
+        return b"".join(iter(lambda: stream.read(65536), b""))
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSORS))
+def test_damaged_compressed_input_is_named_in_words(kind):
+    extension, compress = COMPRESSORS[kind]
+    uri = f"s3://b/in/a.jsonl{extension}"
+    packed = compress(LINES)
+    middle = len(packed) // 2
+    with pytest.raises(InputError) as caught:
+        read_all(packed[:middle], uri)
+    assert str(caught.value) == f"{uri}: {kind} stream ends early"
+    flipped = packed[:middle] + bytes(b ^ 0x55 for b in packed[middle : middle + 64])
+    with pytest.raises(InputError) as caught:
+        read_all(flipped + packed[middle + 64 :], uri)
+    assert str(caught.value) == f"{uri}: corrupt {kind} data"
+    with pytest.raises(InputError) as caught:
+        read_all(LINES, uri)  # not compressed at all
+    assert str(caught.value) == f"{uri}: corrupt {kind} data"
+
+
+def test_zstd_frames_one_after_another_read_as_one_stream():
+    """As pzstd and `cat a.zst b.zst` write them; a frame cut short is still caught."""
+    compressor = zstandard.ZstdCompressor()
+    frames = [compressor.compress(LINES[i : i + 70000]) for i in range(0, len(LINES), 70000)]
+    assert len(frames) > 3
+    assert read_all(b"".join(frames), "a.jsonl.zst") == LINES
+    with pytest.raises(InputError, match=r"^a\.jsonl\.zst: zstd stream ends early$"):
+        read_all(b"".join(frames)[:-3], "a.jsonl.zst")
+
+
+def test_a_failing_read_of_the_compressed_stream_is_not_called_corrupt():
+    class Failing(io.BytesIO):
+        def read(self, size=-1):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    for extension, _ in COMPRESSORS.values():
+        with pytest.raises(ConnectionResetError):
+            read_all(Failing(), f"a.jsonl{extension}")
+
+
 # ---------------------------------------------------------------- S3 helpers that need no server
 
 

@@ -56,7 +56,7 @@ def test_folder_lists_every_file_below_sorted_skipping_hidden_and_underscore(tmp
 def test_output_folder_inside_input_is_never_listed(tmp_path, spelling):
     make_files(
         tmp_path / "in",
-        {"a.jsonl": b"1", "out/a.jsonl.out": b"2", "outside.jsonl": b"3", "out2/b.jsonl": b"4"},
+        {"a.jsonl": b"1", "out/a.jsonl": b"2", "outside.jsonl": b"3", "out2/b.jsonl": b"4"},
     )
     (tmp_path / "in" / "sub").mkdir()
     output = spelling.format(**{"in": tmp_path / "in"})
@@ -67,9 +67,55 @@ def test_output_folder_inside_input_is_never_listed(tmp_path, spelling):
 
 
 def test_output_folder_reached_through_a_relative_path_is_excluded(tmp_path, monkeypatch):
-    make_files(tmp_path / "in", {"a.jsonl": b"1", "out/a.jsonl.out": b"2"})
+    make_files(tmp_path / "in", {"a.jsonl": b"1", "out/a.jsonl": b"2"})
     monkeypatch.chdir(tmp_path / "in")
     assert rels(sources.list_shards(str(tmp_path / "in"), "out")) == ["a.jsonl"]
+
+
+def test_outputs_of_earlier_jobs_are_never_input(tmp_path):
+    make_files(
+        tmp_path / "in",
+        {
+            "_SUCCESS": b"{}",  # INPUT itself may hold one: its other files are still read
+            "a.jsonl": b"1",
+            "a.jsonl.out": b"x",
+            "a.jsonl.parquet": b"x",
+            "a.jsonl.npy": b"x",
+            "old/_SUCCESS": b"{}",
+            "old/b.jsonl": b"x",
+            "old/deeper/c.jsonl": b"x",
+            "node/_SUCCESS.1-of-2": b"{}",
+            "node/d.jsonl": b"x",
+            "keep/e.jsonl": b"22",
+            "keep/e.jsonl.out": b"x",
+            "keep/_SUCCESS_notes": b"x",  # not a summary: keep/ is still read
+            "tables.out/g.jsonl": b"333",
+        },
+    )
+    shards = sources.list_shards(str(tmp_path / "in"))
+    assert rels(shards) == ["a.jsonl", "keep/e.jsonl", "tables.out/g.jsonl"]
+
+
+def test_an_explicitly_named_out_file_is_still_an_input(tmp_path):
+    make_files(tmp_path, {"a.jsonl.out": b"1"})
+    path = str(tmp_path / "a.jsonl.out")
+    assert sources.list_shards(path) == [Shard(path, "a.jsonl.out", 1)]
+
+
+def test_list_outputs_sees_every_visible_file_below_output(tmp_path):
+    make_files(
+        tmp_path / "out",
+        {
+            "_SUCCESS": b"{}",
+            "a.jsonl.out": b"1",
+            "sub/_SUCCESS": b"{}",
+            "sub/b.jsonl.out": b"2",
+            "sub/.b.jsonl.out.0123456789ab.tmp": b"3",
+        },
+    )
+    assert sources.list_outputs(str(tmp_path / "out")) == {"a.jsonl.out", "sub/b.jsonl.out"}
+    assert sources.list_outputs(str(tmp_path / "missing")) == set()
+    assert sources.list_outputs("-") == set()
 
 
 def test_sibling_folder_sharing_a_string_prefix_is_not_included(tmp_path):

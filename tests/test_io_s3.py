@@ -54,7 +54,7 @@ TREE = {
     "in/_SUCCESS": b"{}",
     "in/.hidden": b"x",
     "in/_temporary/0/part.jsonl": b"x",
-    "in/out/a.jsonl.out": b"x",
+    "in/out/a.jsonl": b"x",
     "in/outside.jsonl": b"333",
     "in_old/c.jsonl": b"4444",
     "in2.jsonl": b"x",
@@ -90,10 +90,58 @@ def test_output_in_another_bucket_or_outside_excludes_nothing(tree_bucket, outpu
     shards = sources.list_shards(f"s3://{tree_bucket}/in/", output.format(b=tree_bucket))
     assert [s.rel for s in shards] == [
         "a.jsonl",
-        "out/a.jsonl.out",
+        "out/a.jsonl",
         "outside.jsonl",
         "sub/b.jsonl.gz",
     ]
+
+
+def test_outputs_of_earlier_jobs_are_never_input(s3, s3_bucket):
+    put_all(
+        s3,
+        s3_bucket,
+        {
+            "in/_SUCCESS": b"{}",
+            "in/a.jsonl": b"1",
+            "in/a.jsonl.out": b"x",
+            "in/old/_SUCCESS": b"{}",
+            "in/old/b.jsonl": b"x",
+            "in/old/deeper/c.jsonl": b"x",
+            "in/node/_SUCCESS.1-of-2": b"{}",
+            "in/node/d.jsonl": b"x",
+            "in/keep/e.jsonl": b"22",
+            "in/keep/e.jsonl.out": b"x",
+            "in/keep/_SUCCESS_notes": b"x",  # not a summary: keep/ is still read
+            "in/tables.out/g.jsonl": b"333",
+            "in/olden/h.jsonl": b"4444",  # shares a prefix with old/, holds no _SUCCESS
+        },
+    )
+    shards = sources.list_shards(f"s3://{s3_bucket}/in/")
+    assert [(s.rel, s.size) for s in shards] == [
+        ("a.jsonl", 1),
+        ("keep/e.jsonl", 2),
+        ("olden/h.jsonl", 4),
+        ("tables.out/g.jsonl", 3),
+    ]
+
+
+def test_list_outputs_sees_every_visible_object_below_output(s3, s3_bucket):
+    put_all(
+        s3,
+        s3_bucket,
+        {
+            "out/": b"",
+            "out/_SUCCESS": b"{}",
+            "out/a.jsonl.out": b"1",
+            "out/sub/_SUCCESS": b"{}",
+            "out/sub/b.jsonl.out": b"2",
+            "outside/c.jsonl.out": b"3",
+        },
+    )
+    expected = {"a.jsonl.out", "sub/b.jsonl.out"}
+    assert sources.list_outputs(f"s3://{s3_bucket}/out/") == expected
+    assert sources.list_outputs(f"s3://{s3_bucket}/out") == expected
+    assert sources.list_outputs(f"s3://{s3_bucket}/missing/") == set()
 
 
 def test_prefix_without_slash_naming_an_object_is_that_object(s3, s3_bucket):

@@ -57,3 +57,32 @@ def test_stdout_writer_in_a_real_process():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
     assert done.stdout == b"a\nb\n"
+
+
+def test_a_closed_stdout_is_stdout_closed_not_an_error_of_the_shard():
+    """StdoutClosed is no Exception: no shard takes it for its own failure."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from o2v_batch import io as sources
+        from o2v_batch.io.stdio import StdoutClosed
+        w = sources.open_write("-")
+        w.write(b"a line\\n" * 1000)
+        sys.stdin.readline()  # the reader of stdout has gone by now
+        try:
+            w.commit()
+        except Exception:
+            print("an Exception", file=sys.stderr)
+        except StdoutClosed:
+            print("stdout closed", file=sys.stderr)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()
+    _, stderr = child.communicate(b"go\n", timeout=60)
+    assert stderr.decode().splitlines()[-1] == "stdout closed"

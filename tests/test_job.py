@@ -1,25 +1,27 @@
-"""The transform job end to end on local files, checked against the model called directly."""
+"""The transform job end to end on local files, checked against the model called directly;
+what it checks before any work; --resume and its summary; progress on stderr."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import make_model, random_records, read_predictions, write_json, write_jsonl
 
 from o2v_batch import load_model
+from o2v_batch.cli import cli
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import OutputExistsError
 from o2v_batch.job import transform
-
-# Whole transform jobs with real worker processes.
-pytestmark = pytest.mark.slow
 
 JSONL, JSON = "application/jsonlines", "application/json"
 
@@ -71,6 +73,7 @@ def run(input_path, output_path, model_dir, **options):
     return summary, logged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("mode", ["auto", "embedding", "classification"])
 def test_outputs_equal_the_model_called_directly(tmp_path, model_dir, reference, mode, workers):
@@ -89,6 +92,7 @@ def test_outputs_equal_the_model_called_directly(tmp_path, model_dir, reference,
     assert_predictions(json.loads(b_out)["predictions"], records[100:], reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("content_type", "accept"), [(JSONL, JSON), (JSON, JSONL)])
 def test_every_pairing_of_content_type_and_accept(
     tmp_path, model_dir, reference, content_type, accept
@@ -114,6 +118,7 @@ def test_every_pairing_of_content_type_and_accept(
     assert_predictions(got, records, reference)
 
 
+@pytest.mark.slow
 def test_input_order_kept_over_many_small_uneven_batches(tmp_path, model_dir, reference):
     # Long and short records alternate, so mini-batches take very different times.
     records = random_records(400, seed=3, max_len=24)
@@ -127,6 +132,7 @@ def test_input_order_kept_over_many_small_uneven_batches(tmp_path, model_dir, re
     assert_predictions(read_predictions(tmp_path / "out" / "in.jsonl.out"), records, reference)
 
 
+@pytest.mark.slow
 def test_nested_layout_mirrors_and_output_inside_input_is_not_read(tmp_path, model_dir, reference):
     records = random_records(30, seed=4)
     root = tmp_path / "in"
@@ -155,6 +161,7 @@ def test_nested_layout_mirrors_and_output_inside_input_is_not_read(tmp_path, mod
     assert (summary.shards_ok, summary.records_in) == (3, 30)
 
 
+@pytest.mark.slow
 def test_join_and_filters(tmp_path, model_dir, reference):
     records = [{"id": 7, "in0": [1, 2, 3]}, {"id": 8, "in1": [4, 5]}]
     write_jsonl(tmp_path / "in.jsonl", records)
@@ -177,6 +184,7 @@ def test_join_and_filters(tmp_path, model_dir, reference):
     )
 
 
+@pytest.mark.slow
 def test_input_filter_picks_what_the_model_sees(tmp_path, model_dir, reference):
     records = [{"meta": {"x": 1}, "features": {"in0": [3, 4]}}]
     write_jsonl(tmp_path / "in.jsonl", records)
@@ -192,6 +200,7 @@ def test_input_filter_picks_what_the_model_sees(tmp_path, model_dir, reference):
     assert_predictions([line["SageMakerOutput"]], [{"in0": [3, 4]}], reference)
 
 
+@pytest.mark.slow
 def test_a_bad_record_fails_its_shard_alone(tmp_path, model_dir, reference):
     good = random_records(20, seed=5)
     write_jsonl(tmp_path / "in" / "good.jsonl", good)
@@ -203,8 +212,14 @@ def test_a_bad_record_fails_its_shard_alone(tmp_path, model_dir, reference):
     assert f"o2v-batch: shard failed: {reason}" in logged
     assert sorted(os.listdir(tmp_path / "out")) == ["good.jsonl.out"]  # no _SUCCESS, no debris
     assert_predictions(read_predictions(tmp_path / "out" / "good.jsonl.out"), good, reference)
+    # Every record read is a prediction written, a bad record, or lost with its shard.
+    assert (summary.records_in, summary.records_out) == (41, 20)
+    assert (summary.bad_records, summary.records_not_written) == (0, 21)
+    line = "o2v-batch: records: 41 in, 20 out, 0 bad, 21 not written, "
+    assert any(logged_line.startswith(line) for logged_line in logged)
 
 
+@pytest.mark.slow
 def test_embedding_mode_reads_no_comparator_or_mlp_weights(tmp_path, model_dir):
     # A model whose MLP tensors are corrupt: embedding mode must never look at them.
     broken = make_model(tmp_path / "broken", mlp_dim=8)
@@ -218,6 +233,7 @@ def test_embedding_mode_reads_no_comparator_or_mlp_weights(tmp_path, model_dir):
         run(tmp_path / "in.jsonl", tmp_path / "out2", broken, mode="classification")
 
 
+@pytest.mark.slow
 def test_a_pair_in_embedding_mode_is_a_bad_record(tmp_path, model_dir):
     write_jsonl(tmp_path / "in.jsonl", [{"in0": [1]}, {"in0": [1], "in1": [2]}])
     summary, _ = run(tmp_path / "in.jsonl", tmp_path / "out", model_dir, mode="embedding")
@@ -226,6 +242,7 @@ def test_a_pair_in_embedding_mode_is_a_bad_record(tmp_path, model_dir):
     )
 
 
+@pytest.mark.slow
 def test_stdin_to_stdout_in_a_shell_pipeline(tmp_path, model_dir, reference):
     records = random_records(50, seed=6)
     write_jsonl(tmp_path / "in.jsonl", records)
@@ -238,6 +255,7 @@ def test_stdin_to_stdout_in_a_shell_pipeline(tmp_path, model_dir, reference):
     assert_predictions(read_predictions(tmp_path / "out.jsonl"), records, reference)
 
 
+@pytest.mark.slow
 def test_the_documented_requests_give_sixteen_numbers_each(tmp_path):
     """The README's main command, on the shipped example model and requests."""
     examples = Path(__file__).resolve().parents[1] / "examples"
@@ -271,3 +289,230 @@ def test_the_documented_requests_give_sixteen_numbers_each(tmp_path):
         assert [list(p) for p in got] == [["embeddings"]] * 3
         assert [len(p["embeddings"]) for p in got] == [16, 16, 16]
         np.testing.assert_allclose([p["embeddings"] for p in got], expected, atol=1e-5)
+
+
+# -- checked before any work ----------------------------------------------------
+
+
+def invoke(*args: str | Path, input: str | None = None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def test_an_output_that_is_a_file_is_a_usage_error_before_any_work(tmp_path):
+    (tmp_path / "out").write_text("keep me")
+    result = invoke("transform", tmp_path / "in", tmp_path / "out", "--model", tmp_path / "none")
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        f"Error: OUTPUT {tmp_path / 'out'} is a file: it must be a folder, "
+        "s3://bucket/prefix/ or - (stdout)\n"
+    )
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
+def _break(model: Path, how: str) -> str:
+    """Breaks a copy of a good model; the one-line message the job gives for it."""
+    weights = model / "model.safetensors"
+    if how == "missing":
+        return (
+            f"model {model / 'gone'} does not exist: a model is a folder with "
+            "hyperparameters.json and model.safetensors, or a .tar.gz of one, local or on S3"
+        )
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+        return f"{weights} is not a readable safetensors file: "
+    hp = json.loads((model / "hyperparameters.json").read_text())
+    (model / "hyperparameters.json").write_text(json.dumps({**hp, "mlp_dim": 9}))
+    return "model.safetensors does not match hyperparameters.json: mlp.layers.0.weight has shape "
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "mismatched"])
+def test_a_bad_model_fails_at_once_before_any_input_is_read(tmp_path, model_dir, how):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("hyperparameters.json", "model.safetensors"):
+        (model / name).write_bytes((model_dir / name).read_bytes())
+    message = _break(model, how)
+    uri = model / "gone" if how == "missing" else model
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "o2v_batch", "transform", "no-input", "out", "--model", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 10  # "within about two seconds": no worker started
+    assert done.returncode == 1
+    # One line, and the model's: the missing INPUT was never looked at.
+    assert done.stderr.startswith(f"Error: {message}") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--allow-empty"]])
+def test_an_empty_input_is_an_error_unless_allowed(tmp_path, model_dir, extra):
+    # Outputs of an earlier job are not input: this folder holds no shards.
+    for rel in ("a.jsonl.out", "old/_SUCCESS", "old/b.jsonl", ".hidden.jsonl"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / rel).write_text('{"in0": [1]}\n')
+    result = invoke("transform", tmp_path / "in", tmp_path / "out", "--model", model_dir, *extra)
+    if extra:
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["shards_ok"] == 0
+    else:
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: no input shards under {tmp_path / 'in'} "
+            "(--allow-empty accepts an empty input)\n"
+        )
+        assert not (tmp_path / "out").exists()
+
+
+# -- --resume and the summary ----------------------------------------------------
+
+
+def _earlier_job(root: Path) -> dict:
+    """Three finished shards and the _SUCCESS a job wrote for them."""
+    counts = {"a.jsonl": (5, 1), "b.jsonl": (7, 0), "c.jsonl": (2, 2)}
+    (root / "out").mkdir(parents=True)
+    for name, (good, bad) in counts.items():
+        write_jsonl(root / "in" / name, [{"in0": [1]}] * (good + bad))
+        (root / "out" / f"{name}.out").write_text("earlier output\n")
+    success = {
+        "records_out_by_shard": {str(root / "in" / n): good for n, (good, _) in counts.items()},
+        "bad_records_by_shard": {
+            str(root / "in" / n): bad for n, (_, bad) in counts.items() if bad
+        },
+    }
+    (root / "out" / "_SUCCESS").write_text(json.dumps(success))
+    return success
+
+
+def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_output(
+    tmp_path, monkeypatch
+):
+    _earlier_job(tmp_path)
+    # A worker would import this module first (spawned workers get the parent's sys.path).
+    (tmp_path / "spy.py").write_text(
+        f"open({str(tmp_path / 'worker-started')!r}, 'w').close()\nServer = None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    started = time.monotonic()
+    summary, logged = run(
+        tmp_path / "in",
+        tmp_path / "out",
+        make_model(tmp_path / "model"),
+        resume=True,
+        worker_factory="spy:Server",
+    )
+    assert time.monotonic() - started < 5  # "well under a second", generously
+    assert not (tmp_path / "worker-started").exists()
+    assert (summary.shards_ok, summary.shards_skipped, summary.shards_failed) == (0, 3, 0)
+    assert (summary.records_in, summary.records_out, summary.bad_records) == (17, 14, 3)
+    written = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert written["records_out"] == 14 and written["records_out_by_shard"] == {
+        str(tmp_path / "in" / n): good
+        for n, good in (("a.jsonl", 5), ("b.jsonl", 7), ("c.jsonl", 2))
+    }
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        assert (tmp_path / "out" / f"{name}.out").read_text() == "earlier output\n"
+    assert f"o2v-batch: skipped: {tmp_path / 'in' / 'a.jsonl'}: output exists (--resume)" in logged
+
+
+@pytest.mark.slow
+def test_a_resumed_jobs_success_describes_the_whole_output(tmp_path, model_dir):
+    records = random_records(30, seed=7)
+    for i, name in enumerate(("a", "b", "c")):
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl", [*records[i * 10 : i * 10 + 9], {"x": i}])
+    options = {"on_bad_record": "emit-error", "summary": str(tmp_path / "summary.json")}
+    first, _ = run(tmp_path / "in", tmp_path / "out", model_dir, **options)
+    everything = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    # --summary PATH is written as well as _SUCCESS, not instead of it.
+    assert json.loads((tmp_path / "summary.json").read_text()) == everything
+    (tmp_path / "out" / "b.jsonl.out").unlink()  # as if the job had stopped before b
+    second, _ = run(tmp_path / "in", tmp_path / "out", model_dir, resume=True, **options)
+    assert (second.shards_ok, second.shards_skipped) == (1, 2)
+    resumed = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    for key in ("records_in", "records_out", "bad_records", "records_not_written"):
+        assert resumed[key] == everything[key] == first.__dict__[key], key
+    assert (resumed["records_in"], resumed["records_out"], resumed["bad_records"]) == (30, 27, 3)
+    for key in ("records_out_by_shard", "bad_records_by_shard"):
+        assert resumed[key] == everything[key], key
+    assert second.mini_batches < first.mini_batches  # only b was served again
+
+
+@pytest.mark.slow
+def test_a_resume_after_a_failed_run_counts_from_its_summary_file(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in" / "a.jsonl", random_records(8, seed=8))
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 999]}])
+    summary_file = str(tmp_path / "summary.json")
+    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, summary=summary_file)
+    assert failed.shards_failed == 1 and not (tmp_path / "out" / "_SUCCESS").exists()
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 9]}])  # fixed upstream
+    without, logged = run(tmp_path / "in", tmp_path / "out2", model_dir)
+    (tmp_path / "out2" / "b.jsonl.out").unlink()
+    (tmp_path / "out2" / "_SUCCESS").unlink()
+    # Nothing tells a resume what a.jsonl held: it says so rather than count 0 silently.
+    uncounted, logged = run(tmp_path / "in", tmp_path / "out2", model_dir, resume=True)
+    assert uncounted.records_in == 1
+    assert (
+        f"o2v-batch: skipped: {tmp_path / 'in' / 'a.jsonl'}: output exists (--resume); "
+        "records not counted (no earlier summary)"
+    ) in logged
+    resumed, _ = run(
+        tmp_path / "in", tmp_path / "out", model_dir, resume=True, summary=summary_file
+    )
+    assert (resumed.shards_ok, resumed.shards_skipped, resumed.shards_failed) == (1, 1, 0)
+    assert (resumed.records_in, resumed.records_out) == (9, 9) == (without.records_in, 9)
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["records_in"] == 9
+
+
+# -- progress and messages on stderr ----------------------------------------------
+
+
+def _job_stderr(command: str, tmp_path: Path) -> tuple[int, bytes]:
+    """Runs a job in a shell and returns its exit status and stderr as raw bytes."""
+    done = subprocess.run(["bash", "-c", command], capture_output=True, timeout=300, cwd=tmp_path)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.slow
+def test_the_bar_has_a_total_and_messages_go_above_it(tmp_path, model_dir):
+    for i in range(3):
+        write_jsonl(tmp_path / "in" / f"p{i}.jsonl", random_records(3000, seed=i))
+    write_jsonl(tmp_path / "in" / "p3.jsonl", [*random_records(3000, seed=9), {"in0": [999]}])
+    code, err = _job_stderr(
+        f"{sys.executable} -m o2v_batch transform in out --model {model_dir} "
+        "--progress --max-payload 0.01",
+        tmp_path,
+    )
+    assert code == 1, err
+    assert b"0.00" not in err  # no empty bar at the start
+    failed = err.index(b"o2v-batch: shard failed: ")
+    assert err[:failed].rstrip(b" ").endswith(b"\r")  # the bar's line was blanked first
+    bars = re.findall(rb"\ro2v-batch: +(\d+)%\|.*? \[.*?, ([\d,]+) records\]", err)
+    assert bars and bars[-1][0] == b"100"
+    records_in = re.search(rb"\no2v-batch: records: (\d+) in, ", err).group(1)
+    assert bars[-1][1].replace(b",", b"") == records_in == b"12001"
+
+
+@pytest.mark.slow
+def test_stdin_has_no_total_and_json_on_it_gets_a_hint(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in.jsonl", random_records(200, seed=3))
+    code, err = _job_stderr(
+        f"cat in.jsonl | {sys.executable} -m o2v_batch transform - out --model {model_dir} "
+        "--progress",
+        tmp_path,
+    )
+    assert code == 0, err
+    assert re.search(rb"\ro2v-batch: [\d.]+kB \[.*, 200 records\]", err)
+    assert b"%|" not in err
+    request = json.dumps({"instances": random_records(3, seed=4)}, indent=2)
+    for text in (request, json.dumps({"instances": random_records(3, seed=4)})):
+        result = invoke(
+            "transform", "-", tmp_path / "out2", "--model", model_dir, "--overwrite", input=text
+        )
+        assert result.exit_code == 1
+        assert result.stderr.startswith("o2v-batch: shard failed: -: line 1")
+        assert (
+            " (stdin looks like an application/json request: use --content-type application/json)\n"
+        ) in result.stderr

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from o2v_batch.errors import InputError
 from o2v_batch.report import (
+    Faults,
     JobSummary,
+    Progress,
     ShardReport,
     oversize_problem,
-    progress_bar,
     read_failure,
     record_failure,
+    recovered,
+    stderr_line,
 )
 
 
@@ -31,7 +35,7 @@ def _reports() -> list[ShardReport]:
 
 
 def test_summary_counts_come_from_the_reports():
-    summary = JobSummary.of(_reports(), worker_restarts=2, seconds=2.0)
+    summary = JobSummary.of(_reports(), Faults(worker_restarts=2), seconds=2.0)
     assert (summary.shards_ok, summary.shards_failed) == (1, 1)
     assert (summary.shards_skipped, summary.shards_unfinished) == (1, 1)
     assert (summary.records_in, summary.records_out, summary.bad_records) == (8, 5, 1)
@@ -45,17 +49,63 @@ def test_summary_counts_come_from_the_reports():
 
 
 def test_summary_of_nothing():
-    summary = JobSummary.of([], worker_restarts=0, seconds=0.0)
+    summary = JobSummary.of([], Faults(), seconds=0.0)
     assert summary.records_per_second == 0.0
     assert summary.lines()[0] == "shards: 0 ok, 0 failed, 0 skipped"
 
 
 def test_summary_lines():
-    lines = JobSummary.of(_reports(), 0, 2.0).lines()
+    lines = JobSummary.of(_reports(), Faults(), 2.0).lines()
     assert lines[0] == "shards: 1 ok, 1 failed, 1 skipped, 1 unfinished"
-    assert lines[1] == "records: 8 in, 5 out, 1 bad, 4 truncated sequences"
+    assert lines[1] == "records: 8 in, 5 out, 1 bad, 2 not written, 4 truncated sequences"
     assert lines[2] == "mini-batches: 3 (largest 500 bytes)"
+    assert lines[3].startswith("time: ")
     assert lines[4:] == ["failed: in/b.jsonl: x", "skipped: in/c.jsonl: exists"]
+
+
+def test_restarts_and_retries_appear_in_the_summary_lines():
+    faults = Faults(worker_restarts=1, mini_batch_retries=2)
+    summary = JobSummary.of(_reports(), faults, 2.0)
+    assert summary.lines()[3] == "faults: 1 worker restarts, 2 mini-batch retries"
+    assert json.loads(summary.to_json())["mini_batch_retries"] == 2
+
+
+def test_records_in_are_out_bad_or_not_written_whatever_became_of_their_shard():
+    ok = ShardReport("a", "a.out", status="ok", records_in=10, records_out=7, bad_records=3)
+    failed = ShardReport("b", "b.out", status="failed", records_in=9, bad_records=2)
+    unfinished = ShardReport("c", "c.out", records_in=6)
+    skipped = ShardReport("d", "d.out", status="skipped", records_in=4, records_out=4)
+    summary = JobSummary.of([ok, failed, unfinished, skipped], Faults(), 1.0)
+    assert [r.not_written for r in (ok, failed, unfinished, skipped)] == [0, 7, 6, 0]
+    assert (summary.records_in, summary.records_out, summary.bad_records) == (29, 11, 5)
+    assert summary.records_not_written == 13
+    assert summary.records_in == (
+        summary.records_out + summary.bad_records + summary.records_not_written
+    )
+    # Only this run's predictions count towards its speed; skipped shards were done before.
+    assert summary.records_per_second == 7.0
+
+
+def test_done_shards_leave_their_counts_for_a_later_resume():
+    ok = ShardReport("a", "a.out", status="ok", records_in=3, records_out=3)
+    counted = ShardReport("b", "b.out", status="skipped", records_in=5, records_out=4)
+    uncounted = ShardReport("c", "c.out", status="skipped", counted=False)
+    failed = ShardReport("d", "d.out", status="failed", records_in=2)
+    summary = JobSummary.of([ok, counted, uncounted, failed], Faults(), 1.0)
+    assert summary.records_out_by_shard == {"a": 3, "b": 4}
+
+
+def test_recovery_lines():
+    assert recovered("worker 7 was killed by SIGKILL", True, None) == (
+        "o2v-batch: worker 7 was killed by SIGKILL; started a new worker"
+    )
+    assert recovered("worker 7 exited with status 3", True, "retrying x (attempt 2 of 4)") == (
+        "o2v-batch: worker 7 exited with status 3; started a new worker and retrying x "
+        "(attempt 2 of 4)"
+    )
+    assert recovered("the worker raised E: boom", False, "retrying y") == (
+        "o2v-batch: the worker raised E: boom; retrying y"
+    )
 
 
 def test_a_report_takes_over_what_a_remote_worker_counted():
@@ -89,8 +139,41 @@ def test_record_and_oversize_messages():
 
 
 def test_a_disabled_progress_bar_is_still_a_bar(capsys):
-    bar = progress_bar(False)
-    bar.update(10)
-    bar.set_postfix_str("1.0 KiB read")
+    bar = Progress(False, 100)
+    bar.show(10, 2)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_bar_shows_bytes_of_the_total_and_records_never_an_empty_start(capsys):
+    bar = Progress(True, 4 * 2**20)
+    bar.show(0, 0)
+    assert capsys.readouterr().err == ""  # nothing read yet: nothing drawn
+    bar.show(2**20, 1234)
+    bar.show(4 * 2**20, 5000)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "0.00" not in err
+    assert "25%" in err and "1.00M/4.00M" in err and "1,234 records]" in err
+    assert "100%" in err and "4.00M/4.00M" in err and "5,000 records]" in err
+
+
+def test_without_a_total_the_bar_counts_bytes(capsys):
+    bar = Progress(True, None)
+    bar.show(3 * 2**20, 7)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "3.00MB" in err and "7 records]" in err and "%" not in err
+
+
+def test_lines_go_above_the_bar_never_onto_it(capsys):
+    bar = Progress(True, 100)
+    bar.show(40, 4)
+    stderr_line("o2v-batch: shard failed: in/a.jsonl: line 3: bad")
+    bar.show(100, 10)
+    bar.close()
+    err = capsys.readouterr().err
+    before, _, after = err.partition("o2v-batch: shard failed: in/a.jsonl: line 3: bad\n")
+    # The bar's line is blanked and the message starts at its beginning.
+    assert re.search(r"4 records\]\r +\r$", before)
+    assert "100%" in after

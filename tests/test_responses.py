@@ -12,6 +12,8 @@ from o2v_batch.formats import JSON, JSONLINES
 from o2v_batch.responses import (
     ACCEPT_TYPES,
     ENCODE_CHUNK,
+    NPY,
+    PARQUET,
     Framing,
     codec_for,
     error_fragment,
@@ -31,17 +33,18 @@ def frame_document(fragments: list[bytes], accept: str) -> bytes:
 
 
 def test_accept_types() -> None:
-    assert ACCEPT_TYPES == (JSONLINES, JSON)
-    assert all(codec_for(accept).media_type == accept for accept in ACCEPT_TYPES)
-    assert all(codec_for(accept).suffix == ".out" for accept in ACCEPT_TYPES)
+    assert ACCEPT_TYPES == (JSONLINES, JSON, PARQUET, "application/x-parquet", NPY)
+    assert all(codec_for(accept).media_type == accept for accept in (JSONLINES, JSON))
+    assert all(codec_for(accept).suffix == ".out" for accept in (JSONLINES, JSON))
 
 
-@pytest.mark.parametrize("value", ["text/csv", "", "application/x-npy"])
+@pytest.mark.parametrize("value", ["text/csv", "", "application/npy"])
 def test_codec_for_rejects(value: str) -> None:
     with pytest.raises(ValueError) as err:
         codec_for(value)
     assert str(err.value) == (
-        f"unsupported accept type {value!r}: use application/jsonlines or application/json"
+        f"unsupported accept type {value!r}: use application/jsonlines, application/json, "
+        "application/vnd.apache.parquet, application/x-parquet or application/x-npy"
     )
 
 

@@ -32,11 +32,12 @@ JSONL, JSON = "application/jsonlines", "application/json"
 
 
 def malformed(line: bytes) -> str:
-    """The decided message for a line orjson rejects: its own message, prefixed."""
+    """The decided message for a line orjson rejects: its own words, at the column where
+    it stopped, with none of its own "line 1 column 14 (char 13)"."""
     try:
         orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return f"malformed JSON: {exc}"
+        return f"column {exc.pos + 1}: malformed JSON: {exc.msg}"
     raise AssertionError(f"{line!r} is valid JSON")
 
 
@@ -82,7 +83,7 @@ class Case:
 
 
 CASES = [
-    Case("malformed-json", b'{"in0": [1, 2', malformed(b'{"in0": [1, 2')),
+    Case("malformed-json", b'{"in0": [1, 2', "column 14: malformed JSON: unexpected end of data"),
     Case("not-an-object", b"[1, 2]", "record is not a JSON object (got an array)"),
     Case("neither-input", b'{"x": 1}', 'record has neither "in0" nor "in1"'),
     Case(
@@ -133,7 +134,7 @@ CASES = [
     Case(
         "invalid-utf8",
         b'{"in0": [1, 2], "tag": "\xff\xfe"}',
-        malformed(b'{"in0": [1, 2], "tag": "\xff\xfe"}'),
+        "column 25: malformed JSON: not valid UTF-8",
     ),
     Case("empty-file", layout=()),
     Case(
@@ -144,13 +145,13 @@ CASES = [
                 "in0 has a token id that is not an integer: 1e+23",
                 f"in0 id 99999999999999999999999 is out of range: {RANGE}",
             ),
-            prefixes=("malformed JSON: ",),
+            prefixes=("column ",),
         ),
     ),
     Case(
         "deeply-nested",
         nested(1000),
-        OneOf(prefixes=("malformed JSON: ", "in0 has a token id that is not an integer: [")),
+        OneOf(prefixes=("column ", "in0 has a token id that is not an integer: [")),
     ),
     Case("nested-beyond-parser-depth", nested(1500), malformed(nested(1500))),
     Case(
@@ -170,7 +171,7 @@ CASES = [
     Case(
         "json-malformed-element",
         b'{"in0": [1,,2]}',
-        malformed(b'{"in0": [1,,2]}'),
+        "character 12: malformed JSON: unexpected character, expected a JSON value",
         layout=("g", "B"),
         json=True,
     ),
@@ -286,10 +287,13 @@ def test_fail_setting(runs, case):
         assert (out / f"{case.name}.out").read_bytes() == clean_out.read_bytes()
         return
     where = f"instances[{shard.bad_pos}]" if case.json else f"line {shard.bad_pos}"
-    prefix = f"{shard_uri}: {where}: "
     reason = reasons[shard_uri]
+    # One position: a problem placed inside the record joins the record's place.
+    inside = reason.startswith(f"{shard_uri}: {where}, ")
+    prefix = f"{shard_uri}: {where}{', ' if inside else ': '}"
     assert reason.startswith(prefix)
     assert reason[len(prefix) :] == case.problem
+    assert inside == reason[len(prefix) :].startswith(("column ", "character "))
     assert f"o2v-batch: shard failed: {reason}" in done.stderr
     assert not (out / f"{case.name}.out").exists()
 
@@ -417,6 +421,30 @@ def test_fuzz_server_never_raises_and_keeps_one_output_per_record(server_and_mod
         for key, value in expected.items():
             np.testing.assert_allclose(out[key], value, atol=1e-5)
     assert result.bad_records == errors
+
+
+@pytest.mark.parametrize(
+    ("content_type", "record", "message"),
+    [
+        (JSONL, b'{"in0": [1, 2', "column 14: malformed JSON: unexpected end of data"),
+        (
+            JSONL,
+            '{"tag": "é", x}'.encode(),  # columns count characters, not bytes
+            "column 14: malformed JSON: unexpected character, expected a string key",
+        ),
+        (JSONL, b'{"in0": [1], "t": "\xe9"}', "column 20: malformed JSON: not valid UTF-8"),
+        (
+            JSON,
+            b'{\n "in0": [1,\n x]}',  # an instance over three lines: counted in characters
+            "character 16: malformed JSON: unexpected character, expected a JSON value",
+        ),
+    ],
+)
+def test_malformed_json_names_one_position(server_and_model, content_type, record, message):
+    server, _ = server_and_model
+    result = server.serve([3], [record], content_type, JSONL)
+    key = "line" if content_type == JSONL else "record"
+    assert orjson.loads(result.payload) == {"error": {"message": message, key: 3}}
 
 
 # -- the hosted algorithm's response shape --------------------------------------

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from o2v_batch.api import load_model
-from o2v_batch.errors import HyperparameterError, TrainingDataError
+from o2v_batch.errors import HyperparameterError, OutputExistsError, TrainingDataError
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
-from o2v_batch.train import EarlyStopping, train
+from o2v_batch.train import EarlyStopping, check_output, train
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS, WORDS = 4, 20  # topic t owns ids 1 + 20 t .. 20 + 20 t
@@ -378,3 +378,32 @@ def test_training_data_from_s3_and_model_to_s3(
     np.testing.assert_array_equal(
         load_model(output).embed(sequences), load_model(str(tmp_path / "model")).embed(sequences)
     )
+
+
+def test_check_output_refuses_what_is_not_empty(tmp_path: Path) -> None:
+    folder, archive, file = tmp_path / "model", tmp_path / "model.tar.gz", tmp_path / "f"
+    for fresh in (folder, archive, tmp_path / "new" / "model"):
+        check_output(str(fresh))
+    folder.mkdir()
+    check_output(str(folder))  # an empty folder holds nothing to lose
+    (folder / ".hidden").write_text("x")
+    archive.write_bytes(b"x")
+    file.write_text("x")
+    for taken in (folder, archive, file):
+        with pytest.raises(OutputExistsError) as caught:
+            check_output(str(taken))
+        assert str(caught.value) == (
+            f"output already exists: {taken} (use --overwrite to replace it)"
+        )
+
+
+@pytest.mark.s3
+def test_check_output_on_s3(s3_server, s3_bucket: str) -> None:
+    check_output(f"s3://{s3_bucket}/models/run1/")
+    check_output(f"s3://{s3_bucket}/models/run1.tar.gz")
+    for key in ("models/run1/model.safetensors", "models/run1.tar.gz"):
+        s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    for taken in ("models/run1/", "models/run1", "models/run1.tar.gz"):
+        with pytest.raises(OutputExistsError, match=r"^output already exists: s3://"):
+            check_output(f"s3://{s3_bucket}/{taken}")
+    check_output(f"s3://{s3_bucket}/models/run2/")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from test_columnar import Row, encode
 
 from o2v_batch.formats import JSON, JSONLINES
+from o2v_batch.responses import codec_for
 from o2v_batch.writer import ShardOutput
 
 
@@ -66,5 +70,44 @@ def test_commit_needs_every_mini_batch(tmp_path: Path) -> None:
     output.total = 2
     with pytest.raises(AssertionError, match="every mini-batch is written before the commit"):
         output.commit()
+    output.abort()
+    assert files_in(tmp_path) == []
+
+
+COLUMNAR = [
+    "application/vnd.apache.parquet; embeddings=2; scores=0; dtype=float32",
+    "application/x-npy; embeddings=2; scores=0; dtype=float32",
+]
+
+
+def embedding_fragment(accept: str, pos: int) -> bytes:
+    row = Row(pos, {"embeddings": np.array([pos, -pos], dtype=np.float32)})
+    return encode(codec_for(accept), [row])
+
+
+def read_columnar(path: Path) -> list:
+    if path.suffix == ".npy":
+        return np.load(path).tolist()
+    return pq.read_table(path)["embeddings"].to_pylist()
+
+
+@pytest.mark.parametrize("accept", COLUMNAR)
+def test_columnar_results_in_any_order_appear_on_commit(tmp_path: Path, accept: str) -> None:
+    target = tmp_path / f"part{codec_for(accept).suffix}"
+    output = ShardOutput(str(target), accept)
+    output.add(1, embedding_fragment(accept, 2), 1)
+    output.add(0, embedding_fragment(accept, 1), 1)
+    output.total = 2
+    assert not target.exists()
+    output.commit()
+    assert read_columnar(target) == [[1.0, -1.0], [2.0, -2.0]]
+    assert files_in(tmp_path) == [target.name]
+
+
+@pytest.mark.parametrize("accept", COLUMNAR)
+def test_columnar_abort_leaves_nothing(tmp_path: Path, accept: str) -> None:
+    output = ShardOutput(str(tmp_path / "part.out"), accept)
+    output.add(0, embedding_fragment(accept, 1), 1)
+    output.abort()
     output.abort()
     assert files_in(tmp_path) == []

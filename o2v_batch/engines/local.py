@@ -11,22 +11,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from o2v_batch import io
-from o2v_batch.artifacts import resolve_model
 from o2v_batch.batching import MiniBatch
 from o2v_batch.config import TransformConfig
 from o2v_batch.devices import parse_devices
 from o2v_batch.engines.shard import (
+    Meter,
     ShardFailed,
     ShardTask,
     mini_batches,
     oversize,
     served,
     serving_options,
+    total_bytes,
 )
-from o2v_batch.formats import Oversize
+from o2v_batch.formats import Oversize, where
+from o2v_batch.main_module import check_main_module
 from o2v_batch.protocol import Done, WorkerSpec
-from o2v_batch.report import batch_failure, human_bytes, progress_bar, shard_failed
-from o2v_batch.runtime import WorkerPool, plan_workers
+from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
+from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
 from o2v_batch.writer import ShardOutput
 
 
@@ -64,19 +66,35 @@ _DONE = None  # the reader has read every shard
 
 
 def check(config: TransformConfig) -> None:
-    """Every option the local engine takes is checked by TransformConfig."""
+    """Workers can start from the calling program (TransformConfig checks the options)."""
+    check_main_module()
 
 
-def run(config: TransformConfig, tasks: list[ShardTask], log: Callable[[str], None]) -> int:
-    """Serves every shard; returns how many workers were restarted."""
-    return _Run(config, tasks, log).run()
+def run(
+    config: TransformConfig,
+    tasks: list[ShardTask],
+    model_dir: str,
+    log: Callable[[str], None],
+    faults: Faults,
+) -> None:
+    """Serves every shard with the model in `model_dir`, counting restarts and retries."""
+    _Run(config, tasks, model_dir, log, faults).run()
 
 
 class _Run:
-    def __init__(self, config: TransformConfig, tasks: list[ShardTask], log: Callable[[str], None]):
+    def __init__(
+        self,
+        config: TransformConfig,
+        tasks: list[ShardTask],
+        model_dir: str,
+        log: Callable[[str], None],
+        faults: Faults,
+    ):
         self.config = config
         self.tasks = tasks
+        self.model_dir = model_dir
         self.log = log
+        self.faults = faults
         self.outputs: dict[int, ShardOutput] = {}
         self.in_flight: dict[int, tuple[int, int, MiniBatch]] = {}  # task id -> idx, seq, batch
         self.failed: set[int] = set()
@@ -85,10 +103,11 @@ class _Run:
         self.task_ids = itertools.count()
         self.to_stdout = config.output == io.STDIO
         self.next_commit = 0  # stdout: shards are committed in input order
-        self.progress = progress_bar(config.progress)
-        self.read_bytes = 0
+        self.progress = Progress(config.progress, total_bytes(tasks))
+        self.meter = Meter()  # stored bytes the reader has read
+        self.records_in = 0  # records read this run, counted as the summary counts them
 
-    def run(self) -> int:
+    def run(self) -> None:
         io.discard_partial([t.report.output for t in self.tasks])
         reader = threading.Thread(target=self._read, daemon=True)
         try:
@@ -97,12 +116,12 @@ class _Run:
                 self.config.max_concurrent_transforms,
                 self.config.max_retries,
                 self.config.invocation_timeout,
+                on_recovery=self._recovered,
             ) as pool:
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
                 reader.start()
                 self._loop(pool)
-                return pool.restarts
         finally:
             # Interrupted or broken: whatever is half written goes, and --resume redoes it.
             self.stop.set()
@@ -113,10 +132,9 @@ class _Run:
     def _specs(self) -> list[WorkerSpec]:
         config = self.config
         devices = parse_devices(config.devices)
-        model_dir = resolve_model(config.model)
         options = serving_options(config)
         return [
-            WorkerSpec(model_dir, device, threads, options, config.worker_factory)
+            WorkerSpec(self.model_dir, device, threads, options, config.worker_factory)
             for device, threads in plan_workers(devices, config.workers)
         ]
 
@@ -142,7 +160,7 @@ class _Run:
             self._put(_Start(idx))
             seq = 0
             try:
-                for item in mini_batches(task, self.config):
+                for item in mini_batches(task, self.config, self.meter):
                     if idx in self.failed or self.stop.is_set():
                         break
                     self._put(_Item(idx, seq, item))
@@ -176,6 +194,7 @@ class _Run:
         elif isinstance(message, _Item):
             self._submit(message, pool)
         elif isinstance(message, _End):
+            self._count(0)  # the shard's last bytes
             self.outputs[idx].total = message.total
             self._maybe_commit(idx)
         else:
@@ -186,15 +205,22 @@ class _Run:
         idx, seq, item = message.idx, message.seq, message.item
         task = self.tasks[idx]
         if isinstance(item, Oversize):
+            self._count(1)
             try:
-                self._add(idx, seq, oversize(task, item, self.config), 1)
+                self._add(idx, seq, oversize(task, item, self.config), 0)
             except ShardFailed as exc:
                 self._fail(idx, str(exc))
             return
         task_id = next(self.task_ids)
         self.in_flight[task_id] = (idx, seq, item)
         task.report.count_batch(len(item.records), item.nbytes)
+        self._count(len(item.records))
         pool.submit(task_id, item.positions, item.records, task.content_type, task.accept)
+
+    def _count(self, records: int) -> None:
+        """Records enter the job's tally as they go to a worker: the bar shows those."""
+        self.records_in += records
+        self.progress.show(self.meter.nbytes, self.records_in)
 
     def _result(self, event) -> None:
         idx, seq, batch = self.in_flight.pop(event.task_id)
@@ -206,14 +232,26 @@ class _Run:
             self._fail(idx, f"{task.report.shard}: {reason}")
             return
         try:
-            payload = served(task, event.result)
+            payload, predictions = served(task, event.result, batch)
         except ShardFailed as exc:
             self._fail(idx, str(exc))
             return
-        self.read_bytes += batch.nbytes
-        self.progress.set_postfix_str(human_bytes(self.read_bytes), refresh=False)
-        self.progress.update(event.result.records)
-        self._add(idx, seq, payload, event.result.records)
+        self._add(idx, seq, payload, predictions)
+
+    def _recovered(self, event: Recovery) -> None:
+        """One line on stderr per worker restarted or mini-batch tried again."""
+        self.faults.worker_restarts += event.restarted
+        retry = None
+        if event.task_id is not None:
+            self.faults.mini_batch_retries += 1
+            idx, _, batch = self.in_flight[event.task_id]
+            task = self.tasks[idx]
+            retry = (
+                f"retrying the mini-batch from {task.report.shard}: "
+                f"{where(batch.positions[0], task.content_type)} "
+                f"(attempt {event.attempt} of {self.config.max_retries + 1})"
+            )
+        self.log(recovered(event.reason, event.restarted, retry))
 
     # -- shard completion -------------------------------------------------
 

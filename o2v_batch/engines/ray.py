@@ -16,14 +16,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from o2v_batch import io
-from o2v_batch.artifacts import resolve_model
 from o2v_batch.config import TransformConfig
-from o2v_batch.engines.shard import ShardTask
+from o2v_batch.engines.shard import ShardTask, total_bytes
 from o2v_batch.errors import ConfigError, O2VError, WorkerError
-from o2v_batch.report import ShardReport, batch_failure, progress_bar, shard_failed
+from o2v_batch.report import (
+    Faults,
+    Progress,
+    ShardReport,
+    batch_failure,
+    recovered,
+    shard_failed,
+)
 from o2v_batch.runtime import describe
 
-MISSING_RAY = "--engine ray needs Ray: pip install 'o2v-batch[ray]'"
+# o2v-batch is on no public index: the extra installs from a checkout or a built wheel.
+MISSING_RAY = (
+    "--engine ray needs Ray: pip install -e '.[ray]' in a checkout, "
+    'or pip install "$(ls dist/o2v_batch-*.whl)[ray]" for a built wheel'
+)
 # CPUs (and torch threads) of one CPU actor when --workers does not say.
 CPUS_PER_ACTOR = 2
 # How often the driver looks at the actors while shards are running.
@@ -40,17 +50,23 @@ def check(config: TransformConfig) -> None:
         )
 
 
-def run(config: TransformConfig, tasks: list[ShardTask], log: Callable[[str], None]) -> int:
-    """Serves every shard on Ray actors; returns how many actors were restarted."""
-    if not tasks:
-        return 0
+def run(
+    config: TransformConfig,
+    tasks: list[ShardTask],
+    model_dir: str,
+    log: Callable[[str], None],
+    faults: Faults,
+) -> None:
+    """Serves every shard on Ray actors, counting the actors restarted.
+
+    `model_dir` is the model resolved (extracted) here; the actors take a remote model
+    by its URI instead, since the cluster's nodes may not share a disk.
+    """
     ray = _import_ray()
-    # A local model is resolved (extracted) once here; a remote one by each actor,
-    # since the cluster's nodes may not share a disk.
-    model = resolve_model(config.model) if io.is_local(config.model) else config.model
+    model = model_dir if io.is_local(config.model) else config.model
     started = _connect(ray, config.ray_address)
     try:
-        return _Run(ray, config, log, tasks).run(model)
+        _Run(ray, config, log, tasks, faults).run(model)
     finally:
         if started:
             ray.shutdown()
@@ -137,15 +153,19 @@ class _Slot:
 class _Run:
     """Hands shards to actors as they free up, largest first, and keeps their reports."""
 
-    def __init__(self, ray: Any, config: TransformConfig, log: Callable[[str], None], tasks):
+    def __init__(
+        self, ray: Any, config: TransformConfig, log: Callable[[str], None], tasks, faults: Faults
+    ):
         self.ray = ray
         self.config = config
         self.log = log
         self.tasks: list[ShardTask] = tasks
+        self.faults = faults
         self.shown = [0] * len(tasks)  # records on the progress bar, per shard
-        self.progress = progress_bar(config.progress)
+        self.read_bytes = 0  # stored bytes of the shards finished
+        self.progress = Progress(config.progress, total_bytes(tasks))
 
-    def run(self, model: str) -> int:
+    def run(self, model: str) -> None:
         ray = self.ray
         slots = self._start(model)
         starting = {slot.actor.ready.remote(): slot for slot in slots}
@@ -175,7 +195,6 @@ class _Run:
             # Interrupted: the killed actors' half-written outputs go, --resume redoes them.
             io.discard_partial([self.tasks[slot.shard].report.output for slot in running.values()])
             self.progress.close()
-        return sum(max(0, len(slot.pids) - 1) for slot in slots)
 
     def _start(self, model: str) -> list[_Slot]:
         from o2v_batch.engines.ray_actor import ShardWorker
@@ -215,7 +234,7 @@ class _Run:
             ) from None
         if fatal:
             raise WorkerError(fatal)
-        slot.pids.add(pid)
+        self._saw(slot, pid)
         return slot
 
     def _submit(self, slot: _Slot) -> Any:
@@ -226,6 +245,7 @@ class _Run:
 
     def _finished(self, ref: Any, slot: _Slot) -> None:
         report = self.tasks[slot.shard].report
+        self.read_bytes += max(0, self.tasks[slot.shard].shard.size)
         exceptions = self.ray.exceptions
         gave_up = f"gave up after {self.config.max_retries + 1} attempts"
         try:
@@ -243,12 +263,11 @@ class _Run:
         except exceptions.RayError as exc:
             self._fail(report, f"{report.shard}: {_describe_ray_error(exc)}")
             return
-        slot.pids.add(pid)
+        self._saw(slot, pid)
         report.take(result)
+        self._show(slot.shard, report.records_in)
         if report.status == "failed":
             self.log(shard_failed(report.reason))
-            return
-        self._show(slot.shard, report.records_out)
 
     def _fail(self, report: ShardReport, reason: str) -> None:
         report.status, report.reason = "failed", reason
@@ -266,7 +285,7 @@ class _Run:
                     pid, idx, records, pos, seconds = ray.get(ref)
                 except ray.exceptions.RayError:  # asked just before it died: Ray restarts it
                     continue
-                slot.pids.add(pid)
+                self._saw(slot, pid)
                 if idx != slot.shard:
                     continue
                 self._show(idx, records)
@@ -284,11 +303,17 @@ class _Run:
         slot.hung = batch_failure(pos, content_type, f"worker {pid} timed out after {timeout}")
         self.ray.kill(slot.actor, no_restart=False)
 
+    def _saw(self, slot: _Slot, pid: int) -> None:
+        """An actor answered from `pid`: a new one means Ray replaced a lost actor."""
+        if slot.pids and pid not in slot.pids:
+            self.faults.worker_restarts += 1
+            self.log(recovered(f"a Ray actor on {slot.device} was lost", True, None))
+        slot.pids.add(pid)
+
     def _show(self, idx: int, records: int) -> None:
         # A retried shard starts again from 0: the bar only ever moves forward.
-        if records > self.shown[idx]:
-            self.progress.update(records - self.shown[idx])
-            self.shown[idx] = records
+        self.shown[idx] = max(self.shown[idx], records)
+        self.progress.show(self.read_bytes, sum(self.shown))
 
 
 def _describe_ray_error(exc: Exception) -> str:

@@ -35,7 +35,7 @@ class ShardWorker:
 
         self.config = config
         self.pid = os.getpid()
-        # (shard index, records written so far, first record of the mini-batch at hand,
+        # (shard index, records read so far, first record of the mini-batch at hand,
         # when work on it began)
         self.now = (-1, 0, 0, time.monotonic())
         # A restarted actor first removes what its killed predecessor left half-written.
@@ -52,7 +52,7 @@ class ShardWorker:
         return self.pid, self.fatal
 
     def progress(self) -> tuple[int, int, int, int, float]:
-        """(pid, shard index, records written, first record of the mini-batch at hand,
+        """(pid, shard index, records read, first record of the mini-batch at hand,
         seconds spent on it): measured here, so the nodes' clocks need not agree."""
         idx, records, pos, started = self.now
         return self.pid, idx, records, pos, time.monotonic() - started
@@ -94,13 +94,13 @@ class ShardWorker:
         with contextlib.closing(mini_batches(task, self.config)) as items:
             for item in items:
                 pos = item.pos if isinstance(item, Oversize) else item.positions[0]
-                self.now = (idx, output.records, pos, time.monotonic())
+                self.now = (idx, task.report.records_in, pos, time.monotonic())
                 if isinstance(item, Oversize):
-                    payload, records = oversize(task, item, self.config), 1
+                    payload, predictions = oversize(task, item, self.config), 0
                 else:
-                    payload, records = self._batch(task, item)
+                    payload, predictions = self._batch(task, item)
                 try:
-                    output.add(count, payload, records)
+                    output.add(count, payload, predictions)
                 except Exception as exc:
                     raise ShardFailed(io.describe_error(exc, output.uri)) from None
                 count += 1
@@ -117,7 +117,7 @@ class ShardWorker:
             raise WorkerError(
                 batch_failure(batch.positions[0], task.content_type, reason)
             ) from None
-        return served(task, result), result.records
+        return served(task, result, batch)
 
     def _failed(self, report: ShardReport, reason: str) -> tuple[int, ShardReport]:
         report.status, report.reason = "failed", reason

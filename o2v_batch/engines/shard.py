@@ -4,17 +4,27 @@ shard's tally and output. The engines differ only in where this runs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from o2v_batch import io
 from o2v_batch.batching import MiniBatch, pack, payload_bytes
 from o2v_batch.config import TransformConfig
-from o2v_batch.formats import JSON, MAX_RECORD_BYTES, Oversize, content_type_for, iter_jsonlines
+from o2v_batch.formats import (
+    JSON,
+    JSONLINES,
+    MAX_RECORD_BYTES,
+    Oversize,
+    content_type_for,
+    iter_jsonlines,
+)
+from o2v_batch.io.compression import decompressed
 from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.report import ShardReport, oversize_problem, read_failure, record_failure
-from o2v_batch.responses import codec_for, error_fragment
+from o2v_batch.responses import codec_for, error_fragment, output_type
 
 
 class ShardFailed(Exception):
@@ -36,10 +46,16 @@ class ShardTask:
 def shard_task(shard: io.Shard, config: TransformConfig) -> ShardTask:
     """The shard with its formats (from the options, else its name) and its output."""
     content_type = config.content_type or content_type_for(shard.uri)
-    accept = config.accept or content_type
+    accept = output_type(config.accept or content_type, config)
     suffix = codec_for(accept).suffix
     report = ShardReport(shard.uri, io.output_uri(config.output, shard.rel, suffix))
     return ShardTask(shard, report, content_type, accept, suffix)
+
+
+def total_bytes(tasks: list[ShardTask]) -> int | None:
+    """The stored size of every shard together; None when one is unknown (stdin)."""
+    sizes = [t.shard.size for t in tasks]
+    return sum(sizes) if all(size >= 0 for size in sizes) else None
 
 
 def serving_options(config: TransformConfig) -> ServingOptions:
@@ -60,18 +76,53 @@ def mini_batch_cap(config: TransformConfig) -> int:
     return payload_bytes(config.max_payload) or MAX_RECORD_BYTES
 
 
-def mini_batches(task: ShardTask, config: TransformConfig) -> Iterator[MiniBatch | Oversize]:
-    """The shard's mini-batches and oversize records, in input order, read as a stream.
+class Meter:
+    """Bytes read from storage, before decompression: progress measured in the units
+    of the shard sizes a listing gives."""
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+
+
+class _Metered:
+    """A stored stream that counts on a Meter what is read through it."""
+
+    def __init__(self, raw: BinaryIO, meter: Meter) -> None:
+        self._raw, self._meter = raw, meter
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._meter.nbytes += len(data)
+        return data
+
+    def __getattr__(self, name: str):  # the decompressors look at mode, name, close...
+        return getattr(self._raw, name)
+
+    def __enter__(self) -> _Metered:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
+def mini_batches(
+    task: ShardTask, config: TransformConfig, meter: Meter | None = None
+) -> Iterator[MiniBatch | Oversize]:
+    """The shard's mini-batches and oversize records, in input order, read as a stream;
+    `meter` counts the stored bytes read.
 
     A failure to read raises ShardFailed, naming the shard once.
     """
     cap = mini_batch_cap(config)
     split = iter_json_instances if task.content_type == JSON else iter_jsonlines
+    uri = task.shard.uri
     try:
-        with io.open_read(task.shard.uri) as stream:
+        with decompressed(
+            _Metered(io.open_read(uri, decompress=False), meter or Meter()), uri
+        ) as stream:
             yield from pack(split(stream, cap), cap, config.strategy)
     except Exception as exc:  # I/O failures too: this shard fails, the others go on
-        raise ShardFailed(read_failure(task.shard.uri, exc)) from None
+        raise ShardFailed(read_failure(uri, exc)) from None
 
 
 def oversize(task: ShardTask, item: Oversize, config: TransformConfig) -> bytes:
@@ -86,14 +137,30 @@ def oversize(task: ShardTask, item: Oversize, config: TransformConfig) -> bytes:
     return error_fragment(problem, item.pos, task.content_type, task.accept)
 
 
-def served(task: ShardTask, result: BatchResult) -> bytes:
-    """Counts a served mini-batch's result; its encoded responses, or ShardFailed at
-    the bad record that failed it."""
+def served(task: ShardTask, result: BatchResult, batch: MiniBatch) -> tuple[bytes, int]:
+    """Counts a served mini-batch's result: its encoded responses and how many of them
+    are predictions (the others are error objects), or ShardFailed at the bad record
+    that failed it."""
     report = task.report
     report.truncated += result.truncated
     if result.error is not None:
-        raise ShardFailed(
-            record_failure(report.shard, result.error_pos, task.content_type, result.error)
-        )
+        reason = record_failure(report.shard, result.error_pos, task.content_type, result.error)
+        raise ShardFailed(reason + _json_on_stdin_hint(task, result, batch))
     report.bad_records += result.bad_records
-    return result.payload
+    return result.payload, result.records - result.bad_records
+
+
+# The start of an application/json request: {"instances": [...]}, maybe pretty-printed.
+_JSON_REQUEST = re.compile(rb'\s*\{\s*"instances"\s*:')
+
+
+def _json_on_stdin_hint(task: ShardTask, result: BatchResult, batch: MiniBatch) -> str:
+    """Stdin has no name to tell its format by: a JSON request read as jsonlines fails
+    at its first line, and the way out is one option away."""
+    if task.shard.uri != io.STDIO or task.content_type != JSONLINES:
+        return ""
+    if result.error_pos != batch.positions[0]:
+        return ""
+    if not _JSON_REQUEST.match(b"\n".join(batch.records[:2])):
+        return ""
+    return " (stdin looks like an application/json request: use --content-type application/json)"

@@ -31,6 +31,7 @@ __all__ = [
     "describe_error",
     "discard_partial",
     "is_local",
+    "list_outputs",
     "list_shards",
     "open_read",
     "open_write",
@@ -53,6 +54,8 @@ def list_shards(input: str, output: str | None = None, *, manifest: bool = False
     - names starting with "." or "_" anywhere in the relative path (hidden
       files, temp files, `_SUCCESS`, `_temporary/`), as Spark and Hadoop do;
     - the OUTPUT folder or prefix when it lies inside INPUT;
+    - outputs of earlier jobs: `.out`/`.parquet`/`.npy` files, and every folder below INPUT holding
+      a `_SUCCESS` (or an array job's `_SUCCESS.K-of-N`);
     - local folders reached through a symlink (never followed), and S3 folder
       markers (zero-byte keys ending with "/").
     `s3://b/in` names the object `in` if it exists, else the folder `in/`
@@ -63,6 +66,12 @@ def list_shards(input: str, output: str | None = None, *, manifest: bool = False
             document = stream.read()
         return manifest_shards(input, document, size)
     return transport_for(input).list_shards(input, output)
+
+
+def list_outputs(output: str) -> set[str]:
+    """The paths, relative to OUTPUT, of the files already there (hidden names left
+    out): what --resume skips and what the job refuses to clobber; none for stdout."""
+    return set() if output == STDIO else transport_for(output).list_outputs(output)
 
 
 def size(uri: str) -> int | None:

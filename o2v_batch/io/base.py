@@ -54,6 +54,22 @@ def hidden(rel: str) -> bool:
     return any(part[:1] in (".", "_") for part in rel.split("/"))
 
 
+# The names the response formats give output shards (`a.jsonl.out`, `.parquet`, `.npy`).
+OUTPUT_SUFFIXES = (".out", ".parquet", ".npy")
+
+
+def is_output(name: str) -> bool:
+    """An output shard's name (`<input name>.out`, `.parquet`, `.npy`): never read
+    back as input."""
+    return name.endswith(OUTPUT_SUFFIXES)
+
+
+def is_summary(name: str) -> bool:
+    """A job summary: `_SUCCESS`, or an array-job node's `_SUCCESS.K-of-N`. A folder
+    below INPUT holding one is an earlier job's output, and is never read as input."""
+    return name == "_SUCCESS" or name.startswith("_SUCCESS.")
+
+
 class AtomicWriter(abc.ABC):
     """Bytes of one output that appear all at once on commit(), or never (abort()).
 
@@ -108,6 +124,9 @@ class Transport(Protocol):
 
     def list_shards(self, input: str, output: str | None) -> list[Shard]:
         """The shards of INPUT sorted by `rel`, leaving out OUTPUT when it lies inside."""
+
+    def list_outputs(self, output: str) -> set[str]:
+        """The paths, relative to OUTPUT, of the files already there (none when missing)."""
 
     def size(self, uri: str) -> int | None:
         """Size in bytes, or None when `uri` does not exist."""

@@ -12,32 +12,46 @@ from pathlib import Path
 from typing import BinaryIO
 
 from o2v_batch.errors import InputError
-from o2v_batch.io.base import AtomicWriter, Shard, hidden, scheme_of
+from o2v_batch.io.base import AtomicWriter, Shard, hidden, is_output, is_summary, scheme_of
 
 _TEMP_GLOB = "[0-9a-f]" * 12  # matches secrets.token_hex(6)
 
 
 def list_shards(input: str, output: str | None) -> list[Shard]:
     """A file is one shard; a folder is every file below it, without following symlinked
-    folders and without the OUTPUT folder when it lies inside."""
+    folders, and without the OUTPUT folder or an earlier job's output when they lie inside."""
     if os.path.isfile(input):
         return [Shard(input, os.path.basename(input), os.path.getsize(input))]
     if not os.path.isdir(input):
         raise InputError(f"input not found: {input}")
     skip = os.path.realpath(output) if output and scheme_of(output) == "" else None
+    return _walk(input, skip, inputs=True)
+
+
+def list_outputs(output: str) -> set[str]:
+    """Every visible file below OUTPUT; none when it does not exist yet."""
+    return {shard.rel for shard in _walk(output, None, inputs=False)}
+
+
+def _walk(root: str, skip: str | None, inputs: bool) -> list[Shard]:
+    """The visible files below `root`, sorted; `inputs` leaves out outputs (`.out` files,
+    folders below `root` holding a `_SUCCESS`), `skip` one folder."""
     shards = []
     # followlinks=False: a symlinked folder shows up in `folders` but is never entered.
-    for root, folders, files in os.walk(input):
+    for folder, folders, files in os.walk(root):
+        if inputs and folder != root and any(map(is_summary, files)):
+            folders[:] = []  # an earlier job's output, inside INPUT
+            continue
         folders[:] = [
             name
             for name in folders
-            if not hidden(name) and os.path.realpath(os.path.join(root, name)) != skip
+            if not hidden(name) and os.path.realpath(os.path.join(folder, name)) != skip
         ]
         for name in files:
-            path = os.path.join(root, name)
-            if hidden(name) or not os.path.isfile(path):  # sockets, fifos, broken links
-                continue
-            rel = Path(os.path.relpath(path, input)).as_posix()
+            path = os.path.join(folder, name)
+            if hidden(name) or (inputs and is_output(name)) or not os.path.isfile(path):
+                continue  # also sockets, fifos, broken links
+            rel = Path(os.path.relpath(path, root)).as_posix()
             shards.append(Shard(path, rel, os.path.getsize(path)))
     return sorted(shards, key=lambda shard: shard.rel)
 

@@ -20,7 +20,7 @@ import smart_open.s3
 from botocore.client import BaseClient
 
 from o2v_batch.errors import InputError
-from o2v_batch.io.base import AtomicWriter, Shard, hidden
+from o2v_batch.io.base import AtomicWriter, Shard, hidden, is_output, is_summary
 from o2v_batch.io.s3_errors import (
     S3_FAILURES,
     botocore_error,
@@ -119,7 +119,8 @@ def size(uri: str) -> int | None:
 
 def list_shards(input: str, output: str | None) -> list[Shard]:
     """`s3://b/in` names the object `in` if it exists, else the folder `in/` (never
-    `in_old/`); folder markers (zero-byte keys ending with "/") are skipped."""
+    `in_old/`); folder markers (zero-byte keys ending with "/") are skipped, and so are
+    OUTPUT and earlier jobs' outputs when they lie inside."""
     bucket, key = split_s3(input)
     if key and not key.endswith("/"):
         found_size = size(input)
@@ -127,21 +128,49 @@ def list_shards(input: str, output: str | None) -> list[Shard]:
             return [Shard(input, key.rpartition("/")[2], found_size)]
         key += "/"
     skip = _output_prefix_inside(bucket, key, output)
-    shards, found = [], False
+    objects = _objects(bucket, key, input)
+    if key and not objects:
+        raise InputError(f"input not found: {input}")
+    # Folders below INPUT holding a `_SUCCESS`: earlier jobs' outputs.
+    done = {rel.rpartition("/")[0] + "/" for rel in objects if is_summary(rel.rpartition("/")[2])}
+    done.discard("/")
+    shards = [
+        Shard(f"s3://{bucket}/{key}{rel}", rel, item_size)
+        for rel, item_size in objects.items()
+        if not (_marker(rel, item_size) or hidden(rel) or is_output(rel) or _inside(rel, done))
+        and not (skip and (key + rel).startswith(skip))
+    ]
+    return sorted(shards, key=lambda shard: shard.rel)
+
+
+def list_outputs(output: str) -> set[str]:
+    bucket, key = split_s3(output)
+    key = key.rstrip("/") + "/" if key.strip("/") else ""
+    objects = _objects(bucket, key, output)
+    return {rel for rel, n in objects.items() if not (_marker(rel, n) or hidden(rel))}
+
+
+def _objects(bucket: str, key: str, uri: str) -> dict[str, int]:
+    """Size by path relative to the prefix `key`, of every object below it (folder
+    markers too, so that a folder holding only its marker is found, empty)."""
+    objects = {}
     paginator = s3_client().get_paginator("list_objects_v2")
-    with _s3_errors(input):
+    with _s3_errors(uri):
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             for item in page.get("Contents", []):
-                found = True
-                name, item_size = item["Key"], item["Size"]
-                rel = name[len(key) :]
-                marker = name.endswith("/") and item_size == 0
-                if marker or hidden(rel) or (skip and name.startswith(skip)):
-                    continue
-                shards.append(Shard(f"s3://{bucket}/{name}", rel, item_size))
-    if key and not found:
-        raise InputError(f"input not found: {input}")
-    return sorted(shards, key=lambda shard: shard.rel)
+                objects[item["Key"][len(key) :]] = item["Size"]
+    return objects
+
+
+def _marker(rel: str, item_size: int) -> bool:
+    """A folder marker: a zero-byte key ending with "/" (the folder itself: "")."""
+    return item_size == 0 and (rel == "" or rel.endswith("/"))
+
+
+def _inside(rel: str, folders: set[str]) -> bool:
+    """Whether `rel` lies below one of `folders` (relative paths ending with "/")."""
+    parts = rel.split("/")[:-1]
+    return any("/".join(parts[: i + 1]) + "/" in folders for i in range(len(parts)))
 
 
 def _output_prefix_inside(bucket: str, key: str, output: str | None) -> str | None:

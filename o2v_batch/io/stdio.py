@@ -14,6 +14,14 @@ from o2v_batch.io.base import STDIO, AtomicWriter, Shard
 STDOUT_SPOOL_BYTES = 8 * 2**20
 
 
+class StdoutClosed(BaseException):
+    """Whoever read stdout has gone (`... | head -2`): the job stops as a Unix tool does.
+
+    Not an Exception, so no shard reports it as its failure: it unwinds the whole job,
+    like Ctrl-C, and every open output is aborted.
+    """
+
+
 def list_shards(input: str, output: str | None) -> list[Shard]:
     """Stdin is one shard of unknown size."""
     return [Shard(STDIO, STDIO, -1)]
@@ -42,8 +50,11 @@ class _StdoutWriter(AtomicWriter):
     def _commit(self) -> None:
         with self._spool:
             self._spool.seek(0)
-            shutil.copyfileobj(self._spool, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            try:
+                shutil.copyfileobj(self._spool, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise StdoutClosed from None
 
     def _abort(self) -> None:
         self._spool.close()

@@ -1,0 +1,145 @@
+"""The `serve` command: o2v-batch as a SageMaker inference container.
+`o2v_batch.cli` registers it on its group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import click
+
+from o2v_batch.config import (
+    DEFAULT_INVOCATION_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_RETRIES,
+    MODES,
+    preferred_mode,
+)
+from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.serve import DEFAULT_MAX_QUEUED, ServeConfig, serve
+
+PORT_VARIABLE = "SAGEMAKER_BIND_TO_PORT"
+PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+DEFAULT_PORT = 8080
+DEFAULT_PAYLOAD_MB = 6
+
+
+def _from_environment(
+    environ: Mapping[str, str], name: str, default: int, least: int, most: int
+) -> int:
+    """An integer SageMaker passes in an environment variable; a bad value names it."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and least <= int(text) <= most):
+        raise ConfigError(f"{name} must be an integer in {least}..{most}, got {text!r}")
+    return int(text)
+
+
+def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
+    """--port, --max-payload and --mode, when not given, from the variables SageMaker sets."""
+    if options["port"] is None:
+        options["port"] = _from_environment(environ, PORT_VARIABLE, DEFAULT_PORT, 0, 65535)
+    if options["max_payload"] is None:
+        options["max_payload"] = _from_environment(
+            environ, PAYLOAD_VARIABLE, DEFAULT_PAYLOAD_MB, 1, 2**20
+        )
+    options["mode"] = options["mode"] or preferred_mode(environ)
+
+
+@click.command("serve")
+@click.option(
+    "--model",
+    default="/opt/ml/model",
+    show_default=True,
+    help="Model folder or .tar.gz, local or s3:// (SageMaker unpacks model.tar.gz there).",
+)
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on (127.0.0.1: this machine only).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help=f"Port; 0 takes a free one. [default: ${PORT_VARIABLE}, else {DEFAULT_PORT}]",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    help="auto: per record, a pair scores and one input embeds; embedding: the encoders "
+    "only; classification: the whole network. [default: $INFERENCE_PREFERRED_MODE, else auto]",
+)
+@click.option(
+    "--max-payload",
+    type=click.IntRange(min=1),
+    help=f"Largest request body in MB (2^20 bytes); a larger one is a 413. "
+    f"[default: ${PAYLOAD_VARIABLE}, else {DEFAULT_PAYLOAD_MB}]",
+)
+@click.option(
+    "--devices",
+    default="auto",
+    show_default=True,
+    help="auto (every visible GPU, else CPU), cpu, cuda (every visible GPU) or a list "
+    "such as cuda:0,cuda:1.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes. [default: one per GPU; on CPU, by core count]",
+)
+@click.option(
+    "--max-concurrent-transforms",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT,
+    show_default=True,
+    help="Requests in flight per worker.",
+)
+@click.option(
+    "--max-queued-requests",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_QUEUED,
+    show_default=True,
+    help="Requests waiting beyond those in flight; more are answered 503.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_RETRIES,
+    show_default=True,
+    help="Retries of a request whose worker died or hung.",
+)
+@click.option(
+    "--invocation-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_INVOCATION_TIMEOUT_S,
+    show_default=True,
+    help="Seconds before a worker stuck on one request is replaced.",
+)
+def serve_command(**options) -> None:
+    """Serve a model over HTTP as a SageMaker inference container does.
+
+    GET /ping answers 200 once the model is loaded; POST /invocations takes
+    application/json or application/jsonlines requests and answers as
+    `transform` writes; GET /execution-parameters tells Batch Transform the
+    container's limits. SIGTERM stops accepting, finishes the requests in flight
+    and exits.
+
+    Example:
+
+    \b
+        o2v-batch serve --model examples/model --port 8080
+        curl -s localhost:8080/invocations -H 'Content-Type: application/jsonlines' \\
+            --data-binary @examples/requests/documented.jsonl
+    """
+    try:
+        _environment_defaults(options, os.environ)
+        config = ServeConfig(**options)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        serve(config)
+    except O2VError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("o2v-batch: stopped", err=True)

@@ -1,0 +1,312 @@
+"""`o2v-batch serve`: SageMaker's inference-container contract (`GET /ping`,
+`POST /invocations`, `GET /execution-parameters`) over transform's worker pool.
+
+The HTTP server is uvicorn running a small ASGI app of our own. Chosen because it is
+a well-kept, widely deployed server with few dependencies (h11 and click), it drains
+gracefully on SIGTERM (stops accepting, lets in-flight requests finish, then returns),
+and an asyncio app needs no thread per connection: a burst of clients costs a
+coroutine each while the requests themselves wait, bounded, for the worker processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from o2v_batch.artifacts import check_model, resolve_model
+from o2v_batch.batching import MB
+from o2v_batch.config import (
+    DEFAULT_INVOCATION_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_RETRIES,
+    MODES,
+)
+from o2v_batch.devices import check_devices, parse_devices
+from o2v_batch.errors import ConfigError, O2VError, WorkerError
+from o2v_batch.protocol import ServingOptions, WorkerSpec
+from o2v_batch.report import batch_failure, stderr_line
+from o2v_batch.runtime import plan_workers
+from o2v_batch.serve_pool import Dispatcher
+from o2v_batch.serve_requests import (
+    RequestError,
+    bad_record,
+    invocation,
+    parse_content_type,
+    response_body,
+    response_type,
+)
+
+# The worker server: transform's, honouring each request's infer_max_seqlens.
+WORKER_FACTORY = "o2v_batch.serve_worker:create_server"
+# Seconds a SIGTERM leaves in-flight requests to finish before they are cut off.
+DRAIN_TIMEOUT_S = 30.0
+DEFAULT_MAX_QUEUED = 64
+MISSING_UVICORN = (
+    "o2v-batch serve needs uvicorn: pip install -e '.[serve]' in a checkout, "
+    'or pip install "$(ls dist/o2v_batch-*.whl)[serve]" for a built wheel'
+)
+_TEXT = b"text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `serve` needs; defaults are the SageMaker container's."""
+
+    model: str = "/opt/ml/model"
+    host: str = "0.0.0.0"  # a container is reached from outside it
+    port: int = 8080  # 0: any free port
+    mode: str = "auto"
+    devices: str = "auto"
+    workers: int | None = None  # None: one per GPU, or the CPU default of transform
+    max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
+    max_payload: int = 6  # MB (2**20 bytes) per request body
+    # Requests waiting beyond those the workers hold; more get 503, so memory stays bounded.
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
+    max_retries: int = DEFAULT_MAX_RETRIES
+    invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
+    worker_factory: str = WORKER_FACTORY  # "module:function": tests hand in faulty servers
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        check_devices(self.devices)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535, got {self.port}")
+        for name, value, least in (
+            ("--workers", self.workers, 1),
+            ("--max-concurrent-transforms", self.max_concurrent_transforms, 1),
+            ("--max-payload", self.max_payload, 1),
+            ("--max-queued-requests", self.max_queued_requests, 0),
+            ("--max-retries", self.max_retries, 0),
+        ):
+            if value is not None and value < least:
+                raise ConfigError(f"{name} must be at least {least}, got {value}")
+        if not self.invocation_timeout > 0:
+            raise ConfigError(
+                f"--invocation-timeout must be positive, got {self.invocation_timeout}"
+            )
+
+
+def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then finishes the requests in flight and stops
+    the workers. The model is checked first. O2VError when the model, the port or the
+    workers fail."""
+    log = log or stderr_line
+    model_dir = resolve_model(config.model)
+    check_model(model_dir, encoders_only=config.mode == "embedding")
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise O2VError(MISSING_UVICORN) from None
+    listener = _listen(config.host, config.port)
+    port = listener.getsockname()[1]
+    servers = []  # the HTTP server once built: workers that cannot serve stop it
+
+    def failed(reason: str) -> None:  # the reason is raised once the server has stopped
+        servers[0].should_exit = True
+
+    dispatcher = Dispatcher(
+        _specs(config, model_dir),
+        config.max_concurrent_transforms,
+        config.max_retries,
+        config.invocation_timeout,
+        log,
+        on_failure=failed,
+        on_ready=lambda: log(f"o2v-batch: serving {config.model} on port {port}"),
+    )
+    servers.append(uvicorn.Server(uvicorn.Config(_App(config, dispatcher), **_UVICORN)))
+    _run(servers[0], dispatcher, listener)
+    if dispatcher.failure is not None:
+        raise WorkerError(dispatcher.failure)
+
+
+# Our app and our socket: no lifespan events, no logging setup or access log of
+# uvicorn's own (o2v-batch logs its lines itself).
+_UVICORN = {
+    "lifespan": "off",
+    "http": "h11",
+    "loop": "asyncio",
+    "log_config": None,
+    "access_log": False,
+    "timeout_graceful_shutdown": DRAIN_TIMEOUT_S,
+}
+
+
+def _run(server: Any, dispatcher: Dispatcher, listener: socket.socket) -> None:
+    """Runs the HTTP server on `listener` until it stops, then stops the workers."""
+    # uvicorn raises a signal that stopped it again once it is done: these handlers take
+    # it, so the workers are stopped below rather than the process killed on the spot.
+    previous = {sig: signal.signal(sig, _noted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    dispatcher.start()
+    try:
+        server.run(sockets=[listener])
+    finally:
+        dispatcher.stop()
+        dispatcher.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        listener.close()
+
+
+def _noted(signum: int, frame: object) -> None:
+    """A stop signal after uvicorn's own handling: the server has drained already."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY on accepted connections only
+    # then, and without it a response's headers and body wait on the client's delayed ACK
+    # (measured: 44 ms per request).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise O2VError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.listen(2048)
+    listener.setblocking(False)
+    return listener
+
+
+def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
+    # A bad record fails its request (a 400), as it fails a shard in transform.
+    options = ServingOptions(mode=config.mode)
+    return [
+        WorkerSpec(model_dir, device, threads, options, config.worker_factory)
+        for device, threads in plan_workers(parse_devices(config.devices), config.workers)
+    ]
+
+
+class _App:
+    """The ASGI app: the three routes of the contract."""
+
+    def __init__(self, config: ServeConfig, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.limit = config.max_payload * MB
+        self.max_pending = dispatcher.capacity + config.max_queued_requests
+        self.pending = 0  # requests past the checks: their bodies are held
+        self.parameters = orjson.dumps(
+            {
+                "MaxConcurrentTransforms": dispatcher.capacity,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": config.max_payload,
+            }
+        )
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        route = (scope["method"], scope["path"])
+        if route == ("GET", "/ping"):
+            if self.dispatcher.ready.is_set():
+                await _respond(send, 200, b"", _TEXT)
+            else:
+                await _respond(send, 503, b"the model is loading\n", _TEXT)
+        elif route == ("GET", "/execution-parameters"):
+            await _respond(send, 200, self.parameters, b"application/json")
+        elif route == ("POST", "/invocations"):
+            await self._invoke(scope, receive, send)
+        else:
+            await _Body(receive).discard()
+            if scope["path"] in ("/ping", "/execution-parameters", "/invocations"):
+                message = f"{scope['method']} is not allowed on {scope['path']}\n"
+                await _respond(send, 405, message.encode(), _TEXT)
+            else:
+                await _respond(send, 404, b"not found: use /ping or /invocations\n", _TEXT)
+
+    async def _invoke(self, scope: dict, receive: Callable, send: Callable) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = _Body(receive)
+        try:
+            content_type = parse_content_type(headers.get("content-type"))
+            accept = response_type(headers.get("accept"), content_type)
+            status, payload = await self._answer(body, headers, content_type, accept)
+        except RequestError as exc:
+            await body.discard()
+            await _respond(send, exc.status, f"{exc}\n".encode(), _TEXT)
+            return
+        await _respond(send, status, payload, accept.encode())
+
+    async def _answer(
+        self, body: _Body, headers: dict, content_type: str, accept: str
+    ) -> tuple[int, bytes]:
+        if int(headers.get("content-length") or 0) > self.limit:
+            raise self._too_large()
+        if self.pending >= self.max_pending:
+            raise RequestError(
+                503, f"the server is busy: {self.pending} requests are waiting; retry later"
+            )
+        self.pending += 1
+        try:
+            data = await body.read(self.limit)
+            if data is None:
+                raise self._too_large()
+            request = invocation(data, content_type, accept)
+            if not request.records:
+                return 200, response_body(accept, b"")
+            outcome = await self.dispatcher.submit(request)
+        finally:
+            self.pending -= 1
+        if outcome.failure is not None:
+            reason = batch_failure(request.positions[0], content_type, outcome.failure)
+            raise RequestError(500, reason)
+        if outcome.result.error is not None:
+            raise RequestError(400, bad_record(outcome.result, content_type))
+        return 200, response_body(accept, outcome.result.payload)
+
+    def _too_large(self) -> RequestError:
+        return RequestError(
+            413,
+            f"the request body is over {self.limit // MB} MB "
+            "(SAGEMAKER_MAX_PAYLOAD_IN_MB, --max-payload)",
+        )
+
+
+class _Body:
+    """A request's body as it arrives."""
+
+    def __init__(self, receive: Callable) -> None:
+        self._receive = receive
+        self._done = False
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body; None as soon as it runs over `limit` bytes."""
+        parts, size = [], 0
+        while not self._done:
+            chunk = await self._next()
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def discard(self) -> None:
+        """Reads what is left of a refused request's body, keeping none of it, so the
+        client can send it all and read the answer on a connection that stays usable."""
+        while not self._done:
+            await self._next()
+
+    async def _next(self) -> bytes:
+        message = await self._receive()
+        self._done = message["type"] != "http.request" or not message.get("more_body")
+        return message.get("body", b"")
+
+
+async def _respond(send: Callable, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,128 @@
+"""The `serve` command: SageMaker's variables as defaults, usage errors (exit 2) naming
+the variable a bad value came from, and library errors in one line (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO
+
+from o2v_batch import cli_serve
+from o2v_batch.cli import cli
+
+MODEL = str(REPO / "examples" / "model")
+SAGEMAKER_VARIABLES = (
+    "SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+    "INFERENCE_PREFERRED_MODE",
+)
+
+
+@pytest.fixture
+def configs(monkeypatch):
+    """The ServeConfig each invocation would serve with (nothing is started)."""
+    for name in SAGEMAKER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    taken = []
+    monkeypatch.setattr(cli_serve, "serve", taken.append)
+    return taken
+
+
+def test_the_defaults_are_the_sagemaker_containers(configs):
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    (config,) = configs
+    assert (config.model, config.host, config.port) == ("/opt/ml/model", "0.0.0.0", 8080)
+    assert (config.max_payload, config.mode) == (6, "auto")
+
+
+def test_sagemakers_variables_set_port_payload_and_mode(configs):
+    env = {
+        "SAGEMAKER_BIND_TO_PORT": "9090",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+        "INFERENCE_PREFERRED_MODE": "embedding",
+    }
+    assert CliRunner().invoke(cli, ["serve", "--model", MODEL], env=env).exit_code == 0
+    assert (configs[0].port, configs[0].max_payload, configs[0].mode) == (9090, 20, "embedding")
+    options = ["serve", "--port", "7070", "--max-payload", "2", "--mode", "classification"]
+    assert CliRunner().invoke(cli, options, env=env).exit_code == 0
+    assert (configs[1].port, configs[1].max_payload, configs[1].mode) == (7070, 2, "classification")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "http", "SAGEMAKER_BIND_TO_PORT must be an integer in 0..65535, got 'http'"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000", "SAGEMAKER_BIND_TO_PORT must be an integer in 0..65535, got '70000'"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0", "SAGEMAKER_MAX_PAYLOAD_IN_MB must be an integer in 1..1048576, got '0'"),
+        ("INFERENCE_PREFERRED_MODE", "vectors", "INFERENCE_PREFERRED_MODE must be one of auto, embedding, classification, got 'vectors'"),
+    ],
+)  # fmt: skip
+def test_a_bad_variable_is_a_usage_error_naming_it(configs, name, value, message):
+    result = CliRunner().invoke(cli, ["serve"], env={name: value})
+    assert result.exit_code == 2
+    assert f"Error: {message}" in result.output
+    assert "Usage: " in result.output
+    assert configs == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--devices", "gpu"], "--devices: 'gpu' is not cpu, cuda or cuda:N"),
+        (["--port", "-1"], "Invalid value for '--port'"),
+        (["--max-payload", "0"], "Invalid value for '--max-payload'"),
+        (["--max-queued-requests", "-1"], "Invalid value for '--max-queued-requests'"),
+    ],
+)
+def test_bad_options_are_usage_errors(configs, options, message):
+    result = CliRunner().invoke(cli, ["serve", *options])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_missing_model_fails_in_one_line_before_anything_starts(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nowhere"), "--port", "0"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert str(tmp_path / "nowhere") in result.output
+
+
+def test_a_port_in_use_fails_in_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port)]
+        result = CliRunner().invoke(cli, options)
+    assert result.exit_code == 1
+    assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_serve_is_a_command_of_the_group_with_help():
+    assert "serve" in CliRunner().invoke(cli, ["--help"]).output
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--port", "--max-payload", "--mode", "--max-queued-requests"):
+        assert option in result.output
+    assert "$SAGEMAKER_BIND_TO_PORT" in result.output
+
+
+def test_the_dockerfiles_entry_point_runs_serve():
+    """`docker run IMAGE serve` is ENTRYPOINT + ["serve"]: o2v-batch's serve command."""
+    text = (REPO / "examples" / "Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", text, re.M).group(1))
+    assert entrypoint == ["o2v-batch"]
+    assert json.loads(re.search(r"^CMD (.*)$", text, re.M).group(1)) == ["serve"]
+    assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in text
+    program = shutil.which(entrypoint[0], path=str(Path(sys.executable).parent))
+    run = subprocess.run([program, "serve", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "SageMaker inference container" in run.stdout
