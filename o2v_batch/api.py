@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from o2v_batch.artifacts import load_network, resolve_model
+from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
 from o2v_batch.errors import O2VError
 from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import MAX_ROWS, check_ids, device_kind, embed_ids, token_budget
+from o2v_batch.tokens import check_ids, device_batch_shape, embed_ids
 
 MODES = ("classification", "embedding")
 
@@ -28,9 +28,9 @@ class Model:
         self.device = torch.device(device)
         self.mode = mode
         self.truncated = 0  # sequences cut to max_seq_len so far
-        kind = device_kind(self.device)
-        self.token_budget = token_budget(self.hp, kind)
-        self.max_rows = MAX_ROWS[kind]
+        # Embeddings come back as float32; the head takes them in the network's dtype.
+        self.dtype = next(network.parameters()).dtype
+        self.token_budget, self.max_rows = device_batch_shape(self.hp, self.device)
 
     def embed(self, sequences: Sequence[Sequence[int]], encoder: int = 0) -> np.ndarray:
         """(n, enc_dim) float32 embeddings of token-id sequences by encoder 0 or 1."""
@@ -58,7 +58,8 @@ class Model:
             # The head in slices too, so its activations stay as small as the encoders'.
             for lo in range(0, len(u), self.max_rows):
                 rows = slice(lo, lo + self.max_rows)
-                out[rows] = self.network.predict_from_embeddings(u[rows], v[rows]).float()
+                pair = u[rows].to(self.dtype), v[rows].to(self.dtype)
+                out[rows] = self.network.predict_from_embeddings(*pair).float()
             return out.cpu().numpy()
 
     def _encode(self, sequences: Sequence[Sequence[int]], encoder: int) -> torch.Tensor:
@@ -69,13 +70,20 @@ class Model:
         return embed_ids(self.network, ids, encoder, self.token_budget, self.max_rows, self.device)
 
 
-def load_model(uri: str, device: str = "cpu", mode: str = "classification") -> Model:
+def load_model(
+    uri: str, device: str = "cpu", mode: str = "classification", precision: str = "fp32"
+) -> Model:
     """Load a model folder or .tar.gz, local or on S3.
 
     mode "embedding" loads only the encoders (embed only); "classification" loads the
-    whole network (embed and score).
+    whole network (embed and score). precision (fp32, bf16, fp16) is the dtype the
+    network runs in; the arrays returned are float32 either way.
     """
     if mode not in MODES:
         raise O2VError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    network = load_network(resolve_model(uri), device, encoders_only=mode == "embedding")
+    if precision not in PRECISIONS:
+        raise O2VError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    network = load_network(
+        resolve_model(uri), device, encoders_only=mode == "embedding", precision=precision
+    )
     return Model(network, device, mode)

@@ -36,6 +36,8 @@ MODEL_FILES = (HYPERPARAMETERS_FILE, WEIGHTS_FILE)
 _T = TypeVar("_T")
 # Token-embedding numbers above which a network is built on the meta device.
 META_BUILD_NUMBERS = 2**25
+# --precision: the dtype (a torch attribute name) the network runs in.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _is_tarball(name: str) -> bool:
@@ -277,9 +279,13 @@ def _build_device(hp: Hyperparameters) -> str:
 
 
 def load_network(
-    folder: str | os.PathLike[str], device: torch.device | str = "cpu", encoders_only: bool = False
+    folder: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    encoders_only: bool = False,
+    precision: str = "fp32",
 ) -> Object2Vec:
-    """The network of a model folder, in eval mode on `device`.
+    """The network of a model folder, in eval mode on `device`, in the dtype of
+    `precision` (a key of PRECISIONS).
 
     encoders_only builds and reads only the enc0./enc1. tensors: the comparator, MLP and
     head weights are never read.
@@ -299,4 +305,4 @@ def load_network(
     if hp.tied_token_embedding_weight:
         state[TIED_TENSOR] = state["enc0.embedding.weight"]
     network.load_state_dict(state, assign=True)
-    return network.to(device).eval()
+    return network.to(device=device, dtype=getattr(torch, PRECISIONS[precision])).eval()

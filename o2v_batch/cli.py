@@ -15,6 +15,7 @@ import click
 
 from o2v_batch import __version__
 from o2v_batch.cli_model import inspect_command, train_command
+from o2v_batch.cli_options import worker_options
 from o2v_batch.cli_serve import serve_command
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
@@ -135,18 +136,7 @@ def _on_sigterm(signum, frame):
     "only (a pair is a bad record); classification: the whole network. "
     "[default: $INFERENCE_PREFERRED_MODE, else auto]",
 )
-@click.option(
-    "--devices",
-    default="auto",
-    show_default=True,
-    help="auto (every visible GPU, else CPU), cpu, cuda (every visible GPU) or a list "
-    "such as cuda:0,cuda:1.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Worker processes. [default: one per GPU; on CPU, by core count]",
-)
+@worker_options
 @click.option(
     "--max-concurrent-transforms",
     type=click.IntRange(min=1),

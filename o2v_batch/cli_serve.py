@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import click
 
+from o2v_batch.cli_options import worker_options
 from o2v_batch.config import (
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
@@ -77,18 +78,7 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     help=f"Largest request body in MB (2^20 bytes); a larger one is a 413. "
     f"[default: ${PAYLOAD_VARIABLE}, else {DEFAULT_PAYLOAD_MB}]",
 )
-@click.option(
-    "--devices",
-    default="auto",
-    show_default=True,
-    help="auto (every visible GPU, else CPU), cpu, cuda (every visible GPU) or a list "
-    "such as cuda:0,cuda:1.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Worker processes. [default: one per GPU; on CPU, by core count]",
-)
+@worker_options
 @click.option(
     "--max-concurrent-transforms",
     type=click.IntRange(min=1),

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 import numpy as np
 import orjson
 
+from o2v_batch.codec import NPY, PARQUET, Codec, Framer
 from o2v_batch.formats import bare_type
-from o2v_batch.responses import NPY, PARQUET, Codec, Framer
 
 if TYPE_CHECKING:
     from o2v_batch.io import AtomicWriter
@@ -275,17 +275,8 @@ class _Npy(ColumnarCodec):
         return _NpyFramer(writer, self)
 
 
-class _Parquet(ColumnarCodec):
-    def start(self, writer: AtomicWriter) -> Framer:
-        from o2v_batch.parquet import ParquetFramer  # pyarrow: only where Parquet is written
-
-        self.layout.check()
-        return ParquetFramer(Sink(writer), self)
-
-
 @functools.lru_cache(maxsize=64)
 def codec_for(accept: str) -> ColumnarCodec:
-    """The columnar codec of an accept type with its layout parameters."""
-    if bare_type(accept) == NPY:
-        return _Npy(NPY, ".npy", Layout.parse(accept))
-    return _Parquet(PARQUET, ".parquet", Layout.parse(accept))
+    """The .npy codec of an accept type with its layout parameters."""
+    assert bare_type(accept) == NPY, f"not {NPY}: {accept}"
+    return _Npy(NPY, ".npy", Layout.parse(accept))

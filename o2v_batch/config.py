@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from o2v_batch.artifacts import PRECISIONS
 from o2v_batch.devices import check_devices
 from o2v_batch.errors import ConfigError, FilterError
 from o2v_batch.jsonpath import compile_filter
@@ -61,6 +62,7 @@ class TransformConfig:
     worker_factory: str = "o2v_batch.serving:create_server"
     # Of the embeddings in Parquet and .npy outputs: float16 halves their size.
     embedding_dtype: str = "float32"
+    precision: str = "fp32"  # the dtype the network runs in; outputs stay float32
 
     def __post_init__(self) -> None:
         check_output_format(self)  # what --accept's format holds, and where it goes
@@ -71,6 +73,7 @@ class TransformConfig:
         _choice("--join-source", self.join_source, JOIN_SOURCES)
         _choice("--on-bad-record", self.on_bad_record, BAD_RECORD_POLICIES)
         _choice("--engine", self.engine, ENGINES)
+        _choice("--precision", self.precision, tuple(PRECISIONS))
         check_devices(self.devices)
         if not (self.max_payload >= 0 and math.isfinite(self.max_payload)):
             raise ConfigError(

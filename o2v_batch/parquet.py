@@ -15,16 +15,29 @@ objects, or no value at all) is the value's JSON text.
 
 from __future__ import annotations
 
+import functools
 import struct
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from o2v_batch.columnar import EMBEDDING, ERROR, SCORES, ColumnarCodec, Fragment, Sink
-from o2v_batch.responses import Framer
+from o2v_batch.codec import PARQUET, Framer
+from o2v_batch.columnar import (
+    EMBEDDING,
+    ERROR,
+    SCORES,
+    ColumnarCodec,
+    Fragment,
+    Layout,
+    Sink,
+)
+
+if TYPE_CHECKING:
+    from o2v_batch.io import AtomicWriter
 
 # A row group holds at most this many rows, and about this many bytes of vectors.
 ROW_GROUP_ROWS = 2**16
@@ -180,3 +193,15 @@ class _RowGroups:
         self._writer.write_table(whole.slice(0, rows), row_group_size=self._rows)
         rest = whole.slice(rows)
         self._tables, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+
+class _Parquet(ColumnarCodec):
+    def start(self, writer: AtomicWriter) -> Framer:
+        self.layout.check()
+        return ParquetFramer(Sink(writer), self)
+
+
+@functools.lru_cache(maxsize=64)
+def codec_for(accept: str) -> ColumnarCodec:
+    """The Parquet codec of an accept type with its layout parameters."""
+    return _Parquet(PARQUET, ".parquet", Layout.parse(accept))

@@ -24,6 +24,7 @@ class ServingOptions:
     output_filter: str = "$"
     on_bad_record: str = "fail"
     infer_max_seqlens: tuple[int, int] | None = None
+    precision: str = "fp32"  # a key of artifacts.PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ In a worker, a codec encodes one mini-batch's responses (predictions, error
 objects, or what --join-source and --output-filter made of them) into one
 fragment. In the parent, it frames an output shard's fragments, in input
 order, into the shard's atomic writer. JSON text lives here; the columnar
-formats for vector stores (Parquet, .npy) in o2v_batch/columnar.py.
+formats for vector stores in o2v_batch/columnar.py (.npy, and the rows both
+share) and o2v_batch/parquet.py; their common base classes in o2v_batch/codec.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from o2v_batch.codec import (
+    COLUMNAR_TYPES,
+    EMBEDDING_DTYPES,
+    NPY,
+    PARQUET,
+    PARQUET_ALIAS,
+    Codec,
+    Framer,
+)
 from o2v_batch.errors import ConfigError
 from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
@@ -26,47 +36,12 @@ if TYPE_CHECKING:
     from o2v_batch.config import TransformConfig
     from o2v_batch.io import AtomicWriter
 
-PARQUET = "application/vnd.apache.parquet"
-PARQUET_ALIAS = "application/x-parquet"
-NPY = "application/x-npy"  # the SageMaker SDK's name
-COLUMNAR_TYPES = (PARQUET, PARQUET_ALIAS, NPY)
-EMBEDDING_DTYPES = ("float32", "float16")
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 # Responses dumped one at a time are joined every ENCODE_CHUNK: orjson gives each
 # its own buffer (4 KiB for a small one), which held for a whole mini-batch
 # multiplied memory by 20.
 ENCODE_CHUNK = 1024
-
-
-class Framer(abc.ABC):
-    """Writes the fragments of one output shard, in order, into its writer."""
-
-    @abc.abstractmethod
-    def add(self, fragment: bytes) -> None:
-        """Writes the next mini-batch's fragment."""
-
-    @abc.abstractmethod
-    def finish(self) -> None:
-        """Writes what ends the shard; the writer is then ready to commit."""
-
-    def discard(self) -> None:  # noqa: B027 (a hook: most framers hold nothing but the writer)
-        """Lets go of what the shard holds besides its writer (a spool): it is aborted."""
-
-
-class Codec(abc.ABC):
-    """The responses of one accept type."""
-
-    media_type: str
-    suffix = ".out"  # output shards are named <input path><suffix>
-
-    @abc.abstractmethod
-    def encode_error(self, problem: str, pos: int, key: str) -> bytes:
-        """The fragment of one bad record's place under --on-bad-record emit-error."""
-
-    @abc.abstractmethod
-    def start(self, writer: AtomicWriter) -> Framer:
-        """Begins an output shard in `writer`; the Framer takes its fragments."""
 
 
 class TextCodec(Codec):
@@ -169,10 +144,14 @@ def codec_for(accept: str) -> Codec:
     codec = _TEXT_CODECS.get(bare)
     if codec is not None:
         return codec
-    if bare in COLUMNAR_TYPES:
-        from o2v_batch import columnar  # it builds on the classes above
+    if bare == NPY:
+        from o2v_batch import columnar  # numpy: only a columnar job's
 
         return columnar.codec_for(accept)
+    if bare in (PARQUET, PARQUET_ALIAS):
+        from o2v_batch import parquet  # pyarrow: only a Parquet job's
+
+        return parquet.codec_for(accept)
     raise ValueError(
         f"unsupported accept type {accept!r}: use {', '.join(ACCEPT_TYPES[:-1])} "
         f"or {ACCEPT_TYPES[-1]}"

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from o2v_batch.artifacts import check_model, resolve_model
+from o2v_batch.artifacts import PRECISIONS, check_model, resolve_model
 from o2v_batch.batching import MB
 from o2v_batch.config import (
     DEFAULT_INVOCATION_TIMEOUT_S,
@@ -62,6 +62,7 @@ class ServeConfig:
     port: int = 8080  # 0: any free port
     mode: str = "auto"
     devices: str = "auto"
+    precision: str = "fp32"  # the dtype the network runs in (artifacts.PRECISIONS)
     workers: int | None = None  # None: one per GPU, or the CPU default of transform
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
     max_payload: int = 6  # MB (2**20 bytes) per request body
@@ -75,6 +76,10 @@ class ServeConfig:
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         check_devices(self.devices)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be in 0..65535, got {self.port}")
         for name, value, least in (
@@ -176,7 +181,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
     # A bad record fails its request (a 400), as it fails a shard in transform.
-    options = ServingOptions(mode=config.mode)
+    options = ServingOptions(mode=config.mode, precision=config.precision)
     return [
         WorkerSpec(model_dir, device, threads, options, config.worker_factory)
         for device, threads in plan_workers(parse_devices(config.devices), config.workers)

@@ -19,14 +19,7 @@ from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.jsonpath import compile_filter, join_input, json_type
 from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.responses import Codec, codec_for, error_object, position_key
-from o2v_batch.tokens import (
-    MAX_ROWS,
-    check_sequence,
-    device_kind,
-    embed_ids,
-    fast_ids,
-    token_budget,
-)
+from o2v_batch.tokens import check_sequence, device_batch_shape, embed_ids, fast_ids
 
 INPUT_NAMES = ("in0", "in1")
 PAIR = 2  # record kinds: 0 = in0 only, 1 = in1 only, 2 = both
@@ -39,7 +32,14 @@ class Server:
     def __init__(self, model_dir: str, device: str, options: ServingOptions):
         self.options = options
         self.device = torch.device(device)
-        self.network = load_network(model_dir, device, encoders_only=options.mode == "embedding")
+        self.network = load_network(
+            model_dir,
+            device,
+            encoders_only=options.mode == "embedding",
+            precision=options.precision,
+        )
+        # Embeddings come back as float32; the head takes them in the network's dtype.
+        self.dtype = next(self.network.parameters()).dtype
         hp = self.network.hp
         self.enc_dim = hp.enc_dim
         self.vocab = [hp.encoder(i).vocab_size for i in (0, 1)]
@@ -48,8 +48,7 @@ class Server:
             self.max_lens = [
                 min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)
             ]
-        kind = device_kind(self.device)
-        self.token_budget, self.max_rows = token_budget(hp, kind), MAX_ROWS[kind]
+        self.token_budget, self.max_rows = device_batch_shape(hp, self.device)
         self.input_filter = _filter_or_none(options.input_filter)
         self.output_filter = _filter_or_none(options.output_filter)
         self.join = options.join_source == "Input"
@@ -160,9 +159,12 @@ class _Batch:
         kinds = np.array(self.kinds, dtype=np.int64)
         pairs = np.flatnonzero(kinds == PAIR)
         if len(pairs):
-            u = embeddings[0][torch.from_numpy(where[0][pairs]).to(self.server.device)]
-            v = embeddings[1][torch.from_numpy(where[1][pairs]).to(self.server.device)]
-            scores = self.server.network.predict_from_embeddings(u, v).float().cpu().numpy()
+            u, v = (
+                embeddings[enc][torch.from_numpy(where[enc][pairs]).to(self.server.device)]
+                for enc in (0, 1)
+            )
+            head, dtype = self.server.network.predict_from_embeddings, self.server.dtype
+            scores = head(u.to(dtype), v.to(dtype)).float().cpu().numpy()
             # Exactly the hosted algorithm's response: classification and regression
             # alike carry "scores" only (predicted_label belongs to other algorithms).
             for j, i in enumerate(pairs.tolist()):

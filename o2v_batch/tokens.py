@@ -37,6 +37,10 @@ SHOWN_CHARS = 40  # of a bad token id quoted in a message
 ACTIVATIONS = {"cpu": 2**20, "cuda": 2**27}
 MAX_ROWS = {"cpu": 512, "cuda": 8192}
 BUDGET_VARIABLE = "O2V_DEVICE_BATCH_TOKENS"  # overrides token_budget when set
+# On a GPU, one layer's activations take at most this share of the memory free when a
+# worker starts: several layers' outputs (an LSTM's four gates), the padded ids and the
+# caching allocator's slack are alive at once, and other processes may share the GPU.
+GPU_MEMORY_SHARE = 64  # bytes of free memory per float32 activation
 
 
 def device_kind(device: torch.device | str) -> str:
@@ -44,10 +48,31 @@ def device_kind(device: torch.device | str) -> str:
     return "cpu" if str(device).partition(":")[0] == "cpu" else "cuda"
 
 
-def token_budget(hp: Hyperparameters, kind: str) -> int:
-    """Tokens per device batch for this model on a `cpu` or `cuda` device."""
+def activations(kind: str, free_bytes: int | None = None) -> int:
+    """Activation numbers (tokens x widest layer) per device batch: ACTIVATIONS[kind],
+    on a GPU with `free_bytes` free no more than its share of them, and never below the
+    CPU's figure."""
+    if kind == "cpu" or free_bytes is None:
+        return ACTIVATIONS[kind]
+    return max(ACTIVATIONS["cpu"], min(ACTIVATIONS["cuda"], free_bytes // GPU_MEMORY_SHARE))
+
+
+def token_budget(hp: Hyperparameters, kind: str, free_bytes: int | None = None) -> int:
+    """Tokens per device batch for this model on a `cpu` or `cuda` device (on a GPU,
+    `free_bytes` of memory free)."""
     widest = max(hp.enc_dim, *(hp.encoder(i).token_embedding_dim for i in (0, 1)))
-    return int(os.environ.get(BUDGET_VARIABLE, max(256, ACTIVATIONS[kind] // widest)))
+    budget = max(256, activations(kind, free_bytes) // widest)
+    return int(os.environ.get(BUDGET_VARIABLE, budget))
+
+
+def device_batch_shape(hp: Hyperparameters, device: torch.device) -> tuple[int, int]:
+    """(token budget, max rows) of device batches for this model on `device`, sized by
+    the GPU's free memory there."""
+    import torch
+
+    kind = device_kind(device)
+    free_bytes = torch.cuda.mem_get_info(device)[0] if kind == "cuda" else None
+    return token_budget(hp, kind, free_bytes), MAX_ROWS[kind]
 
 
 # ---------------------------------------------------------------- id checks
@@ -207,8 +232,14 @@ def embed_ids(
     device batches on `device` (where the network is)."""
     import torch
 
+    # On a GPU, copies from pinned host memory run asynchronously: the next batch's ids
+    # travel while the current batch computes. On the CPU the tensors stay where they are.
+    pin = device_kind(device) == "cuda"
     out = torch.empty((len(ids), network.hp.enc_dim), dtype=torch.float32, device=device)
     for rows, tokens in ids.device_batches(token_budget, max_rows):
-        batch = torch.from_numpy(tokens).to(device, non_blocking=True)
-        out[torch.from_numpy(rows).to(device)] = network.encode(batch, encoder).float()
+        batch, where = torch.from_numpy(tokens), torch.from_numpy(rows)
+        if pin:
+            batch, where = batch.pin_memory(), where.pin_memory()
+        batch, where = batch.to(device, non_blocking=True), where.to(device, non_blocking=True)
+        out[where] = network.encode(batch, encoder).float()
     return out

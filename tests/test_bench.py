@@ -113,6 +113,20 @@ def test_outputs_have_one_line_per_input_record(run, workload, system, folder):
     assert total == RECORDS[workload] == _row(document, workload, system)["records_out"]
 
 
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_the_ceiling_is_its_best_variant_at_its_best_token_budget(run, workload):
+    _, document, _, _ = run
+    row = _row(document, workload, "ceiling")
+    cores = document["machine"]["cores"]
+    by_budget = row["extra"]["records_per_s_by_budget"]
+    # One process with a thread per core, and one single-threaded process per core.
+    assert set(by_budget) == {f"1 process x {cores} threads", f"{cores} processes x 1 thread"}
+    assert all(len(rates) == len(bench.CEILING_BUDGETS) for rates in by_budget.values())
+    best = max(rate for rates in by_budget.values() for rate in rates.values())
+    assert by_budget[row["extra"]["variant"]][str(row["extra"]["token_budget"])] == best
+    assert row["records_per_s"] == pytest.approx(best, abs=0.5)  # the rates are rounded
+
+
 def test_stdout_has_the_machine_and_a_markdown_table(run):
     stdout, document, _, results = run
     assert stdout.startswith(f"machine: {document['machine']['cores']} cores")

@@ -9,14 +9,16 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from o2v_batch import cli_serve
+from o2v_batch import cli_serve, serve
 from o2v_batch.cli import cli
+from o2v_batch.errors import ConfigError
 
 MODEL = str(REPO / "examples" / "model")
 SAGEMAKER_VARIABLES = (
@@ -126,3 +128,27 @@ def test_the_dockerfiles_entry_point_runs_serve():
     program = shutil.which(entrypoint[0], path=str(Path(sys.executable).parent))
     run = subprocess.run([program, "serve", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "SageMaker inference container" in run.stdout
+
+
+def test_precision_reaches_the_workers(configs):
+    assert CliRunner().invoke(cli, ["serve", "--precision", "bf16"]).exit_code == 0
+    (config,) = configs
+    assert config.precision == "bf16"
+    [spec] = serve._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
+    assert spec.options.precision == "bf16"
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        replace(config, precision="fp8")
+
+
+def test_transform_and_serve_share_the_worker_options():
+    def option_help(command: str) -> dict[str, str]:
+        text = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+        return {
+            name: " ".join(line.split())
+            for line in text.splitlines()
+            for name in ("--devices", "--precision", "--workers")
+            if line.strip().startswith(name)
+        }
+
+    assert option_help("transform") == option_help("serve")
+    assert len(option_help("serve")) == 3

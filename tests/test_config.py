@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from o2v_batch.config import TransformConfig, preferred_mode
+from o2v_batch.engines.shard import serving_options
 from o2v_batch.errors import ConfigError
 
 SUPPORTED_FILTERS = "(supported: $, .name, ['a','b'], [i], [i:j], *, [*])"
@@ -30,6 +31,7 @@ SUPPORTED_FILTERS = "(supported: $, .name, ['a','b'], [i], [i:j], *, [*])"
             {"output_filter": "$.x["},
             f"--output-filter: bad filter '$.x[': cannot read '[' at position 3 {SUPPORTED_FILTERS}",
         ),
+        ({"precision": "fp8"}, "--precision must be one of fp32, bf16, fp16; got 'fp8'"),
     ],
 )
 def test_invalid_settings(options: dict, message: str) -> None:
@@ -83,3 +85,9 @@ def test_a_bad_inference_preferred_mode_names_the_variable() -> None:
     assert str(caught.value) == (
         "INFERENCE_PREFERRED_MODE must be one of auto, embedding, classification, got 'scores'"
     )
+
+
+def test_precision_reaches_the_workers() -> None:
+    config = TransformConfig(input="in/", output="out/", model="model/", precision="bf16")
+    assert serving_options(config).precision == "bf16"
+    assert serving_options(TransformConfig("in/", "out/", "model/")).precision == "fp32"

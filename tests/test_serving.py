@@ -499,3 +499,24 @@ def test_output_filters_reach_into_predictions(tmp_path, record, join, expr, exp
     np.testing.assert_allclose(
         json.loads(result.payload), expected(load_model(model_dir)), atol=1e-6
     )
+
+
+def test_a_worker_serves_in_the_precision_it_is_given(tmp_path: Path) -> None:
+    """bf16 in a worker answers exactly as load_model(precision="bf16"): the same
+    network dtype and device batches; float32 numbers in the response."""
+    model_dir = make_model(tmp_path / "model")
+    pair, single = {"in0": [1, 2, 3], "in1": [4, 5]}, {"in1": [7, 8, 9, 10]}
+    records = [json.dumps(r).encode() for r in (pair, single)]
+    options = ServingOptions(mode="classification", precision="bf16")
+    result = Server(str(model_dir), "cpu", options).serve([0, 1], records, JSONL, JSONL)
+    got = [orjson.loads(line) for line in result.payload.splitlines()]
+    model = load_model(str(model_dir), precision="bf16")
+    scores = model.score([pair["in0"]], [pair["in1"]])[0]
+    # The worker embeds both in1 sequences in one device batch: so does this call.
+    embedding = model.embed([pair["in1"], single["in1"]], encoder=1)[1]
+    assert [list(r) for r in got] == [["scores"], ["embeddings"]]
+    # Written as float32 numbers: they read back as exactly the API's float32 arrays.
+    np.testing.assert_array_equal(np.array(got[0]["scores"], dtype=np.float32), scores)
+    np.testing.assert_array_equal(np.array(got[1]["embeddings"], dtype=np.float32), embedding)
+    exact = load_model(str(model_dir)).embed([pair["in1"], single["in1"]], encoder=1)[1]
+    assert not np.array_equal(embedding, exact)

@@ -67,6 +67,7 @@ def serving_options(config: TransformConfig) -> ServingOptions:
         output_filter=config.output_filter,
         on_bad_record=config.on_bad_record,
         infer_max_seqlens=config.infer_max_seqlens,
+        precision=config.precision,
     )
 
 
