@@ -17,6 +17,7 @@ from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
 from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.report import Faults, JobSummary, ShardReport, stderr_line
 from o2v_batch.sharding import assign, summary_name
 
@@ -31,9 +32,9 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
     _check_output(config.output)
     # Before any input is listed or output written: a bad model fails at once, in one line.
     model_dir = resolve_model(config.model)
-    check_model(model_dir, encoders_only=config.mode == "embedding")
+    hp = check_model(model_dir, encoders_only=config.mode == "embedding")
     start = time.monotonic()
-    tasks, skipped = plan(config)
+    tasks, skipped = plan(config, hp)
     faults, complete = Faults(), False
     try:
         if tasks:  # a resume with nothing left starts no workers
@@ -59,7 +60,7 @@ def _check_output(output: str) -> None:
         )
 
 
-def plan(config: TransformConfig) -> tuple[list[ShardTask], list[ShardReport]]:
+def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask], list[ShardReport]]:
     """This node's shards to serve, and the reports of those skipped by --resume.
 
     Refuses an empty input unless --allow-empty, and to clobber existing outputs unless
@@ -81,7 +82,7 @@ def plan(config: TransformConfig) -> tuple[list[ShardTask], list[ShardReport]]:
     for shard in shards:
         if shard.uri == io.STDIO and not to_stdout:
             shard = replace(shard, rel="stdin")  # `- out/` writes out/stdin.out
-        task = shard_task(shard, config)
+        task = shard_task(shard, config, hp)
         if shard.rel + task.suffix in existing:
             if config.resume:
                 skipped.append(task.report)

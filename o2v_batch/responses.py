@@ -11,11 +11,9 @@ share) and o2v_batch/parquet.py; their common base classes in o2v_batch/codec.py
 from __future__ import annotations
 
 import abc
-import functools
 import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +32,7 @@ from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
     from o2v_batch.config import TransformConfig
+    from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.io import AtomicWriter
 
 
@@ -158,38 +157,19 @@ def codec_for(accept: str) -> Codec:
     )
 
 
-def output_type(accept: str, config: TransformConfig) -> str:
+def output_type(accept: str, config: TransformConfig, hp: Hyperparameters) -> str:
     """The accept type a shard's responses are written in: `accept` itself, or for a
-    columnar type the parameters that lay out its columns for this job's model."""
+    columnar type the parameters that lay out its columns for the job's model `hp`."""
     bare = bare_type(accept)
     if bare not in COLUMNAR_TYPES:
         return accept
-    enc_dim, classes = model_widths(config.model)
+    classes = 1 if hp.output_layer == "mean_squared_error" else hp.num_classes
     scores = 0 if bare == NPY or config.mode == "embedding" else classes
+    enc_dim = hp.enc_dim
     params = [f"embeddings={enc_dim}", f"scores={scores}", f"dtype={config.embedding_dtype}"]
     if config.join_source == "Input":
         params.append("joined=1")
     return "; ".join([NPY if bare == NPY else PARQUET, *params])
-
-
-def model_widths(model: str) -> tuple[int, int]:
-    """The model's embedding width (enc_dim) and scores width (num_classes, 1 for
-    regression), from its hyperparameters: no torch."""
-    from o2v_batch.artifacts import read_hyperparameters  # only a columnar job's parent
-
-    folder = Path(model).expanduser()
-    if folder.is_dir():  # read each time: cheap, and never stale
-        hp = read_hyperparameters(folder)
-        return hp.enc_dim, 1 if hp.output_layer == "mean_squared_error" else hp.num_classes
-    return _fetched_widths(model)
-
-
-@functools.lru_cache(maxsize=8)
-def _fetched_widths(model: str) -> tuple[int, int]:
-    """model_widths of an archive or an S3 model: fetched once per process."""
-    from o2v_batch.artifacts import resolve_model
-
-    return model_widths(resolve_model(model))
 
 
 def check_output_format(config: TransformConfig) -> None:

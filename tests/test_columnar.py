@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_model
 
+from o2v_batch.artifacts import read_hyperparameters
 from o2v_batch.cli import cli
 from o2v_batch.columnar import (
     EMBEDDING,
@@ -186,7 +187,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 )  # fmt: skip
 def test_output_type_lays_out_the_model(models, model, accept, options, expected) -> None:
     config = TransformConfig("in/", "out/", str(models[model]), accept=accept, **options)
-    assert output_type(accept, config) == expected
+    assert output_type(accept, config, read_hyperparameters(models[model])) == expected
 
 
 BAD_USE = [

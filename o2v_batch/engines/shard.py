@@ -20,6 +20,7 @@ from o2v_batch.formats import (
     content_type_for,
     iter_jsonlines,
 )
+from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io.compression import decompressed
 from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.protocol import BatchResult, ServingOptions
@@ -43,10 +44,11 @@ class ShardTask:
     suffix: str  # of its output's name, by the response format: `a.jsonl` -> `a.jsonl.out`
 
 
-def shard_task(shard: io.Shard, config: TransformConfig) -> ShardTask:
-    """The shard with its formats (from the options, else its name) and its output."""
+def shard_task(shard: io.Shard, config: TransformConfig, hp: Hyperparameters) -> ShardTask:
+    """The shard with its formats (from the options, else its name) and its output;
+    `hp`, the model's, lays out a columnar output."""
     content_type = config.content_type or content_type_for(shard.uri)
-    accept = output_type(config.accept or content_type, config)
+    accept = output_type(config.accept or content_type, config, hp)
     suffix = codec_for(accept).suffix
     report = ShardReport(shard.uri, io.output_uri(config.output, shard.rel, suffix))
     return ShardTask(shard, report, content_type, accept, suffix)
