@@ -52,7 +52,6 @@ class Server:
         self.input_filter = _filter_or_none(options.input_filter)
         self.output_filter = _filter_or_none(options.output_filter)
         self.join = options.join_source == "Input"
-        self.regression = hp.output_layer == "mean_squared_error"
 
     def serve(
         self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
