@@ -12,12 +12,12 @@ from o2v_batch.cli_options import worker_options
 from o2v_batch.config import (
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_RETRIES,
     MODES,
     preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError
-from o2v_batch.serve import DEFAULT_MAX_QUEUED, ServeConfig, serve
 
 PORT_VARIABLE = "SAGEMAKER_BIND_TO_PORT"
 PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
@@ -123,6 +123,10 @@ def serve_command(**options) -> None:
         curl -s localhost:8080/invocations -H 'Content-Type: application/jsonlines' \\
             --data-binary @examples/requests/documented.jsonl
     """
+    # Imported here: the HTTP side is not needed by the other commands (nor by a
+    # transform's workers, which import the CLI's module when they start).
+    from o2v_batch.serve import ServeConfig, serve
+
     try:
         _environment_defaults(options, os.environ)
         config = ServeConfig(**options)

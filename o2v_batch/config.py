@@ -24,6 +24,7 @@ DEFAULT_INVOCATION_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 3
 # Two mini-batches per worker: one computing while the next is already waiting.
 DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_MAX_QUEUED = 64  # o2v-batch serve: requests waiting for a worker
 
 
 @dataclass(frozen=True)

@@ -30,20 +30,21 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
     engine = _engine(config.engine)
     engine.check(config)
     _check_output(config.output)
-    # Before any input is listed or output written: a bad model fails at once, in one line.
-    model_dir = resolve_model(config.model)
-    hp = check_model(model_dir, encoders_only=config.mode == "embedding")
     start = time.monotonic()
-    tasks, skipped = plan(config, hp)
-    faults, complete = Faults(), False
-    try:
-        if tasks:  # a resume with nothing left starts no workers
-            engine.run(config, tasks, model_dir, log, faults)
-        complete = True
-    finally:
-        reports = [t.report for t in tasks] + skipped
-        summary = JobSummary.of(reports, faults, time.monotonic() - start)
-        _finish(summary, config, complete, log)
+    with engine.prestart(config) as spares:
+        # Before any input is listed or output written: a bad model fails at once, in one line.
+        model_dir = resolve_model(config.model)
+        hp = check_model(model_dir, encoders_only=config.mode == "embedding")
+        tasks, skipped = plan(config, hp)
+        faults, complete = Faults(), False
+        try:
+            if tasks:  # a resume with nothing left serves nothing: its spares stop
+                engine.run(config, tasks, model_dir, log, faults, spares)
+            complete = True
+        finally:
+            reports = [t.report for t in tasks] + skipped
+            summary = JobSummary.of(reports, faults, time.monotonic() - start)
+            _finish(summary, config, complete, log)
     return summary
 
 

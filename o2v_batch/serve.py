@@ -23,6 +23,7 @@ from o2v_batch.batching import MB
 from o2v_batch.config import (
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_RETRIES,
     MODES,
 )
@@ -45,7 +46,6 @@ from o2v_batch.serve_requests import (
 WORKER_FACTORY = "o2v_batch.serve_worker:create_server"
 # Seconds a SIGTERM leaves in-flight requests to finish before they are cut off.
 DRAIN_TIMEOUT_S = 30.0
-DEFAULT_MAX_QUEUED = 64
 MISSING_UVICORN = (
     "o2v-batch serve needs uvicorn: pip install -e '.[serve]' in a checkout, "
     'or pip install "$(ls dist/o2v_batch-*.whl)[serve]" for a built wheel'

@@ -19,7 +19,14 @@ from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.jsonpath import compile_filter, join_input, json_type
 from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.responses import Codec, codec_for, error_object, position_key
-from o2v_batch.tokens import check_sequence, device_batch_shape, embed_ids, fast_ids
+from o2v_batch.tokens import (
+    TokenIds,
+    check_sequence,
+    device_batch_shape,
+    embed_ids,
+    fast_ids,
+    plain_ids,
+)
 
 INPUT_NAMES = ("in0", "in1")
 PAIR = 2  # record kinds: 0 = in0 only, 1 = in1 only, 2 = both
@@ -88,6 +95,7 @@ class _Batch:
         self.errors: dict[int, str] = {}
         self.rows: tuple[list[int], list[int]] = ([], [])  # record index per encoder input
         self.seqs: tuple[list[Any], list[Any]] = ([], [])
+        self.ids: list[TokenIds | None] = [None, None]  # per encoder input, once read
         self.outputs: list[Any] = [None] * len(records)
 
     def bad(self, i: int, problem: str) -> None:
@@ -101,6 +109,24 @@ class _Batch:
     # -- parsing ----------------------------------------------------------
 
     def parse(self) -> None:
+        if not self._parse_plain():
+            self._parse_each()
+
+    def _parse_plain(self) -> bool:
+        """Reads a mini-batch whose records are all plain `{"in0":[ids]}` (or all
+        `{"in1":[ids]}`) without the JSON parser; False when it is anything else."""
+        if self.sources is not None or self.server.input_filter is not None:
+            return False
+        for enc in (0, 1):
+            ids = plain_ids(self.records, INPUT_NAMES[enc], self.server.vocab[enc])
+            if ids is not None:
+                self.kinds = [enc] * len(self.records)
+                self.rows[enc].extend(range(len(self.records)))
+                self.ids[enc] = ids
+                return True
+        return False
+
+    def _parse_each(self) -> None:
         loads, keep, flt = orjson.loads, self.sources, self.server.input_filter
         pairs_allowed = self.server.options.mode != "embedding"
         rows0, rows1 = self.rows
@@ -178,11 +204,15 @@ class _Batch:
     def _embed(self, enc: int) -> torch.Tensor | None:
         """Embeddings of one encoder's inputs, in row order, from length-sorted token-budget batches."""
         server = self.server
-        checked = fast_ids(self.seqs[enc], server.vocab[enc]) if self._drop_unpaired(enc) else None
+        checked = self.ids[enc]
+        if checked is None:
+            checked = (
+                fast_ids(self.seqs[enc], server.vocab[enc]) if self._drop_unpaired(enc) else None
+            )
         if checked is None:
             self._drop_bad(enc)
             checked = fast_ids(self.seqs[enc], server.vocab[enc])
-        if not self.seqs[enc]:
+        if not self.rows[enc]:
             return None
         checked, truncated = checked.truncate(server.max_lens[enc])
         self.result.truncated += truncated

@@ -148,6 +148,56 @@ def fast_ids(sequences: Sequence[Any], vocab_size: int) -> TokenIds | None:
     return TokenIds(ids, lengths)
 
 
+# Records that are exactly {"in0":[ids]} (or in1), as json.dumps, orjson and most
+# writers give them, are read without a JSON parser: see plain_ids.
+_SKELETON = b'{"in":[]}'  # such a record without its digits and commas
+_DIGITS_AND_COMMAS = b"0123456789,"
+_NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
+
+
+def plain_ids(records: Sequence[bytes], input_name: str, vocab_size: int) -> TokenIds | None:
+    """The ids of records that are all `{"<input_name>":[id,...]}` with in-range ids
+    (spaces after the colon and commas allowed), read straight from the bytes; None when
+    any record is anything else, so the JSON parser takes the mini-batch and names the
+    bad record. Gives exactly what parsing each record and fast_ids would."""
+    n = len(records)
+    prefix = b'{"' + input_name.encode() + b'":['
+    blob = b"\n".join(records)
+    if b" " in blob:
+        blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
+    # Each record begins with the prefix and ends with "]}"; between the brackets are
+    # digits and commas only.
+    if not (
+        blob.startswith(prefix)
+        and blob.endswith(b"]}")
+        and blob.count(b"\n" + prefix) == n - 1
+        and blob.count(b"]}\n") == n - 1
+    ):
+        return None
+    if blob.translate(None, _DIGITS_AND_COMMAS) != (_SKELETON + b"\n") * (n - 1) + _SKELETON:
+        return None
+    body = blob.replace(prefix, b"").translate(None, b"]}")  # ids: "1,2\n3,4,5\n6"
+    if not body:
+        return None
+    text = np.frombuffer(body, np.uint8)
+    commas, newlines = np.flatnonzero(text == 44), np.flatnonzero(text == 10)
+    # JSON numbers have no leading zeros: "01" is not an id (the parser says so).
+    digit = np.append((text >= 48) & (text <= 57), False)
+    starts = np.append(0, np.flatnonzero(digit[1:-1] & ~digit[:-2]) + 1)
+    if ((text[starts] == 48) & digit[starts + 1]).any():
+        return None
+    try:
+        ids = np.fromstring(body.translate(_NEWLINE_TO_COMMA), dtype=np.int64, sep=",")
+    except ValueError:  # an empty list or an empty place between commas
+        return None
+    # An empty place may also end the parse early: then fewer ids than places.
+    if ids.size != commas.size + n or ids.min() < 0 or ids.max() >= vocab_size:
+        return None
+    ends = np.searchsorted(commas, newlines)  # commas before each record's end
+    lengths = np.diff(ends, prepend=0, append=commas.size) + 1
+    return TokenIds(ids, lengths)
+
+
 def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:
     """The sequences as TokenIds; BadRecordError names the first bad one by its index."""
     checked = fast_ids(sequences, vocab_size)

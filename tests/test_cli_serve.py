@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from o2v_batch import cli_serve, serve
+from o2v_batch import serve
 from o2v_batch.cli import cli
 from o2v_batch.errors import ConfigError
 
@@ -34,7 +34,8 @@ def configs(monkeypatch):
     for name in SAGEMAKER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     taken = []
-    monkeypatch.setattr(cli_serve, "serve", taken.append)
+    # The command imports serve() when it runs: the module attribute is what it finds.
+    monkeypatch.setattr(serve, "serve", taken.append)
     return taken
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
-from o2v_batch.runtime import WorkerPool, plan_workers
+from o2v_batch.runtime import Spares, WorkerPool, plan_workers
 
 
 def _pool(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:
@@ -107,6 +107,28 @@ def test_close_leaves_no_processes(tmp_path):
         _run(pool, BATCHES[:4])
         processes = [w.process for w in pool._workers]
     assert all(not p.is_alive() for p in processes)
+
+
+def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
+    """Spares started before the model is known serve as the pool's workers; one left
+    unused stops when the spares close, and no process outlives the pool."""
+    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
+    with Spares(spec.factory, 3) as spares:
+        started = [process for process, _ in spares._started]
+        with WorkerPool([spec] * 2, spares=spares) as pool:
+            events = _run(pool, BATCHES[:6])
+            assert _pids(pool) == [p.pid for p in started[:2]]
+            assert started[2].is_alive()  # not taken: it waits
+        assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:6])
+    assert not any(p.is_alive() for p in started)
+
+
+def test_spares_of_another_factory_are_not_taken(tmp_path):
+    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
+    with Spares("fake_servers:AlwaysRaise", 1) as spares, WorkerPool([spec], spares=spares) as pool:
+        events = _run(pool, BATCHES[:2])
+        assert len(spares._started) == 1
+    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:2])
 
 
 def test_worker_plan_on_cpu():

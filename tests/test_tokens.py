@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import orjson
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,6 +23,7 @@ from o2v_batch.tokens import (
     device_kind,
     embed_ids,
     fast_ids,
+    plain_ids,
     token_budget,
     truncate_sequence,
 )
@@ -201,3 +205,99 @@ def test_encode_gives_each_row_its_own_embedding_in_row_order() -> None:
     alone = torch.cat([embed(network, [row]) for row in rows])
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- plain records
+
+
+def _parsed(records: list[bytes], name: str, vocab: int) -> TokenIds | None:
+    """What the JSON parser and fast_ids make of records that hold `name` only."""
+    seqs = []
+    for record in records:
+        try:
+            obj = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is not dict or list(obj) != [name]:
+            return None
+        seqs.append(obj[name])
+    return fast_ids(seqs, vocab)
+
+
+def _same(a: TokenIds, b: TokenIds) -> bool:
+    return np.array_equal(a.ids, b.ids) and np.array_equal(a.lengths, b.lengths)
+
+
+plain_sequences = st.lists(st.lists(st.integers(0, 999), min_size=1, max_size=8), min_size=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sequences=plain_sequences,
+    name=st.sampled_from(["in0", "in1"]),
+    spaced=st.booleans(),
+)
+def test_plain_records_read_without_the_parser_as_the_parser_reads_them(sequences, name, spaced):
+    records = [
+        (json.dumps({name: s}) if spaced else json.dumps({name: s}, separators=(",", ":"))).encode()
+        for s in sequences
+    ]
+    got = plain_ids(records, name, 1000)
+    assert got is not None
+    assert _same(got, _parsed(records, name, 1000))
+
+
+_NOISE = b'0123456789,[]{}": in01-.e\t'
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    sequences=plain_sequences,
+    edits=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(list(_NOISE))),
+        min_size=1,
+        max_size=3,
+    ),
+    which=st.integers(0, 10**6),
+)
+def test_a_record_that_is_not_plain_leaves_the_batch_to_the_parser(sequences, edits, which):
+    """Never a different answer: after any edit, plain_ids agrees with the parser or
+    declines (None), and declines whenever the parser refuses the batch."""
+    records = [json.dumps({"in0": s}, separators=(",", ":")).encode() for s in sequences]
+    k = which % len(records)
+    record = bytearray(records[k])
+    for op, at, byte in edits:
+        at %= len(record) + 1
+        if op == 0 and record:
+            del record[min(at, len(record) - 1)]
+        elif op == 1:
+            record.insert(at, byte)
+        elif record:
+            record[min(at, len(record) - 1)] = byte
+    records[k] = bytes(record)
+    got, parsed = plain_ids(records, "in0", 500), _parsed(records, "in0", 500)
+    if parsed is None:
+        assert got is None
+    elif got is not None:
+        assert _same(got, parsed)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"in0":[01]}',  # JSON has no leading zeros
+        b'{"in0":[]}',
+        b'{"in0":[1,,2]}',
+        b'{"in0":[1,]}',
+        b'{"in0":[1]}7',
+        b'{"in0":[-1]}',
+        b'{"in0":[1.0]}',
+        b'{"in0":[1e2]}',
+        b'{"in0":[99999999999999999999999]}',
+        b'{"in0":[1000]}',  # out of range
+        b'{"in0":[1],"in1":[2]}',
+        b'{ "in0":[1]}',  # fine JSON, but not this form: the parser reads it
+    ],
+)
+def test_plain_ids_decline(record):
+    assert plain_ids([b'{"in0":[3,4]}', record, b'{"in0":[0]}'], "in0", 1000) is None

@@ -28,7 +28,7 @@ from o2v_batch.formats import Oversize, where
 from o2v_batch.main_module import check_main_module
 from o2v_batch.protocol import Done, WorkerSpec
 from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
-from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
+from o2v_batch.runtime import Recovery, Spares, WorkerPool, plan_workers
 from o2v_batch.writer import ShardOutput
 
 
@@ -70,15 +70,27 @@ def check(config: TransformConfig) -> None:
     check_main_module()
 
 
+def prestart(config: TransformConfig) -> Spares:
+    """The job's worker processes, started before the model is checked and the inputs
+    listed: their torch import (most of a second) overlaps both."""
+    return Spares(config.worker_factory, len(_plan(config)))
+
+
+def _plan(config: TransformConfig) -> list[tuple[str, int]]:
+    return plan_workers(parse_devices(config.devices), config.workers)
+
+
 def run(
     config: TransformConfig,
     tasks: list[ShardTask],
     model_dir: str,
     log: Callable[[str], None],
     faults: Faults,
+    spares: Spares | None = None,
 ) -> None:
-    """Serves every shard with the model in `model_dir`, counting restarts and retries."""
-    _Run(config, tasks, model_dir, log, faults).run()
+    """Serves every shard with the model in `model_dir`, counting restarts and retries;
+    the pool's workers come from `spares` first."""
+    _Run(config, tasks, model_dir, log, faults).run(spares)
 
 
 class _Run:
@@ -107,7 +119,7 @@ class _Run:
         self.meter = Meter()  # stored bytes the reader has read
         self.records_in = 0  # records read this run, counted as the summary counts them
 
-    def run(self) -> None:
+    def run(self, spares: Spares | None) -> None:
         io.discard_partial([t.report.output for t in self.tasks])
         reader = threading.Thread(target=self._read, daemon=True)
         try:
@@ -117,6 +129,7 @@ class _Run:
                 self.config.max_retries,
                 self.config.invocation_timeout,
                 on_recovery=self._recovered,
+                spares=spares,
             ) as pool:
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
@@ -131,11 +144,10 @@ class _Run:
 
     def _specs(self) -> list[WorkerSpec]:
         config = self.config
-        devices = parse_devices(config.devices)
         options = serving_options(config)
         return [
             WorkerSpec(self.model_dir, device, threads, options, config.worker_factory)
-            for device, threads in plan_workers(devices, config.workers)
+            for device, threads in _plan(config)
         ]
 
     def _loop(self, pool: WorkerPool) -> None:

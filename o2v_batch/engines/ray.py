@@ -8,6 +8,7 @@ lost actor and retries the shard it held; a shard whose retries run out fails al
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -50,12 +51,18 @@ def check(config: TransformConfig) -> None:
         )
 
 
+def prestart(config: TransformConfig) -> contextlib.AbstractContextManager[None]:
+    """Nothing starts early on Ray: actors start once the model is known."""
+    return contextlib.nullcontext()
+
+
 def run(
     config: TransformConfig,
     tasks: list[ShardTask],
     model_dir: str,
     log: Callable[[str], None],
     faults: Faults,
+    spares: None = None,
 ) -> None:
     """Serves every shard on Ray actors, counting the actors restarted.
 
