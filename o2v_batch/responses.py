@@ -31,6 +31,8 @@ from o2v_batch.errors import ConfigError
 from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from o2v_batch.config import TransformConfig
     from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.io import AtomicWriter
@@ -53,6 +55,10 @@ class TextCodec(Codec):
     def encode_predictions(self, predictions: Sequence[dict]) -> bytes:
         """encode() of prediction dicts that nest no other object, maybe faster."""
         return self.encode(predictions)
+
+    def encode_embeddings(self, vectors: np.ndarray) -> bytes:
+        """encode_predictions() of one {"embeddings": row} per row of an (n, enc_dim) array."""
+        return self.encode_predictions([{"embeddings": row} for row in vectors])
 
     def encode_error(self, problem: str, pos: int, key: str) -> bytes:
         return self.encode([error_object(problem, pos, key)])
@@ -100,6 +106,16 @@ class _JsonText(TextCodec):
             body = body.replace(b"},{", b"}" + self.sep + b"{")
         end = self.sep if self.terminated else b""
         return b"".join((memoryview(body)[1:-1], end))  # the brackets dropped, one copy
+
+    def encode_embeddings(self, vectors: np.ndarray) -> bytes:
+        if not len(vectors):
+            return b""
+        # The whole array in one dumps call, its rows' "],[" made the responses' seams:
+        # the numbers are written as they would be row by row.
+        rows = memoryview(orjson.dumps(vectors, option=_NUMPY))[1:-1]
+        seam = b"]}" + self.sep + b'{"embeddings":['
+        end = self.sep if self.terminated else b""
+        return b"".join((b'{"embeddings":', bytes(rows).replace(b"],[", seam), b"}", end))
 
     def start(self, writer: AtomicWriter) -> Framer:
         return _JsonTextFramer(writer, self.framing)

@@ -18,7 +18,7 @@ from o2v_batch.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.jsonpath import compile_filter, join_input, json_type
 from o2v_batch.protocol import BatchResult, ServingOptions
-from o2v_batch.responses import Codec, codec_for, error_object, position_key
+from o2v_batch.responses import Codec, TextCodec, codec_for, error_object, position_key
 from o2v_batch.tokens import (
     TokenIds,
     check_sequence,
@@ -97,6 +97,9 @@ class _Batch:
         self.seqs: tuple[list[Any], list[Any]] = ([], [])
         self.ids: list[TokenIds | None] = [None, None]  # per encoder input, once read
         self.outputs: list[Any] = [None] * len(records)
+        # When every record is one input's, in order: their (n, enc_dim) embeddings,
+        # turned into outputs only if the codec needs them one by one.
+        self.vectors: np.ndarray | None = None
 
     def bad(self, i: int, problem: str) -> None:
         if self.server.options.on_bad_record == "fail":
@@ -196,7 +199,9 @@ class _Batch:
                 self.outputs[i] = {"scores": scores[j]}
         for enc in (0, 1):
             rows = np.flatnonzero(kinds == enc)
-            if len(rows):
+            if len(rows) == len(self.records):  # rows and embeddings in the same order
+                self.vectors = embeddings[enc].float().cpu().numpy()
+            elif len(rows):
                 vectors = embeddings[enc].float().cpu().numpy()
                 for i, j in zip(rows.tolist(), where[enc][rows].tolist(), strict=True):
                     self.outputs[i] = {"embeddings": vectors[j]}
@@ -247,10 +252,15 @@ class _Batch:
 
     def encode(self, codec: Codec) -> bytes:
         """The responses, one per record, as one fragment."""
+        plain = not (self.errors or self.sources is not None)
+        if self.vectors is not None:
+            if plain and isinstance(codec, TextCodec):
+                return codec.encode_embeddings(self.vectors)
+            self.outputs = [{"embeddings": row} for row in self.vectors]
         if isinstance(codec, ColumnarCodec):
             fields = self._columnar_fields(codec)
             return codec.encode_rows(self.positions, self.outputs, self.errors, fields)
-        if not (self.errors or self.sources is not None):
+        if plain:
             return codec.encode_predictions(self.outputs)
         return codec.encode(self._responses())
 
