@@ -88,6 +88,14 @@ BASELINE_BATCH = 256
 SAMPLE_S = 0.05  # memory sampling period
 RUN_TIMEOUT_S = 1800  # a run that has not ended by then is stuck (Ray can hang)
 STARTUP_RUNS = 3
+STARTUP_GOAL_S = 1.5  # issue 14: a 3-record job, the whole command
+# Issue 14: o2v-batch's defaults against the model-only ceiling, whole commands.
+CEILING_GOALS = {
+    "light-embedding": 0.65,
+    "light-classification": 0.6,
+    "heavy-embedding": 0.9,
+    "heavy-classification": 0.9,
+}
 # The ceiling is the best of a few passes: the first pays one-off allocations, and on a
 # shared machine a pass can lose its cores for a while.
 CEILING_PASSES = 3
@@ -850,6 +858,10 @@ def fill_ratios(rows: list[Row]) -> None:
             if ref is not None:
                 setattr(row, f"{attr}_reference", ref_name)
                 setattr(row, f"ratio_to_{attr}", row.records_per_s / ref.records_per_s)
+        ref = by_key.get((row.workload, ceiling))
+        if ref is not None and "after_startup_records_per_s" in row.extra:
+            ratio = row.extra["after_startup_records_per_s"] / ref.records_per_s
+            row.extra["after_startup_ratio_to_ceiling"] = round(ratio, 3)
 
 
 def machine() -> dict[str, Any]:
@@ -883,9 +895,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| system | workload | records/s | x o2v-batch | x ceiling | seconds | peak MB | others' CPU "
-        "| output B/record |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | workload | records/s | x o2v-batch | x ceiling | x ceiling after start-up "
+        "| seconds | peak MB | others' CPU | output B/record |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         rate = "failed" if r.error else fmt(r.records_per_s, ",.0f")
@@ -893,7 +905,8 @@ def markdown(rows: list[Row]) -> str:
             rate = "(time to first output)"
         lines.append(
             f"| {r.system} | {r.workload} | {rate} | {fmt(r.ratio_to_o2v, '.2f')} | "
-            f"{fmt(r.ratio_to_ceiling, '.2f')} | {fmt(r.seconds, '.2f')} | "
+            f"{fmt(r.ratio_to_ceiling, '.2f')} | "
+            f"{fmt(r.extra.get('after_startup_ratio_to_ceiling'), '.2f')} | {fmt(r.seconds, '.2f')} | "
             f"{fmt(r.peak_rss_mb, ',.0f')} | {fmt(r.others_cores, '.2f')} | "
             f"{fmt(r.extra.get('output_bytes_per_record'), ',.1f')} |"
         )
@@ -919,29 +932,35 @@ def format_notes(rows: list[Row]) -> list[str]:
 
 
 def targets(rows: list[Row]) -> list[str]:
-    """Issue 6's targets, judged on this run's o2v-batch defaults."""
+    """Issue 14's targets, judged on this run's o2v-batch defaults (whole commands; the
+    ratio after start-up beside them)."""
     get = {(r.workload, r.system): r for r in rows if r.error is None}
     notes = []
-    light = get.get(("light-embedding", "o2v-batch"))
-    for other in ("baseline", "ray-data"):
-        ref = get.get(("light-embedding", other))
-        if light and ref:
-            x = light.records_per_s / ref.records_per_s
-            notes.append(verdict(f"light embedding >= 5x {other}", f"{x:.2f}x", x >= 5))
-    goals = {"light-embedding": 0.6, "heavy-embedding": 0.9, "heavy-classification": 0.9}
-    for name, goal in goals.items():
+    for w in WORKLOADS:
+        row = get.get((w.name, "o2v-batch"))
+        for other in ("baseline", "ray-data"):
+            ref = get.get((w.name, other))
+            if row and ref:
+                x = row.records_per_s / ref.records_per_s
+                notes.append(verdict(f"{w.name} >= 5x {other}", f"{x:.2f}x", x >= 5))
+    for name, goal in CEILING_GOALS.items():
         row = get.get((name, "o2v-batch"))
         if row and row.ratio_to_ceiling is not None:
-            ratio = row.ratio_to_ceiling
-            notes.append(verdict(f"{name} >= {goal} of ceiling", f"{ratio:.2f}", ratio >= goal))
+            ratio, after = row.ratio_to_ceiling, row.extra.get("after_startup_ratio_to_ceiling")
+            value = f"{ratio:.2f}" + (f" ({after:.2f} after start-up)" if after else "")
+            notes.append(verdict(f"{name} >= {goal} of ceiling", value, ratio >= goal))
     start = get.get((STARTUP_WORKLOAD, "o2v-batch start-up"))
     if start:
+        first, whole = start.seconds, start.process_seconds
         notes.append(
             verdict(
-                "first output of a tiny job <= 3 s", f"{start.seconds:.2f} s", start.seconds <= 3
+                f"3-record job <= {STARTUP_GOAL_S} s",
+                f"first output {first:.2f} s, whole command {whole:.2f} s",
+                whole <= STARTUP_GOAL_S,
             )
         )
     big = get.get((SCALING.name, "o2v-batch"))
+    light = get.get(("light-embedding", "o2v-batch"))
     if light and big:
         growth = big.peak_rss_mb / light.peak_rss_mb
         notes.append(verdict("peak memory, 10x input, within 20%", f"{growth:.2f}x", growth <= 1.2))
@@ -1053,6 +1072,7 @@ def run_workload(bench: Bench, w: Workload, args: argparse.Namespace) -> list[Ro
     rows = []
     if "o2v-batch" in args.systems:
         rows += [bench.o2v(w, flags) for flags in ["", *args.variants]]
+        after_startup(bench, w, rows[0])
     if "formats" in args.systems:
         formats = FORMATS + (EMBEDDING_FORMATS if w.mode == "embedding" else ())
         rows += [bench.o2v(w, flags) for flags in formats]
@@ -1064,7 +1084,28 @@ def run_workload(bench: Bench, w: Workload, args: argparse.Namespace) -> list[Ro
             rows.append(bench.child("ceiling", w, "cuda"))
         if "o2v-batch" in args.systems:
             rows.append(bench.o2v(w, "", "cuda"))
+            after_startup(bench, w, rows[-1], "cuda")
     return rows
+
+
+def after_startup(bench: Bench, w: Workload, row: Row, device: str = "cpu") -> None:
+    """o2v-batch's records/s once started: the same command on a quarter of the shards,
+    and the records/s of the difference, (N - n) / (t - t_quarter). Start-up (spawning
+    workers, importing torch, loading the model) is in both runs and cancels out."""
+    if row.error:
+        return
+    quarter = Workload(f"{w.name}-quarter", w.model, w.mode, w.scale)
+    if quarter.name not in bench.data:
+        folder = bench.folder("data", quarter.name)
+        for shard in shards(bench.data[w.name])[: SHARDS // 4]:
+            os.link(shard, folder / shard.name)
+        bench.data[quarter.name], bench.counts[quarter.name] = folder, count_lines(folder)
+    small = bench.o2v(quarter, "", device)
+    if small.error or row.seconds <= small.seconds:
+        return
+    rate = (row.records - small.records) / (row.seconds - small.seconds)
+    row.extra["after_startup_records_per_s"] = round(rate)
+    row.extra["quarter_seconds"] = small.seconds
 
 
 def main(argv: list[str]) -> int:
@@ -1109,7 +1150,7 @@ def report(rows: list[Row], info: dict[str, Any], args: argparse.Namespace) -> N
     print()
     print(markdown(rows))
     if notes:
-        print("\nTargets (issue 6, o2v-batch defaults):")
+        print("\nTargets (issue 14, o2v-batch defaults):")
         print("\n".join(notes))
     formats = format_notes(rows)
     if formats:
