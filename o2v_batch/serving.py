@@ -116,16 +116,24 @@ class _Batch:
             self._parse_each()
 
     def _parse_plain(self) -> bool:
-        """Reads a mini-batch whose records are all plain `{"in0":[ids]}` (or all
-        `{"in1":[ids]}`) without the JSON parser; False when it is anything else."""
-        if self.sources is not None or self.server.input_filter is not None:
+        """Reads a mini-batch whose records are all plain `{"in0":[ids]}`, all
+        `{"in1":[ids]}` or all `{"in0":[ids],"in1":[ids]}` pairs (where the mode takes
+        pairs) without the JSON parser; False when it is anything else."""
+        server, n = self.server, len(self.records)
+        if self.sources is not None or server.input_filter is not None or not n:
             return False
-        for enc in (0, 1):
-            ids = plain_ids(self.records, INPUT_NAMES[enc], self.server.vocab[enc])
+        shapes = [(0,), (1,)]
+        if server.options.mode != "embedding":
+            # The first record's key count says which shape to try first.
+            shapes.insert(0 if self.records[0].count(b'":') == 2 else 2, (0, 1))
+        for encoders in shapes:
+            inputs = [(INPUT_NAMES[enc], server.vocab[enc]) for enc in encoders]
+            ids = plain_ids(self.records, inputs)
             if ids is not None:
-                self.kinds = [enc] * len(self.records)
-                self.rows[enc].extend(range(len(self.records)))
-                self.ids[enc] = ids
+                self.kinds = [encoders[0] if len(encoders) == 1 else PAIR] * n
+                for enc, checked in zip(encoders, ids, strict=True):
+                    self.rows[enc].extend(range(n))
+                    self.ids[enc] = checked
                 return True
         return False
 

@@ -148,54 +148,68 @@ def fast_ids(sequences: Sequence[Any], vocab_size: int) -> TokenIds | None:
     return TokenIds(ids, lengths)
 
 
-# Records that are exactly {"in0":[ids]} (or in1), as json.dumps, orjson and most
-# writers give them, are read without a JSON parser: see plain_ids.
-_SKELETON = b'{"in":[]}'  # such a record without its digits and commas
+# Records that are exactly {"in0":[ids]}, {"in1":[ids]} or {"in0":[ids],"in1":[ids]}, as
+# json.dumps, orjson and most writers give them, are read without a JSON parser: see
+# plain_ids.
 _DIGITS_AND_COMMAS = b"0123456789,"
-_NEWLINE_TO_COMMA = bytes.maketrans(b"\n", b",")
+_SEPARATORS_TO_COMMAS = bytes.maketrans(b"\n|", b",,")
 
 
-def plain_ids(records: Sequence[bytes], input_name: str, vocab_size: int) -> TokenIds | None:
-    """The ids of records that are all `{"<input_name>":[id,...]}` with in-range ids
-    (spaces after the colon and commas allowed), read straight from the bytes; None when
-    any record is anything else, so the JSON parser takes the mini-batch and names the
-    bad record. Gives exactly what parsing each record and fast_ids would."""
-    n = len(records)
-    prefix = b'{"' + input_name.encode() + b'":['
+def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> list[TokenIds] | None:
+    """Per input, the ids of records that are all `{"<name>":[id,...], ...}` with the
+    `inputs`' names in their order and ids in range of their vocab sizes (spaces after
+    colons and commas allowed), read straight from the bytes; None when any record is
+    anything else, so the JSON parser takes the mini-batch and names the bad record.
+    Gives exactly what parsing each record and fast_ids would."""
+    n, k = len(records), len(inputs)
+    keys = [b'"' + name.encode() + b'":[' for name, _ in inputs]
     blob = b"\n".join(records)
     if b" " in blob:
         blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
-    # Each record begins with the prefix and ends with "]}"; between the brackets are
-    # digits and commas only.
+    # Each record begins with the first key and ends with "]}", has each other key once,
+    # in order, and between its brackets digits and commas only.
+    seams = [b"{" + keys[0]] + [b"]," + key for key in keys[1:]]
+    skeleton = b"{" + b"".join(key.translate(None, _DIGITS_AND_COMMAS) + b"]" for key in keys)
     if not (
-        blob.startswith(prefix)
+        blob.startswith(seams[0])
         and blob.endswith(b"]}")
-        and blob.count(b"\n" + prefix) == n - 1
+        and blob.count(b"\n" + seams[0]) == n - 1
         and blob.count(b"]}\n") == n - 1
+        and all(blob.count(seam) == n for seam in seams[1:])
+        and blob.translate(None, _DIGITS_AND_COMMAS) == b"\n".join([skeleton + b"}"] * n)
     ):
         return None
-    if blob.translate(None, _DIGITS_AND_COMMAS) != (_SKELETON + b"\n") * (n - 1) + _SKELETON:
-        return None
-    body = blob.replace(prefix, b"").translate(None, b"]}")  # ids: "1,2\n3,4,5\n6"
+    # The ids, each list's ending with "|" or "\n": "1,2|3\n4,5|6"
+    for seam in seams[1:]:
+        blob = blob.replace(seam, b"|")
+    body = blob.replace(seams[0], b"").translate(None, b"]}")
     if not body:
         return None
     text = np.frombuffer(body, np.uint8)
-    commas, newlines = np.flatnonzero(text == 44), np.flatnonzero(text == 10)
     # JSON numbers have no leading zeros: "01" is not an id (the parser says so).
     digit = np.append((text >= 48) & (text <= 57), False)
     starts = np.append(0, np.flatnonzero(digit[1:-1] & ~digit[:-2]) + 1)
     if ((text[starts] == 48) & digit[starts + 1]).any():
         return None
+    commas = np.flatnonzero(text == 44)
+    ends = np.flatnonzero((text == 10) | (text == 124))  # of every list but the last
     try:
-        ids = np.fromstring(body.translate(_NEWLINE_TO_COMMA), dtype=np.int64, sep=",")
+        ids = np.fromstring(body.translate(_SEPARATORS_TO_COMMAS), dtype=np.int64, sep=",")
     except ValueError:  # an empty list or an empty place between commas
         return None
     # An empty place may also end the parse early: then fewer ids than places.
-    if ids.size != commas.size + n or ids.min() < 0 or ids.max() >= vocab_size:
+    if ids.size != commas.size + n * k:
         return None
-    ends = np.searchsorted(commas, newlines)  # commas before each record's end
-    lengths = np.diff(ends, prepend=0, append=commas.size) + 1
-    return TokenIds(ids, lengths)
+    before = np.searchsorted(commas, ends)  # commas before each list's end
+    lengths = np.diff(before, prepend=0, append=commas.size) + 1  # list after list
+    which = np.repeat(np.tile(np.arange(k), n), lengths)  # each id's input
+    out = []
+    for j, (_, vocab_size) in enumerate(inputs):
+        mine = ids if k == 1 else ids[which == j]
+        if mine.min() < 0 or mine.max() >= vocab_size:
+            return None
+        out.append(TokenIds(mine, lengths[j::k]))
+    return out
 
 
 def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:

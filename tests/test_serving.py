@@ -425,23 +425,27 @@ def test_fuzz_server_never_raises_and_keeps_one_output_per_record(server_and_mod
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    sequences=st.lists(st.lists(st.integers(0, V + 2), min_size=1, max_size=30), min_size=1),
-    name=st.sampled_from(["in0", "in1"]),
+    sequences=st.lists(
+        st.tuples(*[st.lists(st.integers(0, V + 2), min_size=1, max_size=30)] * 2), min_size=1
+    ),
+    names=st.sampled_from([("in0",), ("in1",), ("in0", "in1")]),
 )
-def test_plain_records_skip_the_parser_and_answer_as_it_would(server_and_model, sequences, name):
-    """A mini-batch of plain {"in0": [...]} records is read straight from its bytes; the
-    same records with a leading space go through the JSON parser: the same answer, byte
-    for byte (out-of-range ids included, which send the batch to the parser)."""
+def test_plain_records_skip_the_parser_and_answer_as_it_would(server_and_model, sequences, names):
+    """A mini-batch of plain {"in0": [...]} records (or in1, or in0-in1 pairs) is read
+    straight from its bytes; the same records with a leading space go through the JSON
+    parser: the same answer, byte for byte (out-of-range ids included, which send the
+    batch to the parser)."""
     server, model = server_and_model
-    records = [json.dumps({name: s}).encode() for s in sequences]
+    records = [json.dumps(dict(zip(names, pair, strict=False))).encode() for pair in sequences]
     positions = list(range(1, len(records) + 1))
     plain = server.serve(positions, records, JSONL, JSONL)
     parsed = server.serve(positions, [b" " + r for r in records], JSONL, JSONL)
     assert plain == parsed
-    for line, seq in zip(plain.payload.splitlines(), sequences, strict=True):
-        if max(seq) < V:
-            expected = model.embed([seq], encoder=int(name[-1]))[0]
-            np.testing.assert_allclose(orjson.loads(line)["embeddings"], expected, atol=1e-5)
+    for line, record in zip(plain.payload.splitlines(), records, strict=True):
+        if all(max(seq) < V for seq in orjson.loads(record).values()):
+            expected = reference(model, orjson.loads(record))
+            for key, value in expected.items():
+                np.testing.assert_allclose(orjson.loads(line)[key], value, atol=1e-5)
 
 
 @pytest.mark.parametrize(

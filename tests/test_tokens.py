@@ -242,9 +242,9 @@ def test_plain_records_read_without_the_parser_as_the_parser_reads_them(sequence
         (json.dumps({name: s}) if spaced else json.dumps({name: s}, separators=(",", ":"))).encode()
         for s in sequences
     ]
-    got = plain_ids(records, name, 1000)
+    got = plain_ids(records, [(name, 1000)])
     assert got is not None
-    assert _same(got, _parsed(records, name, 1000))
+    assert _same(got[0], _parsed(records, name, 1000))
 
 
 _NOISE = b'0123456789,[]{}": in01-.e\t'
@@ -275,11 +275,11 @@ def test_a_record_that_is_not_plain_leaves_the_batch_to_the_parser(sequences, ed
         elif record:
             record[min(at, len(record) - 1)] = byte
     records[k] = bytes(record)
-    got, parsed = plain_ids(records, "in0", 500), _parsed(records, "in0", 500)
+    got, parsed = plain_ids(records, [("in0", 500)]), _parsed(records, "in0", 500)
     if parsed is None:
         assert got is None
     elif got is not None:
-        assert _same(got, parsed)
+        assert _same(got[0], parsed)
 
 
 @pytest.mark.parametrize(
@@ -300,4 +300,62 @@ def test_a_record_that_is_not_plain_leaves_the_batch_to_the_parser(sequences, ed
     ],
 )
 def test_plain_ids_decline(record):
-    assert plain_ids([b'{"in0":[3,4]}', record, b'{"in0":[0]}'], "in0", 1000) is None
+    assert plain_ids([b'{"in0":[3,4]}', record, b'{"in0":[0]}'], [("in0", 1000)]) is None
+
+
+def _parsed_pairs(records: list[bytes], vocabs: tuple[int, int]) -> list[TokenIds] | None:
+    """What the JSON parser and fast_ids make of records that are in0-in1 pairs."""
+    seqs: tuple[list, list] = ([], [])
+    for record in records:
+        try:
+            obj = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is not dict or list(obj) != ["in0", "in1"]:
+            return None
+        seqs[0].append(obj["in0"])
+        seqs[1].append(obj["in1"])
+    checked = [fast_ids(s, v) for s, v in zip(seqs, vocabs, strict=True)]
+    return None if None in checked else checked
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(plain_sequences.map(lambda s: s[0]), plain_sequences.map(lambda s: s[0])),
+        min_size=1,
+    ),
+    spaced=st.booleans(),
+    edits=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(list(_NOISE))),
+        max_size=2,
+    ),
+    which=st.integers(0, 10**6),
+)
+def test_plain_pairs_read_as_the_parser_reads_them_or_not_at_all(pairs, spaced, edits, which):
+    """Pairs: unedited, read as the parser reads them (each input's vocab size apart);
+    after any edit, the parser's answer or None."""
+    separators = None if spaced else (",", ":")
+    records = [json.dumps({"in0": a, "in1": b}, separators=separators).encode() for a, b in pairs]
+    k = which % len(records)
+    record = bytearray(records[k])
+    for op, at, byte in edits:
+        at %= len(record) + 1
+        if op == 0 and record:
+            del record[min(at, len(record) - 1)]
+        elif op == 1:
+            record.insert(at, byte)
+        elif record:
+            record[min(at, len(record) - 1)] = byte
+    records[k] = bytes(record)
+    vocabs = (1000, 700)
+    got, parsed = (
+        plain_ids(records, [("in0", vocabs[0]), ("in1", vocabs[1])]),
+        _parsed_pairs(records, vocabs),
+    )
+    if not edits and parsed is not None:
+        assert got is not None
+    if parsed is None:
+        assert got is None
+    elif got is not None:
+        assert all(_same(g, p) for g, p in zip(got, parsed, strict=True))
