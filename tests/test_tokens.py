@@ -15,6 +15,7 @@ from tiny_models import build, embed, random_rows, tiny
 from o2v_batch.errors import BadRecordError
 from o2v_batch.tokens import (
     MAX_ROWS,
+    SHORTEST_ROW,
     TokenIds,
     activations,
     check_ids,
@@ -182,9 +183,15 @@ def test_device_batches_longest_first_within_the_budget(
     for rows, padded in ids.device_batches(budget, max_rows):
         batch_lengths = [lengths[i] for i in rows]
         longest = batch_lengths[0]
-        # Each batch is as big as the budget lets the longest row have, capped, at least one.
-        left = len(lengths) - len(seen)
-        assert len(rows) == max(1, min(max_rows, budget // longest, left))
+        # Each batch is as big as the budget lets the longest row have, capped, at least
+        # one, and ends early before a row shorter than SHORTEST_ROW of the longest.
+        left = [
+            lengths[i]
+            for i in sorted(set(range(len(lengths))) - set(seen), key=lambda i: -lengths[i])
+        ]
+        room = max(1, min(max_rows, budget // longest, len(left)))
+        close = sum(1 for n in left[:room] if n >= longest * SHORTEST_ROW)
+        assert len(rows) == max(1, close)
         assert batch_lengths == sorted(batch_lengths, reverse=True)
         assert padded.shape == (len(rows), longest)
         for row, tokens in zip(rows.tolist(), padded.tolist(), strict=True):
