@@ -5,7 +5,8 @@ The batch parent only splits (raw bytes, never parsed); workers parse and encode
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Generator, Iterator, Sequence
 from itertools import repeat
 from typing import BinaryIO, NamedTuple
 
@@ -20,6 +21,8 @@ _BOM = b"\xef\xbb\xbf"
 _COMPRESSION_EXTENSIONS = (".gz", ".zst", ".bz2")
 # JSON whitespace; other control bytes on a line are left to the parser to reject.
 _JSON_WS = b" \t\r\n"
+# A line that is blank or starts with a space or tab: one regex pass finds them all.
+_BLANK_OR_INDENTED = re.compile(rb"\n[\n \t]")
 
 
 class Record(NamedTuple):
@@ -34,6 +37,53 @@ class Oversize(NamedTuple):
 
     pos: int
     size: int
+
+
+class Block(NamedTuple):
+    """Consecutive plain lines (none blank, indented, ending in \\r or over the limit),
+    `first` to `first + count - 1`, as the bytes between them: `data` joins them by \\n.
+    The parent packs these without looking at each line."""
+
+    first: int
+    count: int
+    data: bytes
+
+
+class Lines(Sequence[bytes]):
+    """Records that are the lines of one run of bytes (none holds a newline): a
+    mini-batch built from Blocks. It travels to a worker as that one bytes object and is
+    split only where its records are looked at one by one."""
+
+    __slots__ = ("_lines", "count", "data")
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data, self.count = data, count
+        self._lines: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):  # an int or a slice, as a list takes them
+        return self._split()[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._split())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Lines | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Lines({self._split()!r})"
+
+    def __reduce__(self):  # the bytes only: the list is rebuilt where it is needed
+        return (Lines, (self.data, self.count))
+
+    def _split(self) -> list[bytes]:
+        if self._lines is None:
+            self._lines = self.data.split(b"\n")
+        return self._lines
 
 
 def bare_type(content_type: str) -> str:
@@ -97,11 +147,14 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 # ---------------------------------------------------------------- jsonlines
 
 
-def iter_jsonlines(stream: BinaryIO, max_record_bytes: int) -> Iterator[Record | Oversize]:
+def iter_jsonlines(
+    stream: BinaryIO, max_record_bytes: int, blocks: bool = False
+) -> Iterator[Record | Oversize | Block]:
     """Split a jsonlines stream into records; `pos` is the 1-based physical line number.
 
     Blank lines are skipped. A line longer than `max_record_bytes` (0: MAX_RECORD_BYTES),
     not counting its line ending, is skipped without being held and yields Oversize.
+    With `blocks`, runs of plain lines come as Blocks instead of one Record per line.
     """
     limit = max_record_bytes or MAX_RECORD_BYTES
     lineno = 0  # lines completed so far
@@ -132,15 +185,10 @@ def iter_jsonlines(stream: BinaryIO, max_record_bytes: int) -> Iterator[Record |
             if pieces:
                 pieces.append(chunk)
                 chunk = b"".join(pieces)
-            lines = chunk.split(b"\n")
-            tail = lines.pop()
-            if _plain_lines(chunk, lines, limit):
-                # tuple.__new__ builds the Records in C: the parent's hot path.
-                positions = range(lineno + 1, lineno + 1 + len(lines))
-                yield from map(tuple.__new__, repeat(Record), zip(positions, lines, strict=True))
-            else:
-                yield from _checked_lines(lines, lineno, limit)
-            lineno += len(lines)
+            end = chunk.rfind(b"\n")
+            body, tail = chunk[:end], chunk[end + 1 :]
+            count = yield from _split_lines(body, lineno, limit, blocks)
+            lineno += count
             pieces = [tail] if tail else []
             held = len(tail)
         if held > limit + 1:  # + 1: the line may yet end with \r\n
@@ -152,16 +200,33 @@ def iter_jsonlines(stream: BinaryIO, max_record_bytes: int) -> Iterator[Record |
         yield from _checked_lines([b"".join(pieces)], lineno, limit)
 
 
-def _plain_lines(chunk: bytes, lines: list[bytes], limit: int) -> bool:
-    """True when no line needs a closer look: no \\r, no blank or space-led line, none too long."""
-    return (
-        lines[0][:1] > b" "
-        and b"\r" not in chunk
-        and b"\n\n" not in chunk
-        and b"\n " not in chunk
-        and b"\n\t" not in chunk
-        and (len(chunk) <= limit or max(map(len, lines)) <= limit)
+def _split_lines(
+    body: bytes, lineno: int, limit: int, blocks: bool
+) -> Generator[Record | Oversize | Block, None, int]:
+    """The whole lines after line `lineno` that `body` holds (it ends before a newline),
+    as a Block, Records or, where a line needs a closer look, checked one by one;
+    returns how many lines it held."""
+    plain = (
+        body[:1] > b" "
+        and body[-1:] != b"\n"  # the last line is blank
+        and b"\r" not in body
+        and _BLANK_OR_INDENTED.search(body) is None
     )
+    if plain and blocks and len(body) <= limit:
+        count = body.count(b"\n") + 1
+        yield Block(lineno + 1, count, body)
+        return count
+    lines = body.split(b"\n")
+    if plain and (len(body) <= limit or max(map(len, lines)) <= limit):
+        if blocks:
+            yield Block(lineno + 1, len(lines), body)
+        else:
+            # tuple.__new__ builds the Records in C: the parent's hot path.
+            positions = range(lineno + 1, lineno + 1 + len(lines))
+            yield from map(tuple.__new__, repeat(Record), zip(positions, lines, strict=True))
+    else:
+        yield from _checked_lines(lines, lineno, limit)
+    return len(lines)
 
 
 def _checked_lines(lines: list[bytes], lineno: int, limit: int) -> Iterator[Record | Oversize]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from o2v_batch.errors import BadRecordError
+from o2v_batch.formats import Lines
 from o2v_batch.jsonpath import json_type
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
     Gives exactly what parsing each record and fast_ids would."""
     n, k = len(records), len(inputs)
     keys = [b'"' + name.encode() + b'":[' for name, _ in inputs]
-    blob = b"\n".join(records)
+    blob = records.data if isinstance(records, Lines) else b"\n".join(records)
     if b" " in blob:
         blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
     # Each record begins with the first key and ends with "]}", has each other key once,

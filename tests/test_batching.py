@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from o2v_batch.batching import MB, MiniBatch, pack, payload_bytes
-from o2v_batch.formats import Oversize, Record, iter_jsonlines
+from o2v_batch.formats import Lines, Oversize, Record, iter_jsonlines
 
 
 @pytest.mark.parametrize(
@@ -155,3 +155,57 @@ def test_pack_invariants(items: list, cap: int, strategy: str) -> None:
         it.pos for it in items if isinstance(it, Record) and (not cap or len(it.data) <= cap)
     }
     assert sent == fitting
+
+
+line_kinds = st.one_of(
+    st.binary(min_size=1, max_size=30).map(
+        lambda b: b"{" + b.replace(b"\n", b"").replace(b"\r", b"") + b"}"
+    ),
+    st.sampled_from([b"", b"  ", b" {}", b"\t{}", b"{}\r", b'{"in0":[1,2,3]}']),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(line_kinds, max_size=40),
+    plain_share=st.integers(0, 3),
+    cap=st.integers(1, 120),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=5),
+    final_newline=st.booleans(),
+)
+def test_blocks_pack_into_the_records_that_lines_do(lines, plain_share, cap, sizes, final_newline):
+    """Packed from Blocks or from one Record per line, a shard gives the same records at
+    the same lines, the same oversize lines, and mini-batches within the cap."""
+    from streams import Trickle
+
+    if plain_share:  # mostly plain lines: long runs of them become Blocks
+        lines = [
+            b'{"in0":[%d]}' % i if i % 4 < plain_share else line for i, line in enumerate(lines)
+        ]
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+
+    def flat(blocks: bool) -> list:
+        out = []
+        for item in pack(iter_jsonlines(Trickle(data, sizes), cap, blocks=blocks), cap):
+            if isinstance(item, Oversize):
+                out.append(item)
+                continue
+            assert 0 < item.nbytes <= cap
+            assert item.nbytes == sum(map(len, item.records))
+            assert len(item.positions) == len(item.records)
+            out += list(zip(item.positions, item.records, strict=True))
+        return out
+
+    assert flat(blocks=True) == flat(blocks=False)
+
+
+def test_a_block_built_mini_batch_travels_as_one_bytes_object() -> None:
+    import pickle
+
+    data = b"".join(b'{"in0":[%d]}\n' % i for i in range(1, 2001))
+    (batch,) = pack(iter_jsonlines(io.BytesIO(data), 2**20, blocks=True), 2**20)
+    assert batch.positions == range(1, 2001)
+    assert isinstance(batch.records, Lines) and batch.records.data == data[:-1]
+    assert list(batch.records) == data.split(b"\n")[:-1]
+    again = pickle.loads(pickle.dumps(batch))
+    assert again == batch and again.records.data == data[:-1]

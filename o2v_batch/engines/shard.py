@@ -117,13 +117,16 @@ def mini_batches(
     A failure to read raises ShardFailed, naming the shard once.
     """
     cap = mini_batch_cap(config)
-    split = iter_json_instances if task.content_type == JSON else iter_jsonlines
     uri = task.shard.uri
     try:
         with decompressed(
             _Metered(io.open_read(uri, decompress=False), meter or Meter()), uri
         ) as stream:
-            yield from pack(split(stream, cap), cap, config.strategy)
+            if task.content_type == JSON:
+                items = iter_json_instances(stream, cap)
+            else:  # runs of plain lines are packed by their bytes, unless one per request
+                items = iter_jsonlines(stream, cap, blocks=config.strategy == "MultiRecord")
+            yield from pack(items, cap, config.strategy)
     except Exception as exc:  # I/O failures too: this shard fails, the others go on
         raise ShardFailed(read_failure(uri, exc)) from None
 
