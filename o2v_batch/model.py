@@ -29,6 +29,7 @@ class PooledEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (tokens != 0).unsqueeze(2)  # (B, T, 1)
         total = (self.embedding(tokens) * mask).sum(dim=1)  # (B, enc_dim)
+        lengths = lengths.to(total.device, non_blocking=True)
         return total / lengths.clamp(min=1).unsqueeze(1).to(total.dtype)
 
 
@@ -89,6 +90,7 @@ class BiLSTM(nn.Module):
         )
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, 2H)
+        lengths = lengths.to(tokens.device, non_blocking=True)
         padding = torch.arange(T, device=tokens.device).unsqueeze(0) >= lengths.unsqueeze(1)
         out = out.masked_fill(padding.unsqueeze(2), float("-inf"))
         return self.proj(out.amax(dim=1))  # (B, enc_dim)
@@ -185,11 +187,20 @@ class Object2Vec(nn.Module):
         outputs = hp.num_classes if hp.output_layer == "softmax" else 1
         self.head = nn.Linear(hp.mlp_dim, outputs)
 
-    def encode(self, tokens: torch.Tensor, encoder: int) -> torch.Tensor:
-        """(B, T) token ids, 0 = padding anywhere -> (B, enc_dim) embeddings."""
+    def encode(
+        self, tokens: torch.Tensor, encoder: int, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) token ids, 0 = padding anywhere -> (B, enc_dim) embeddings.
+
+        `lengths` (B,) on the CPU, given when every row's ids are already left-aligned
+        and some row fills all T columns (as tokens.TokenIds pads them), skips the
+        alignment pass: nothing then waits for the device, so on a GPU the next batch's
+        copy overlaps this one's kernels.
+        """
         assert encoder in (0, 1), f"encoder must be 0 or 1, got {encoder}"
         assert tokens.dim() == 2 and tokens.numel() > 0, "encode needs a non-empty (B, T) batch"
-        tokens, lengths = _left_align(tokens)
+        if lengths is None:
+            tokens, lengths = _left_align(tokens)
         return (self.enc0 if encoder == 0 else self.enc1)(tokens, lengths)
 
     def logits(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:

@@ -312,8 +312,10 @@ def embed_ids(
     out = torch.empty((len(ids), network.hp.enc_dim), dtype=torch.float32, device=device)
     for rows, tokens in ids.device_batches(token_budget, max_rows):
         batch, where = torch.from_numpy(tokens), torch.from_numpy(rows)
+        lengths = torch.from_numpy(ids.lengths[rows])  # stays on the CPU: encode moves it
         if pin:
-            batch, where = batch.pin_memory(), where.pin_memory()
+            batch, where, lengths = batch.pin_memory(), where.pin_memory(), lengths.pin_memory()
         batch, where = batch.to(device, non_blocking=True), where.to(device, non_blocking=True)
-        out[where] = network.encode(batch, encoder).float()
+        # The rows come left-aligned and as wide as their longest: encode need not look.
+        out[where] = network.encode(batch, encoder, lengths).float()
     return out

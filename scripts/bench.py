@@ -753,7 +753,11 @@ def ceiling_rates(
         budget = max(1, int(factor * token_budget(hp, kind)))
         batches = [
             [
-                (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device))
+                (
+                    torch.from_numpy(rows).to(device),
+                    torch.from_numpy(tokens).to(device),
+                    torch.from_numpy(encoder_ids.lengths[rows]),
+                )
                 for rows, tokens in encoder_ids.device_batches(budget, MAX_ROWS[kind])
             ]
             for encoder_ids in ids
@@ -801,8 +805,8 @@ def forward(network: Any, batches: list, n: int, head_rows: int) -> None:
     for enc, encoder_batches in enumerate(batches):
         device = encoder_batches[0][1].device
         out = torch.empty((n, network.hp.enc_dim), device=device)
-        for rows, tokens in encoder_batches:
-            out[rows] = network.encode(tokens, enc)
+        for rows, tokens, lengths in encoder_batches:
+            out[rows] = network.encode(tokens, enc, lengths)
         embeddings.append(out)
     if len(embeddings) == 2:
         u, v = embeddings

@@ -63,6 +63,22 @@ def test_batch_mixing_lengths_gives_each_its_embedding_alone(values: dict) -> No
 
 
 @encoder_configs
+def test_given_lengths_skip_alignment_and_change_nothing(values: dict) -> None:
+    """encode with the rows' lengths (left-aligned rows, as TokenIds pads them) gives
+    what the alignment pass would, for every encoder."""
+    network = build(tiny(**values))
+    rows = random_rows(12, seed=3)
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    with torch.inference_mode():
+        for encoder in (0, 1):
+            torch.testing.assert_close(
+                network.encode(tokens, encoder, lengths), embed(network, rows, encoder)
+            )
+
+
+@encoder_configs
 def test_encoders_are_deterministic(values: dict) -> None:
     rows = random_rows(8)
     first = embed(build(tiny(**values), seed=3), rows)
