@@ -1067,6 +1067,8 @@ def prepare(bench: Bench, args: argparse.Namespace) -> list[Workload]:
         bench.data[w.name], bench.counts[w.name] = bench.work / "data" / w.name, n
         print(f"writing {w.name}: {n:,} records", file=sys.stderr)
         write_workload(bench.data[w.name], n, w.pairs, seed)
+    # The freshly written data goes to disk now, not during the first timed run.
+    os.sync()
     return workloads
 
 
