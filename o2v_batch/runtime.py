@@ -236,7 +236,8 @@ class WorkerPool:
 
     def close(self, graceful: bool = True) -> None:
         for w in self._workers:
-            if not graceful:
+            # One still loading holds no work: a tiny job need not wait for its torch import.
+            if not graceful or not w.ready:
                 w.process.kill()
             with contextlib.suppress(OSError):
                 w.conn.send(None)
