@@ -255,33 +255,37 @@ def test_plain_records_read_without_the_parser_as_the_parser_reads_them(sequence
 
 
 _NOISE = b'0123456789,[]{}": in01-.e\t'
+edit_lists = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(list(_NOISE))),
+    max_size=3,
+)
+
+
+def _edited(record: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """The record with bytes deleted (0), inserted (1) or replaced (2) at the places given."""
+    out = bytearray(record)
+    for op, at, byte in edits:
+        at %= len(out) + 1
+        if op == 0 and out:
+            del out[min(at, len(out) - 1)]
+        elif op == 1:
+            out.insert(at, byte)
+        elif out:
+            out[min(at, len(out) - 1)] = byte
+    return bytes(out)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
     sequences=plain_sequences,
-    edits=st.lists(
-        st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(list(_NOISE))),
-        min_size=1,
-        max_size=3,
-    ),
+    edits=edit_lists.filter(bool),
     which=st.integers(0, 10**6),
 )
 def test_a_record_that_is_not_plain_leaves_the_batch_to_the_parser(sequences, edits, which):
     """Never a different answer: after any edit, plain_ids agrees with the parser or
     declines (None), and declines whenever the parser refuses the batch."""
     records = [json.dumps({"in0": s}, separators=(",", ":")).encode() for s in sequences]
-    k = which % len(records)
-    record = bytearray(records[k])
-    for op, at, byte in edits:
-        at %= len(record) + 1
-        if op == 0 and record:
-            del record[min(at, len(record) - 1)]
-        elif op == 1:
-            record.insert(at, byte)
-        elif record:
-            record[min(at, len(record) - 1)] = byte
-    records[k] = bytes(record)
+    records[which % len(records)] = _edited(records[which % len(records)], edits)
     got, parsed = plain_ids(records, [("in0", 500)]), _parsed(records, "in0", 500)
     if parsed is None:
         assert got is None
@@ -333,10 +337,7 @@ def _parsed_pairs(records: list[bytes], vocabs: tuple[int, int]) -> list[TokenId
         min_size=1,
     ),
     spaced=st.booleans(),
-    edits=st.lists(
-        st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(list(_NOISE))),
-        max_size=2,
-    ),
+    edits=edit_lists,
     which=st.integers(0, 10**6),
 )
 def test_plain_pairs_read_as_the_parser_reads_them_or_not_at_all(pairs, spaced, edits, which):
@@ -344,17 +345,7 @@ def test_plain_pairs_read_as_the_parser_reads_them_or_not_at_all(pairs, spaced, 
     after any edit, the parser's answer or None."""
     separators = None if spaced else (",", ":")
     records = [json.dumps({"in0": a, "in1": b}, separators=separators).encode() for a, b in pairs]
-    k = which % len(records)
-    record = bytearray(records[k])
-    for op, at, byte in edits:
-        at %= len(record) + 1
-        if op == 0 and record:
-            del record[min(at, len(record) - 1)]
-        elif op == 1:
-            record.insert(at, byte)
-        elif record:
-            record[min(at, len(record) - 1)] = byte
-    records[k] = bytes(record)
+    records[which % len(records)] = _edited(records[which % len(records)], edits)
     vocabs = (1000, 700)
     got, parsed = (
         plain_ids(records, [("in0", vocabs[0]), ("in1", vocabs[1])]),
