@@ -190,10 +190,7 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
     if not body:
         return None
     text = np.frombuffer(body, np.uint8)
-    # JSON numbers have no leading zeros: "01" is not an id (the parser says so).
-    digit = np.append((text >= 48) & (text <= 57), False)
-    starts = np.append(0, np.flatnonzero(digit[1:-1] & ~digit[:-2]) + 1)
-    if ((text[starts] == 48) & digit[starts + 1]).any():
+    if _leading_zero(text):
         return None
     commas = np.flatnonzero(text == 44)
     ends = np.flatnonzero((text == 10) | (text == 124))  # of every list but the last
@@ -214,6 +211,14 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
             return None
         out.append(TokenIds(mine, lengths[j::k]))
     return out
+
+
+def _leading_zero(text: np.ndarray) -> bool:
+    """Whether a number among digits and separators starts with a 0 followed by a digit:
+    JSON numbers have none ("01" is not an id; the parser says so)."""
+    digit = np.append((text >= 48) & (text <= 57), False)
+    starts = np.append(0, np.flatnonzero(digit[1:-1] & ~digit[:-2]) + 1)
+    return bool(((text[starts] == 48) & digit[starts + 1]).any())
 
 
 def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:

@@ -10,7 +10,8 @@ import pytest
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
-from o2v_batch.runtime import Spares, WorkerPool, plan_workers
+from o2v_batch.runtime import WorkerPool, plan_workers
+from o2v_batch.worker_process import Spares
 
 
 def _pool(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:

@@ -28,7 +28,7 @@ from o2v_batch.report import (
     recovered,
     shard_failed,
 )
-from o2v_batch.runtime import describe
+from o2v_batch.worker_process import describe
 
 # o2v-batch is on no public index: the extra installs from a checkout or a built wheel.
 MISSING_RAY = (

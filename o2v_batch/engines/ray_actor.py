@@ -23,7 +23,7 @@ from o2v_batch.errors import WorkerError
 from o2v_batch.formats import Oversize
 from o2v_batch.protocol import WorkerSpec
 from o2v_batch.report import ShardReport, batch_failure
-from o2v_batch.runtime import describe, start_server
+from o2v_batch.worker_process import describe, start_server
 from o2v_batch.writer import ShardOutput
 
 

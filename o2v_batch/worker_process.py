@@ -1,0 +1,131 @@
+"""A worker process: its start-up (start_server, shared with Ray actors), its loop of
+mini-batches, and Spares, worker processes started before their model is known.
+
+Nothing here imports torch: the factory's module does, in the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from o2v_batch.devices import worker_device
+from o2v_batch.errors import O2VError
+from o2v_batch.protocol import Done, Failed, Fatal, Ready, WorkerSpec
+
+
+def start_server(spec: WorkerSpec) -> Any:
+    """Builds a worker's server: the one start-up path of pool workers and Ray actors."""
+    _prepare_imports()
+    device = worker_device(spec.device)
+    module, _, name = spec.factory.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    return factory(spec.model_dir, device, spec.options, spec.threads)
+
+
+def _prepare_imports() -> None:
+    # Spinning OpenMP threads stall whenever the parent or another worker takes the
+    # core (measured on 2 cores: 2 threads fell from 160,000 to 7,000 records/s).
+    # Read once, when torch loads: so set before the factory's module imports it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _worker_main(conn: Connection, factory: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # The factory's module (torch, for the real server) loads before the worker knows
+    # its model: a spare does this while the parent checks the model and lists inputs.
+    _prepare_imports()
+    with contextlib.suppress(Exception):  # a broken module fails below, in start_server
+        importlib.import_module(factory.partition(":")[0])
+    try:
+        spec = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    if spec is None:  # a spare that was not needed
+        os._exit(0)
+    try:
+        server = start_server(spec)
+    except Exception as exc:  # reported as plain text: the parent makes it the job's error
+        conn.send(Fatal(describe(exc)))
+        return
+    conn.send(Ready(os.getpid()))
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the parent is gone: never linger as an orphan
+            requests.put(message)
+            if message is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    while (request := requests.get()) is not None:
+        try:
+            result = server.serve(
+                request.positions, request.records, request.content_type, request.accept
+            )
+            conn.send(Done(request.task_id, result))
+        except Exception as exc:  # one line in the job's log, not a traceback per retry
+            conn.send(Failed(request.task_id, describe(exc)))
+    # Every answer is sent: skip the interpreter's teardown (torch's takes most of a
+    # second), which the whole command would otherwise wait for.
+    os._exit(0)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line of text: our own errors carry their message."""
+    return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
+
+
+# -- processes started ahead of time ---------------------------------------
+
+
+def start_process(ctx: Any, factory: str) -> tuple[mp.Process, Connection]:
+    """A worker process loading `factory`'s module; it waits for its WorkerSpec."""
+    parent, child = ctx.Pipe()
+    process = ctx.Process(
+        target=_worker_main, args=(child, factory), daemon=True, name="o2v-worker"
+    )
+    process.start()
+    child.close()
+    return process, parent
+
+
+class Spares:
+    """Worker processes started before their model is known, so that their slowest
+    step (importing torch) overlaps the parent's model check and listing. A WorkerPool
+    given them takes them before starting new ones; `close` ends those left unused."""
+
+    def __init__(self, factory: str, count: int):
+        ctx = mp.get_context("spawn")
+        self._factory = factory
+        self._started = [start_process(ctx, factory) for _ in range(count)]
+
+    def take(self, factory: str) -> tuple[mp.Process, Connection] | None:
+        if factory != self._factory or not self._started:
+            return None
+        return self._started.pop(0)
+
+    def __enter__(self) -> Spares:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unused spares hold nothing: they stop at once."""
+        for process, conn in self._started:
+            process.kill()
+            process.join()
+            conn.close()
+        self._started = []
