@@ -15,7 +15,8 @@ from tiny_models import build, embed, random_rows, tiny
 from o2v_batch.errors import BadRecordError
 from o2v_batch.tokens import (
     MAX_ROWS,
-    SHORTEST_ROW,
+    MIN_BATCH_SHARE,
+    PADDING_SHARE,
     TokenIds,
     activations,
     check_ids,
@@ -184,14 +185,18 @@ def test_device_batches_longest_first_within_the_budget(
         batch_lengths = [lengths[i] for i in rows]
         longest = batch_lengths[0]
         # Each batch is as big as the budget lets the longest row have, capped, at least
-        # one, and ends early before a row shorter than SHORTEST_ROW of the longest.
-        left = [
-            lengths[i]
-            for i in sorted(set(range(len(lengths))) - set(seen), key=lambda i: -lengths[i])
-        ]
+        # one; past 1/MIN_BATCH_SHARE of the budget it ends before the row that would
+        # take its padding over PADDING_SHARE of its tokens.
+        left = sorted((lengths[i] for i in set(range(len(lengths))) - set(seen)), reverse=True)
         room = max(1, min(max_rows, budget // longest, len(left)))
-        close = sum(1 for n in left[:room] if n >= longest * SHORTEST_ROW)
-        assert len(rows) == max(1, close)
+        size, padding = 0, 0
+        for n in left[:room]:
+            padding += longest - n
+            tokens = longest * (size + 1)
+            if size and padding > PADDING_SHARE * tokens and tokens > budget // MIN_BATCH_SHARE:
+                break
+            size += 1
+        assert len(rows) == size
         assert batch_lengths == sorted(batch_lengths, reverse=True)
         assert padded.shape == (len(rows), longest)
         for row, tokens in zip(rows.tolist(), padded.tolist(), strict=True):
