@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from o2v_batch.formats import Block, Lines, Oversize, Record
 
 MB = 2**20
@@ -49,89 +51,94 @@ def pack(
 def _pack(
     items: Iterable[Record | Oversize | Block], cap: float, single: bool
 ) -> Iterator[MiniBatch | Oversize]:
-    positions: list[int] = []
-    records: list[bytes] = []
-    nbytes = 0
-    run = _LineRun()
+    batch = _Filling()
     for item in items:
         kind = type(item)
         if kind is Block:
-            if records:
-                yield MiniBatch(positions, records, nbytes)
-                positions, records, nbytes = [], [], 0
-            yield from run.add(item, cap)
+            yield from batch.add_block(item, cap)
             continue
-        if run.count:
-            yield run.flush()
         if kind is not Oversize:
             pos, data = item
             size = len(data)
             if size <= cap:
-                if nbytes + size > cap or (single and records):
-                    yield MiniBatch(positions, records, nbytes)
-                    positions, records, nbytes = [], [], 0
-                positions.append(pos)
-                records.append(data)
-                nbytes += size
+                if batch.nbytes + size > cap or (single and batch.count):
+                    yield batch.flush()
+                batch.add(pos, data)
                 continue
             item = Oversize(pos, size)
-        if records:
-            yield MiniBatch(positions, records, nbytes)
-            positions, records, nbytes = [], [], 0
+        if batch.count:
+            yield batch.flush()
         yield item
-    if run.count:
-        yield run.flush()
-    if records:
-        yield MiniBatch(positions, records, nbytes)
+    if batch.count:
+        yield batch.flush()
 
 
-class _LineRun:
-    """The mini-batch being filled from Blocks: consecutive lines, held as pieces of
-    bytes. Its size counts the newlines that join them, so it never holds more record
-    bytes than the cap."""
+class _Filling:
+    """The mini-batch being filled: lists of positions and records, or, while only
+    consecutive Blocks have come, their lines as pieces of bytes (a range and Lines
+    when flushed). Either way it ends where one Record per line would end it: before
+    the first record that would take its record bytes over the cap."""
 
     def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-        self.first = self.count = self.size = 0
+        self.positions: list[int] = []
+        self.records: list[bytes] = []
+        self.pieces: list[bytes] = []  # lines from Blocks, while no Record came
+        self.first = self.count = self.nbytes = 0
 
-    def add(self, block: Block, cap: float) -> Iterator[MiniBatch]:
+    def add(self, pos: int, data: bytes) -> None:
+        self._to_lists()
+        self.positions.append(pos)
+        self.records.append(data)
+        self.count += 1
+        self.nbytes += len(data)
+
+    def add_block(self, block: Block, cap: float) -> Iterator[MiniBatch]:
         """Takes the block's lines, yielding each mini-batch they fill."""
-        if self.count and block.first != self.first + self.count:  # lines between: skipped
-            yield self.flush()
-        data, first, start = block.data, block.first, 0
-        while start < len(data):
-            room = cap - self.size - (1 if self.count else 0)  # a newline joins pieces
-            if len(data) - start <= room:
-                self._take(
-                    data[start:] if start else data, first, block.count - (first - block.first)
-                )
+        if self.records or (self.count and block.first != self.first + self.count):
+            # Already lists (or lines were skipped between): line by line, as Records.
+            lines = block.data.split(b"\n")
+            for pos, data in zip(range(block.first, block.first + block.count), lines, strict=True):
+                if self.nbytes + len(data) > cap:
+                    yield self.flush()
+                self.add(pos, data)
+            return
+        data, first, count = block.data, block.first, block.count
+        while count:
+            room = cap - self.nbytes
+            if len(data) - (count - 1) <= room:  # every line fits
+                self._take(data, first, count)
                 return
-            # The last whole line that fits; none does: the next mini-batch takes it.
-            end = data.rfind(b"\n", start, start + int(room) + 1) if room >= 1 else -1
-            if end < 0 and self.count:
-                yield self.flush()
-                continue
-            if end < 0:  # a line over the cap (the splitter keeps them out): alone
-                end = data.find(b"\n", start) % (len(data) + 1)
-            piece = data[start:end]
-            lines = piece.count(b"\n") + 1
-            self._take(piece, first, lines)
+            # Record bytes of the first 1, 2, ... lines: each line's end less the
+            # newlines before it.
+            ends = np.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 10), len(data))
+            fit = int(np.searchsorted(ends - np.arange(len(ends)), room, side="right"))
+            if not fit and not self.count:  # a line over the cap (the splitter keeps them out)
+                fit = 1
+            if fit:
+                self._take(data[: ends[fit - 1]], first, fit)
+                data, first, count = data[ends[fit - 1] + 1 :], first + fit, count - fit
             yield self.flush()
-            start, first = end + 1, first + lines
 
     def _take(self, piece: bytes, first: int, lines: int) -> None:
         if not self.count:
             self.first = first
-        self.size += len(piece) + (1 if self.count else 0)
         self.pieces.append(piece)
         self.count += lines
+        self.nbytes += len(piece) - (lines - 1)
+
+    def _to_lists(self) -> None:
+        if self.pieces:
+            self.positions = list(range(self.first, self.first + self.count))
+            self.records = [line for piece in self.pieces for line in piece.split(b"\n")]
+            self.pieces = []
 
     def flush(self) -> MiniBatch:
-        data = self.pieces[0] if len(self.pieces) == 1 else b"\n".join(self.pieces)
-        batch = MiniBatch(
-            range(self.first, self.first + self.count),
-            Lines(data, self.count),
-            len(data) - (self.count - 1),
-        )
-        self.pieces, self.first, self.count, self.size = [], 0, 0, 0
+        if self.pieces:
+            data = self.pieces[0] if len(self.pieces) == 1 else b"\n".join(self.pieces)
+            batch = MiniBatch(
+                range(self.first, self.first + self.count), Lines(data, self.count), self.nbytes
+            )
+        else:
+            batch = MiniBatch(self.positions, self.records, self.nbytes)
+        self.__init__()
         return batch
