@@ -80,6 +80,9 @@ class _Filling:
     the first record that would take its record bytes over the cap."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.positions: list[int] = []
         self.records: list[bytes] = []
         self.pieces: list[bytes] = []  # lines from Blocks, while no Record came
@@ -140,5 +143,5 @@ class _Filling:
             )
         else:
             batch = MiniBatch(self.positions, self.records, self.nbytes)
-        self.__init__()
+        self._reset()
         return batch

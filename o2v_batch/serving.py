@@ -217,11 +217,9 @@ class _Batch:
     def _embed(self, enc: int) -> torch.Tensor | None:
         """Embeddings of one encoder's inputs, in row order, from length-sorted token-budget batches."""
         server = self.server
-        checked = self.ids[enc]
-        if checked is None:
-            checked = (
-                fast_ids(self.seqs[enc], server.vocab[enc]) if self._drop_unpaired(enc) else None
-            )
+        checked = self.ids[enc]  # read without the parser, if the batch was plain
+        if checked is None and self._drop_unpaired(enc):
+            checked = fast_ids(self.seqs[enc], server.vocab[enc])
         if checked is None:
             self._drop_bad(enc)
             checked = fast_ids(self.seqs[enc], server.vocab[enc])
