@@ -18,6 +18,7 @@ from o2v_batch.io.base import (
     Shard,
     register_transport,
     scheme_of,
+    shown,
     transport_for,
     unsafe_reason,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "open_read",
     "open_write",
     "output_uri",
+    "shown",
     "size",
     "write_atomic",
 ]

@@ -29,6 +29,38 @@ class Shard:
     size: int
 
 
+# A URI inside a name: scheme, optional userinfo, then up to a query or fragment.
+# In s3:// URIs "?" and "#" belong to the key: only userinfo is redacted there.
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:([^/?#\s]*)@)?([^?#\s]*)([?#]\S*)?")
+_REDACTED = "<redacted>"
+
+
+def shown(text: str) -> str:
+    """`text` (a name, path or URI) as a human message may show it: a URI's userinfo
+    and query string replaced by `<redacted>` (signatures and keys live there), and
+    control characters, other unprintable ones, lone surrogates (a name that is not
+    UTF-8) and backslashes escaped as `repr` writes them. A plain name is unchanged."""
+    return "".join(map(_escaped, _URI.sub(_redact_uri, text)))
+
+
+def _redact_uri(match: re.Match[str]) -> str:
+    scheme, userinfo, rest, query = match.groups()
+    user = f"{_REDACTED}@" if userinfo is not None else ""
+    if not query:
+        tail = ""
+    elif scheme.lower() == "s3://":
+        tail = query
+    else:
+        tail = f"{query[0]}{_REDACTED}"
+    return f"{scheme}{user}{rest}{tail}"
+
+
+def _escaped(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    return char if char.isprintable() else repr(char)[1:-1]
+
+
 def unsafe_reason(rel: str) -> str | None:
     """Why `rel` could land outside the folder it is joined to, or None when it cannot."""
     if not rel:
