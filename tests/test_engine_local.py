@@ -87,7 +87,14 @@ def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
             [*command, "--model", str(data / "model"), *JOB_OPTIONS, *extra],
             stdout=subprocess.DEVNULL,
             stderr=log,
+            # A job started from `nohup ... &` inherits an ignored SIGINT and keeps it
+            # (as documented); the job under test takes Ctrl-C however pytest was started.
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stderr_of(out: Path) -> str:
