@@ -152,7 +152,7 @@ def fast_ids(sequences: Sequence[Any], vocab_size: int) -> TokenIds | None:
         return None
     if ((ids < 0) | (ids >= vocab_size)).any():
         return None
-    return TokenIds(ids, lengths)
+    return TokenIds.unpadded(ids, lengths)
 
 
 # Records that are exactly {"in0":[ids]}, {"in1":[ids]} or {"in0":[ids],"in1":[ids]}, as
@@ -212,7 +212,7 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
         mine = ids if k == 1 else ids[which == j]
         if mine.min() < 0 or mine.max() >= vocab_size:
             return None
-        out.append(TokenIds(mine, lengths[j::k]))
+        out.append(TokenIds.unpadded(mine, lengths[j::k]))
     return out
 
 
@@ -248,10 +248,23 @@ def truncate_sequence(sequence: list[int], max_len: int) -> tuple[list[int], boo
 @dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
 class TokenIds:
     """Checked sequences of one input: every id in one int64 array, one sequence after
-    another, and each sequence's length (at least 1)."""
+    another, and each sequence's length. No id is 0: padding is left out where the ids
+    are read (see `unpadded`), so a sequence of padding only has length 0."""
 
     ids: np.ndarray
     lengths: np.ndarray
+
+    @classmethod
+    def unpadded(cls, ids: np.ndarray, lengths: np.ndarray) -> TokenIds:
+        """The sequences without their padding ids (0), wherever they stand: so that
+        `[0, 5, 0, 7, 0]` is `[5, 7]`, and padding cannot change an embedding. One
+        vectorised pass when there is no 0, as in most inputs."""
+        zero = ids == 0
+        if not zero.any():
+            return cls(ids, lengths)
+        row = np.repeat(np.arange(len(lengths)), lengths)  # each id's sequence
+        dropped = np.bincount(row[zero], minlength=len(lengths))
+        return cls(ids[~zero], lengths - dropped)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -277,9 +290,8 @@ class TokenIds:
         columns = np.arange(max(int(lengths.max(initial=0)), 1))
         inside = columns < lengths[:, None]  # (B, T)
         # Clipped so that padding places index some id too; np.where then zeroes them.
-        return np.where(
-            inside, self.ids[np.minimum(starts[:, None] + columns, self.ids.size - 1)], 0
-        )
+        ids = self.ids if self.ids.size else np.zeros(1, self.ids.dtype)  # padding only
+        return np.where(inside, ids[np.minimum(starts[:, None] + columns, ids.size - 1)], 0)
 
     def device_batches(
         self, token_budget: int, max_rows: int
@@ -294,7 +306,7 @@ class TokenIds:
         floor = token_budget // MIN_BATCH_SHARE
         done = 0
         while done < len(order):
-            longest = int(lengths[done])
+            longest = max(int(lengths[done]), 1)  # a row of padding only still takes a column
             size = max(1, min(max_rows, token_budget // longest, len(order) - done))
             padding = np.cumsum(longest - lengths[done : done + size])
             tokens = longest * np.arange(1, size + 1)
