@@ -76,8 +76,10 @@ def load_model(
     """Load a model folder or .tar.gz, local or on S3.
 
     mode "embedding" loads only the encoders (embed only); "classification" loads the
-    whole network (embed and score). precision (fp32, bf16, fp16) is the dtype the
-    network runs in; the arrays returned are float32 either way.
+    whole network (embed and score). precision (fp32, tf32, bf16, fp16) is the dtype
+    the network runs in; the arrays returned are float32 either way. fp32 is IEEE
+    float32 on a GPU too, and tf32 lets a GPU round float32 math to TensorFloat-32: a
+    setting of the whole process, as PyTorch's own settings are.
     """
     if mode not in MODES:
         raise O2VError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

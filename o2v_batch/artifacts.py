@@ -37,7 +37,9 @@ _T = TypeVar("_T")
 # Token-embedding numbers above which a network is built on the meta device.
 META_BUILD_NUMBERS = 2**25
 # --precision: the dtype (a torch attribute name) the network runs in.
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# tf32 keeps float32 weights but lets a GPU's matmuls and convolutions round their inputs
+# to TensorFloat-32 (devices.set_float32_math); fp32 there is IEEE float32, as on CPUs.
+PRECISIONS = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _is_tarball(name: str) -> bool:
@@ -292,6 +294,7 @@ def load_network(
     """
     import torch
 
+    from o2v_batch.devices import set_float32_math
     from o2v_batch.model import Object2Vec
 
     hp = check_model(folder, encoders_only)
@@ -305,4 +308,5 @@ def load_network(
     if hp.tied_token_embedding_weight:
         state[TIED_TENSOR] = state["enc0.embedding.weight"]
     network.load_state_dict(state, assign=True)
+    set_float32_math(tf32=precision == "tf32")
     return network.to(device=device, dtype=getattr(torch, PRECISIONS[precision])).eval()

@@ -92,3 +92,24 @@ def worker_device(device: str) -> str:
         visible.split(",")[index].strip() if visible else str(index)
     )
     return "cuda:0"
+
+
+def set_float32_math(tf32: bool) -> None:
+    """How this process's CUDA kernels do float32 math: IEEE float32, or TensorFloat-32
+    (10-bit mantissa inputs, float32 sums) in matmuls, convolutions and RNNs.
+
+    PyTorch lets cuDNN convolutions and RNNs use TF32 by default, so float32 on a GPU
+    would otherwise differ from the CPU's in the fourth digit. Process-wide, as
+    PyTorch's own settings are; no effect on CPU kernels.
+    """
+    import torch
+
+    mode = "tf32" if tf32 else "ieee"
+    cudnn = torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # PyTorch 2.9 and later
+        torch.backends.cuda.matmul.fp32_precision = mode
+        cudnn.conv.fp32_precision = mode
+        cudnn.rnn.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        cudnn.allow_tf32 = tf32

@@ -31,7 +31,7 @@ SUPPORTED_FILTERS = "(supported: $, .name, ['a','b'], [i], [i:j], *, [*])"
             {"output_filter": "$.x["},
             f"--output-filter: bad filter '$.x[': cannot read '[' at position 3 {SUPPORTED_FILTERS}",
         ),
-        ({"precision": "fp8"}, "--precision must be one of fp32, bf16, fp16; got 'fp8'"),
+        ({"precision": "fp8"}, "--precision must be one of fp32, tf32, bf16, fp16; got 'fp8'"),
     ],
 )
 def test_invalid_settings(options: dict, message: str) -> None:
