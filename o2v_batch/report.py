@@ -11,7 +11,8 @@ import orjson
 
 from o2v_batch.errors import O2VError
 from o2v_batch.formats import at_record, where
-from o2v_batch.io import describe_error
+from o2v_batch.io import describe_error, shown
+from o2v_batch.io.base import one_line
 
 
 @dataclass
@@ -113,11 +114,11 @@ class JobSummary:
             mini_batch_retries=faults.mini_batch_retries,
             seconds=round(seconds, 3),
             records_per_second=round(served / seconds, 1) if seconds > 0 else 0.0,
-            failed=[{"shard": r.shard, "reason": r.reason} for r in with_status("failed")],
-            skipped=[{"shard": r.shard, "reason": r.reason} for r in with_status("skipped")],
-            bad_records_by_shard={r.shard: r.bad_records for r in reports if r.bad_records},
+            failed=[_named(r) for r in with_status("failed")],
+            skipped=[_named(r) for r in with_status("skipped")],
+            bad_records_by_shard={shown(r.shard): r.bad_records for r in reports if r.bad_records},
             records_out_by_shard={
-                r.shard: r.records_out
+                shown(r.shard): r.records_out
                 for r in reports
                 if r.status == "ok" or (r.status == "skipped" and r.counted)
             },
@@ -145,6 +146,11 @@ class JobSummary:
         return out
 
 
+def _named(report: ShardReport) -> dict:
+    """A failed or skipped shard as the summary lists it: its name shown, its reason one line."""
+    return {"shard": shown(report.shard), "reason": one_line(report.reason or "")}
+
+
 # -- messages, worded alike by both engines -------------------------------------
 
 
@@ -152,13 +158,13 @@ def read_failure(shard: str, exc: Exception) -> str:
     """Why reading a shard failed, naming the shard once."""
     if isinstance(exc, O2VError):
         message = str(exc)
-        return message if shard in message else f"{shard}: {message}"
+        return message if shown(shard) in message else f"{shown(shard)}: {message}"
     return describe_error(exc, shard)
 
 
 def record_failure(shard: str, pos: int, content_type: str, problem: str) -> str:
     """Why a shard failed at one record: `<shard>: line N: <problem>`."""
-    return f"{shard}: {at_record(pos, content_type, problem)}"
+    return f"{shown(shard)}: {at_record(pos, content_type, problem)}"
 
 
 def batch_failure(pos: int, content_type: str, reason: str) -> str:
@@ -175,14 +181,14 @@ def oversize_problem(size: int, cap: int, capped: bool) -> str:
 
 def shard_failed(reason: str) -> str:
     """The line logged when a shard fails."""
-    return f"o2v-batch: shard failed: {reason}"
+    return f"o2v-batch: shard failed: {one_line(reason)}"
 
 
 def recovered(reason: str, restarted: bool, retry: str | None) -> str:
     """The one line logged when a worker is replaced or a mini-batch is tried again;
     `retry` says which mini-batch and which attempt."""
     actions = (["started a new worker"] if restarted else []) + ([retry] if retry else [])
-    return f"o2v-batch: {reason}; {' and '.join(actions)}"
+    return one_line(f"o2v-batch: {reason}; {' and '.join(actions)}")
 
 
 # -- stderr and progress ----------------------------------------------------------

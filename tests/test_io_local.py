@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -274,3 +275,33 @@ def test_a_quoted_home_folder_is_expanded(tmp_path, monkeypatch):
     (tmp_path / "a.jsonl").write_bytes(b"1\n")
     with sources.open_read("~/a.jsonl") as stream:
         assert stream.read() == b"1\n"
+
+
+def test_list_outputs_looks_through_symlinked_folders_and_survives_loops(tmp_path):
+    make_files(tmp_path / "elsewhere", {"a.jsonl.out": b"1", "deep/b.jsonl.out": b"2"})
+    make_files(tmp_path / "out", {"c.jsonl.out": b"3"})
+    (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "out" / "twin").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "out", target_is_directory=True)
+    (tmp_path / "out" / "self").symlink_to(".", target_is_directory=True)
+
+    assert sources.list_outputs(str(tmp_path / "out")) == {
+        "c.jsonl.out",
+        "sub/a.jsonl.out",
+        "sub/deep/b.jsonl.out",
+        "twin/a.jsonl.out",
+        "twin/deep/b.jsonl.out",
+    }
+
+
+def test_abort_never_raises_when_the_temp_file_cannot_be_removed(tmp_path, monkeypatch):
+    writer = sources.open_write(str(tmp_path / "a.out"))
+    writer.write(b"partial")
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "unlink", read_only)
+    writer.abort()
+
+    assert not (tmp_path / "a.out").exists()

@@ -131,7 +131,7 @@ def output_uri(output: str, rel: str, suffix: str = ".out") -> str:
     reason = unsafe_reason(rel)
     if reason:
         raise UnsafePathError(
-            f"refusing output path for {rel!r} ({reason}): it could escape {output}"
+            f"refusing output path for {rel!r} ({reason}): it could escape {shown(output)}"
         )
     return f"{output.rstrip('/')}/{rel}{suffix}"
 

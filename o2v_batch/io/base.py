@@ -40,7 +40,14 @@ def shown(text: str) -> str:
     and query string replaced by `<redacted>` (signatures and keys live there), and
     control characters, other unprintable ones, lone surrogates (a name that is not
     UTF-8) and backslashes escaped as `repr` writes them. A plain name is unchanged."""
-    return "".join(map(_escaped, _URI.sub(_redact_uri, text)))
+    return "".join(_escaped(char, backslash=True) for char in _URI.sub(_redact_uri, text))
+
+
+def one_line(message: str) -> str:
+    """A message composed around `shown` names, made safe to print as one line: URIs
+    redacted and unprintable characters escaped as by `shown`, but backslashes left
+    as they are (a shown name's own escapes stay readable, and this is idempotent)."""
+    return "".join(_escaped(char, backslash=False) for char in _URI.sub(_redact_uri, message))
 
 
 def _redact_uri(match: re.Match[str]) -> str:
@@ -55,9 +62,9 @@ def _redact_uri(match: re.Match[str]) -> str:
     return f"{scheme}{user}{rest}{tail}"
 
 
-def _escaped(char: str) -> str:
+def _escaped(char: str, backslash: bool) -> str:
     if char == "\\":
-        return "\\\\"
+        return "\\\\" if backslash else char
     return char if char.isprintable() else repr(char)[1:-1]
 
 
@@ -126,7 +133,7 @@ class AtomicWriter(abc.ABC):
     def commit(self) -> None:
         """Publish everything written so far as the complete output."""
         if self._state == "aborted":
-            raise InputError(f"{self.uri}: cannot commit an aborted output")
+            raise InputError(f"{shown(self.uri)}: cannot commit an aborted output")
         if self._state == "open":
             self._state = "committed"
             self._commit()
@@ -197,5 +204,7 @@ def transport_for(uri: str) -> Transport:
     module = _TRANSPORTS.get(scheme)
     if module is None:
         known = ", ".join(f"{name}://" for name in sorted(_TRANSPORTS) if name not in ("", STDIO))
-        raise InputError(f"{uri}: unsupported scheme {scheme}:// (use a local path, - or {known})")
+        raise InputError(
+            f"{shown(uri)}: unsupported scheme {shown(scheme)}:// (use a local path, - or {known})"
+        )
     return cast(Transport, importlib.import_module(module))

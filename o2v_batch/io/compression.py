@@ -18,6 +18,7 @@ from typing import BinaryIO
 import zstandard
 
 from o2v_batch.errors import InputError
+from o2v_batch.io.base import shown
 
 _BUFFER_BYTES = 2**20
 # Compressed bytes per zstd step: output comes in bounded pieces whatever the ratio.
@@ -111,7 +112,7 @@ class _Decompressed(io.RawIOBase):
             problem = (
                 f"{kind} stream ends early" if isinstance(exc, EOFError) else f"corrupt {kind} data"
             )
-            raise InputError(f"{self._uri}: {problem}") from None
+            raise InputError(f"{shown(self._uri)}: {problem}") from None
 
     def close(self) -> None:
         if self.closed:

@@ -7,12 +7,21 @@ import contextlib
 import glob
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from o2v_batch.errors import InputError
-from o2v_batch.io.base import AtomicWriter, Shard, hidden, is_output, is_summary, scheme_of
+from o2v_batch.io.base import (
+    AtomicWriter,
+    Shard,
+    hidden,
+    is_output,
+    is_summary,
+    scheme_of,
+    shown,
+)
 
 _TEMP_GLOB = "[0-9a-f]" * 12  # matches secrets.token_hex(6)
 
@@ -23,29 +32,49 @@ def list_shards(input: str, output: str | None) -> list[Shard]:
     if os.path.isfile(input):
         return [Shard(input, os.path.basename(input), os.path.getsize(input))]
     if not os.path.isdir(input):
-        raise InputError(f"input not found: {input}")
+        raise InputError(_not_listable(input))
     skip = os.path.realpath(output) if output and scheme_of(output) == "" else None
     return _walk(input, skip, inputs=True)
 
 
+# What stat says a path is, for the inputs that are neither a file nor a folder.
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_listable(input: str) -> str:
+    """Why INPUT, neither a file nor a folder, has no shards."""
+    try:
+        mode = os.stat(input).st_mode
+    except OSError:
+        return f"input not found: {shown(input)}"
+    kind = next((name for test, name in _KINDS if test(mode)), "something else")
+    return f"input {shown(input)} is not a regular file or a folder (it is {kind})"
+
+
 def list_outputs(output: str) -> set[str]:
-    """Every visible file below OUTPUT; none when it does not exist yet."""
+    """Every visible file below OUTPUT, through symlinked folders too (what is written
+    there lands behind them); none when OUTPUT does not exist yet."""
     return {shard.rel for shard in _walk(output, None, inputs=False)}
 
 
 def _walk(root: str, skip: str | None, inputs: bool) -> list[Shard]:
     """The visible files below `root`, sorted; `inputs` leaves out outputs (`.out` files,
-    folders below `root` holding a `_SUCCESS`), `skip` one folder."""
+    folders below `root` holding a `_SUCCESS`) and symlinked folders, `skip` one folder.
+    Outputs are looked for through symlinked folders too, never round a symlink loop."""
     shards = []
-    # followlinks=False: a symlinked folder shows up in `folders` but is never entered.
-    for folder, folders, files in os.walk(root):
+    # The real folders on the way down to each folder walked: a link back to one is a loop.
+    chains = {root: frozenset([os.path.realpath(root)])}
+    for folder, folders, files in os.walk(root, followlinks=not inputs):
         if inputs and folder != root and any(map(is_summary, files)):
             folders[:] = []  # an earlier job's output, inside INPUT
             continue
         folders[:] = [
-            name
-            for name in folders
-            if not hidden(name) and os.path.realpath(os.path.join(folder, name)) != skip
+            name for name in folders if not hidden(name) and _enter(folder, name, skip, chains)
         ]
         for name in files:
             path = os.path.join(folder, name)
@@ -54,6 +83,17 @@ def _walk(root: str, skip: str | None, inputs: bool) -> list[Shard]:
             rel = Path(os.path.relpath(path, root)).as_posix()
             shards.append(Shard(path, rel, os.path.getsize(path)))
     return sorted(shards, key=lambda shard: shard.rel)
+
+
+def _enter(folder: str, name: str, skip: str | None, chains: dict[str, frozenset[str]]) -> bool:
+    """Whether a walk goes into `folder/name`: not the skipped folder, and not a folder
+    it is already inside (a symlink loop); records the chain of the folder entered."""
+    path = os.path.join(folder, name)
+    real = os.path.realpath(path)
+    if real == skip or real in chains[folder]:
+        return False
+    chains[path] = chains[folder] | {real}
+    return True
 
 
 def size(uri: str) -> int | None:
@@ -65,9 +105,9 @@ def open_read(uri: str) -> BinaryIO:
         # "~" is expanded as it always was for single files (a quoted ~/vocab.json, say).
         return open(os.path.expanduser(uri), "rb")
     except FileNotFoundError as exc:
-        raise InputError(f"input not found: {uri}") from exc
+        raise InputError(f"input not found: {shown(uri)}") from exc
     except OSError as exc:
-        raise InputError(f"cannot read {uri}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {shown(uri)}: {exc.strerror or exc}") from exc
 
 
 def _temp_name(name: str, token: str) -> str:
@@ -89,13 +129,13 @@ class _LocalWriter(AtomicWriter):
                 os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"
             )
         except OSError as exc:
-            raise InputError(f"cannot write {uri}: {exc.strerror or exc}") from exc
+            raise InputError(f"cannot write {shown(uri)}: {exc.strerror or exc}") from exc
 
     def write(self, data: bytes) -> None:
         try:
             self._file.write(data)
         except OSError as exc:
-            raise InputError(f"cannot write {self.uri}: {exc.strerror or exc}") from exc
+            raise InputError(f"cannot write {shown(self.uri)}: {exc.strerror or exc}") from exc
 
     def _commit(self) -> None:
         try:
@@ -103,11 +143,14 @@ class _LocalWriter(AtomicWriter):
             os.replace(self._temp, self.uri)
         except OSError as exc:
             self._abort()
-            raise InputError(f"cannot write {self.uri}: {exc.strerror or exc}") from exc
+            raise InputError(f"cannot write {shown(self.uri)}: {exc.strerror or exc}") from exc
 
     def _abort(self) -> None:
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
+        # Never raises: on a folder gone read-only the temp file cannot be removed, and
+        # the hidden leftover is for the next run writing this output to clear.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
             os.unlink(self._temp)
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from o2v_batch.errors import InputError, UnsafePathError
-from o2v_batch.io.base import Shard, unsafe_reason
+from o2v_batch.io.base import Shard, shown, unsafe_reason
 
 
 def manifest_shards(
@@ -17,15 +17,15 @@ def manifest_shards(
     try:
         parsed = json.loads(document)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise InputError(f"{manifest}: not a valid manifest: invalid JSON ({exc})") from exc
+        raise InputError(f"{shown(manifest)}: not a valid manifest: invalid JSON ({exc})") from exc
     prefix, entries = _manifest_parts(manifest, parsed)
     seen: set[str] = set()
     for entry in entries:
         reason = unsafe_reason(entry)
         if reason:
-            raise UnsafePathError(f"{manifest}: unsafe manifest entry {entry!r} ({reason})")
+            raise UnsafePathError(f"{shown(manifest)}: unsafe manifest entry {entry!r} ({reason})")
         if entry in seen:
-            raise InputError(f"{manifest}: duplicate manifest entry {entry!r}")
+            raise InputError(f"{shown(manifest)}: duplicate manifest entry {entry!r}")
         seen.add(entry)
     uris = [prefix + entry for entry in entries]
     # One request per entry on S3: in parallel, or a long manifest takes minutes.
@@ -33,7 +33,7 @@ def manifest_shards(
         sizes = list(pool.map(size, uris))
     for entry, uri, found in zip(entries, uris, sizes, strict=True):
         if found is None:
-            raise InputError(f"{manifest}: manifest entry {entry!r} not found: {uri}")
+            raise InputError(f"{shown(manifest)}: manifest entry {entry!r} not found: {shown(uri)}")
     return [Shard(u, e, s) for u, e, s in zip(uris, entries, sizes, strict=True)]  # type: ignore[arg-type]
 
 
@@ -41,20 +41,20 @@ def _manifest_parts(manifest: str, document: object) -> tuple[str, list[str]]:
     """The prefix (ending with "/") and the entries of a parsed manifest."""
     if not isinstance(document, list) or not document:
         raise InputError(
-            f"{manifest}: not a valid manifest: expected a JSON list "
+            f"{shown(manifest)}: not a valid manifest: expected a JSON list "
             '[{"prefix": "s3://bucket/prefix/"}, "relative/path", ...]'
         )
     head, *entries = document
     prefix = head.get("prefix") if isinstance(head, dict) else None
     if not isinstance(prefix, str) or not prefix or len(head) != 1:
         raise InputError(
-            f"{manifest}: not a valid manifest: the first element must be "
+            f"{shown(manifest)}: not a valid manifest: the first element must be "
             '{"prefix": "<folder or s3://bucket/prefix/>"}'
         )
     for index, entry in enumerate(entries, start=1):
         if not isinstance(entry, str):
             raise InputError(
-                f"{manifest}: not a valid manifest: element {index} is not a string: {json.dumps(entry)}"
+                f"{shown(manifest)}: not a valid manifest: element {index} is not a string: {json.dumps(entry)}"
             )
     # SageMaker concatenates prefix and entry; a missing slash is surely meant.
     return (prefix if prefix.endswith("/") else prefix + "/"), entries

@@ -20,7 +20,7 @@ import smart_open.s3
 from botocore.client import BaseClient
 
 from o2v_batch.errors import InputError
-from o2v_batch.io.base import AtomicWriter, Shard, hidden, is_output, is_summary
+from o2v_batch.io.base import AtomicWriter, Shard, hidden, is_output, is_summary, shown
 from o2v_batch.io.s3_errors import (
     S3_FAILURES,
     botocore_error,
@@ -130,7 +130,7 @@ def list_shards(input: str, output: str | None) -> list[Shard]:
     skip = _output_prefix_inside(bucket, key, output)
     objects = _objects(bucket, key, input)
     if key and not objects:
-        raise InputError(f"input not found: {input}")
+        raise InputError(f"input not found: {shown(input)}")
     # Folders below INPUT holding a `_SUCCESS`: earlier jobs' outputs.
     done = {rel.rpartition("/")[0] + "/" for rel in objects if is_summary(rel.rpartition("/")[2])}
     done.discard("/")
@@ -185,7 +185,7 @@ def _output_prefix_inside(bucket: str, key: str, output: str | None) -> str | No
 
 def open_read(uri: str) -> BinaryIO:
     """The object streamed, never downloaded whole."""
-    with _s3_errors(uri, missing=f"input not found: {uri}"):
+    with _s3_errors(uri, missing=f"input not found: {shown(uri)}"):
         params = {"client": s3_client()}
         return smart_open.open(uri, "rb", compression="disable", transport_params=params)
 

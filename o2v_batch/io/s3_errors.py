@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 
 from o2v_batch.errors import InputError, O2VError
-from o2v_batch.io.base import scheme_of
+from o2v_batch.io.base import one_line, scheme_of, shown
 
 # smart_open wraps botocore errors in OSError or ValueError.
 S3_FAILURES = (
@@ -38,7 +38,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """s3://bucket/some/key -> ("bucket", "some/key"); the key may be empty."""
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not is_s3(uri) or not bucket:
-        raise InputError(f"not an s3://bucket/key URI: {uri}")
+        raise InputError(f"not an s3://bucket/key URI: {shown(uri)}")
     return bucket, key
 
 
@@ -71,6 +71,7 @@ def describe_error(exc: BaseException, uri: str) -> str:
     Errors of ours (O2VError) already carry their message and pass through as they are.
     """
     error = botocore_error(exc) or exc
+    uri = shown(uri)
     if isinstance(error, O2VError):
         message = str(error)
     elif isinstance(error, botocore.exceptions.ClientError):
@@ -91,7 +92,7 @@ def describe_error(exc: BaseException, uri: str) -> str:
         )
     else:
         message = f"{uri}: {type(error).__name__}: {' '.join(str(error).split())}"
-    return _redact(message)
+    return one_line(_redact(message))
 
 
 def _describe_client_error(exc: botocore.exceptions.ClientError, uri: str) -> str:
@@ -136,6 +137,8 @@ def _redact(message: str) -> str:
     # A last guard: botocore messages are templates, but never trust them with secrets.
     # URLs lose their user info and query (where signatures live).
     message = re.sub(r"(\w+://)(?:[^/\s@]*@)?([^\s?#\"']*)(?:[?#][^\s\"']*)?", r"\1\2", message)
+    # An Authorization header echoed back: its key id and signature.
+    message = re.sub(r"\b(Credential|Signature)=[^\s,;&\"']+", r"\1=<redacted>", message)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         value = os.environ.get(name)
         if value:
