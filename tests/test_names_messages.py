@@ -128,7 +128,8 @@ def test_a_file_name_that_is_not_utf8_finishes_the_job_and_its_resume(tmp_path, 
     again = subprocess.run([*command, "--resume"], capture_output=True, timeout=120)
 
     assert first.returncode == 0, first.stderr.decode()
-    assert len(Path(name + ".out").read_bytes().splitlines()) == 3
+    output = os.fsdecode(os.fsencode(tmp_path / "out") + b"/caf\xe9.jsonl.out")
+    assert len(Path(output).read_bytes().splitlines()) == 3
     summary = json.loads((tmp_path / "out" / "_SUCCESS").read_bytes())
     assert summary["records_out_by_shard"] == {
         f"{tmp_path}/in/caf\\udce9.jsonl": 3,

@@ -27,6 +27,7 @@ from o2v_batch.io.s3_errors import (
     describe_error,
     is_s3,
     not_found,
+    redirect_message,
     split_s3,
 )
 
@@ -84,7 +85,24 @@ def _cached_client(env: tuple[str | None, ...]) -> BaseClient:
         retries=retries, connect_timeout=10, read_timeout=60, max_pool_connections=32
     )
     # A session per client: boto3's default session is not thread-safe.
-    return boto3.session.Session().client("s3", config=config)
+    client = boto3.session.Session().client("s3", config=config)
+    # Before botocore's region redirector, which asks the bucket's region of the same
+    # endpoint again and again when a redirect does not name it (a RecursionError).
+    client.meta.events.register_first("needs-retry.s3", _refuse_blind_redirect)
+    return client
+
+
+def _refuse_blind_redirect(response=None, request_dict=None, **kwargs) -> None:
+    """A redirect that names no region cannot be followed: one line naming the endpoint
+    and the redirect, instead of botocore asking for the bucket's region forever."""
+    if response is None or response[0] is None:
+        return  # a connection error: botocore's retries deal with it
+    http, parsed = response
+    headers = parsed.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    region = headers.get("x-amz-bucket-region") or parsed.get("Error", {}).get("Region")
+    if http.status_code in (301, 302, 307) and not region:
+        url = (request_dict or {}).get("url", "")
+        raise InputError(redirect_message(url, http.status_code, headers.get("location")))
 
 
 @contextlib.contextmanager

@@ -95,6 +95,15 @@ def describe_error(exc: BaseException, uri: str) -> str:
     return one_line(_redact(message))
 
 
+def redirect_message(url: str, status: int, location: str | None) -> str:
+    """Why an S3 call answered by a redirect naming no region failed."""
+    to = f"to {shown(location)}" if location else "with no Location"
+    return one_line(
+        f"the S3 endpoint {_base_url(url)} answered with a redirect that an S3 client "
+        f"cannot follow (check AWS_ENDPOINT_URL): {status} {to}"
+    )
+
+
 def _describe_client_error(exc: botocore.exceptions.ClientError, uri: str) -> str:
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
