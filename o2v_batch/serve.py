@@ -209,10 +209,7 @@ class _App:
             return
         route = (scope["method"], scope["path"])
         if route == ("GET", "/ping"):
-            if self.dispatcher.ready.is_set():
-                await _respond(send, 200, b"", _TEXT)
-            else:
-                await _respond(send, 503, b"the model is loading\n", _TEXT)
+            await self._ping(send)
         elif route == ("GET", "/execution-parameters"):
             await _respond(send, 200, self.parameters, b"application/json")
         elif route == ("POST", "/invocations"):
@@ -224,6 +221,16 @@ class _App:
                 await _respond(send, 405, message.encode(), _TEXT)
             else:
                 await _respond(send, 404, b"not found: use /ping or /invocations\n", _TEXT)
+
+    async def _ping(self, send: Callable) -> None:
+        """200 once a worker has served the warm-up request."""
+        if self.dispatcher.ready.is_set():
+            await _respond(send, 200, b"", _TEXT)
+        elif self.dispatcher.warm_up_failure is not None:
+            message = b"the model failed its warm-up request; see the server's log\n"
+            await _respond(send, 503, message, _TEXT)
+        else:
+            await _respond(send, 503, b"the model is loading\n", _TEXT)
 
     async def _invoke(self, scope: dict, receive: Callable, send: Callable) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

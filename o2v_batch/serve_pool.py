@@ -21,7 +21,7 @@ from o2v_batch.formats import JSONLINES
 from o2v_batch.protocol import BatchResult, Done, Failed, WorkerSpec
 from o2v_batch.report import recovered
 from o2v_batch.runtime import Recovery, WorkerPool
-from o2v_batch.serve_requests import Invocation
+from o2v_batch.serve_requests import Invocation, bad_record, invocation
 from o2v_batch.worker_process import describe
 
 # Seconds between two looks at the intake while mini-batches are in flight: a request
@@ -29,7 +29,10 @@ from o2v_batch.worker_process import describe
 _BUSY_POLL_S = 0.002
 # While idle the thread sleeps on the intake, woken at once by a request.
 _IDLE_WAIT_S = 0.1
-_WARM_UP = -1  # the task id of the first, empty mini-batch
+_WARM_UP = -1  # the task id of the warm-up request
+# A real record, served as a request's are: id 1 is in every vocabulary (it has at least
+# two ids) and in0 is every model's. Its answer means a worker can serve.
+_WARM_UP_REQUEST = invocation(b'{"in0": [1]}\n', JSONLINES, JSONLINES)
 STOPPED = "the server stopped before the request was served"
 
 
@@ -49,7 +52,8 @@ class _Pending:
 
 
 class Dispatcher(threading.Thread):
-    """Owns the WorkerPool; `ready` is set once a worker has loaded the model."""
+    """Owns the WorkerPool; `ready` is set once a worker has served the warm-up request,
+    `warm_up_failure` says why it could not."""
 
     def __init__(
         self,
@@ -74,6 +78,7 @@ class Dispatcher(threading.Thread):
         self._ids = itertools.count()
         self._stopping = threading.Event()
         self.ready = threading.Event()
+        self.warm_up_failure: str | None = None
         self.failure: str | None = None
 
     def submit(self, invocation: Invocation) -> asyncio.Future:
@@ -93,8 +98,8 @@ class Dispatcher(threading.Thread):
     def run(self) -> None:
         try:
             with self._pool as pool:
-                # An empty mini-batch: its answer means a worker has loaded the model.
-                pool.submit(_WARM_UP, [], [], JSONLINES, JSONLINES)
+                warm_up = _WARM_UP_REQUEST
+                pool.submit(_WARM_UP, warm_up.positions, warm_up.records, JSONLINES, JSONLINES)
                 self._serve(pool)
             self._settle_all(STOPPED)
         except Exception as exc:  # the model cannot load, workers keep dying while loading
@@ -125,14 +130,26 @@ class Dispatcher(threading.Thread):
 
     def _settled(self, event: Done | Failed) -> None:
         if event.task_id == _WARM_UP:
-            self.ready.set()
-            self._on_ready()
+            self._warmed_up(event)
             return
         pending = self._in_flight.pop(event.task_id)
         if isinstance(event, Done):
             _settle(pending, Outcome(event.result))
         else:
             _settle(pending, Outcome(None, event.reason))
+
+    def _warmed_up(self, event: Done | Failed) -> None:
+        if isinstance(event, Failed):
+            self.warm_up_failure = event.reason
+        elif event.result.error is not None:
+            self.warm_up_failure = bad_record(event.result, JSONLINES)
+        else:
+            self.ready.set()
+            self._on_ready()
+            return
+        self._log(
+            f"o2v-batch: the warm-up request failed, so /ping answers 503: {self.warm_up_failure}"
+        )
 
     def _settle_all(self, reason: str) -> None:
         """Every request still waiting ends with `reason`."""
@@ -147,6 +164,8 @@ class Dispatcher(threading.Thread):
             _settle(pending, Outcome(None, reason))
 
     def _recovered(self, event: Recovery) -> None:
+        if event.task_id == _WARM_UP and not event.restarted:
+            return  # the warm-up tries again: its failure, if it fails, is logged once
         retry = None
         if event.task_id is not None and event.task_id != _WARM_UP:
             retry = f"retrying a request (attempt {event.attempt} of {self._pool.max_retries + 1})"

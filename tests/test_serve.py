@@ -167,6 +167,12 @@ def test_ping_and_execution_parameters(server):
     }
 
 
+def test_the_start_logs_one_serving_line_and_no_worker_error(server):
+    log = server.log.read_text()
+    assert log.count(f"o2v-batch: serving {MODEL} on port {server.port}\n") == 1, log
+    assert "the worker raised" not in log and "AttributeError" not in log, log
+
+
 @pytest.mark.parametrize("caps", [None, CAPS])
 @pytest.mark.parametrize(("name", "media"), [("records.jsonl", JSONLINES), ("records.json", JSON)])
 def test_invocations_answer_with_the_bytes_transform_writes(
