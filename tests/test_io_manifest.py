@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import posixpath
 
 import pytest
 
@@ -123,3 +124,31 @@ def test_compressed_manifest_is_read_like_any_input(tmp_path):
     path.write_bytes(gzip.compress(json.dumps([{"prefix": str(tmp_path)}, "a.jsonl"]).encode()))
     shards = sources.list_shards(str(path), manifest=True)
     assert shards == [Shard(f"{tmp_path}/a.jsonl", "a.jsonl", 1)]
+
+
+@pytest.mark.parametrize(
+    ("spellings", "shard"),
+    [(["sub/./a.jsonl"], "sub/a.jsonl"), (["./sub//a.jsonl", "b.jsonl"], "sub/a.jsonl")],
+)
+def test_manifest_entries_are_normalised(tmp_path, spellings, shard):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jsonl").write_bytes(b"12")
+    (tmp_path / "b.jsonl").write_bytes(b"3")
+    manifest = write_manifest(tmp_path, [{"prefix": str(tmp_path)}, *spellings])
+
+    shards = sources.list_shards(manifest, manifest=True)
+
+    assert shards[0] == Shard(f"{tmp_path}/{shard}", shard, 2)
+    assert [s.rel for s in shards] == [posixpath.normpath(s) for s in spellings]
+
+
+@pytest.mark.parametrize("other", ["sub/./a.jsonl", "sub//a.jsonl", "./sub/a.jsonl"])
+def test_manifest_refuses_two_spellings_of_one_shard(tmp_path, other):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jsonl").write_bytes(b"1")
+    manifest = write_manifest(tmp_path, [{"prefix": str(tmp_path)}, "sub/a.jsonl", other])
+    with pytest.raises(InputError) as info:
+        sources.list_shards(manifest, manifest=True)
+    assert str(info.value) == (
+        f"{manifest}: manifest entries 'sub/a.jsonl' and {other!r} name the same shard"
+    )

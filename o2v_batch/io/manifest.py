@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import posixpath
 from collections.abc import Callable
 
 from o2v_batch.errors import InputError, UnsafePathError
@@ -18,15 +19,8 @@ def manifest_shards(
         parsed = json.loads(document)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(f"{shown(manifest)}: not a valid manifest: invalid JSON ({exc})") from exc
-    prefix, entries = _manifest_parts(manifest, parsed)
-    seen: set[str] = set()
-    for entry in entries:
-        reason = unsafe_reason(entry)
-        if reason:
-            raise UnsafePathError(f"{shown(manifest)}: unsafe manifest entry {entry!r} ({reason})")
-        if entry in seen:
-            raise InputError(f"{shown(manifest)}: duplicate manifest entry {entry!r}")
-        seen.add(entry)
+    prefix, spellings = _manifest_parts(manifest, parsed)
+    entries = _normalised(manifest, spellings)
     uris = [prefix + entry for entry in entries]
     # One request per entry on S3: in parallel, or a long manifest takes minutes.
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
@@ -35,6 +29,29 @@ def manifest_shards(
         if found is None:
             raise InputError(f"{shown(manifest)}: manifest entry {entry!r} not found: {shown(uri)}")
     return [Shard(u, e, s) for u, e, s in zip(uris, entries, sizes, strict=True)]  # type: ignore[arg-type]
+
+
+def _normalised(manifest: str, spellings: list[str]) -> list[str]:
+    """The entries as shard paths (`sub/./a.jsonl` and `sub//a.jsonl` are `sub/a.jsonl`),
+    refusing unsafe ones and two entries for one shard: they would write one output."""
+    first: dict[str, str] = {}
+    for spelling in spellings:
+        reason = unsafe_reason(spelling)
+        if reason:
+            raise UnsafePathError(
+                f"{shown(manifest)}: unsafe manifest entry {spelling!r} ({reason})"
+            )
+        entry = posixpath.normpath(spelling)
+        if entry in first:
+            raise InputError(f"{shown(manifest)}: {_duplicate(first[entry], spelling)}")
+        first[entry] = spelling
+    return list(first)
+
+
+def _duplicate(earlier: str, spelling: str) -> str:
+    if earlier == spelling:
+        return f"duplicate manifest entry {spelling!r}"
+    return f"manifest entries {earlier!r} and {spelling!r} name the same shard"
 
 
 def _manifest_parts(manifest: str, document: object) -> tuple[str, list[str]]:
