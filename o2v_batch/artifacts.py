@@ -9,18 +9,29 @@ they run.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
+import math
 import os
 import posixpath
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 from o2v_batch import io
-from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
+from o2v_batch.errors import (
+    DiskFullError,
+    HyperparameterError,
+    ModelFormatError,
+    O2VError,
+    UnsafeArchiveError,
+)
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io import describe_error, is_local, open_read
 from o2v_batch.weights import TIED_TENSOR, Shapes, expected_shapes, mismatches
@@ -34,6 +45,20 @@ HYPERPARAMETERS_FILE = "hyperparameters.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_FILES = (HYPERPARAMETERS_FILE, WEIGHTS_FILE)
 _T = TypeVar("_T")
+# Extraction caps. A model archive needs two members, and the weights' size follows from
+# the hyperparameters: float32 numbers plus the safetensors header (names, shapes, offsets).
+MAX_MEMBERS = 10_000
+MAX_HYPERPARAMETERS_BYTES = 1 << 20
+WEIGHTS_HEADER_ALLOWANCE = 1 << 20
+_COPY_CHUNK = 1 << 20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Tensors are searched for NaN and infinity this many bytes of rows at a time.
+SCAN_BYTES = 4 << 20
+# safetensors dtypes numpy reads; a bfloat16 tensor is searched once loaded instead.
+_NUMPY_FLOATS = ("F16", "F32", "F64")
+# Where each downloaded or extracted folder came from, as (uri, separator before a file
+# name), so that messages about its files name what the user gave, not a temp folder.
+_ORIGINS: dict[str, tuple[str, str]] = {}
 # Token-embedding numbers above which a network is built on the meta device.
 META_BUILD_NUMBERS = 2**25
 # --precision: the dtype (a torch attribute name) the network runs in.
@@ -57,10 +82,20 @@ def _new_folder(cache_dir: str | None) -> Path:
     return Path(folder)
 
 
-def _escapes(path: str) -> bool:
-    """Whether a relative archive path, once normalised, points outside the target folder."""
-    normal = posixpath.normpath(path)
-    return normal == ".." or normal.startswith("../") or posixpath.isabs(normal)
+def _key(folder: str | os.PathLike[str]) -> str:
+    return os.path.normpath(os.fspath(folder))
+
+
+def _folder_label(folder: str | os.PathLike[str]) -> str:
+    """How messages name a model folder: the archive or S3 prefix it came from, or itself."""
+    origin = _ORIGINS.get(_key(folder))
+    return origin[0] if origin else str(folder)
+
+
+def _file_label(folder: str | os.PathLike[str], name: str) -> str:
+    """How messages name a model file: `archive: name`, `s3://prefix/name` or its path."""
+    origin = _ORIGINS.get(_key(folder))
+    return origin[0] + origin[1] + name if origin else str(Path(folder) / name)
 
 
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -69,47 +104,136 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
         return "it has an absolute path"
     if ".." in name.split("/"):
         return "its path leaves the target folder"
+    # Links are refused wherever they point: a chain of them can resolve elsewhere than
+    # its text says, and a model needs none.
     if member.issym():
-        link = member.linkname.replace("\\", "/")
-        if posixpath.isabs(link) or _escapes(posixpath.join(posixpath.dirname(name), link)):
-            return f"it is a symlink to {member.linkname!r}, outside the target folder"
-    elif member.islnk():
-        if _escapes(member.linkname.replace("\\", "/")):
-            return f"it is a hard link to {member.linkname!r}, outside the target folder"
-    elif not (member.isfile() or member.isdir()):
+        return f"it is a symlink to {member.linkname!r}: a model archive holds files only"
+    if member.islnk():
+        return f"it is a hard link to {member.linkname!r}: a model archive holds files only"
+    if not (member.isfile() or member.isdir()):
         return "it is a device or other special file"
     return None
 
 
+def _model_file(member: tarfile.TarInfo) -> tuple[str, str] | None:
+    """(folder, name) of a regular file named as a model file, at the top of the archive
+    or in one top-level folder; None for every other member, which is skipped."""
+    if not member.isfile():
+        return None
+    folder, name = posixpath.split(posixpath.normpath(member.name.replace("\\", "/")))
+    return (folder, name) if name in MODEL_FILES and "/" not in folder else None
+
+
+def _create(path: Path) -> IO[bytes]:
+    return path.open("xb")
+
+
+class _Extraction:
+    """Writes an archive's model files into a folder by name, checking every member."""
+
+    def __init__(self, archive: Path, target: Path, label: str) -> None:
+        self.archive, self.target, self.label = archive, target, label
+        self.folder: str | None = None  # where the model files sit inside the archive
+        self.found: set[str] = set()
+        self.deferred: int | None = None  # a weights member met before hyperparameters.json
+        self.weights_cap: int | None = None
+
+    def run(self) -> None:
+        with tarfile.open(self.archive, "r|gz") as tar:
+            for index, member in enumerate(tar):
+                self._take(tar, index, member)
+        if self.deferred is not None and HYPERPARAMETERS_FILE in self.found:
+            # Its cap comes from hyperparameters.json: read the archive again up to it.
+            with tarfile.open(self.archive, "r|gz") as tar:
+                for index, member in enumerate(tar):
+                    if index == self.deferred:
+                        self._copy(tar, member, WEIGHTS_FILE, *self._weights_cap())
+                        break
+
+    def _take(self, tar: tarfile.TarFile, index: int, member: tarfile.TarInfo) -> None:
+        if index == MAX_MEMBERS:
+            raise UnsafeArchiveError(
+                f"{self.label}: refusing to extract: more than {MAX_MEMBERS} members "
+                "(a model needs two)"
+            )
+        reason = _unsafe_reason(member)
+        if reason:
+            raise self._refusal(member, reason)
+        wanted = _model_file(member)
+        if wanted is None:
+            return
+        folder, name = wanted
+        if self.folder is not None and folder != self.folder:
+            raise self._refusal(
+                member, "the model files must sit together, at the top or in one top-level folder"
+            )
+        if name in self.found:
+            raise self._refusal(member, f"it is a second {name}")
+        self.folder = folder
+        self.found.add(name)
+        if name == HYPERPARAMETERS_FILE:
+            self._copy(tar, member, name, MAX_HYPERPARAMETERS_BYTES, f"bytes a {name} may hold")
+        elif HYPERPARAMETERS_FILE in self.found:
+            self._copy(tar, member, name, *self._weights_cap())
+        else:
+            self.deferred = index
+
+    def _weights_cap(self) -> tuple[int, str]:
+        if self.weights_cap is None:
+            shapes = expected_shapes(read_hyperparameters(self.target))
+            numbers = sum(math.prod(shape) for shape in shapes.values())
+            self.weights_cap = 4 * numbers + WEIGHTS_HEADER_ALLOWANCE
+        return self.weights_cap, "bytes its hyperparameters' float32 tensors need"
+
+    def _copy(
+        self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, cap: int, why: str
+    ) -> None:
+        """The member's bytes into the target folder as `name`, counted as they are
+        copied (not only from its header), never more than `cap`."""
+        if member.size > cap:
+            raise self._too_big(member, member.size, cap, why)
+        source = tar.extractfile(member)
+        copied = 0
+        with _create(self.target / name) as out:
+            while chunk := source.read(_COPY_CHUNK):
+                copied += len(chunk)
+                if copied > cap:
+                    raise self._too_big(member, copied, cap, why)
+                out.write(chunk)
+
+    def _too_big(self, member: tarfile.TarInfo, size: int, cap: int, why: str) -> O2VError:
+        return self._refusal(member, f"it holds {size} bytes, more than the {cap} {why}")
+
+    def _refusal(self, member: tarfile.TarInfo, reason: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(
+            f"{self.label}: refusing to extract member {member.name!r}: {reason}"
+        )
+
+
 def _extract_tarball(archive: Path, target: Path, label: str) -> Path:
-    """Extract after checking every member; return the folder holding the model files."""
+    """Write the archive's hyperparameters.json and model.safetensors into `target` and
+    return it; messages about the files name the archive (`label`).
+
+    Never extract/extractall: links, devices and FIFOs are refused, other files skipped
+    unread, and sizes capped. A weights member before hyperparameters.json is written on
+    a second read of the archive, once its cap is known.
+    """
+    _ORIGINS[_key(target)] = (label, ": ")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                reason = _unsafe_reason(member)
-                if reason:
-                    raise UnsafeArchiveError(
-                        f"{label}: refusing to extract member {member.name!r}: {reason}"
-                    )
-            # The data filter is a second line of defence where this Python has it.
-            options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(target, members=members, **options)
-    except tarfile.FilterError as error:
-        raise UnsafeArchiveError(f"{label}: refusing to extract: {error}") from error
-    except (tarfile.TarError, EOFError, OSError) as error:
+        _Extraction(archive, target, label).run()
+    except OSError as error:
+        if error.errno in _DISK_FULL:
+            raise _disk_full("extracting", label, target, error) from error
         raise ModelFormatError(f"{label} is not a readable .tar.gz archive: {error}") from error
-    return _model_root(target)
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise ModelFormatError(f"{label} is not a readable .tar.gz archive: {error}") from error
+    return target
 
 
-def _model_root(folder: Path) -> Path:
-    """The folder itself, or its single top-level folder when the tar wrapped the files."""
-    if (folder / HYPERPARAMETERS_FILE).exists():
-        return folder
-    entries = list(folder.iterdir())
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return folder
+def _disk_full(doing: str, uri: str, folder: Path, error: OSError) -> DiskFullError:
+    return DiskFullError(
+        f"disk full while {doing} model {uri} into {folder.parent}: {error.strerror}"
+    )
 
 
 def _download(uri: str, path: Path) -> None:
@@ -117,9 +241,17 @@ def _download(uri: str, path: Path) -> None:
         # Not decompressed: a .tar.gz must arrive as the archive, not its gunzipped body.
         with open_read(uri, decompress=False) as source, path.open("wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
+    except OSError as error:
+        if error.errno in _DISK_FULL:
+            raise _disk_full("downloading", uri, path.parent, error) from error
+        raise _not_downloaded(uri, error) from error
     except Exception as error:  # an S3 client's errors share no base class with OSError
-        reason = describe_error(error, uri).removeprefix(f"{uri}: ")
-        raise ModelFormatError(f"cannot download model file {uri}: {reason}") from error
+        raise _not_downloaded(uri, error) from error
+
+
+def _not_downloaded(uri: str, error: Exception) -> ModelFormatError:
+    reason = describe_error(error, uri).removeprefix(f"{uri}: ")
+    return ModelFormatError(f"cannot download model file {uri}: {reason}")
 
 
 def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str:
@@ -129,6 +261,7 @@ def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str
         return str(fill(folder))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        _ORIGINS.pop(_key(folder), None)
         raise
 
 
@@ -136,17 +269,18 @@ def _fetch_remote(uri: str, folder: Path) -> Path:
     if _is_tarball(uri):
         if io.size(uri) is None:
             raise _not_a_model(uri, "does not exist")
-        archive = folder / "model.tar.gz"
+        archive = folder / "model.tar.gz"  # never a model file's name
         _download(uri, archive)
-        root = _extract_tarball(archive, folder / "model", uri)
+        _extract_tarball(archive, folder, uri)
         archive.unlink()
-        return root
+        return folder
     prefix = uri if uri.endswith("/") else uri + "/"
     missing = [name for name in MODEL_FILES if io.size(prefix + name) is None]
     if len(missing) == len(MODEL_FILES):
         raise _not_a_model(uri, "does not exist")
     if missing:  # worded as for a local folder
         raise ModelFormatError(f"{uri} has no {missing[0]}")
+    _ORIGINS[_key(folder)] = (prefix, "")
     for name in MODEL_FILES:
         _download(prefix + name, folder / name)
     return folder
@@ -175,18 +309,19 @@ def resolve_model(uri: str, cache_dir: str | None = None) -> str:
 def read_hyperparameters(folder: str | os.PathLike[str]) -> Hyperparameters:
     """The validated hyperparameters.json of a model folder."""
     path = Path(folder) / HYPERPARAMETERS_FILE
+    label = _file_label(folder, HYPERPARAMETERS_FILE)
     if not path.is_file():
-        raise ModelFormatError(f"{folder} has no {HYPERPARAMETERS_FILE}")
+        raise ModelFormatError(f"{_folder_label(folder)} has no {HYPERPARAMETERS_FILE}")
     try:
         values = json.loads(path.read_text("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
-        raise ModelFormatError(f"{path} is not valid JSON: {error}") from error
+        raise ModelFormatError(f"{label} is not valid JSON: {error}") from error
     if not isinstance(values, dict):
-        raise ModelFormatError(f"{path} must hold a JSON object of hyperparameters")
+        raise ModelFormatError(f"{label} must hold a JSON object of hyperparameters")
     try:
         return Hyperparameters.from_dict(values)
     except HyperparameterError as error:
-        raise HyperparameterError(f"{path}: {error}") from error
+        raise HyperparameterError(f"{label}: {error}") from error
 
 
 # ---------------------------------------------------------------- save and load
@@ -227,23 +362,31 @@ def save_model(network: Object2Vec, hp: Hyperparameters, folder: str | os.PathLi
 
 
 def check_model(folder: str | os.PathLike[str], encoders_only: bool = False) -> Hyperparameters:
-    """Checks a model folder without torch: valid hyperparameters, and a weights file
-    whose header lists exactly the tensors (names and shapes) they need.
+    """Checks a model folder without torch: valid hyperparameters, a weights file whose
+    header lists exactly the tensors (names and shapes) they need, and no NaN or
+    infinity in those tensors (read a few MB at a time, so memory stays flat).
 
     encoders_only checks the enc0./enc1. tensors only, as load_network reads them.
     """
-    hp = read_hyperparameters(folder)
-    _check_weights(Path(folder) / WEIGHTS_FILE, expected_shapes(hp, encoders_only), encoders_only)
+    hp = _check_header(folder, encoders_only)
+    names = list(expected_shapes(hp, encoders_only))
+    _from_weights(folder, "numpy", lambda weights: _check_finite_in_file(folder, weights, names))
     return hp
 
 
-def _check_weights(path: Path, expected: Shapes, encoders_only: bool) -> None:
+def _check_header(folder: str | os.PathLike[str], encoders_only: bool) -> Hyperparameters:
+    hp = read_hyperparameters(folder)
+    _check_weights(Path(folder), expected_shapes(hp, encoders_only), encoders_only)
+    return hp
+
+
+def _check_weights(folder: Path, expected: Shapes, encoders_only: bool) -> None:
     """Reads the file's header only, which safetensors checks against the file's length
     (so a truncated file fails here too); numpy, so no torch."""
-    if not path.is_file():
-        raise ModelFormatError(f"{path.parent} has no {WEIGHTS_FILE}")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelFormatError(f"{_folder_label(folder)} has no {WEIGHTS_FILE}")
     found = _from_weights(
-        path,
+        folder,
         "numpy",
         lambda weights: {
             name: tuple(weights.get_slice(name).get_shape())
@@ -258,15 +401,43 @@ def _check_weights(path: Path, expected: Shapes, encoders_only: bool) -> None:
         )
 
 
-def _from_weights(path: Path, framework: str, read: Callable[[Any], _T]) -> _T:
+def _check_finite_in_file(folder: str | os.PathLike[str], weights: Any, names: list[str]) -> None:
+    for name in names:
+        tensor = weights.get_slice(name)
+        if tensor.get_dtype() in _NUMPY_FLOATS:
+            _check_finite(folder, name, tensor, tensor.get_shape())
+
+
+def _check_finite(
+    folder: str | os.PathLike[str], name: str, rows: Any, shape: Sequence[int]
+) -> None:
+    """Refuses a tensor holding NaN or infinity. `rows` is an array or a safetensors
+    slice: either gives a few MB of rows at a time."""
+    step = max(1, SCAN_BYTES // (4 * math.prod(shape[1:])))
+    count = sum(
+        int(np.count_nonzero(~np.isfinite(rows[start : min(start + step, shape[0])])))
+        for start in range(0, shape[0], step)
+    )
+    if count:
+        values = "value" if count == 1 else "values"
+        raise ModelFormatError(
+            f"{_file_label(folder, WEIGHTS_FILE)}: tensor {name} holds NaN or infinity "
+            f"({count} {values}): the model cannot give finite outputs"
+        )
+
+
+def _from_weights(folder: str | os.PathLike[str], framework: str, read: Callable[[Any], _T]) -> _T:
     """`read` applied to the open weights file; a file that cannot be read names itself."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework=framework, device="cpu") as weights:
+        with safe_open(
+            str(Path(folder) / WEIGHTS_FILE), framework=framework, device="cpu"
+        ) as weights:
             return read(weights)
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFormatError(f"{path} is not a readable safetensors file: {error}") from error
+        label = _file_label(folder, WEIGHTS_FILE)
+        raise ModelFormatError(f"{label} is not a readable safetensors file: {error}") from error
 
 
 def _build_device(hp: Hyperparameters) -> str:
@@ -297,14 +468,16 @@ def load_network(
     from o2v_batch.devices import set_float32_math
     from o2v_batch.model import Object2Vec
 
-    hp = check_model(folder, encoders_only)
+    hp = _check_header(folder, encoders_only)
     with torch.device(_build_device(hp)):
         network = Object2Vec(hp, encoders_only=encoders_only)
     state = _from_weights(
-        Path(folder) / WEIGHTS_FILE,
+        folder,
         "pt",
         lambda weights: {name: weights.get_tensor(name).float() for name in _shapes(network)},
     )
+    for name, tensor in state.items():  # as loaded, so a bfloat16 file is searched too
+        _check_finite(folder, name, tensor.numpy(), tensor.shape)
     if hp.tied_token_embedding_weight:
         state[TIED_TENSOR] = state["enc0.embedding.weight"]
     network.load_state_dict(state, assign=True)

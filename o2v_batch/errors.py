@@ -53,3 +53,7 @@ class FilterError(O2VError):
 
 class ConfigError(O2VError, ValueError):
     """A transform option is invalid or conflicts with another."""
+
+
+class DiskFullError(O2VError):
+    """The disk filled up while a model was downloaded or extracted."""

@@ -4,11 +4,14 @@ messages for files that do not match or cannot be read."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import assert_same_outputs, build, embed, make_tar, random_rows, saved, tiny
 
 from o2v_batch import artifacts
+from o2v_batch.api import load_model
 from o2v_batch.artifacts import check_model, load_network, resolve_model, save_model
 from o2v_batch.errors import HyperparameterError, ModelFormatError, O2VError, UnsafeArchiveError
 
@@ -116,15 +120,15 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
         (member("/tmp/evil.txt"), "'/tmp/evil.txt': it has an absolute path"),
         (
             member("link", tarfile.SYMTYPE, "../../etc/passwd"),
-            "'link': it is a symlink to '../../etc/passwd', outside the target folder",
+            "'link': it is a symlink to '../../etc/passwd': a model archive holds files only",
         ),
         (
             member("model/link", tarfile.SYMTYPE, "/etc/passwd"),
-            "'model/link': it is a symlink to '/etc/passwd', outside the target folder",
+            "'model/link': it is a symlink to '/etc/passwd': a model archive holds files only",
         ),
         (
             member("hard", tarfile.LNKTYPE, "../outside"),
-            "'hard': it is a hard link to '../outside', outside the target folder",
+            "'hard': it is a hard link to '../outside': a model archive holds files only",
         ),
         (member("tty", tarfile.CHRTYPE), "'tty': it is a device or other special file"),
         (member("pipe", tarfile.FIFOTYPE), "'pipe': it is a device or other special file"),
@@ -140,8 +144,9 @@ def test_unsafe_tarball_is_refused(tmp_path: Path, entry: tarfile.TarInfo, reaso
     assert list(cache.iterdir()) == []
 
 
-def test_symlink_inside_the_archive_is_accepted(tmp_path: Path) -> None:
-    _, network = saved(tmp_path / "model")
+def test_a_link_inside_the_archive_is_refused_too(tmp_path: Path) -> None:
+    # A model needs no links, and a chain of them can resolve elsewhere than its text says.
+    saved(tmp_path / "model")
     archive = make_tar(tmp_path / "model.tgz", tmp_path / "model", "real/")
     with tarfile.open(archive, "r:gz") as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -149,7 +154,14 @@ def test_symlink_inside_the_archive_is_accepted(tmp_path: Path) -> None:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data))
         tar.addfile(member("real/alias.json", tarfile.SYMTYPE, "hyperparameters.json"))
-    assert_same_outputs(str(archive), network)
+    cache = tmp_path / "cache"
+    with pytest.raises(UnsafeArchiveError) as caught:
+        resolve_model(str(archive), cache_dir=str(cache))
+    assert str(caught.value) == (
+        f"{archive}: refusing to extract member 'real/alias.json': it is a symlink to "
+        "'hyperparameters.json': a model archive holds files only"
+    )
+    assert list(cache.iterdir()) == []
 
 
 @pytest.mark.parametrize("content", [b"", b"not a tarball at all", b"\x1f\x8b\x08\x00garbage"])
@@ -374,3 +386,92 @@ def test_check_model_of_the_encoders_only_ignores_the_rest(tmp_path: Path) -> No
     assert check_model(tmp_path, encoders_only=True).mlp_dim == 6
     with pytest.raises(ModelFormatError, match=r"mlp\.layers\.0\.weight has shape \(8, 32\)"):
         check_model(tmp_path)
+
+
+# ---------------------------------------------------------------- NaN and infinity
+
+
+def poison(folder: Path, name: str, *positions: int, dtype: torch.dtype = torch.float32) -> None:
+    """NaN, infinity and minus infinity in turn at these flat positions of a tensor."""
+    tensors = load_file(folder / "model.safetensors")
+    flat = tensors[name].view(-1)
+    for position, value in zip(positions, itertools.cycle([math.nan, math.inf, -math.inf])):
+        flat[position] = value
+    save_file({n: t.to(dtype) for n, t in tensors.items()}, folder / "model.safetensors")
+
+
+def not_finite(folder: Path, name: str, count: int) -> str:
+    values = "value" if count == 1 else "values"
+    return (
+        f"{folder / 'model.safetensors'}: tensor {name} holds NaN or infinity "
+        f"({count} {values}): the model cannot give finite outputs"
+    )
+
+
+def test_nan_or_infinity_in_the_weights_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    saved(tmp_path)
+    poison(tmp_path, "enc0.embedding.weight", 0, 17, 399)
+    expected = not_finite(tmp_path, "enc0.embedding.weight", 3)
+    for load in (check_model, load_network, load_model):
+        with pytest.raises(ModelFormatError) as caught:
+            load(str(tmp_path))
+        assert str(caught.value) == expected, load
+
+
+def test_a_bfloat16_file_is_searched_once_loaded(tmp_path: Path) -> None:
+    saved(tmp_path)
+    poison(tmp_path, "mlp.layers.1.weight", 5, 6, dtype=torch.bfloat16)
+    with pytest.raises(ModelFormatError) as caught:
+        load_network(tmp_path)
+    assert str(caught.value) == not_finite(tmp_path, "mlp.layers.1.weight", 2)
+
+
+def test_only_the_tensors_that_will_be_loaded_are_searched(tmp_path: Path) -> None:
+    saved(tmp_path)
+    poison(tmp_path, "head.weight", 3)
+    assert check_model(tmp_path, encoders_only=True).enc_dim == 8
+    assert load_model(str(tmp_path), mode="embedding").embed([[1, 2, 3]]).shape == (1, 8)
+    with pytest.raises(ModelFormatError) as caught:
+        check_model(tmp_path)
+    assert str(caught.value) == not_finite(tmp_path, "head.weight", 1)
+
+
+@pytest.mark.parametrize("scan_bytes", [64, 96, 4 << 20])
+def test_large_tensors_are_searched_a_few_rows_at_a_time(tmp_path, monkeypatch, scan_bytes):
+    # 64 bytes are two rows of eight float32 numbers, 96 three: the last slice is short.
+    monkeypatch.setattr(artifacts, "SCAN_BYTES", scan_bytes)
+    saved(tmp_path)
+    poison(tmp_path, "enc0.embedding.weight", 0, 8 * 49 + 7, 8 * 25)
+    expected = not_finite(tmp_path, "enc0.embedding.weight", 3)
+    for load in (check_model, load_network):
+        with pytest.raises(ModelFormatError) as caught:
+            load(tmp_path)
+        assert str(caught.value) == expected
+
+
+def test_searching_a_large_embedding_keeps_memory_flat(tmp_path: Path) -> None:
+    saved(tmp_path, enc0_vocab_size=400_000)  # two 12.8 MB embeddings
+    poison(tmp_path, "enc1.embedding.weight", 8 * 400_000 - 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFormatError) as caught:
+            check_model(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == not_finite(tmp_path, "enc1.embedding.weight", 1)
+    assert peak < artifacts.SCAN_BYTES * 2, peak
+
+
+def test_transform_refuses_nan_weights_before_reading_input(tmp_path: Path) -> None:
+    saved(tmp_path / "model")
+    poison(tmp_path / "model", "enc1.convs.0.bias", 1)
+    out = tmp_path / "out"
+    missing = tmp_path / "never-read"  # a missing INPUT would say so if it were read first
+    command = [sys.executable, "-m", "o2v_batch", "transform", missing, out, "--model"]
+    done = subprocess.run(
+        [*map(str, command), str(tmp_path / "model")], capture_output=True, text=True
+    )
+    expected = not_finite(tmp_path / "model", "enc1.convs.0.bias", 1)
+    assert (done.returncode, done.stderr, done.stdout) == (1, f"Error: {expected}\n", "")
+    assert not out.exists()
