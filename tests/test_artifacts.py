@@ -341,6 +341,25 @@ def test_an_s3_folder_missing_one_file_names_it(tmp_path, s3_server, s3_bucket):
     assert str(local.value) == f"{tmp_path / 'model'} has no model.safetensors"
 
 
+@pytest.mark.s3
+def test_a_downloaded_model_is_named_by_where_it_came_from(tmp_path, s3_server, s3_bucket):
+    saved(tmp_path / "model")
+    rewrite_hyperparameters(tmp_path / "model", enc_dim=2)
+    archive = make_tar(tmp_path / "model.tar.gz", tmp_path / "model")
+    client = s3_server.client()
+    client.upload_file(str(archive), s3_bucket, "bad/model.tar.gz")
+    for name in ("hyperparameters.json", "model.safetensors"):
+        client.upload_file(str(tmp_path / "model" / name), s3_bucket, f"bad/v1/{name}")
+    reason = "enc_dim=2 is out of range: must be an integer in 4..10000"
+    for uri, label in [
+        (f"s3://{s3_bucket}/bad/model.tar.gz", f"s3://{s3_bucket}/bad/model.tar.gz: "),
+        (f"s3://{s3_bucket}/bad/v1", f"s3://{s3_bucket}/bad/v1/"),
+    ]:
+        with pytest.raises(HyperparameterError) as caught:
+            check_model(resolve_model(uri))
+        assert str(caught.value) == f"{label}hyperparameters.json: {reason}"
+
+
 # ---------------------------------------------------------------- checking without torch
 
 
