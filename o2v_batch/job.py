@@ -106,8 +106,9 @@ def _count_skipped(reports: list[ShardReport], earlier: dict[str, tuple[int, int
     """Shards skipped by --resume are done: they count with what an earlier run wrote."""
     for report in reports:
         report.status, report.reason = "skipped", "output exists (--resume)"
-        if report.shard in earlier:
-            report.records_out, report.bad_records = earlier[report.shard]
+        key = io.shown(report.shard)  # summaries key their shards as messages show them
+        if key in earlier:
+            report.records_out, report.bad_records = earlier[key]
             report.records_in = report.records_out + report.bad_records
         else:
             report.counted = False
@@ -115,10 +116,11 @@ def _count_skipped(reports: list[ShardReport], earlier: dict[str, tuple[int, int
 
 
 def _earlier_counts(config: TransformConfig) -> dict[str, tuple[int, int]]:
-    """(records out, bad records) of each shard done, from the summaries an earlier run
-    wrote here: OUTPUT's `_SUCCESS` and the --summary file."""
+    """(records out, bad records) of each shard done, from the summaries earlier runs
+    wrote here: OUTPUT's `_SUCCESS`, the --summary file, and last the progress file of
+    a run that stopped or failed (it is newer than `_SUCCESS` whenever both exist)."""
     counts: dict[str, tuple[int, int]] = {}
-    for uri in _summary_targets(config, complete=True, failed=0):
+    for uri in [*_summary_targets(config, complete=True, failed=0), *_progress_target(config)]:
         earlier = _read_summary(uri)
         # One written by an older version has no per-shard counts: its shards go uncounted.
         out = earlier.get("records_out_by_shard") or {}
@@ -147,11 +149,36 @@ def _summary_targets(config: TransformConfig, complete: bool, failed: int) -> li
     return list(dict.fromkeys(targets))
 
 
+def _progress_target(config: TransformConfig) -> list[str]:
+    """OUTPUT's hidden `_PROGRESS` (`_PROGRESS.K-of-N` per array-job node): the summary
+    of a run that stopped or failed, so that --resume counts the shards it finished."""
+    if config.output == io.STDIO:
+        return []
+    name = summary_name(config.num_shards, config.shard_index).replace("_SUCCESS", "_PROGRESS")
+    return [config.output.rstrip("/") + "/" + name]
+
+
 def _finish(
     summary: JobSummary, config: TransformConfig, complete: bool, log: Callable[[str], None]
 ) -> None:
-    """Logs the summary and writes it where it goes."""
+    """Logs the summary and writes it where it goes: a job that stopped or failed leaves
+    its progress for --resume; a whole one makes earlier progress agree with `_SUCCESS`."""
     for line in summary.lines():
         log(f"o2v-batch: {line}")
+    document = summary.to_json()
     for target in _summary_targets(config, complete, summary.shards_failed):
-        io.write_atomic(target, summary.to_json())
+        io.write_atomic(target, document)
+    succeeded = complete and summary.shards_failed == 0
+    for target in _progress_target(config):
+        _save_progress(target, document, bool(summary.records_out_by_shard) and not succeeded, log)
+
+
+def _save_progress(target: str, document: bytes, news: bool, log: Callable[[str], None]) -> None:
+    """Writes the progress file when this run has shards to add to it, or when one left by
+    an earlier run is there to bring up to date. Best effort: without it, a --resume
+    still finishes the job and only says which shards it could not count."""
+    try:
+        if news or io.size(target) is not None:
+            io.write_atomic(target, document)
+    except (O2VError, OSError) as exc:
+        log(f"o2v-batch: {io.describe_error(exc, target)} (a --resume cannot count this run)")

@@ -182,6 +182,12 @@ def test_signal_stops_the_job_cleanly_and_resume_finishes_it(big_job, tmp_path, 
     wait_until(lambda: not any(map(alive, workers)), 3, f"workers {workers} to exit")
     run_to_end(big_job, out, "--resume")
     assert_outputs_equal_reference(big_job, out)
+    # The shards finished before the signal count too: the whole output, every line.
+    assert "not counted" not in stderr_of(out)
+    summary = json.loads((out / "_SUCCESS").read_text())
+    lines = sum(p.read_bytes().count(b"\n") for p in (big_job / "in").iterdir())
+    assert summary["records_in"] == summary["records_out"] == lines == SHARDS * RECORDS
+    assert summary["shards_skipped"] == len(done)
 
 
 # -- a model that hangs or fails on one record --------------------------------
@@ -288,7 +294,12 @@ def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
     )
     assert summary.failed == [{"shard": shard, "reason": reason}]
     assert (summary.shards_ok, summary.shards_failed) == (2, 1)
-    assert sorted(os.listdir(tmp_path / "out")) == ["a.jsonl.out", "c.jsonl.out"]
+    # The shards written, and what a --resume counts for them.
+    assert sorted(os.listdir(tmp_path / "out")) == ["_PROGRESS", "a.jsonl.out", "c.jsonl.out"]
+    progress = json.loads((tmp_path / "out" / "_PROGRESS").read_text())
+    assert progress["records_out_by_shard"] == {
+        str(small_job / "in" / f"{name}.jsonl"): SMALL for name in ("a", "c")
+    }
     for name in ("a", "c"):
         got = (tmp_path / "out" / f"{name}.jsonl.out").read_bytes()
         assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()

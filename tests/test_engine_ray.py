@@ -116,12 +116,19 @@ def reference(inputs, model_dir, tmp_path_factory):
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under root, hidden ones too (debris would show), except _SUCCESS."""
+    """Every file under root, hidden ones too (debris would show), except the summaries
+    (_SUCCESS, and _PROGRESS of a job with failed shards): their times differ."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "_SUCCESS"
+        if p.is_file() and p.name not in ("_SUCCESS", "_PROGRESS")
     }
+
+
+def progress(root: Path) -> dict[str, int] | None:
+    """The counts a --resume would take from a job that did not finish every shard."""
+    path = root / "_PROGRESS"
+    return json.loads(path.read_text())["records_out_by_shard"] if path.exists() else None
 
 
 def run(input_path, output_path, model, **options):
@@ -172,6 +179,8 @@ def test_outputs_are_byte_identical_to_the_local_engine(
     for failure in expected:
         assert f"o2v-batch: shard failed: {failure['reason']}" in logged
     assert (tmp_path / "ray" / "_SUCCESS").exists() == (not failing)
+    assert progress(tmp_path / "ray") == progress(local_out)
+    assert (progress(local_out) is not None) == bool(failing)
 
 
 @pytest.mark.ray

@@ -210,7 +210,10 @@ def test_a_bad_record_fails_its_shard_alone(tmp_path, model_dir, reference):
     reason = f"{tmp_path / 'in' / 'bad.jsonl'}: line 4: in0 id 999 is out of range: vocab size is 60 (ids must be in 0..59)"
     assert summary.failed == [{"shard": str(tmp_path / "in" / "bad.jsonl"), "reason": reason}]
     assert f"o2v-batch: shard failed: {reason}" in logged
-    assert sorted(os.listdir(tmp_path / "out")) == ["good.jsonl.out"]  # no _SUCCESS, no debris
+    # No _SUCCESS, no debris: the output and, for --resume, the counts of the shard written.
+    assert sorted(os.listdir(tmp_path / "out")) == ["_PROGRESS", "good.jsonl.out"]
+    progress = json.loads((tmp_path / "out" / "_PROGRESS").read_text())
+    assert progress["records_out_by_shard"] == {str(tmp_path / "in" / "good.jsonl"): 20}
     assert_predictions(read_predictions(tmp_path / "out" / "good.jsonl.out"), good, reference)
     # Every record read is a prediction written, a bad record, or lost with its shard.
     assert (summary.records_in, summary.records_out) == (41, 20)
@@ -464,6 +467,42 @@ def test_a_resume_after_a_failed_run_counts_from_its_summary_file(tmp_path, mode
     assert (resumed.shards_ok, resumed.shards_skipped, resumed.shards_failed) == (1, 1, 0)
     assert (resumed.records_in, resumed.records_out) == (9, 9) == (without.records_in, 9)
     assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["records_in"] == 9
+
+
+@pytest.mark.slow
+def test_a_resume_after_a_failed_run_counts_the_shards_it_finished(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in" / "a.jsonl", random_records(8, seed=8))
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 999]}])
+    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir)
+    assert failed.shards_failed == 1 and not (tmp_path / "out" / "_SUCCESS").exists()
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 9]}, {"in0": [2, 3]}])  # fixed
+    resumed, logged = run(tmp_path / "in", tmp_path / "out", model_dir, resume=True)
+    assert not [line for line in logged if "not counted" in line]
+    assert (resumed.shards_ok, resumed.shards_skipped, resumed.shards_failed) == (1, 1, 0)
+    success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    lines = sum(
+        len((tmp_path / "in" / n).read_bytes().splitlines()) for n in ("a.jsonl", "b.jsonl")
+    )
+    assert success["records_in"] == success["records_out"] == lines == 10
+    assert success["records_out_by_shard"] == {
+        str(tmp_path / "in" / "a.jsonl"): 8,
+        str(tmp_path / "in" / "b.jsonl"): 2,
+    }
+    # What the failed run left for --resume now says what `_SUCCESS` says.
+    assert json.loads((tmp_path / "out" / "_PROGRESS").read_text()) == success
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "_PROGRESS",
+        "_SUCCESS",
+        "a.jsonl.out",
+        "b.jsonl.out",
+    ]
+
+
+def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 999]}])
+    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, workers=1)
+    assert failed.shards_failed == 1
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
 
 
 # -- progress and messages on stderr ----------------------------------------------
