@@ -66,6 +66,12 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Started:
+    """The worker's own code runs: its interpreter started (a loss after this is not a
+    start-up failure)."""
+
+
+@dataclass(frozen=True)
 class Ready:
     """The model is loaded; requests may come."""
 

@@ -12,19 +12,25 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import spawn
 from multiprocessing.connection import Connection, wait
 
 from o2v_batch.errors import WorkerError
-from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, WorkerSpec
+from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, Started, WorkerSpec
 from o2v_batch.worker_process import Spares, start_process
 
 MAX_CPU_WORKERS = 8
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
+# How long the interpreter of a worker that could not start may take to show why.
+PROBE_TIMEOUT_S = 30.0
+# The last lines of its stderr that a start-up failure quotes.
+STDERR_LINES = 3
 
 
 # -- sizing -----------------------------------------------------------------
@@ -67,9 +73,11 @@ class _Task:
 
 @dataclass
 class _Worker:
+    index: int  # its place in the pool's specs, kept by the worker replacing it
     spec: WorkerSpec
     process: mp.Process
     conn: Connection
+    started: bool = False
     ready: bool = False
     pid: int | None = None
     in_flight: deque = field(default_factory=deque)
@@ -105,18 +113,22 @@ class WorkerPool:
     # lifecycle
 
     def __enter__(self) -> WorkerPool:
-        self._workers = [self._spawn(spec) for spec in self._specs]
+        self._workers = [self._spawn(index) for index in range(len(self._specs))]
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         # After an error or an interrupt nothing the workers hold is wanted: stop them now.
         self.close(graceful=exc_type is None)
 
-    def _spawn(self, spec: WorkerSpec) -> _Worker:
+    def _spawn(self, index: int) -> _Worker:
+        spec = self._specs[index]
         started = self._spares.take(spec.factory) if self._spares else None
         process, parent = started or start_process(self._ctx, spec.factory)
-        parent.send(spec)
-        return _Worker(spec, process, parent)
+        # A worker already gone (its interpreter could not start) closed its end: its
+        # exit, seen by poll(), says why.
+        with contextlib.suppress(OSError):
+            parent.send(spec)
+        return _Worker(index, spec, process, parent)
 
     def close(self, graceful: bool = True) -> None:
         for w in self._workers:
@@ -199,16 +211,16 @@ class WorkerPool:
 
     def _service(self, w: _Worker, handle) -> None:
         if handle is w.process.sentinel and not w.conn.poll():
-            w.process.join()
-            self._lost(w, _exit_reason(w.process.exitcode))
+            self._died(w)
             return
         try:
             message = w.conn.recv()
         except (EOFError, OSError):
-            w.process.join(1.0)
-            self._lost(w, _exit_reason(w.process.exitcode))
+            self._died(w)
             return
-        if isinstance(message, Ready):
+        if isinstance(message, Started):
+            w.started = True
+        elif isinstance(message, Ready):
             w.ready, w.pid = True, message.pid
         elif isinstance(message, Fatal):
             raise WorkerError(f"cannot load the model on {w.spec.device}: {message.reason}")
@@ -222,6 +234,14 @@ class WorkerPool:
                 reason = f"the worker raised {message.reason}"
                 if self._retry_or_fail(task, reason):
                     self._recovered(Recovery(reason, False, task.task_id, task.attempts + 1))
+
+    def _died(self, w: _Worker) -> None:
+        w.process.join(1.0)
+        if not w.started:  # another would fail alike: the job cannot run
+            raise WorkerError(
+                f"worker {w.index} could not start: {_start_failure(w.process.exitcode)}"
+            )
+        self._lost(w, _exit_reason(w.process.exitcode))
 
     def _check_hung(self) -> None:
         now = time.monotonic()
@@ -248,7 +268,7 @@ class WorkerPool:
         what = f"worker {w.process.pid} {reason}" + ("" if w.ready else " while loading the model")
         retried = head is not None and self._retry_or_fail(head, what)
         self.restarts += 1
-        self._workers.append(self._spawn(w.spec))
+        self._workers.append(self._spawn(w.index))
         if retried:
             self._recovered(Recovery(what, True, head.task_id, head.attempts + 1))
         else:
@@ -278,3 +298,30 @@ def _exit_reason(code: int | None) -> str:
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"was killed by {name}{hint}"
     return f"exited with status {code}"
+
+
+def _start_failure(code: int | None) -> str:
+    """Why a worker ended before its own code ran. Its interpreter (the one
+    multiprocessing spawns) is run once more with its output captured, for the exec
+    error or the last lines it wrote; when that one runs fine, the worker's exit says it."""
+    executable = os.fsdecode(spawn.get_executable())
+    try:
+        probe = subprocess.run(
+            [executable, "-c", "import multiprocessing.spawn"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except OSError as exc:
+        return f"cannot run {executable}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        return _exit_reason(code)
+    if probe.returncode == 0:
+        return _exit_reason(code)
+    return f"{executable} {_exit_reason(probe.returncode)}{_last_lines(probe.stderr)}"
+
+
+def _last_lines(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    last = [line for line in lines if line][-STDERR_LINES:]
+    return f": {' | '.join(last)}" if last else ""

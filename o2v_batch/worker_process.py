@@ -18,7 +18,7 @@ from typing import Any
 
 from o2v_batch.devices import worker_device
 from o2v_batch.errors import O2VError
-from o2v_batch.protocol import Done, Failed, Fatal, Ready, WorkerSpec
+from o2v_batch.protocol import Done, Failed, Fatal, Ready, Started, WorkerSpec
 
 
 def start_server(spec: WorkerSpec) -> Any:
@@ -39,6 +39,10 @@ def _prepare_imports() -> None:
 
 def _worker_main(conn: Connection, factory: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        conn.send(Started())  # a loss before this says the worker could not start
+    except OSError:
+        os._exit(0)
     # The factory's module (torch, for the real server) loads before the worker knows
     # its model: a spare does this while the parent checks the model and lists inputs.
     _prepare_imports()
