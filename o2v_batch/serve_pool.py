@@ -144,8 +144,8 @@ class Dispatcher(threading.Thread):
         elif event.result.error is not None:
             self.warm_up_failure = bad_record(event.result, JSONLINES)
         else:
+            self._on_ready()  # logged before /ping says 200
             self.ready.set()
-            self._on_ready()
             return
         self._log(
             f"o2v-batch: the warm-up request failed, so /ping answers 503: {self.warm_up_failure}"
