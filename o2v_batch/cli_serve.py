@@ -18,6 +18,7 @@ from o2v_batch.config import (
     preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.serve_requests import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 PORT_VARIABLE = "SAGEMAKER_BIND_TO_PORT"
 PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
@@ -106,6 +107,20 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     default=DEFAULT_INVOCATION_TIMEOUT_S,
     show_default=True,
     help="Seconds before a worker stuck on one request is replaced.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a request's whole body may take to arrive; a slower one is a 408.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Open connections served at once; a request on one more is a 503.",
 )
 def serve_command(**options) -> None:
     """Serve a model over HTTP as a SageMaker inference container does.

@@ -10,6 +10,7 @@ coroutine each while the requests themselves wait, bounded, for the worker proce
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from o2v_batch.report import batch_failure, stderr_line
 from o2v_batch.runtime import plan_workers
 from o2v_batch.serve_pool import Dispatcher
 from o2v_batch.serve_requests import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
     RequestError,
     bad_record,
     invocation,
@@ -70,6 +73,8 @@ class ServeConfig:
     max_queued_requests: int = DEFAULT_MAX_QUEUED
     max_retries: int = DEFAULT_MAX_RETRIES
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S  # seconds for a request's body to arrive
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # a request on one more is a 503
     worker_factory: str = WORKER_FACTORY  # "module:function": tests hand in faulty servers
 
     def __post_init__(self) -> None:
@@ -88,13 +93,16 @@ class ServeConfig:
             ("--max-payload", self.max_payload, 1),
             ("--max-queued-requests", self.max_queued_requests, 0),
             ("--max-retries", self.max_retries, 0),
+            ("--max-connections", self.max_connections, 1),
         ):
             if value is not None and value < least:
                 raise ConfigError(f"{name} must be at least {least}, got {value}")
-        if not self.invocation_timeout > 0:
-            raise ConfigError(
-                f"--invocation-timeout must be positive, got {self.invocation_timeout}"
-            )
+        for name, seconds in (
+            ("--invocation-timeout", self.invocation_timeout),
+            ("--body-timeout", self.body_timeout),
+        ):
+            if not seconds > 0:
+                raise ConfigError(f"{name} must be positive, got {seconds}")
 
 
 def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
@@ -124,22 +132,38 @@ def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None
         on_failure=failed,
         on_ready=lambda: log(f"o2v-batch: serving {config.model} on port {port}"),
     )
-    servers.append(uvicorn.Server(uvicorn.Config(_App(config, dispatcher), **_UVICORN)))
+    servers.append(_server(uvicorn, _App(config, dispatcher), config))
     _run(servers[0], dispatcher, listener)
     if dispatcher.failure is not None:
         raise WorkerError(dispatcher.failure)
 
 
-# Our app and our socket: no lifespan events, no logging setup or access log of
-# uvicorn's own (o2v-batch logs its lines itself).
-_UVICORN = {
-    "lifespan": "off",
-    "http": "h11",
-    "loop": "asyncio",
-    "log_config": None,
-    "access_log": False,
-    "timeout_graceful_shutdown": DRAIN_TIMEOUT_S,
-}
+def _server(uvicorn: Any, app: _App, config: ServeConfig) -> Any:
+    """uvicorn's server for `app`, telling it when the server starts to stop: bodies
+    still arriving then are refused, not waited for."""
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.stop()
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, **_uvicorn_options(config)))
+
+
+def _uvicorn_options(config: ServeConfig) -> dict:
+    """Our app and our socket: no lifespan events, no logging setup or access log of
+    uvicorn's own (o2v-batch logs its lines itself)."""
+    return {
+        "lifespan": "off",
+        "http": "h11",
+        "loop": "asyncio",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": DRAIN_TIMEOUT_S,
+        # uvicorn counts the connection a request came on among those open: without
+        # the +1 a cap of N would serve N - 1.
+        "limit_concurrency": config.max_connections + 1,
+    }
 
 
 def _run(server: Any, dispatcher: Dispatcher, listener: socket.socket) -> None:
@@ -194,8 +218,10 @@ class _App:
     def __init__(self, config: ServeConfig, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.limit = config.max_payload * MB
+        self.body_timeout = config.body_timeout
         self.max_pending = dispatcher.capacity + config.max_queued_requests
-        self.pending = 0  # requests past the checks: their bodies are held
+        self.pending = 0  # requests whose whole body has arrived, waiting or in flight
+        self._stopping: asyncio.Future | None = None  # done once the server stops
         self.parameters = orjson.dumps(
             {
                 "MaxConcurrentTransforms": dispatcher.capacity,
@@ -215,7 +241,6 @@ class _App:
         elif route == ("POST", "/invocations"):
             await self._invoke(scope, receive, send)
         else:
-            await _Body(receive).discard()
             if scope["path"] in ("/ping", "/execution-parameters", "/invocations"):
                 message = f"{scope['method']} is not allowed on {scope['path']}\n"
                 await _respond(send, 405, message.encode(), _TEXT)
@@ -232,33 +257,70 @@ class _App:
         else:
             await _respond(send, 503, b"the model is loading\n", _TEXT)
 
+    def stop(self) -> None:
+        """The server is stopping: bodies still arriving are refused from now on."""
+        stopping = self._stopping_signal()
+        if not stopping.done():
+            stopping.set_result(None)
+
+    def _stopping_signal(self) -> asyncio.Future:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+        return self._stopping
+
     async def _invoke(self, scope: dict, receive: Callable, send: Callable) -> None:
+        # A refusal before the whole body has arrived leaves the rest to uvicorn, which
+        # reads and drops it after the response, keeping the connection usable.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = _Body(receive)
         try:
-            content_type = parse_content_type(headers.get("content-type"))
-            accept = response_type(headers.get("accept"), content_type)
-            status, payload = await self._answer(body, headers, content_type, accept)
+            content_type, accept = self._formats(headers)
+            data = await self._arrived(_Body(receive))
+            status, payload = await self._answer(data, content_type, accept)
         except RequestError as exc:
-            await body.discard()
-            await _respond(send, exc.status, f"{exc}\n".encode(), _TEXT)
+            # A body that did not arrive in time will not: the connection closes.
+            close = exc.status == 408
+            await _respond(send, exc.status, f"{exc}\n".encode(), _TEXT, close=close)
             return
         await _respond(send, status, payload, accept.encode())
 
-    async def _answer(
-        self, body: _Body, headers: dict, content_type: str, accept: str
-    ) -> tuple[int, bytes]:
+    def _formats(self, headers: dict) -> tuple[str, str]:
+        """The request's content type and the response's, refusing what the headers
+        alone decide (415, 400, 406, and 413 by Content-Length) before any body is read."""
+        content_type = parse_content_type(headers.get("content-type"))
+        accept = response_type(headers.get("accept"), content_type)
         if int(headers.get("content-length") or 0) > self.limit:
             raise self._too_large()
+        return content_type, accept
+
+    async def _arrived(self, body: _Body) -> bytes:
+        """The whole body; RequestError 413 as soon as it runs over the cap, 408 when it
+        takes longer than the body time-out, 503 when the server stops first."""
+        reading = asyncio.ensure_future(body.read(self.limit))
+        stopping = self._stopping_signal()
+        await asyncio.wait(
+            (reading, stopping), timeout=self.body_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not reading.done():
+            reading.cancel()
+            if stopping.done():
+                raise RequestError(503, "the server is stopping")
+            raise RequestError(
+                408,
+                f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout)",
+            )
+        data = reading.result()
+        if data is None:
+            raise self._too_large()
+        return data
+
+    async def _answer(self, data: bytes, content_type: str, accept: str) -> tuple[int, bytes]:
+        """The response to a whole request: it waits for a worker if a place is free."""
         if self.pending >= self.max_pending:
             raise RequestError(
                 503, f"the server is busy: {self.pending} requests are waiting; retry later"
             )
         self.pending += 1
         try:
-            data = await body.read(self.limit)
-            if data is None:
-                raise self._too_large()
             request = invocation(data, content_type, accept)
             if not request.records:
                 return 200, response_body(accept, b"")
@@ -298,27 +360,17 @@ class _Body:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def discard(self) -> None:
-        """Reads what is left of a refused request's body, keeping none of it, so the
-        client can send it all and read the answer on a connection that stays usable."""
-        while not self._done:
-            await self._next()
-
     async def _next(self) -> bytes:
         message = await self._receive()
         self._done = message["type"] != "http.request" or not message.get("more_body")
         return message.get("body", b"")
 
 
-async def _respond(send: Callable, status: int, body: bytes, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def _respond(
+    send: Callable, status: int, body: bytes, content_type: bytes, close: bool = False
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
