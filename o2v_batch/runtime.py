@@ -12,25 +12,26 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import spawn
 from multiprocessing.connection import Connection, wait
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, Started, WorkerSpec
-from o2v_batch.worker_process import Spares, start_process
+from o2v_batch.worker_process import (
+    Spares,
+    exit_reason,
+    oom_killed_since,
+    oom_kills,
+    start_failure,
+    start_process,
+)
 
 MAX_CPU_WORKERS = 8
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
-# How long the interpreter of a worker that could not start may take to show why.
-PROBE_TIMEOUT_S = 30.0
-# The last lines of its stderr that a start-up failure quotes.
-STDERR_LINES = 3
 
 
 # -- sizing -----------------------------------------------------------------
@@ -58,7 +59,7 @@ def plan_workers(
 class Recovery:
     """The pool got over a fault: it replaced a lost worker, tries a mini-batch again, or both."""
 
-    reason: str  # what went wrong: "worker 4242 was killed by SIGKILL (out of memory?)"
+    reason: str  # what went wrong: "worker 4242 was killed by SIGKILL"
     restarted: bool  # a new worker took the lost one's place
     task_id: int | None = None  # the mini-batch tried again, if any
     attempt: int = 0  # its attempt about to start: 2 is the first retry
@@ -79,6 +80,7 @@ class _Worker:
     conn: Connection
     started: bool = False
     ready: bool = False
+    oom_kills: int | None = None  # the cgroup's OOM kills when it was started
     pid: int | None = None
     in_flight: deque = field(default_factory=deque)
     head_started: float = 0.0
@@ -128,7 +130,7 @@ class WorkerPool:
         # exit, seen by poll(), says why.
         with contextlib.suppress(OSError):
             parent.send(spec)
-        return _Worker(index, spec, process, parent)
+        return _Worker(index, spec, process, parent, oom_kills=oom_kills())
 
     def close(self, graceful: bool = True) -> None:
         for w in self._workers:
@@ -206,8 +208,8 @@ class WorkerPool:
             w.in_flight.append(task)
             try:
                 w.conn.send(task.request)
-            except OSError:
-                self._lost(w, "its connection closed")
+            except OSError:  # it died since the last poll: its exit says how
+                self._died(w)
 
     def _service(self, w: _Worker, handle) -> None:
         if handle is w.process.sentinel and not w.conn.poll():
@@ -239,9 +241,11 @@ class WorkerPool:
         w.process.join(1.0)
         if not w.started:  # another would fail alike: the job cannot run
             raise WorkerError(
-                f"worker {w.index} could not start: {_start_failure(w.process.exitcode)}"
+                f"worker {w.index} could not start: {start_failure(w.process.exitcode)}"
             )
-        self._lost(w, _exit_reason(w.process.exitcode))
+        code = w.process.exitcode
+        killed = code == -signal.SIGKILL and oom_killed_since(w.oom_kills)
+        self._lost(w, exit_reason(code, oom_killed=killed))
 
     def _check_hung(self) -> None:
         now = time.monotonic()
@@ -288,40 +292,3 @@ class WorkerPool:
     def _recovered(self, recovery: Recovery) -> None:
         if self.on_recovery is not None:
             self.on_recovery(recovery)
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with status {code}"
-
-
-def _start_failure(code: int | None) -> str:
-    """Why a worker ended before its own code ran. Its interpreter (the one
-    multiprocessing spawns) is run once more with its output captured, for the exec
-    error or the last lines it wrote; when that one runs fine, the worker's exit says it."""
-    executable = os.fsdecode(spawn.get_executable())
-    try:
-        probe = subprocess.run(
-            [executable, "-c", "import multiprocessing.spawn"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROBE_TIMEOUT_S,
-        )
-    except OSError as exc:
-        return f"cannot run {executable}: {exc.strerror or exc}"
-    except subprocess.TimeoutExpired:
-        return _exit_reason(code)
-    if probe.returncode == 0:
-        return _exit_reason(code)
-    return f"{executable} {_exit_reason(probe.returncode)}{_last_lines(probe.stderr)}"
-
-
-def _last_lines(stderr: bytes) -> str:
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
-    last = [line for line in lines if line][-STDERR_LINES:]
-    return f": {' | '.join(last)}" if last else ""

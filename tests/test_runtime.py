@@ -10,7 +10,7 @@ import pytest
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
-from o2v_batch.runtime import WorkerPool, plan_workers
+from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
 from o2v_batch.worker_process import Spares
 
 
@@ -85,13 +85,30 @@ def test_retries_run_out_and_only_that_batch_fails(tmp_path):
 
 
 def test_worker_killed_from_outside_is_replaced(tmp_path):
-    with _pool(tmp_path, "Echo", workers=1) as pool:
+    recoveries: list[Recovery] = []
+    with _pool(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
         _run(pool, BATCHES[:2])
         [pid] = _pids(pool)
         os.kill(pid, signal.SIGKILL)
         events = _run(pool, BATCHES)
         assert _pids(pool) != [pid]
     assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES)
+    # A kill by someone else is no sign of the kernel's OOM killer: no guess of one.
+    assert [r.reason for r in recoveries] == [f"worker {pid} was killed by SIGKILL"]
+
+
+def test_a_worker_found_dead_when_sent_work_says_how_it_died(tmp_path):
+    recoveries: list[Recovery] = []
+    with _pool(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
+        _run(pool, BATCHES[:1])
+        [worker] = pool._workers
+        os.kill(worker.process.pid, signal.SIGTERM)
+        worker.process.join()  # gone before the pool looks: sending it work finds out
+        events = _run(pool, BATCHES[:3])
+    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:3])
+    assert recoveries[0] == Recovery(
+        f"worker {worker.process.pid} was killed by SIGTERM", True, 0, 2
+    )
 
 
 def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
