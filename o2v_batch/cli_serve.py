@@ -60,7 +60,9 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     "--host",
     default="0.0.0.0",
     show_default=True,
-    help="Address to listen on (127.0.0.1: this machine only).",
+    help="Address to listen on (127.0.0.1: this machine only). There is no "
+    "authentication: outside a container, bind 127.0.0.1 behind a reverse proxy with TLS "
+    "and authentication.",
 )
 @click.option(
     "--port",
@@ -125,11 +127,11 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
 def serve_command(**options) -> None:
     """Serve a model over HTTP as a SageMaker inference container does.
 
-    GET /ping answers 200 once the model is loaded; POST /invocations takes
+    GET /ping answers 200 once a worker has served a warm-up record; POST /invocations takes
     application/json or application/jsonlines requests and answers as
     `transform` writes; GET /execution-parameters tells Batch Transform the
     container's limits. SIGTERM stops accepting, finishes the requests in flight
-    and exits.
+    (bodies still arriving are refused with a 503) and exits.
 
     Example:
 
