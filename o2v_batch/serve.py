@@ -240,12 +240,11 @@ class _App:
             await _respond(send, 200, self.parameters, b"application/json")
         elif route == ("POST", "/invocations"):
             await self._invoke(scope, receive, send)
+        elif scope["path"] in ("/ping", "/execution-parameters", "/invocations"):
+            message = f"{scope['method']} is not allowed on {scope['path']}\n"
+            await _respond(send, 405, message.encode(), _TEXT)
         else:
-            if scope["path"] in ("/ping", "/execution-parameters", "/invocations"):
-                message = f"{scope['method']} is not allowed on {scope['path']}\n"
-                await _respond(send, 405, message.encode(), _TEXT)
-            else:
-                await _respond(send, 404, b"not found: use /ping or /invocations\n", _TEXT)
+            await _respond(send, 404, b"not found: use /ping or /invocations\n", _TEXT)
 
     async def _ping(self, send: Callable) -> None:
         """200 once a worker has served the warm-up request."""
