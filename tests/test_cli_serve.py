@@ -137,7 +137,9 @@ def test_precision_reaches_the_workers(configs):
     assert config.precision == "bf16"
     [spec] = serve._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
     assert spec.options.precision == "bf16"
-    with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16, fp16; got 'fp8'"):
+    with pytest.raises(
+        ConfigError, match="--precision must be one of fp32, tf32, bf16, fp16; got 'fp8'"
+    ):
         replace(config, precision="fp8")
 
 
