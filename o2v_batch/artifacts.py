@@ -89,13 +89,13 @@ def _key(folder: str | os.PathLike[str]) -> str:
 def _folder_label(folder: str | os.PathLike[str]) -> str:
     """How messages name a model folder: the archive or S3 prefix it came from, or itself."""
     origin = _ORIGINS.get(_key(folder))
-    return origin[0] if origin else str(folder)
+    return origin[0] if origin else io.shown(str(folder))
 
 
 def _file_label(folder: str | os.PathLike[str], name: str) -> str:
     """How messages name a model file: `archive: name`, `s3://prefix/name` or its path."""
     origin = _ORIGINS.get(_key(folder))
-    return origin[0] + origin[1] + name if origin else str(Path(folder) / name)
+    return origin[0] + origin[1] + name if origin else io.shown(str(Path(folder) / name))
 
 
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -218,6 +218,7 @@ def _extract_tarball(archive: Path, target: Path, label: str) -> Path:
     unread, and sizes capped. A weights member before hyperparameters.json is written on
     a second read of the archive, once its cap is known.
     """
+    label = io.shown(label)
     _ORIGINS[_key(target)] = (label, ": ")
     try:
         _Extraction(archive, target, label).run()
@@ -232,7 +233,8 @@ def _extract_tarball(archive: Path, target: Path, label: str) -> Path:
 
 def _disk_full(doing: str, uri: str, folder: Path, error: OSError) -> DiskFullError:
     return DiskFullError(
-        f"disk full while {doing} model {uri} into {folder.parent}: {error.strerror}"
+        f"disk full while {doing} model {io.shown(uri)} into {io.shown(str(folder.parent))}: "
+        f"{error.strerror}"
     )
 
 
@@ -250,8 +252,9 @@ def _download(uri: str, path: Path) -> None:
 
 
 def _not_downloaded(uri: str, error: Exception) -> ModelFormatError:
-    reason = describe_error(error, uri).removeprefix(f"{uri}: ")
-    return ModelFormatError(f"cannot download model file {uri}: {reason}")
+    shown = io.shown(uri)
+    reason = describe_error(error, uri).removeprefix(f"{shown}: ")
+    return ModelFormatError(f"cannot download model file {shown}: {reason}")
 
 
 def _fill_new_folder(cache_dir: str | None, fill: Callable[[Path], Path]) -> str:
@@ -279,8 +282,8 @@ def _fetch_remote(uri: str, folder: Path) -> Path:
     if len(missing) == len(MODEL_FILES):
         raise _not_a_model(uri, "does not exist")
     if missing:  # worded as for a local folder
-        raise ModelFormatError(f"{uri} has no {missing[0]}")
-    _ORIGINS[_key(folder)] = (prefix, "")
+        raise ModelFormatError(f"{io.shown(uri)} has no {missing[0]}")
+    _ORIGINS[_key(folder)] = (io.shown(prefix), "")
     for name in MODEL_FILES:
         _download(prefix + name, folder / name)
     return folder
@@ -288,7 +291,7 @@ def _fetch_remote(uri: str, folder: Path) -> Path:
 
 def _not_a_model(uri: str, what: str) -> ModelFormatError:
     return ModelFormatError(
-        f"model {uri} {what}: a model is a folder with {HYPERPARAMETERS_FILE} and "
+        f"model {io.shown(uri)} {what}: a model is a folder with {HYPERPARAMETERS_FILE} and "
         f"{WEIGHTS_FILE}, or a .tar.gz of one, local or on S3"
     )
 

@@ -16,9 +16,9 @@ from o2v_batch import io
 from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
-from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError
+from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError, UnsafePathError
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.report import Faults, JobSummary, ShardReport, stderr_line
+from o2v_batch.report import Faults, JobSummary, ShardReport, shard_failed, stderr_line
 from o2v_batch.sharding import assign, summary_name
 
 ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
@@ -36,6 +36,9 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         model_dir = resolve_model(config.model)
         hp = check_model(model_dir, encoders_only=config.mode == "embedding")
         tasks, skipped = plan(config, hp)
+        for report in skipped:
+            if report.status == "failed":
+                log(shard_failed(report.reason or ""))
         faults, complete = Faults(), False
         try:
             if tasks:  # a resume with nothing left serves nothing: its spares stop
@@ -57,12 +60,15 @@ def _check_output(output: str) -> None:
     """OUTPUT is a folder, a prefix or stdout: an existing file there is a usage error."""
     if output != io.STDIO and io.is_local(output) and io.size(output) is not None:
         raise ConfigError(
-            f"OUTPUT {output} is a file: it must be a folder, s3://bucket/prefix/ or - (stdout)"
+            f"OUTPUT {io.shown(output)} is a file: it must be a folder, s3://bucket/prefix/ "
+            "or - (stdout)"
         )
 
 
 def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask], list[ShardReport]]:
-    """This node's shards to serve, and the reports of those skipped by --resume.
+    """This node's shards to serve, and the reports of those not served: skipped by
+    --resume, or failed at once because their output path would be unsafe (a backslash
+    in a file name), so that the other shards still run.
 
     Refuses an empty input unless --allow-empty, and to clobber existing outputs unless
     --resume or --overwrite says what to do.
@@ -74,16 +80,20 @@ def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask],
     if not shards and not config.allow_empty:
         # A nightly job on an empty prefix usually means that something upstream failed.
         raise InputError(
-            f"no input shards under {config.input} (--allow-empty accepts an empty input)"
+            f"no input shards under {io.shown(config.input)} (--allow-empty accepts an empty input)"
         )
     if config.num_shards > 1:
         shards = assign(shards, config.num_shards)[config.shard_index]
     existing = set() if to_stdout else io.list_outputs(config.output)
-    tasks, skipped, clobbered = [], [], []
+    tasks, skipped, clobbered, refused = [], [], [], []
     for shard in shards:
         if shard.uri == io.STDIO and not to_stdout:
             shard = replace(shard, rel="stdin")  # `- out/` writes out/stdin.out
-        task = shard_task(shard, config, hp)
+        try:
+            task = shard_task(shard, config, hp)
+        except UnsafePathError as exc:
+            refused.append(ShardReport(shard.uri, "", status="failed", reason=str(exc)))
+            continue
         if shard.rel + task.suffix in existing:
             if config.resume:
                 skipped.append(task.report)
@@ -94,12 +104,12 @@ def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask],
     if clobbered:
         more = f" and {len(clobbered) - 3} more" if len(clobbered) > 3 else ""
         raise OutputExistsError(
-            f"output already exists: {', '.join(clobbered[:3])}{more} "
+            f"output already exists: {', '.join(map(io.shown, clobbered[:3]))}{more} "
             "(use --resume to skip finished shards or --overwrite to replace them)"
         )
     if skipped:
         _count_skipped(skipped, _earlier_counts(config))
-    return tasks, skipped
+    return tasks, skipped + refused
 
 
 def _count_skipped(reports: list[ShardReport], earlier: dict[str, tuple[int, int]]) -> None:
@@ -162,7 +172,8 @@ def _finish(
     summary: JobSummary, config: TransformConfig, complete: bool, log: Callable[[str], None]
 ) -> None:
     """Logs the summary and writes it where it goes: a job that stopped or failed leaves
-    its progress for --resume; a whole one makes earlier progress agree with `_SUCCESS`."""
+    its progress for --resume; a whole one removes earlier progress, which `_SUCCESS`
+    now holds."""
     for line in summary.lines():
         log(f"o2v-batch: {line}")
     document = summary.to_json()
@@ -170,15 +181,20 @@ def _finish(
         io.write_atomic(target, document)
     succeeded = complete and summary.shards_failed == 0
     for target in _progress_target(config):
-        _save_progress(target, document, bool(summary.records_out_by_shard) and not succeeded, log)
+        _save_progress(target, None if succeeded else document, summary, log)
 
 
-def _save_progress(target: str, document: bytes, news: bool, log: Callable[[str], None]) -> None:
-    """Writes the progress file when this run has shards to add to it, or when one left by
-    an earlier run is there to bring up to date. Best effort: without it, a --resume
-    still finishes the job and only says which shards it could not count."""
+def _save_progress(
+    target: str, document: bytes | None, summary: JobSummary, log: Callable[[str], None]
+) -> None:
+    """Writes the progress file (`document`) when this run has shards to add to it, or
+    when one left by an earlier run is there to bring up to date; removes it when the
+    job succeeded (document None). Best effort: without it, a --resume still finishes
+    the job and only says which shards it could not count."""
     try:
-        if news or io.size(target) is not None:
+        if document is None:
+            io.delete(target)
+        elif summary.records_out_by_shard or io.size(target) is not None:
             io.write_atomic(target, document)
     except (O2VError, OSError) as exc:
         log(f"o2v-batch: {io.describe_error(exc, target)} (a --resume cannot count this run)")

@@ -305,3 +305,17 @@ def test_abort_never_raises_when_the_temp_file_cannot_be_removed(tmp_path, monke
     writer.abort()
 
     assert not (tmp_path / "a.out").exists()
+
+
+def test_delete_removes_a_file_and_a_missing_one_is_no_error(tmp_path):
+    path = tmp_path / "_PROGRESS"
+    path.write_text("{}")
+    sources.delete(str(path))
+    assert not path.exists()
+    sources.delete(str(path))  # already gone
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_delete_of_a_folder_names_it(tmp_path):
+    with pytest.raises(InputError, match=rf"^cannot remove {tmp_path}: Is a directory$"):
+        sources.delete(str(tmp_path))

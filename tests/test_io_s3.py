@@ -315,3 +315,11 @@ def test_wrong_secret_is_access_denied_without_credentials(s3, s3_bucket, monkey
     assert message.startswith(f"{uri}: access denied (403"), message
     assert "not-the-secret" not in message
     assert os.environ["AWS_ACCESS_KEY_ID"] not in message
+
+
+def test_delete_removes_an_object_and_a_missing_one_is_no_error(s3, s3_bucket):
+    put_all(s3, s3_bucket, {"out/_PROGRESS": b"{}", "out/a.out": b"1\n"})
+    sources.delete(f"s3://{s3_bucket}/out/_PROGRESS")
+    assert sources.size(f"s3://{s3_bucket}/out/_PROGRESS") is None
+    sources.delete(f"s3://{s3_bucket}/out/_PROGRESS")  # already gone
+    assert sources.size(f"s3://{s3_bucket}/out/a.out") == 2

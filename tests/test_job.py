@@ -488,14 +488,8 @@ def test_a_resume_after_a_failed_run_counts_the_shards_it_finished(tmp_path, mod
         str(tmp_path / "in" / "a.jsonl"): 8,
         str(tmp_path / "in" / "b.jsonl"): 2,
     }
-    # What the failed run left for --resume now says what `_SUCCESS` says.
-    assert json.loads((tmp_path / "out" / "_PROGRESS").read_text()) == success
-    assert sorted(os.listdir(tmp_path / "out")) == [
-        "_PROGRESS",
-        "_SUCCESS",
-        "a.jsonl.out",
-        "b.jsonl.out",
-    ]
+    # What the failed run left for --resume is gone: `_SUCCESS` holds it now.
+    assert sorted(os.listdir(tmp_path / "out")) == ["_SUCCESS", "a.jsonl.out", "b.jsonl.out"]
 
 
 def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir):
@@ -555,3 +549,21 @@ def test_stdin_has_no_total_and_json_on_it_gets_a_hint(tmp_path, model_dir):
         assert (
             " (stdin looks like an application/json request: use --content-type application/json)\n"
         ) in result.stderr
+
+
+def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in" / "good.jsonl", random_records(6, seed=3))
+    write_jsonl(tmp_path / "in" / "bad\\name.jsonl", random_records(4, seed=4))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "o2v_batch", "transform", str(tmp_path / "in"), str(out)]
+    done = subprocess.run(
+        [*command, "--model", str(model_dir), "--workers", "1", "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    reason = f"refusing output path for 'bad\\\\name.jsonl' (backslash): it could escape {out}"
+    assert f"o2v-batch: shard failed: {reason}\n" in done.stderr
+    assert "o2v-batch: shards: 1 ok, 1 failed, 0 skipped\n" in done.stderr
+    assert sorted(os.listdir(out)) == ["_PROGRESS", "good.jsonl.out"]
+    assert len(read_predictions(out / "good.jsonl.out")) == 6

@@ -242,7 +242,7 @@ class _Run:
         task = self.tasks[idx]
         if not isinstance(event, Done):
             reason = batch_failure(batch.positions[0], task.content_type, event.reason)
-            self._fail(idx, f"{task.report.shard}: {reason}")
+            self._fail(idx, f"{io.shown(task.report.shard)}: {reason}")
             return
         try:
             payload, predictions = served(task, event.result, batch)
@@ -260,7 +260,7 @@ class _Run:
             idx, _, batch = self.in_flight[event.task_id]
             task = self.tasks[idx]
             retry = (
-                f"retrying the mini-batch from {task.report.shard}: "
+                f"retrying the mini-batch from {io.shown(task.report.shard)}: "
                 f"{where(batch.positions[0], task.content_type)} "
                 f"(attempt {event.attempt} of {self.config.max_retries + 1})"
             )

@@ -259,16 +259,16 @@ class _Run:
             pid, result = self.ray.get(ref)
         except exceptions.RayTaskError as exc:
             cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
-            self._fail(report, f"{report.shard}: {cause}; {gave_up}")
+            self._fail(report, f"{io.shown(report.shard)}: {cause}; {gave_up}")
             return
         except exceptions.RayActorError as exc:
             # The actor died each time: whatever it had written is still there.
             io.discard_partial([report.output])
             reason = slot.hung or f"its Ray actor died ({type(exc).__name__}; Ray's logs say why)"
-            self._fail(report, f"{report.shard}: {reason}; {gave_up}")
+            self._fail(report, f"{io.shown(report.shard)}: {reason}; {gave_up}")
             return
         except exceptions.RayError as exc:
-            self._fail(report, f"{report.shard}: {_describe_ray_error(exc)}")
+            self._fail(report, f"{io.shown(report.shard)}: {_describe_ray_error(exc)}")
             return
         self._saw(slot, pid)
         report.take(result)

@@ -29,6 +29,7 @@ __all__ = [
     "STDIO",
     "AtomicWriter",
     "Shard",
+    "delete",
     "describe_error",
     "discard_partial",
     "is_local",
@@ -98,6 +99,12 @@ def write_atomic(uri: str, data: bytes) -> None:
     """Write a small file (the `_SUCCESS` summary, a model file) all at once."""
     with open_write(uri) as writer:
         writer.write(data)
+
+
+def delete(uri: str) -> None:
+    """Removes a file or object (a summary an earlier run left); a missing one is no
+    error, any other failure an InputError naming it."""
+    transport_for(uri).delete(uri)
 
 
 def discard_partial(uris: Sequence[str]) -> None:

@@ -176,6 +176,9 @@ class Transport(Protocol):
     def open_write(self, uri: str) -> AtomicWriter:
         """An atomic writer of `uri`."""
 
+    def delete(self, uri: str) -> None:
+        """Removes a file or object; one that is not there is no error."""
+
     def discard_partial(self, uris: Sequence[str]) -> None:
         """Best effort: remove what killed writers of these outputs left behind."""
 

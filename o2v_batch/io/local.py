@@ -158,6 +158,15 @@ def open_write(uri: str) -> AtomicWriter:
     return _LocalWriter(uri)
 
 
+def delete(uri: str) -> None:
+    try:
+        os.unlink(uri)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise InputError(f"cannot remove {shown(uri)}: {exc.strerror or exc}") from exc
+
+
 def discard_partial(uris: Sequence[str]) -> None:
     """Removes the hidden temp files that killed writers of these outputs left."""
     for uri in uris:

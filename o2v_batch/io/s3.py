@@ -255,6 +255,12 @@ def open_write(uri: str) -> AtomicWriter:
     return _S3Writer(uri)
 
 
+def delete(uri: str) -> None:
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri):  # S3 answers a delete of a missing key with success
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
+
 def discard_partial(uris: Sequence[str]) -> None:
     """Aborts the in-progress multipart uploads to these objects."""
     uploads: dict[str, set[str]] = {}

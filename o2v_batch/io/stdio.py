@@ -64,5 +64,9 @@ def open_write(uri: str) -> AtomicWriter:
     return _StdoutWriter(uri)
 
 
+def delete(uri: str) -> None:
+    """Nothing to do: stdout keeps no files."""
+
+
 def discard_partial(uris: Sequence[str]) -> None:
     """Nothing to do: a killed writer's spool is a temporary file the system removes."""
