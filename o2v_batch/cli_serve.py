@@ -10,15 +10,16 @@ import click
 
 from o2v_batch.cli_options import worker_options
 from o2v_batch.config import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_RETRIES,
     MODES,
     preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError
-from o2v_batch.serve_requests import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 PORT_VARIABLE = "SAGEMAKER_BIND_TO_PORT"
 PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"

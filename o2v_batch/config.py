@@ -25,6 +25,15 @@ DEFAULT_MAX_RETRIES = 3
 # Two mini-batches per worker: one computing while the next is already waiting.
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_MAX_QUEUED = 64  # o2v-batch serve: requests waiting for a worker
+# o2v-batch serve: seconds a request's whole body may take to arrive; a slower one is a
+# 408. Enough for the 6 MB default cap at 1 Mbit/s, short enough that stalled clients
+# let go soon.
+DEFAULT_BODY_TIMEOUT_S = 60.0
+# o2v-batch serve: open connections served at once; a request on one more is a 503.
+# Well above the requests the workers hold and queue (a few, plus DEFAULT_MAX_QUEUED),
+# since bodies still arriving take no place in the queue; it bounds what they can hold:
+# this many times the payload cap.
+DEFAULT_MAX_CONNECTIONS = 256
 
 
 @dataclass(frozen=True)

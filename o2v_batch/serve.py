@@ -22,8 +22,10 @@ import orjson
 from o2v_batch.artifacts import PRECISIONS, check_model, resolve_model
 from o2v_batch.batching import MB
 from o2v_batch.config import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_INVOCATION_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_RETRIES,
     MODES,
@@ -35,8 +37,6 @@ from o2v_batch.report import batch_failure, stderr_line
 from o2v_batch.runtime import plan_workers
 from o2v_batch.serve_pool import Dispatcher
 from o2v_batch.serve_requests import (
-    DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS,
     RequestError,
     bad_record,
     invocation,

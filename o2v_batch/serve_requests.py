@@ -21,14 +21,6 @@ from o2v_batch.responses import codec_for
 
 SEQLENS_PARAMETER = "infer_max_seqlens"
 MAX_SEQLEN = 5000  # the hosted algorithm's range for infer_max_seqlens
-# Seconds a request's whole body may take to arrive; a slower one is a 408. Enough for
-# the 6 MB default cap at 1 Mbit/s, short enough that stalled clients let go soon.
-DEFAULT_BODY_TIMEOUT_S = 60.0
-# Open connections the server serves at once; a request on one more is a 503. Well above
-# the requests the workers hold and queue (a few, plus DEFAULT_MAX_QUEUED = 64), since
-# bodies still arriving take no place in the queue; it bounds what they can hold:
-# this many times the payload cap.
-DEFAULT_MAX_CONNECTIONS = 256
 _ANY_TYPES = ("*/*", "application/*")
 
 
