@@ -4,9 +4,17 @@ and a helper such as multiprocessing's resource tracker ends a moment after its 
 
 from __future__ import annotations
 
+import signal
 import time
 
 import psutil
+
+
+def default_sigint() -> None:
+    """A `preexec_fn` that gives a child the default SIGINT handler: one started from
+    `nohup ... &` inherits an ignored SIGINT and keeps it, so a test that stops its
+    child with SIGINT (Ctrl-C) would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def alive(processes: list[psutil.Process], within: float = 10.0) -> list[psutil.Process]:

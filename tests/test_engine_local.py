@@ -15,6 +15,7 @@ from pathlib import Path
 import faulty_servers
 import pytest
 from helpers import make_model, random_records, write_jsonl
+from processes import default_sigint
 
 from o2v_batch.config import TransformConfig
 from o2v_batch.job import transform
@@ -89,12 +90,8 @@ def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
             stderr=log,
             # A job started from `nohup ... &` inherits an ignored SIGINT and keeps it
             # (as documented); the job under test takes Ctrl-C however pytest was started.
-            preexec_fn=_default_sigint,
+            preexec_fn=default_sigint,
         )
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stderr_of(out: Path) -> str:

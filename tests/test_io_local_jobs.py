@@ -104,7 +104,8 @@ def test_an_output_folder_turning_read_only_fails_each_shard_in_one_line(
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     failures = [line for line in result.stderr.splitlines() if "shard failed" in line]
-    assert failures == [
+    # One line each, in the order the workers happen to finish them.
+    assert sorted(failures) == [
         f"o2v-batch: shard failed: cannot write {output}/{name}.out: Read-only file system"
         for name in ("a.jsonl", "b.jsonl")
     ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -299,8 +300,17 @@ def test_sigterm_leaves_nothing_and_resume_equals_an_uninterrupted_run(tmp_path,
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode == 143, stderr
-    left = os.listdir(tmp_path / "out")
-    assert 0 < len(left) < 8 and all(name.endswith(".parquet") for name in left), left
+    left = sorted(os.listdir(tmp_path / "out"))
+    # The finished shards' outputs, and the hidden summary of what they hold for --resume.
+    assert "_PROGRESS" in left, left
+    outputs = [name for name in left if name != "_PROGRESS"]
+    assert 0 < len(outputs) < 8 and all(name.endswith(".parquet") for name in outputs), left
+    progress = orjson.loads((tmp_path / "out" / "_PROGRESS").read_bytes())
+    counted = {
+        Path(shard).name + ".parquet": n for shard, n in progress["records_out_by_shard"].items()
+    }
+    rows = {name: pq.read_metadata(tmp_path / "out" / name).num_rows for name in outputs}
+    assert counted == rows
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in sorted(os.listdir(tmp_path / "reference")):

@@ -34,14 +34,21 @@ def local_tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def s3_tree(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    found = {}
+def s3_names(client, bucket: str, prefix: str) -> list[str]:
+    """Every object under `prefix`, the job's summary files included, named relative to it."""
+    names = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            name = item["Key"][len(prefix) :]
-            if name != "_SUCCESS":
-                found[name] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-    return found
+        names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+    return sorted(names)
+
+
+def s3_tree(client, bucket: str, prefix: str) -> dict[str, bytes]:
+    """The outputs under `prefix` and their bytes, without the summary files."""
+    return {
+        name: client.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        for name in s3_names(client, bucket, prefix)
+        if name not in ("_SUCCESS", "_PROGRESS")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,9 @@ def test_a_failed_shard_leaves_no_object_and_no_upload(s3_server, s3_bucket, tmp
             "line 24001: in0 id 999 is out of range: vocab size is 60 (ids must be in 0..59)"
         )
         prefix = output.split("/", 3)[3]
-        names = sorted(s3_tree(client, s3_bucket, prefix))
-        assert names == ["fine.jsonl" + (".npy" if accept == NPY else ".parquet")]
+        # The shard that finished, and the progress a --resume counts it from.
+        names = s3_names(client, s3_bucket, prefix)
+        assert names == ["_PROGRESS", "fine.jsonl" + (".npy" if accept == NPY else ".parquet")]
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
 
@@ -117,6 +125,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(s3_server, s3_bucket, 
     _, stderr = job.communicate(timeout=60)
     assert job.returncode == 143, stderr
     assert 0 < len(s3_tree(client, s3_bucket, "out/")) < 8
+    assert "_PROGRESS" in s3_names(client, s3_bucket, "out/")
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

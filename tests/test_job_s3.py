@@ -114,7 +114,7 @@ def test_a_failed_shard_leaves_no_object_and_no_upload(
     assert summary.failed[0]["reason"].endswith(
         "line 60001: in0 id 999 is out of range: vocab size is 60 (ids must be in 0..59)"
     )
-    assert sorted(_download(client, s3_bucket, "out/")) == ["fine.jsonl.out"]
+    assert sorted(_download(client, s3_bucket, "out/")) == ["_PROGRESS", "fine.jsonl.out"]
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, load_local_s3
+from processes import default_sigint
 
 LOCAL_S3 = REPO / "scripts" / "local_s3.py"
 MAKE_EXAMPLE_MODEL = REPO / "scripts" / "make_example_model.py"
@@ -63,7 +64,13 @@ def weed_pids(data: Path) -> list[int]:
 def start_foreground(data: Path, port: int) -> subprocess.Popen[str]:
     command = [sys.executable, str(LOCAL_S3), "start", "--dir", str(data), "--port", str(port)]
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fresh_shell_env()
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=fresh_shell_env(),
+        # Stopped with SIGINT by some tests: it takes Ctrl-C however pytest was started.
+        preexec_fn=default_sigint,
     )
 
 
