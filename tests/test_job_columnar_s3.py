@@ -130,3 +130,6 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(s3_server, s3_bucket, 
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert s3_tree(client, s3_bucket, "out/") == expected
+    # The resume that completes the job removes the progress its _SUCCESS now holds.
+    assert "_PROGRESS" not in s3_names(client, s3_bucket, "out/")
+    assert "records not counted" not in done.stderr

@@ -3,6 +3,7 @@ refusal to replace what exists, and the extras that bench.py and memory_check.py
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -279,3 +280,27 @@ def test_scripts_name_the_extra_they_need(script, module, args):
     )
     assert (run.returncode, run.stdout) == (1, "")
     assert run.stderr == f"scripts/{script} needs {module}: pip install -e '.[bench]'\n"
+
+
+def test_gpu_check_runs_on_the_cpu_and_holds_fp32_to_the_cpu(tmp_path):
+    """scripts/gpu_check.py as a session lent a GPU runs it, here with --devices cpu:
+    every fp32 row (the CPU against itself) is exact, the lower precisions are not."""
+    command = [sys.executable, "scripts/gpu_check.py", "--devices", "cpu", "--records", "8"]
+    run = subprocess.run(
+        [*command, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())
+    outputs = {(r["model"], r["output"]) for r in rows}
+    assert ("heavy-hcnn", "embed in0 with zeros") in outputs
+    assert ("light-example", "transform scores") in outputs
+    by_precision = {
+        p: [r["relative"] for r in rows if r["precision"] == p] for p in ("fp32", "tf32", "bf16")
+    }
+    assert max(by_precision["fp32"]) == 0.0 and max(by_precision["tf32"]) == 0.0
+    assert min(by_precision["bf16"]) > 0.0
+    assert (tmp_path / "gpu_check.md").read_text().startswith("| model | precision |")
