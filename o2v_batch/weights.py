@@ -7,14 +7,19 @@ builds every kind of network and compares.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import NamedTuple
 
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
 
 Shapes = dict[str, tuple[int, ...]]
 # With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.
 TIED_TENSOR = "enc1.embedding.weight"
+# An LSTM's steps run one after another in small matrix products: about twice the time
+# per multiply-add of a convolution's.
+LSTM_WORK = 2
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -75,3 +80,28 @@ def _encoder_shapes(prefix: str, enc: EncoderConfig, enc_dim: int) -> Shapes:
 def _with_bias(name: str, *weight: int) -> Shapes:
     """A layer's weight and its bias, one number per output."""
     return {f"{name}.weight": weight, f"{name}.bias": weight[:1]}
+
+
+class ForwardWork(NamedTuple):
+    """Multiply-adds of a forward pass: per token and per record."""
+
+    per_token: int
+    per_record: int
+
+
+def forward_work(hp: Hyperparameters, encoders_only: bool = False) -> ForwardWork:
+    """The forward pass's multiply-adds from the weight shapes: per token, the costlier
+    encoder's (its token embedding and the layers that run on every token); per record,
+    the MLP and output layer a pair goes through (none with `encoders_only`)."""
+    shapes = expected_shapes(hp, encoders_only)
+    per_token = max(
+        hp.encoder(i).token_embedding_dim
+        + sum(math.prod(s) for name, s in shapes.items() if name.startswith(f"enc{i}.convs."))
+        + LSTM_WORK
+        * sum(math.prod(s) for name, s in shapes.items() if name.startswith(f"enc{i}.lstm.w"))
+        for i in (0, 1)
+    )
+    per_record = sum(
+        math.prod(s) for name, s in shapes.items() if name.startswith(("mlp.", "head."))
+    )
+    return ForwardWork(per_token, per_record)
