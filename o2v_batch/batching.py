@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -12,6 +14,16 @@ from o2v_batch.formats import Block, Lines, Oversize, Record
 
 MB = 2**20
 STRATEGIES = ("MultiRecord", "SingleRecord")
+
+# A mini-batch goes to the workers in pieces of about this many multiply-adds of the
+# forward pass (weights.forward_work), so that one large mini-batch keeps every worker
+# busy: about 0.25 s on one CPU core for scripts/bench.py's heavy model (measured:
+# 4.6e10 a second), while the light example model's 6 MB mini-batches (about 9e9) stay
+# whole. Read when a mini-batch is split, so that tests may lower it.
+_PIECE_WORK = 1.2e10
+MAX_PIECES = 256  # of one mini-batch: the parent's cost per mini-batch stays bounded
+MIN_PIECE_RECORDS = 16  # a smaller share of a mini-batch is not worth a request
+SAMPLE_BYTES = 2**16  # of a mini-batch, read to estimate its tokens per byte
 
 
 @dataclass(slots=True)
@@ -145,3 +157,79 @@ class _Filling:
             batch = MiniBatch(self.positions, self.records, self.nbytes)
         self._reset()
         return batch
+
+
+def split(batch: MiniBatch, token_work: float, record_work: float = 0.0) -> list[MiniBatch]:
+    """The pieces, in order, that `batch` goes to the workers in: itself when it holds
+    less than _PIECE_WORK multiply-adds (`token_work` per token, `record_work` per
+    record), else consecutive runs of its records of about that much work each, their
+    work told by their bytes at the mini-batch's rate. Lines are cut at newlines.
+
+    Each piece holds at most its share of the work (the larger of _PIECE_WORK, the
+    mini-batch's over MAX_PIECES and that of MIN_PIECE_RECORDS records) or one record.
+    """
+    n, nbytes = len(batch.records), batch.nbytes
+    if n < 2 * MIN_PIECE_RECORDS or not nbytes:
+        return [batch]
+    # Ids are written with a comma or bracket after each: 2 bytes a token at least.
+    if (nbytes / 2 * token_work + n * record_work) <= _PIECE_WORK:
+        return [batch]
+    work = nbytes * _tokens_per_byte(batch.records) * token_work + n * record_work
+    share = max(_PIECE_WORK, work / MAX_PIECES, work * MIN_PIECE_RECORDS / n)
+    if work <= share:
+        return [batch]
+    piece_bytes = nbytes * share / work
+    if isinstance(batch.records, Lines):
+        return _split_lines(batch, piece_bytes)
+    return _split_records(batch, piece_bytes)
+
+
+def _tokens_per_byte(records: Sequence[bytes]) -> float:
+    """Estimated from the mini-batch's first SAMPLE_BYTES: a record's ids are about its
+    commas and one more."""
+    if isinstance(records, Lines):
+        sample = records.data[:SAMPLE_BYTES]
+    else:
+        taken, size = [], 0
+        for record in records:
+            taken.append(record)
+            size += len(record) + 1
+            if size >= SAMPLE_BYTES:
+                break
+        sample = b"\n".join(taken)
+    return (sample.count(b",") + sample.count(b"\n") + 1) / max(1, len(sample))
+
+
+def _split_lines(batch: MiniBatch, piece_bytes: float) -> list[MiniBatch]:
+    """Lines cut at the last newline within each piece's bytes (at least one line)."""
+    data, positions = batch.records.data, batch.positions
+    pieces, start, first = [], 0, 0
+    while start < len(data):
+        left = len(data) - start
+        goal = int(left / math.ceil(left / piece_bytes))  # the rest in even shares
+        end = len(data) if goal >= left else data.rfind(b"\n", start, start + goal + 1)
+        if end <= start:  # the first line alone is over the share
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end
+        count = data.count(b"\n", start, end) + 1
+        piece = data[start:end]
+        pieces.append(
+            MiniBatch(positions[first : first + count], Lines(piece, count), len(piece) - count + 1)
+        )
+        start, first = end + 1, first + count
+    return pieces
+
+
+def _split_records(batch: MiniBatch, piece_bytes: float) -> list[MiniBatch]:
+    """Runs of records of at most piece_bytes record bytes each (at least one record)."""
+    ends = list(accumulate(map(len, batch.records)))
+    pieces, first, before = [], 0, 0
+    while first < len(ends):
+        left = ends[-1] - before
+        goal = left / math.ceil(left / piece_bytes) if left else 0
+        end = max(first + 1, bisect_right(ends, before + goal, first))
+        pieces.append(
+            MiniBatch(batch.positions[first:end], batch.records[first:end], ends[end - 1] - before)
+        )
+        first, before = end, ends[end - 1]
+    return pieces
