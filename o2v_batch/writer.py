@@ -1,4 +1,5 @@
-"""The per-shard reorder buffer: mini-batch results arrive in any order and are
+"""The per-shard reorder buffer: the results of a shard's parts (mini-batches, the
+pieces they were split into, oversize records' places) arrive in any order and are
 written in input order, framed by the accept type's codec, atomically."""
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from o2v_batch.responses import Framer, codec_for
 
 
 class ShardOutput:
-    """The output of one input shard, written as its mini-batches complete in order."""
+    """The output of one input shard, written as its parts complete in order; parts
+    are framed as consecutive mini-batches are."""
 
     def __init__(self, uri: str, accept: str):
         self.uri = uri
-        self._pending: dict[int, bytes] = {}
+        self._pending: dict[int, bytes | str] = {}  # a str: the reason a part failed
         self._next = 0
-        self.total: int | None = None  # mini-batches in the shard, once reading ends
+        self.total: int | None = None  # parts in the shard, once reading ends
         self.records = 0
         codec = codec_for(accept)
         self._framer: Framer | None = None
@@ -28,13 +30,28 @@ class ShardOutput:
             self.abort()
             raise
 
-    def add(self, seq: int, payload: bytes, records: int) -> None:
-        """Takes the result of mini-batch `seq`; writes every result now in order."""
+    def add(self, seq: int, payload: bytes, records: int) -> str | None:
+        """Takes the result of part `seq`; writes every result now in order. Returns the
+        reason of a failed part (fail) that every part before it has now reached."""
         self._pending[seq] = payload
         self.records += records
+        return self._write()
+
+    def fail(self, seq: int, reason: str) -> str | None:
+        """Part `seq` fails the shard for `reason`, once every part before it is in:
+        an earlier part's failure comes first, so the first bad record names it.
+        Returns the reason that fails the shard now, if any."""
+        self._pending[seq] = reason
+        return self._write()
+
+    def _write(self) -> str | None:
         while self._next in self._pending:
+            part = self._pending[self._next]
+            if isinstance(part, str):
+                return part
             self._framer.add(self._pending.pop(self._next))
             self._next += 1
+        return None
 
     @property
     def complete(self) -> bool:

@@ -111,3 +111,14 @@ def test_columnar_abort_leaves_nothing(tmp_path: Path, accept: str) -> None:
     output.abort()
     output.abort()
     assert files_in(tmp_path) == []
+
+
+def test_a_failed_part_fails_the_shard_once_the_parts_before_it_are_in(tmp_path: Path) -> None:
+    output = ShardOutput(str(tmp_path / "part.jsonl.out"), JSONLINES)
+    assert output.fail(2, "line 9: bad") is None  # parts 0 and 1 may hold an earlier one
+    assert output.fail(1, "line 5: bad") is None
+    assert output.add(3, b'{"a":3}\n', 1) is None
+    assert output.add(0, b'{"a":0}\n', 1) == "line 5: bad"
+    assert not output.complete
+    output.abort()
+    assert files_in(tmp_path) == []
