@@ -20,6 +20,7 @@ from o2v_batch.engines.shard import (
     ShardTask,
     mini_batches,
     oversize,
+    pieces,
     served,
     serving_options,
     total_bytes,
@@ -42,16 +43,19 @@ class _Start:
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """Mini-batch (or oversize record) number `seq` of shard `idx`."""
+    """Part number `seq` of shard `idx`: a mini-batch, a piece of one, or an oversize
+    record. The first piece of a mini-batch carries the (records, bytes) of the whole,
+    which the summary counts as one mini-batch."""
 
     idx: int
     seq: int
     item: MiniBatch | Oversize
+    counted: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _End:
-    """Shard `idx` has `total` items in all."""
+    """Shard `idx` has `total` parts in all."""
 
     idx: int
     total: int
@@ -166,7 +170,8 @@ class _Run:
     # -- the reader thread ------------------------------------------------
 
     def _read(self) -> None:
-        """Shards to mini-batches, at most a few ahead of the workers."""
+        """Shards to mini-batches, and those to the pieces the workers share, at most a
+        few ahead of the workers."""
         for idx, task in enumerate(self.tasks):
             if self.stop.is_set():
                 break
@@ -176,8 +181,14 @@ class _Run:
                 for item in mini_batches(task, self.config, self.meter):
                     if idx in self.failed or self.stop.is_set():
                         break
-                    self._put(_Item(idx, seq, item))
-                    seq += 1
+                    if isinstance(item, Oversize):
+                        self._put(_Item(idx, seq, item))
+                        seq += 1
+                        continue
+                    counted = (len(item.records), item.nbytes)
+                    for piece in pieces(task, item):
+                        self._put(_Item(idx, seq, piece, counted))
+                        seq, counted = seq + 1, None
             except ShardFailed as exc:
                 self._put(_Unreadable(idx, str(exc)))
                 continue
@@ -222,12 +233,13 @@ class _Run:
             try:
                 self._add(idx, seq, oversize(task, item, self.config), 0)
             except ShardFailed as exc:
-                self._fail(idx, str(exc))
+                self._failed_part(idx, seq, str(exc))
             return
         task_id = next(self.task_ids)
         self.in_flight[task_id] = (idx, seq, item)
-        task.report.count_batch(len(item.records), item.nbytes)
-        self._count(len(item.records))
+        if message.counted is not None:
+            task.report.count_batch(*message.counted)
+            self._count(message.counted[0])
         pool.submit(task_id, item.positions, item.records, task.content_type, task.accept)
 
     def _count(self, records: int) -> None:
@@ -247,7 +259,7 @@ class _Run:
         try:
             payload, predictions = served(task, event.result, batch)
         except ShardFailed as exc:
-            self._fail(idx, str(exc))
+            self._failed_part(idx, seq, str(exc))
             return
         self._add(idx, seq, payload, predictions)
 
@@ -270,11 +282,25 @@ class _Run:
 
     def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
         try:
-            self.outputs[idx].add(seq, payload, records)
+            failure = self.outputs[idx].add(seq, payload, records)
         except Exception as exc:  # the output cannot be written (e.g. S3 went away)
             self._fail(idx, io.describe_error(exc, self.tasks[idx].report.output))
             return
+        if failure is not None:
+            self._fail(idx, failure)
+            return
         self._maybe_commit(idx)
+
+    def _failed_part(self, idx: int, seq: int, reason: str) -> None:
+        """A bad record fails the shard once the parts before it are in: of the pieces
+        of one mini-batch, the first bad record names the failure, as when whole."""
+        try:
+            failure = self.outputs[idx].fail(seq, reason)
+        except Exception as exc:
+            self._fail(idx, io.describe_error(exc, self.tasks[idx].report.output))
+            return
+        if failure is not None:
+            self._fail(idx, failure)
 
     def _maybe_commit(self, idx: int) -> None:
         if not self.to_stdout:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from o2v_batch import io
-from o2v_batch.batching import MiniBatch, pack, payload_bytes
+from o2v_batch.batching import MiniBatch, pack, payload_bytes, split
 from o2v_batch.config import TransformConfig
 from o2v_batch.formats import (
     JSON,
@@ -26,6 +26,7 @@ from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.report import ShardReport, oversize_problem, read_failure, record_failure
 from o2v_batch.responses import codec_for, error_fragment, output_type
+from o2v_batch.weights import ForwardWork, forward_work
 
 
 class ShardFailed(Exception):
@@ -42,16 +43,18 @@ class ShardTask:
     content_type: str
     accept: str
     suffix: str  # of its output's name, by the response format: `a.jsonl` -> `a.jsonl.out`
+    work: ForwardWork  # the model's: how its mini-batches are shared out (pieces)
 
 
 def shard_task(shard: io.Shard, config: TransformConfig, hp: Hyperparameters) -> ShardTask:
     """The shard with its formats (from the options, else its name) and its output;
-    `hp`, the model's, lays out a columnar output."""
+    `hp`, the model's, lays out a columnar output and sizes its mini-batches' pieces."""
     content_type = config.content_type or content_type_for(shard.uri)
     accept = output_type(config.accept or content_type, config, hp)
     suffix = codec_for(accept).suffix
     report = ShardReport(shard.uri, io.output_uri(config.output, shard.rel, suffix))
-    return ShardTask(shard, report, content_type, accept, suffix)
+    work = forward_work(hp, encoders_only=config.mode == "embedding")
+    return ShardTask(shard, report, content_type, accept, suffix, work)
 
 
 def total_bytes(tasks: list[ShardTask]) -> int | None:
@@ -129,6 +132,12 @@ def mini_batches(
             yield from pack(items, cap, config.strategy)
     except Exception as exc:  # I/O failures too: this shard fails, the others go on
         raise ShardFailed(read_failure(uri, exc)) from None
+
+
+def pieces(task: ShardTask, batch: MiniBatch) -> list[MiniBatch]:
+    """The requests a mini-batch goes to the workers as: itself, or, when it holds more
+    of the model's work than one worker should do alone, consecutive pieces of it."""
+    return split(batch, task.work.per_token, task.work.per_record)
 
 
 def oversize(task: ShardTask, item: Oversize, config: TransformConfig) -> bytes:

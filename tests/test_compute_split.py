@@ -1,0 +1,334 @@
+"""Mini-batches shared by compute: a mini-batch holding more of the model's work than
+one worker should do alone goes to the workers as consecutive pieces, written back
+as one."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_model, random_records, write_json, write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from o2v_batch import batching
+from o2v_batch.batching import MIN_PIECE_RECORDS, MiniBatch, split
+from o2v_batch.config import TransformConfig
+from o2v_batch.formats import Lines
+from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.job import transform
+from o2v_batch.weights import forward_work
+
+REPO = Path(__file__).resolve().parents[1]
+# scripts/bench.py's heavy model (issue 6) and the example model.
+HEAVY = {
+    "enc0_network": "hcnn",
+    "enc0_layers": 4,
+    "enc0_token_embedding_dim": 300,
+    "enc0_vocab_size": 10240,
+    "enc0_max_seq_len": 200,
+    "enc_dim": 512,
+}
+LIGHT = json.loads((REPO / "examples" / "model" / "hyperparameters.json").read_text())
+
+
+def bench_like(n: int, seed: int = 0) -> list[bytes]:
+    """Records like the benchmark's: log-normal lengths (median 24), Zipf-like ids."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(24), 0.8, n).astype(int), 5, 200)
+    return [
+        b'{"in0":' + json.dumps(np.minimum(rng.zipf(1.1, k), 10239).tolist()).encode() + b"}"
+        for k in lengths
+    ]
+
+
+def as_lines(records: list[bytes], first: int = 1) -> MiniBatch:
+    data = b"\n".join(records)
+    return MiniBatch(
+        range(first, first + len(records)), Lines(data, len(records)), len(data) - len(records) + 1
+    )
+
+
+def as_list(records: list[bytes], first: int = 1) -> MiniBatch:
+    positions = list(range(first, first + 2 * len(records), 2))  # not consecutive
+    return MiniBatch(positions, list(records), sum(map(len, records)))
+
+
+def check_pieces(batch: MiniBatch, pieces: list[MiniBatch], token_work: float) -> None:
+    """Every record exactly once, in order, at its position; each piece's bytes right,
+    Lines cut at newlines; each piece within its share of the work or one record."""
+    records = list(batch.records)
+    assert [r for p in pieces for r in p.records] == records
+    assert [pos for p in pieces for pos in p.positions] == list(batch.positions)
+    for piece in pieces:
+        assert piece.nbytes == sum(map(len, piece.records)) and len(piece.records)
+        assert len(piece.positions) == len(piece.records)
+    if isinstance(batch.records, Lines):
+        assert all(isinstance(p.records, Lines) for p in pieces)
+        assert all(isinstance(p.positions, range) for p in pieces)
+        assert b"\n".join(p.records.data for p in pieces) == batch.records.data
+    work = batch.nbytes * batching._tokens_per_byte(batch.records) * token_work
+    n = len(records)
+    share = max(batching._PIECE_WORK, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
+    rate = work / batch.nbytes
+    for piece in pieces:
+        assert piece.nbytes * rate <= share * (1 + 1e-9) or len(piece.records) == 1
+    if len(pieces) > 1:
+        # Shared out evenly: no more pieces than twice the work's shares.
+        assert len(pieces) <= 2 * math.ceil(work / share)
+
+
+records_strategy = st.lists(
+    st.lists(st.integers(1, 10**6), min_size=1, max_size=300).map(
+        lambda ids: json.dumps({"in0": ids}, separators=(",", ":")).encode()
+    ),
+    min_size=1,
+    max_size=150,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=records_strategy,
+    lines=st.booleans(),
+    piece_work=st.sampled_from([1.0, 50.0, 1e3, 3e4, 1e6]),
+    token_work=st.sampled_from([1.0, 7.0, 100.0]),
+)
+def test_pieces_cover_the_mini_batch(
+    records: list[bytes], lines: bool, piece_work: float, token_work: float
+) -> None:
+    batch = as_lines(records, 5) if lines else as_list(records, 3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batching, "_PIECE_WORK", piece_work)
+        pieces = split(batch, token_work)
+        check_pieces(batch, pieces, token_work)
+    if len(records) < 2 * MIN_PIECE_RECORDS:
+        assert pieces == [batch]
+
+
+def test_the_heavy_model_shares_a_large_mini_batch() -> None:
+    work = forward_work(Hyperparameters.from_dict(HEAVY), encoders_only=True)
+    records = bench_like(40_000)
+    for batch in (as_lines(records), as_list(records)):
+        pieces = split(batch, work.per_token, work.per_record)
+        # About 0.25 s of one core each (the bench's heavy model runs ~1,100 records/s).
+        assert 60 <= len(pieces) <= batching.MAX_PIECES
+        assert 100 <= len(records) / len(pieces) <= 600
+        check_pieces(batch, pieces, work.per_token)
+
+
+@pytest.mark.parametrize("mode", ["embedding", "classification"])
+def test_the_light_model_keeps_a_full_mini_batch_whole(mode: str) -> None:
+    work = forward_work(Hyperparameters.from_dict(LIGHT), encoders_only=mode == "embedding")
+    records, size = [], 0
+    for record in bench_like(80_000):  # what a 6 MB mini-batch (the default cap) holds
+        if size + len(record) > 6 * 2**20:
+            break
+        records.append(record)
+        size += len(record)
+    for batch in (as_lines(records), as_list(records)):
+        assert split(batch, work.per_token, work.per_record)[0] is batch
+
+
+def test_a_line_longer_than_a_share_is_a_piece_alone(monkeypatch) -> None:
+    monkeypatch.setattr(batching, "_PIECE_WORK", 100.0)
+    records = [b'{"in0":[1]}'] * 40
+    records[20] = b'{"in0":[' + b",".join([b"7"] * 500) + b"]}"
+    pieces = split(as_lines(records), 1.0)
+    assert [list(p.records) for p in pieces if records[20] in list(p.records)] == [[records[20]]]
+    check_pieces(as_lines(records), pieces, 1.0)
+
+
+def test_forward_work_from_the_shapes() -> None:
+    heavy = forward_work(Hyperparameters.from_dict(HEAVY), encoders_only=True)
+    # Token embedding, then 3 convs of 300 -> 300 and one 300 -> 512, width 3 (with biases).
+    assert heavy.per_token == 300 + 3 * (300 * 300 * 3 + 300) + 512 * 300 * 3 + 512
+    assert heavy.per_record == 0
+    light = forward_work(Hyperparameters.from_dict(LIGHT))
+    # The MLP over the three comparators (4 x enc_dim wide) and the 2-class output.
+    assert light.per_record == 64 * 32 + 32 + 32 * 2 + 2
+    bilstm = forward_work(
+        Hyperparameters.from_dict(
+            {"enc0_network": "bilstm", "enc0_vocab_size": 9, "enc0_max_seq_len": 4, "enc_dim": 8}
+        ),
+        encoders_only=True,
+    )
+    # Both directions' input and recurrent weights (hidden 4, token dim 300), twice.
+    assert bilstm.per_token == 300 + 2 * 2 * (16 * 300 + 16 * 4)
+
+
+# -- whole jobs: two workers share one file's one mini-batch -----------------
+
+SPY = '''"""The real server, noting each request it serves; it serves none before both
+workers have loaded the model, so that both are there to share the pieces."""
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from o2v_batch.serving import Server as _Server
+
+FOLDER = Path({folder!r})
+
+
+class Server(_Server):
+    def __init__(self, model_dir, device, options, threads):
+        torch.set_num_threads(threads)
+        super().__init__(model_dir, device, options)
+        (FOLDER / f"up-{{os.getpid()}}").touch()
+
+    def serve(self, positions, records, content_type, accept):
+        deadline = time.monotonic() + 60
+        while len(list(FOLDER.glob("up-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with open(FOLDER / "requests", "a") as log:
+            log.write(f"{{os.getpid()}} {{positions[0]}} {{len(records)}}\\n")
+        return super().serve(positions, records, content_type, accept)
+'''
+RECORDS = 2000
+PARQUET, NPY = "application/vnd.apache.parquet", "application/x-npy"
+BAD_LINE = 1001  # a record in the middle of the file
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("model") / "model")
+
+
+def job(tmp_path: Path, model: Path, name: str, out: str, split: bool, monkeypatch, **options):
+    """Runs one job over tmp_path/in/<name> with two workers; with `split`, a piece's
+    work is lowered so the file's one mini-batch goes out as many pieces."""
+    spy = tmp_path / f"spy-{out}"
+    spy.mkdir()
+    (spy / f"piece_spy_{out}.py").write_text(SPY.format(folder=str(spy)))
+    monkeypatch.syspath_prepend(str(spy))
+    monkeypatch.setattr(batching, "_PIECE_WORK", 1e6 if split else batching._PIECE_WORK)
+    config = TransformConfig(
+        input=str(tmp_path / "in" / name),
+        output=str(tmp_path / out),
+        model=str(model),
+        workers=2,
+        progress=False,
+        worker_factory=f"piece_spy_{out}:Server",
+        **options,
+    )
+    summary = transform(config, log=lambda line: None)
+    requests = [
+        tuple(map(int, line.split())) for line in (spy / "requests").read_text().splitlines()
+    ]
+    return summary, requests
+
+
+def assert_close(a, b) -> None:
+    """Equal, numbers within 1e-6 relative (1e-7 absolute near zero)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for key in a:
+            assert_close(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_close(x, y)
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) or (math.isnan(a) and math.isnan(b))
+    else:
+        assert a == b
+
+
+def read_output(path: Path, kind: str):
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if kind == "npy":
+        return np.load(path).tolist()
+    text = path.read_text()
+    if kind == "json":
+        return json.loads(text)["predictions"]
+    return [json.loads(line) for line in text.splitlines()]
+
+
+VARIANTS = {
+    "jsonlines": ("a.jsonl", "jsonl", {}),
+    "json-accept": ("a.jsonl", "json", {"accept": "application/json"}),
+    "json-input": ("a.json", "json", {}),
+    "parquet": ("a.jsonl", "parquet", {"accept": PARQUET}),
+    "npy": ("a.jsonl", "npy", {"accept": NPY, "mode": "embedding"}),
+    "join-input": ("a.jsonl", "jsonl", {"join_source": "Input"}),
+    "emit-error": ("a.jsonl", "jsonl", {"on_bad_record": "emit-error"}),
+}
+
+
+def write_input(tmp_path: Path, name: str, variant: str) -> list:
+    records = random_records(RECORDS, seed=3, pairs=variant != "npy")
+    if variant == "join-input":
+        records = [{**r, "id": i} for i, r in enumerate(records)]
+    if name.endswith(".json"):
+        write_json(tmp_path / "in" / name, records)
+    else:
+        write_jsonl(tmp_path / "in" / name, records)
+    if variant == "emit-error":
+        lines = (tmp_path / "in" / name).read_bytes().split(b"\n")
+        lines[BAD_LINE - 1] = b'{"in0": [1, 2'
+        (tmp_path / "in" / name).write_bytes(b"\n".join(lines))
+    return records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_both_workers_serve_one_mini_batch_and_the_output_is_unchanged(
+    tmp_path, model, monkeypatch, variant: str
+) -> None:
+    name, kind, options = VARIANTS[variant]
+    write_input(tmp_path, name, variant)
+    whole, whole_requests = job(tmp_path, model, name, "whole", False, monkeypatch, **options)
+    shared, requests = job(tmp_path, model, name, "shared", True, monkeypatch, **options)
+
+    # One mini-batch in the summary, as before; the pool got it as several requests,
+    # and both worker processes served some of them.
+    for summary in (whole, shared):
+        assert summary.shards_ok == 1 and summary.mini_batches == 1
+        assert summary.records_in == RECORDS
+        assert summary.largest_mini_batch_bytes == whole.largest_mini_batch_bytes
+    assert (shared.records_out, shared.bad_records) == (whole.records_out, whole.bad_records)
+    assert len(whole_requests) == 1
+    assert len(requests) >= 8 and len({pid for pid, _, _ in requests}) == 2
+    first = 0 if name.endswith(".json") else 1
+    for start, count in sorted((pos, count) for _, pos, count in requests):  # each record once
+        assert start == first
+        first += count
+    assert first == RECORDS + (0 if name.endswith(".json") else 1)
+
+    out = f"{name}.out" if kind in ("jsonl", "json") else None
+    out = out or next(p.name for p in (tmp_path / "whole").iterdir() if not p.name.startswith("_"))
+    a, b = (tmp_path / "whole" / out), (tmp_path / "shared" / out)
+    assert_close(read_output(b, kind), read_output(a, kind))
+    if variant == "emit-error":
+        errors = [r for r in read_output(b, kind) if "error" in r]
+        assert [e["error"]["line"] for e in errors] == [BAD_LINE]
+        assert shared.bad_records == 1
+
+
+@pytest.mark.slow
+def test_the_first_bad_record_of_a_shared_mini_batch_fails_the_shard(
+    tmp_path, model, monkeypatch
+) -> None:
+    write_input(tmp_path, "a.jsonl", "jsonlines")
+    lines = (tmp_path / "in" / "a.jsonl").read_bytes().split(b"\n")
+    for line in (700, 1800):  # in different pieces: the later may well be served first
+        lines[line - 1] = b'{"in0": [1, 2'
+    (tmp_path / "in" / "a.jsonl").write_bytes(b"\n".join(lines))
+    reasons = []
+    for out, shared in (("whole", False), ("shared", True)):
+        summary, requests = job(tmp_path, model, "a.jsonl", out, shared, monkeypatch)
+        assert summary.shards_failed == 1 and summary.mini_batches == 1
+        assert not (tmp_path / out / "a.jsonl.out").exists()
+        reasons.append(summary.failed[0]["reason"])
+    assert len(requests) > 1
+    assert reasons[0] == reasons[1]
+    assert "line 700, column 14: malformed JSON" in reasons[1]
