@@ -229,7 +229,11 @@ def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
         for item in listing
     }
     local_out, local = reference("small-mini-batches")
+    # Two shards failed: the progress a --resume counts from is there, beside the outputs.
+    progress = json.loads(written.pop("_PROGRESS"))
     assert written == tree(local_out)
+    assert progress["shards_failed"] == local.shards_failed == 2
+    assert progress["records_out"] == local.records_out
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     failures = sorted(line for line in result.output.splitlines() if "shard failed" in line)
     expected = [f"o2v-batch: shard failed: {f['reason']}" for f in by_shard(local.failed)]

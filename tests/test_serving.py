@@ -354,10 +354,13 @@ def test_job_summary_and_exit_status(runs, setting):
     expected_by_shard = {} if setting == "fail" else dict.fromkeys(bad, 1)
     assert summary["bad_records_by_shard"] == expected_by_shard
     assert summary["bad_records"] == len(expected_by_shard)
-    # A job with a failed shard writes no _SUCCESS, and no shard leaves debris.
+    # A job with a failed shard writes no _SUCCESS, and no shard leaves debris: only
+    # the outputs, and the progress a --resume counts the finished shards from.
     written = sorted(p.name for p in out.iterdir())
     expected = sorted(f"{c.name}.out" for c in CASES if str(runs["input"] / c.name) not in failed)
-    assert written == expected
+    assert written == ["_PROGRESS", *expected]
+    progress = json.loads((out / "_PROGRESS").read_text())
+    assert progress["shards_failed"] == summary["shards_failed"]
 
 
 # ---------------------------------------------------------------- fuzzing the server
