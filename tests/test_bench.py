@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench.py"
-SYSTEMS = ("o2v-batch", "baseline", "ceiling")
+SYSTEMS = ("o2v-batch", "baseline", "ceiling", "io-floor")
 # One workload per model and per mode keeps the run short.
 WORKLOADS = ("light-embedding", "heavy-classification")
 RECORDS = {"light-embedding": 2000, "heavy-classification": 100}
@@ -132,7 +133,9 @@ def test_stdout_has_the_machine_and_a_markdown_table(run):
     assert stdout.startswith(f"machine: {document['machine']['cores']} cores")
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| system | workload | records/s |")
-    assert len(table) == 2 + len(SYSTEMS) * len(WORKLOADS)
+    # A row per system and workload, and o2v-batch on each workload's records in one file.
+    assert len(table) == 2 + (len(SYSTEMS) + 1) * len(WORKLOADS)
+    assert "| bound | x bound |" in table[0] and "| parent's CPU | GPU busy |" in table[0]
     assert (results / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -180,3 +183,198 @@ def test_the_serve_rows_give_requests_per_second_and_latency_from_one_run(tmp_pa
         assert row["extra"]["requests_per_s"] == pytest.approx(requests / row["seconds"])
         assert 0 < row["extra"]["p50_ms"] <= row["extra"]["p99_ms"]
         assert f"{row['workload']}, {bench.SERVE_CLIENTS} clients: " in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "io_floor", "device", "expected"),
+    [
+        (200.0, 300.0, "cpu", 120.0),  # the times add up: 1 / (1/200 + 1/300)
+        (2400.0, 30600.0, "cpu", 1 / (1 / 2400 + 1 / 30600)),
+        (761_000.0, 320_000.0, "cuda", 320_000.0),  # side by side: the slower decides
+        (1000.0, 5000.0, "cuda:0", 1000.0),
+    ],
+)
+def test_the_bound_adds_times_on_cpu_and_takes_the_slower_on_a_gpu(
+    ceiling, io_floor, device, expected
+):
+    assert bench.bound(ceiling, io_floor, device) == pytest.approx(expected)
+
+
+def _rate_row(system, rate, device="cpu", output="jsonlines", **extra):
+    row = bench.Row(system, "heavy-embedding", device, output, records=1000)
+    row.records_per_s, row.extra = rate, extra
+    return row
+
+
+def test_each_o2v_batch_row_is_held_against_the_bound_of_its_device_and_format():
+    rows = [
+        _rate_row("o2v-batch", 60.0, after_startup_records_per_s=90),
+        _rate_row("o2v-batch (one file)", 30.0),
+        _rate_row(f"o2v-batch --accept {bench.NPY}", 75.0, output="npy"),
+        _rate_row("o2v-batch --devices cuda", 150.0, "cuda", after_startup_records_per_s=240),
+        _rate_row("ceiling", 200.0),
+        _rate_row("ceiling (cuda)", 1000.0, "cuda"),
+        _rate_row("io-floor", 300.0),
+        _rate_row("io-floor (npy)", 600.0, output="npy"),
+    ]
+    bench.fill_ratios(rows)
+    got = {r.system: (r.bound, r.ratio_to_bound) for r in rows}
+    assert got["o2v-batch"] == pytest.approx((120.0, 0.5))
+    assert got["o2v-batch (one file)"] == pytest.approx((120.0, 0.25))
+    assert got[f"o2v-batch --accept {bench.NPY}"] == pytest.approx((150.0, 0.5))
+    assert got["o2v-batch --devices cuda"] == pytest.approx((300.0, 0.5))
+    assert rows[0].extra["after_startup_ratio_to_bound"] == 0.75
+    assert rows[3].extra["after_startup_ratio_to_bound"] == 0.8
+    assert all(got[s] == (None, None) for s in ("ceiling", "io-floor", "io-floor (npy)"))
+    notes = bench.targets(rows)
+    assert (
+        "- heavy-embedding, o2v-batch >= 0.85 of the bound: 0.50 (0.75 after start-up) (MISSED)"
+        in notes
+    )
+    assert "- heavy-embedding, o2v-batch --devices cuda >= 0.6 of the bound: 0.80 (met)" in notes
+
+
+_BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+
+
+@pytest.mark.parametrize(
+    ("script", "low", "high"),
+    [
+        # The parent waits while its child burns CPU and is reaped before the parent ends.
+        (f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_BURN!r}])", 0.0, 0.35),
+        # The parent burns while its child sleeps.
+        (
+            f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5)'])\n{_BURN}p.wait()",
+            0.6,
+            1.0,
+        ),
+    ],
+    ids=["child-works", "parent-works"],
+)
+def test_the_parents_share_is_its_cpu_time_over_the_whole_trees(tmp_path, script, low, high):
+    run = bench.measure([sys.executable, "-c", script], tmp_path / "log", dict(os.environ))
+    assert run.returncode == 0
+    assert low <= run.parent_cpu_share <= high
+
+
+def test_the_gpu_busy_figure_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '40\\n60\\n'\n")  # two GPUs: their mean, 50
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    sleep = [sys.executable, "-c", "import time; time.sleep(0.6)"]
+    assert bench.measure(sleep, tmp_path / "log", dict(os.environ), gpu=True).gpu_busy_percent == 50
+    assert bench.measure(sleep, tmp_path / "log", dict(os.environ)).gpu_busy_percent is None
+
+
+@pytest.mark.parametrize(("files", "parts"), [(1, 4), (1, 2), (8, 2), (3, 16), (2, 1)])
+def test_the_io_floor_cuts_the_input_into_disjoint_line_aligned_parts(tmp_path, files, parts):
+    bench.write_workload(tmp_path, 300, pairs=False, seed=1, shards=files)
+    paths = bench.shards(tmp_path)
+    pieces = bench.split_input(paths, parts)
+    assert len(pieces) == min(parts, 300)
+    lines = [
+        line
+        for piece in pieces
+        for path, lo, hi in piece
+        for line in bench.range_lines(path, lo, hi)
+    ]
+    assert lines == [line for path in paths for line in path.read_bytes().splitlines(keepends=True)]
+    # About equal bytes each, whatever the shards' sizes: off by less than a line.
+    total, longest = sum(p.stat().st_size for p in paths), max(map(len, lines))
+    for piece in pieces:
+        assert abs(sum(hi - lo for _, lo, hi in piece) - total / len(pieces)) < longest + 1
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_the_io_floor_uses_every_core(run, workload):
+    _, document, _, _ = run
+    row = _row(document, workload, "io-floor")
+    assert row["extra"]["processes"] == document["machine"]["cores"]
+    assert row["extra"]["parsed"] == RECORDS[workload]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_one_file_rows_run_the_same_records_against_the_same_bound(run, workload):
+    _, document, work, _ = run
+    one, shards = (
+        _row(document, workload, "o2v-batch (one file)"),
+        _row(document, workload, "o2v-batch"),
+    )
+    data = work / "data" / workload
+    single = work / "data" / f"{workload}-one-file" / "all.jsonl"
+    assert single.read_bytes() == b"".join(p.read_bytes() for p in sorted(data.glob("*.jsonl")))
+    assert one["error"] is None and one["records_out"] == one["records"] == RECORDS[workload]
+    assert one["bound"] == shards["bound"] > 0
+    assert one["ratio_to_bound"] == pytest.approx(one["records_per_s"] / one["bound"])
+    output = work / "out" / workload / "o2v-batch-one-file" / "all.jsonl.out"
+    assert len(output.read_bytes().splitlines()) == RECORDS[workload]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("system", ["o2v-batch", "o2v-batch (one file)"])
+def test_o2v_batch_rows_report_the_parents_share_of_the_cpu(run, workload, system):
+    _, document, _, _ = run
+    assert 0 < _row(document, workload, system)["parent_cpu_share"] < 1
+
+
+def test_gpu_mode_has_its_own_workloads_sizes_and_systems():
+    args = bench.parse_args(["--gpu"])
+    assert [w.name for w in args.workloads] == list(bench.GPU_WORKLOADS)
+    assert args.counts["heavy-embedding"] == bench.GPU_RECORDS["heavy-embedding"]
+    assert args.variants == [] and args.gpu_device == "cuda"
+    assert bench.parse_args(["--gpu", "--quick"]).counts["light-embedding"] == 5000
+    assert bench.parse_args([]).counts == {
+        **bench.DEFAULT_RECORDS, "light-embedding-1x": 500_000, "light-embedding-10x": 5_000_000
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv", [["--gpu", "--systems", "baseline"], ["--gpu", "--variants", "--workers 1"]]
+)
+def test_gpu_mode_refuses_systems_and_variants(argv, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.parse_args(argv)
+    assert stopped.value.code == 2
+    assert "--gpu runs its own systems" in capsys.readouterr().err
+
+
+def test_gpu_mode_without_cuda_is_a_usage_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--gpu", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--gpu: no CUDA device here" in proc.stderr
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_gpu_mode_rehearsed_on_the_cpu_prints_one_table(tmp_path):
+    """--gpu --gpu-device cpu: the GPU table's rows, each o2v-batch row with its bound,
+    its quarter run and the parent's share; no GPU busy figure without nvidia-smi."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--gpu", "--gpu-device", "cpu", "--quick",
+         "--workloads", "heavy-embedding", "--heavy-records", "40", "--work",
+         str(tmp_path / "work"), "--out", str(results)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((results / "bench.json").read_text())["rows"]
+    npy = f"o2v-batch --accept {bench.NPY} --devices cpu"
+    assert [r["system"] for r in rows] == [
+        "o2v-batch --devices cpu", npy, "ceiling", "io-floor", "io-floor (npy)"
+    ]  # fmt: skip
+    for row in rows[:2]:
+        assert row["bound"] > 0 and 0 < row["parent_cpu_share"] < 1
+        assert row["gpu_busy_percent"] is None
+        quarter = tmp_path / "work" / "out" / "heavy-embedding-quarter" / bench.slug(row["system"])
+        assert quarter.is_dir()  # the quarter run, for the figures after start-up
+    assert rows[1]["bound"] == pytest.approx(
+        bench.bound(rows[2]["records_per_s"], rows[4]["records_per_s"], "cpu")
+    )
+    assert sum(line.startswith("| system |") for line in proc.stdout.splitlines()) == 1
