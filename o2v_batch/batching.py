@@ -17,10 +17,12 @@ STRATEGIES = ("MultiRecord", "SingleRecord")
 
 # A mini-batch goes to the workers in pieces of about this many multiply-adds of the
 # forward pass (weights.forward_work), so that one large mini-batch keeps every worker
-# busy: about 0.25 s on one CPU core for scripts/bench.py's heavy model (measured:
-# 4.6e10 a second), while the light example model's 6 MB mini-batches (about 9e9) stay
-# whole. Read when a mini-batch is split, so that tests may lower it.
-_PIECE_WORK = 1.2e10
+# busy: about 1 s on one CPU core for scripts/bench.py's heavy model (4.6e10 a second),
+# while the light example model's 6 MB mini-batches (about 9e9) stay whole. Smaller
+# pieces cost more, as each cuts its device batches from fewer records (measured on the
+# heavy model: pieces of 0.25 s took 1.2x the CPU time of the whole, 0.6 s 1.1x, 1.2 s
+# 1.0x). Read when a mini-batch is split, so that tests may lower it.
+_PIECE_WORK = 5e10
 MAX_PIECES = 256  # of one mini-batch: the parent's cost per mini-batch stays bounded
 MIN_PIECE_RECORDS = 16  # a smaller share of a mini-batch is not worth a request
 SAMPLE_BYTES = 2**16  # of a mini-batch, read to estimate its tokens per byte

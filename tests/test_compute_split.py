@@ -70,8 +70,11 @@ def check_pieces(batch: MiniBatch, pieces: list[MiniBatch], token_work: float) -
         assert all(isinstance(p.records, Lines) for p in pieces)
         assert all(isinstance(p.positions, range) for p in pieces)
         assert b"\n".join(p.records.data for p in pieces) == batch.records.data
-    work = batch.nbytes * batching._tokens_per_byte(batch.records) * token_work
     n = len(records)
+    if n < 2 * MIN_PIECE_RECORDS:  # too few to share out
+        assert pieces == [batch]
+        return
+    work = batch.nbytes * batching._tokens_per_byte(batch.records) * token_work
     share = max(batching._PIECE_WORK, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
     rate = work / batch.nbytes
     for piece in pieces:
@@ -105,8 +108,6 @@ def test_pieces_cover_the_mini_batch(
         patch.setattr(batching, "_PIECE_WORK", piece_work)
         pieces = split(batch, token_work)
         check_pieces(batch, pieces, token_work)
-    if len(records) < 2 * MIN_PIECE_RECORDS:
-        assert pieces == [batch]
 
 
 def test_the_heavy_model_shares_a_large_mini_batch() -> None:
@@ -114,9 +115,9 @@ def test_the_heavy_model_shares_a_large_mini_batch() -> None:
     records = bench_like(40_000)
     for batch in (as_lines(records), as_list(records)):
         pieces = split(batch, work.per_token, work.per_record)
-        # About 0.25 s of one core each (the bench's heavy model runs ~1,100 records/s).
-        assert 60 <= len(pieces) <= batching.MAX_PIECES
-        assert 100 <= len(records) / len(pieces) <= 600
+        # About 1 s of one core each (the bench's heavy model runs ~1,100 records/s).
+        assert 20 <= len(pieces) <= 60
+        assert 700 <= len(records) / len(pieces) <= 2000
         check_pieces(batch, pieces, work.per_token)
 
 
