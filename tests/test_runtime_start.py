@@ -69,7 +69,10 @@ def test_the_pool_says_why_its_worker_could_not_start(tmp_path, interpreter):
                 pool.poll(0.1)
     finally:
         multiprocessing.set_executable(previous)
-    assert str(caught.value) == f"worker 0 could not start: {expected_cause(interpreter)}"
+    # Both workers fail alike; whichever the pool sees first is named.
+    assert str(caught.value) in {
+        f"worker {i} could not start: {expected_cause(interpreter)}" for i in (0, 1)
+    }
 
 
 def launch(tmp_path: Path, interpreter: Path, *args: str) -> subprocess.CompletedProcess:
@@ -99,9 +102,9 @@ def test_transform_names_the_cause_and_exits_1(tmp_path, interpreter):
         "--no-progress",
     )
     assert done.returncode == 1, done.stderr
-    assert done.stderr.splitlines()[-1] == (
-        f"Error: worker 0 could not start: {expected_cause(interpreter)}"
-    )
+    assert done.stderr.splitlines()[-1] in {
+        f"Error: worker {i} could not start: {expected_cause(interpreter)}" for i in (0, 1)
+    }
     assert not (tmp_path / "out" / "a.jsonl.out").exists()
 
 
