@@ -7,17 +7,39 @@ import re
 
 from o2v_batch.errors import ConfigError, O2VError
 
+# Where the NVIDIA driver shows its GPUs: a device node each (/dev/nvidia0, ...), and a
+# folder each under /proc (hosts whose containers see no device nodes of their own).
+DEVICE_NODES = "/dev"
+DRIVER_GPUS = "/proc/driver/nvidia/gpus"
+
 
 def visible_gpus() -> int:
-    """How many CUDA devices this process may use; avoids importing torch on machines
-    without NVIDIA devices."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    """How many CUDA devices this process may use, counted from what the NVIDIA driver
+    shows and CUDA_VISIBLE_DEVICES, without importing torch: the parent of the workers
+    never loads it (on a GPU host that alone takes seconds, before any worker starts)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
         return 0
-    if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")):
-        return 0
-    import torch
+    count = _driver_gpus()
+    if visible is not None:
+        # CUDA stops at the first entry that names no device; -1 hides every later one.
+        entries = [e.strip() for e in visible.split(",")]
+        listed = entries.index("-1") if "-1" in entries else len(entries)
+        count = min(count, listed)
+    return count
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+def _driver_gpus() -> int:
+    try:
+        nodes = [n for n in os.listdir(DEVICE_NODES) if re.fullmatch(r"nvidia\d+", n)]
+    except OSError:
+        nodes = []
+    if nodes:
+        return len(nodes)
+    try:
+        return len(os.listdir(DRIVER_GPUS))
+    except OSError:
+        return 0
 
 
 def check_devices(devices: str) -> None:

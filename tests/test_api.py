@@ -132,5 +132,7 @@ def test_lower_precision_stays_close_to_fp32(
 
 def test_load_model_refuses_an_unknown_precision(tmp_path: Path) -> None:
     saved(tmp_path)
-    with pytest.raises(O2VError, match=r"^precision must be one of fp32, tf32, bf16, fp16, got 'fp64'$"):
+    with pytest.raises(
+        O2VError, match=r"^precision must be one of fp32, tf32, bf16, fp16, got 'fp64'$"
+    ):
         load_model(str(tmp_path), precision="fp64")

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from o2v_batch.devices import check_devices, parse_device, parse_devices, worker_device
+from o2v_batch.devices import (
+    check_devices,
+    parse_device,
+    parse_devices,
+    visible_gpus,
+    worker_device,
+)
 from o2v_batch.errors import ConfigError, O2VError
 
 
@@ -83,3 +93,65 @@ def test_misspelled_devices_are_config_errors_without_looking_for_gpus(
             check(devices)
         assert str(caught.value) == message
     check_devices("cuda:7,cuda:2")
+
+
+@pytest.fixture
+def driver(tmp_path, monkeypatch):
+    """A fake NVIDIA driver view: device nodes in one folder, /proc entries in another."""
+    nodes, gpus = tmp_path / "dev", tmp_path / "gpus"
+    nodes.mkdir()
+    monkeypatch.setattr("o2v_batch.devices.DEVICE_NODES", str(nodes))
+    monkeypatch.setattr("o2v_batch.devices.DRIVER_GPUS", str(gpus))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return nodes, gpus
+
+
+@pytest.mark.parametrize(
+    ("node_names", "proc_entries", "visible", "count"),
+    [
+        ([], [], None, 0),
+        (["nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"], [], None, 2),
+        ([], ["0000:17:00.0", "0000:65:00.0", "0000:ca:00.0"], None, 3),  # no nodes of its own
+        (["nvidia0", "nvidia1", "nvidia2", "nvidia3"], [], "2,3", 2),
+        (["nvidia0", "nvidia1"], [], "1,0,5", 2),  # more listed than there are
+        (["nvidia0", "nvidia1"], [], "0,-1,1", 1),  # -1 hides the rest
+        (["nvidia0", "nvidia1"], [], "", 0),
+        (["nvidia0", "nvidia1"], [], "-1", 0),
+        (["nvidia0"], [], "GPU-8f1e3a52-0c6c-4d7e", 1),
+    ],
+)
+def test_gpus_are_counted_from_the_driver_and_cuda_visible_devices(
+    driver, monkeypatch, node_names, proc_entries, visible, count
+):
+    nodes, gpus = driver
+    for name in node_names:
+        (nodes / name).touch()
+    if proc_entries:
+        gpus.mkdir()
+        for name in proc_entries:
+            (gpus / name).mkdir()
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert visible_gpus() == count
+    expected = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    assert parse_devices("auto") == expected
+
+
+def test_counting_gpus_never_imports_torch(tmp_path):
+    """The parent plans one worker per GPU without loading torch, GPUs or not."""
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidia1").touch()
+    probe = (
+        "import sys\n"
+        "import o2v_batch.devices as d\n"
+        f"d.DEVICE_NODES = {str(tmp_path)!r}\n"
+        "from o2v_batch.engines import local\n"
+        "from o2v_batch.config import TransformConfig\n"
+        "plan = local._plan(TransformConfig(input='in/', output='out/', model='m/'))\n"
+        "print(plan, 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout == "[('cuda:0', 1), ('cuda:1', 1)] False\n", done.stderr
