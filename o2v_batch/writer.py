@@ -1,13 +1,19 @@
 """The per-shard reorder buffer: the results of a shard's parts (mini-batches, the
 pieces they were split into, oversize records' places) arrive in any order and are
-written in input order, framed by the accept type's codec, atomically."""
+written in input order, framed by the accept type's codec, atomically. The local
+engine writes its shards' outputs on a writer thread, so storage never holds up
+its dispatch."""
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from o2v_batch.errors import O2VError
-from o2v_batch.io import AtomicWriter, open_write
+from o2v_batch.io import AtomicWriter, describe_error, open_write
 from o2v_batch.responses import Framer, codec_for
 
 
@@ -72,3 +78,170 @@ class ShardOutput:
                 self._framer.discard()
             with contextlib.suppress(O2VError):
                 writer.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Shard `idx`'s output is published whole, with `records` predictions."""
+
+    idx: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Shard `idx` failed for `reason` while written; nothing of its output remains."""
+
+    idx: int
+    reason: str
+
+
+class WriterThread:
+    """Writes the outputs of a job's shards on one thread. The caller hands over each
+    shard's opening, parts and end through a bounded queue, waiting only when the
+    writing falls behind (memory stays flat), and reads back what became of each
+    shard with `outcomes()`. Shards are committed as they complete, or in shard order
+    when `in_order` (stdout). An error that is no one shard's (stdout closed, an output
+    that cannot be opened) stops the writing and is raised by `outcomes()`. As a
+    context manager it starts the thread; leaving it aborts every output not
+    committed and joins the thread."""
+
+    def __init__(self, maxsize: int, in_order: bool):
+        self._calls: queue.Queue = queue.Queue(maxsize)
+        self._outcomes: queue.Queue = queue.Queue()  # at most two per shard
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="o2v-batch writer", daemon=True)
+        # Owned by the thread.
+        self._outputs: dict[int, ShardOutput] = {}
+        self._failed: set[int] = set()
+        self._in_order = in_order
+        self._next_commit = 0  # in order: shards before it are committed or failed
+
+    def __enter__(self) -> WriterThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._calls.put(None)  # waits at most for the write under way
+        self._thread.join()
+
+    # -- the caller's side ------------------------------------------------
+
+    def open(self, idx: int, uri: str, accept: str) -> None:
+        self._calls.put((self._open, idx, uri, accept))
+
+    def add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
+        """Part `seq` of shard `idx`, as ShardOutput.add takes it."""
+        self._calls.put((self._add, idx, seq, payload, records))
+
+    def fail(self, idx: int, seq: int, reason: str) -> None:
+        """Part `seq` of shard `idx` fails the shard, as ShardOutput.fail rules."""
+        self._calls.put((self._fail, idx, seq, reason))
+
+    def end(self, idx: int, total: int) -> None:
+        """Shard `idx` has `total` parts in all."""
+        self._calls.put((self._end, idx, total))
+
+    def abort(self, idx: int) -> None:
+        """The caller failed shard `idx`: its output goes."""
+        self._calls.put((self._abort, idx))
+
+    def finish(self) -> None:
+        """Returns once everything handed over is written."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def outcomes(self) -> list[Committed | Failed]:
+        """What became of shards since the last call; raises the error that stopped the
+        writing, if one did."""
+        found = []
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return found
+            if isinstance(outcome, BaseException):
+                raise outcome
+            found.append(outcome)
+
+    # -- the thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            while (call := self._calls.get()) is not None:
+                if error is not None or self._stopping.is_set():
+                    continue  # drained, so that the caller never waits on a full queue
+                function, *args = call
+                try:
+                    function(*args)
+                except BaseException as exc:  # the caller raises it; the outputs go on exit
+                    error = exc
+                    self._outcomes.put(exc)
+        finally:
+            self._abort_all()
+
+    def _abort_all(self) -> None:
+        while self._outputs:
+            self._outputs.popitem()[1].abort()
+
+    def _open(self, idx: int, uri: str, accept: str) -> None:
+        self._outputs[idx] = ShardOutput(uri, accept)
+
+    def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
+        self._written(idx, lambda output: output.add(seq, payload, records))
+
+    def _fail(self, idx: int, seq: int, reason: str) -> None:
+        self._written(idx, lambda output: output.fail(seq, reason))
+
+    def _written(self, idx: int, write: Callable[[ShardOutput], str | None]) -> None:
+        output = self._outputs.get(idx)
+        if output is None:
+            return  # the shard has failed
+        try:
+            failure = write(output)
+        except Exception as exc:  # the output cannot be written (e.g. S3 went away)
+            failure = describe_error(exc, output.uri)
+        if failure is not None:
+            self._failed_shard(idx, failure)
+        self._maybe_commit(idx)
+
+    def _end(self, idx: int, total: int) -> None:
+        if idx in self._outputs:
+            self._outputs[idx].total = total
+            self._maybe_commit(idx)
+
+    def _abort(self, idx: int) -> None:
+        output = self._outputs.pop(idx, None)
+        if output is not None:
+            output.abort()
+        self._failed.add(idx)
+        self._maybe_commit(idx)
+
+    def _failed_shard(self, idx: int, reason: str) -> None:
+        self._outputs.pop(idx).abort()
+        self._failed.add(idx)
+        self._outcomes.put(Failed(idx, reason))
+
+    def _maybe_commit(self, idx: int) -> None:
+        if not self._in_order:
+            if idx in self._outputs and self._outputs[idx].complete:
+                self._commit(idx)
+            return
+        while self._next_commit in self._failed or (
+            self._next_commit in self._outputs and self._outputs[self._next_commit].complete
+        ):
+            if self._next_commit not in self._failed:
+                self._commit(self._next_commit)
+            self._next_commit += 1
+
+    def _commit(self, idx: int) -> None:
+        output = self._outputs[idx]
+        try:
+            output.commit()
+        except Exception as exc:
+            self._failed_shard(idx, describe_error(exc, output.uri))
+            return
+        del self._outputs[idx]
+        self._outcomes.put(Committed(idx, output.records))

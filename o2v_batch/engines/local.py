@@ -1,6 +1,6 @@
 """The local engine: a reader thread turns shards into mini-batches, a pool of
-worker processes serves them, and each shard's output is written in input order
-and committed atomically once complete."""
+worker processes serves them, and a writer thread writes each shard's output in
+input order and commits it atomically once complete."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from o2v_batch.protocol import Done, WorkerSpec
 from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
 from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
 from o2v_batch.worker_process import Spares
-from o2v_batch.writer import ShardOutput
+from o2v_batch.writer import Committed, WriterThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,12 @@ class _Run:
         self.model_dir = model_dir
         self.log = log
         self.faults = faults
-        self.outputs: dict[int, ShardOutput] = {}
         self.in_flight: dict[int, tuple[int, int, MiniBatch]] = {}  # task id -> idx, seq, batch
         self.failed: set[int] = set()
         self.stop = threading.Event()
         self.items: queue.Queue = queue.Queue()  # bounded once the pool's size is known
+        self.writer: WriterThread  # sized to the pool too
         self.task_ids = itertools.count()
-        self.to_stdout = config.output == io.STDIO
-        self.next_commit = 0  # stdout: shards are committed in input order
         self.progress = Progress(config.progress, total_bytes(tasks))
         self.meter = Meter()  # stored bytes the reader has read
         self.records_in = 0  # records read this run, counted as the summary counts them
@@ -138,13 +136,15 @@ class _Run:
             ) as pool:
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
-                reader.start()
-                self._loop(pool)
+                # Interrupted or broken, the writer aborts whatever is half written, and
+                # --resume redoes it; stdout shows shards in input order.
+                with WriterThread(pool.capacity, self.config.output == io.STDIO) as self.writer:
+                    reader.start()
+                    self._loop(pool)
+                    self.writer.finish()
+                    self._outcomes()
         finally:
-            # Interrupted or broken: whatever is half written goes, and --resume redoes it.
             self.stop.set()
-            for output in self.outputs.values():
-                output.abort()
             self.progress.close()
 
     def _specs(self) -> list[WorkerSpec]:
@@ -166,6 +166,7 @@ class _Run:
                 reading = self._take(message, pool)
             for event in pool.poll(0.01 if reading and pool.has_room() else 0.5):
                 self._result(event)
+            self._outcomes()
 
     # -- the reader thread ------------------------------------------------
 
@@ -214,13 +215,12 @@ class _Run:
             return True
         task = self.tasks[idx]
         if isinstance(message, _Start):
-            self.outputs[idx] = ShardOutput(task.report.output, task.accept)
+            self.writer.open(idx, task.report.output, task.accept)
         elif isinstance(message, _Item):
             self._submit(message, pool)
         elif isinstance(message, _End):
             self._count(0)  # the shard's last bytes
-            self.outputs[idx].total = message.total
-            self._maybe_commit(idx)
+            self.writer.end(idx, message.total)
         else:
             self._fail(idx, message.reason)
         return True
@@ -231,9 +231,9 @@ class _Run:
         if isinstance(item, Oversize):
             self._count(1)
             try:
-                self._add(idx, seq, oversize(task, item, self.config), 0)
+                self.writer.add(idx, seq, oversize(task, item, self.config), 0)
             except ShardFailed as exc:
-                self._failed_part(idx, seq, str(exc))
+                self.writer.fail(idx, seq, str(exc))
             return
         task_id = next(self.task_ids)
         self.in_flight[task_id] = (idx, seq, item)
@@ -259,9 +259,9 @@ class _Run:
         try:
             payload, predictions = served(task, event.result, batch)
         except ShardFailed as exc:
-            self._failed_part(idx, seq, str(exc))
+            self.writer.fail(idx, seq, str(exc))
             return
-        self._add(idx, seq, payload, predictions)
+        self.writer.add(idx, seq, payload, predictions)
 
     def _recovered(self, event: Recovery) -> None:
         """One line on stderr per worker restarted or mini-batch tried again."""
@@ -280,58 +280,18 @@ class _Run:
 
     # -- shard completion -------------------------------------------------
 
-    def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
-        try:
-            failure = self.outputs[idx].add(seq, payload, records)
-        except Exception as exc:  # the output cannot be written (e.g. S3 went away)
-            self._fail(idx, io.describe_error(exc, self.tasks[idx].report.output))
-            return
-        if failure is not None:
-            self._fail(idx, failure)
-            return
-        self._maybe_commit(idx)
-
-    def _failed_part(self, idx: int, seq: int, reason: str) -> None:
-        """A bad record fails the shard once the parts before it are in: of the pieces
-        of one mini-batch, the first bad record names the failure, as when whole."""
-        try:
-            failure = self.outputs[idx].fail(seq, reason)
-        except Exception as exc:
-            self._fail(idx, io.describe_error(exc, self.tasks[idx].report.output))
-            return
-        if failure is not None:
-            self._fail(idx, failure)
-
-    def _maybe_commit(self, idx: int) -> None:
-        if not self.to_stdout:
-            if self.outputs[idx].complete:
-                self._commit(idx)
-            return
-        while self.next_commit in self.failed or (
-            self.next_commit in self.outputs and self.outputs[self.next_commit].complete
-        ):
-            if self.next_commit not in self.failed:
-                self._commit(self.next_commit)
-            self.next_commit += 1
-
-    def _commit(self, idx: int) -> None:
-        output = self.outputs.pop(idx)
-        report = self.tasks[idx].report
-        try:
-            output.commit()
-        except Exception as exc:
-            output.abort()
-            self._mark_failed(idx, io.describe_error(exc, report.output))
-            return
-        report.status, report.records_out = "ok", output.records
+    def _outcomes(self) -> None:
+        """Shards the writer committed or failed."""
+        for outcome in self.writer.outcomes():
+            if isinstance(outcome, Committed):
+                report = self.tasks[outcome.idx].report
+                report.status, report.records_out = "ok", outcome.records
+            else:
+                self._mark_failed(outcome.idx, outcome.reason)
 
     def _fail(self, idx: int, reason: str) -> None:
-        output = self.outputs.pop(idx, None)
-        if output is not None:
-            output.abort()
         self._mark_failed(idx, reason)
-        if self.to_stdout:
-            self._maybe_commit(idx)
+        self.writer.abort(idx)
 
     def _mark_failed(self, idx: int, reason: str) -> None:
         if idx in self.failed:
