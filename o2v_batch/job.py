@@ -35,8 +35,8 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         # Before any input is listed or output written: a bad model fails at once, in one line.
         model_dir = resolve_model(config.model)
         hp = check_model(model_dir, encoders_only=config.mode == "embedding")
-        tasks, skipped = plan(config, hp)
-        for report in skipped:
+        tasks, unserved = plan(config, hp)
+        for report in unserved:
             if report.status == "failed":
                 log(shard_failed(report.reason or ""))
         faults, complete = Faults(), False
@@ -45,7 +45,7 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
                 engine.run(config, tasks, model_dir, log, faults, spares)
             complete = True
         finally:
-            reports = [t.report for t in tasks] + skipped
+            reports = [t.report for t in tasks] + unserved
             summary = JobSummary.of(reports, faults, time.monotonic() - start)
             _finish(summary, config, complete, log)
     return summary
@@ -181,18 +181,18 @@ def _finish(
         io.write_atomic(target, document)
     succeeded = complete and summary.shards_failed == 0
     for target in _progress_target(config):
-        _save_progress(target, None if succeeded else document, summary, log)
+        _update_progress(target, succeeded, summary, document, log)
 
 
-def _save_progress(
-    target: str, document: bytes | None, summary: JobSummary, log: Callable[[str], None]
+def _update_progress(
+    target: str, succeeded: bool, summary: JobSummary, document: bytes, log: Callable[[str], None]
 ) -> None:
-    """Writes the progress file (`document`) when this run has shards to add to it, or
-    when one left by an earlier run is there to bring up to date; removes it when the
-    job succeeded (document None). Best effort: without it, a --resume still finishes
-    the job and only says which shards it could not count."""
+    """Removes the progress file once the job succeeded; else writes it when this run
+    has shards to add to it, or one left by an earlier run is there to bring up to date.
+    Best effort: without it, a --resume still finishes the job and only says which
+    shards it could not count."""
     try:
-        if document is None:
+        if succeeded:
             io.delete(target)
         elif summary.records_out_by_shard or io.size(target) is not None:
             io.write_atomic(target, document)

@@ -11,8 +11,7 @@ import orjson
 
 from o2v_batch.errors import O2VError
 from o2v_batch.formats import at_record, where
-from o2v_batch.io import describe_error, shown
-from o2v_batch.io.base import one_line
+from o2v_batch.io import describe_error, one_line, shown
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -22,11 +23,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
-def load_local_s3():
-    spec = importlib.util.spec_from_file_location("local_s3", REPO / "scripts" / "local_s3.py")
+def load_script(name: str):
+    """scripts/<name>.py as a module, registered under its name (dataclasses look
+    their module up by name); loaded once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_local_s3():
+    return load_script("local_s3")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from conftest import load_script
 
 # Runs the benchmark's systems as processes.
 pytestmark = pytest.mark.slow
@@ -24,15 +24,7 @@ WORKLOADS = ("light-embedding", "heavy-classification")
 RECORDS = {"light-embedding": 2000, "heavy-classification": 100}
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script("bench")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from helpers import make_model, random_records, write_json, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,26 +24,15 @@ from o2v_batch.job import transform
 from o2v_batch.weights import forward_work
 
 REPO = Path(__file__).resolve().parents[1]
-# scripts/bench.py's heavy model (issue 6) and the example model.
-HEAVY = {
-    "enc0_network": "hcnn",
-    "enc0_layers": 4,
-    "enc0_token_embedding_dim": 300,
-    "enc0_vocab_size": 10240,
-    "enc0_max_seq_len": 200,
-    "enc_dim": 512,
-}
+bench = load_script("bench")
+HEAVY = bench.HEAVY_HYPERPARAMETERS  # the benchmark's heavy model (issue 6)
 LIGHT = json.loads((REPO / "examples" / "model" / "hyperparameters.json").read_text())
 
 
 def bench_like(n: int, seed: int = 0) -> list[bytes]:
-    """Records like the benchmark's: log-normal lengths (median 24), Zipf-like ids."""
+    """The benchmark's own records: log-normal lengths (median 24), Zipf-like ids."""
     rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(np.log(24), 0.8, n).astype(int), 5, 200)
-    return [
-        b'{"in0":' + json.dumps(np.minimum(rng.zipf(1.1, k), 10239).tolist()).encode() + b"}"
-        for k in lengths
-    ]
+    return bench.record_lines(rng, n, ("in0",), bench.zipf_cdf(bench.VOCAB)).splitlines()
 
 
 def as_lines(records: list[bytes], first: int = 1) -> MiniBatch:
