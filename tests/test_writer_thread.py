@@ -143,7 +143,10 @@ def test_the_caller_waits_once_the_queue_is_full(tmp_path: Path, monkeypatch) ->
 def test_the_pool_gets_mini_batches_while_a_write_is_slow(tmp_path: Path, monkeypatch) -> None:
     """The first write of the job blocks until the pool has received more mini-batches;
     with writes on the dispatch loop they would never come."""
-    ahead = 3  # mini-batches; fewer than the pool holds (the queue to the writer as many)
+    # One more mini-batch is always possible: taking the part it writes frees a place in
+    # the writer's queue, so the dispatch loop hands over a result and submits again.
+    # More is not: the queue and the pool may both be full when the write begins.
+    ahead = 1
     records = [{"in0": [i % 50 + 1]} for i in range(60)]
     write_jsonl(tmp_path / "in" / "a.jsonl", records)
     submitted: list[int] = []
