@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from o2v_batch.segments import Placed
+
 # "module:function" building a worker's server: factory(model_dir, device, options, threads)
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
 DEFAULT_FACTORY = "o2v_batch.serving:create_server"
@@ -37,6 +39,8 @@ class WorkerSpec:
     options: ServingOptions
     # Tests hand in servers that hang, crash or fail to load.
     factory: str = DEFAULT_FACTORY
+    # Response segments (segments.py) whose handles follow the spec on the worker's pipe.
+    segments: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class BatchResult:
     truncated: int = 0
     error_pos: int | None = None
     error: str | None = None
+    # Where the payload is instead, in the worker's shared segments (then payload is b"").
+    placed: Placed | None = None
 
 
 # -- what a worker answers ------------------------------------------------------

@@ -9,8 +9,10 @@ Nothing here imports torch: workers are spawned, build their server themselves
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
+import queue
 import signal
 import time
 from collections import deque
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+from o2v_batch import segments
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, Started, WorkerSpec
 from o2v_batch.worker_process import (
@@ -84,6 +87,7 @@ class _Worker:
     pid: int | None = None
     in_flight: deque = field(default_factory=deque)
     head_started: float = 0.0
+    views: segments.Views | None = None  # its response segments, if it has them
 
 
 class WorkerPool:
@@ -97,8 +101,13 @@ class WorkerPool:
         invocation_timeout: float = 600.0,
         on_recovery: Callable[[Recovery], None] | None = None,
         spares: Spares | None = None,
+        shared_responses: bool = False,
     ):
         self._ctx = mp.get_context("spawn")
+        # Each worker puts large responses in segments of its own (segments.py): a few
+        # more than it may hold in flight, as the caller keeps some until written.
+        self._segments = max_concurrent + 2 if shared_responses and segments.SUPPORTED else 0
+        self._released: queue.SimpleQueue = queue.SimpleQueue()  # (worker, slot), any thread
         self._spares = spares  # processes started early, taken before new ones
         self._specs = specs
         self.max_concurrent = max_concurrent
@@ -123,14 +132,16 @@ class WorkerPool:
         self.close(graceful=exc_type is None)
 
     def _spawn(self, index: int) -> _Worker:
-        spec = self._specs[index]
+        spec = dataclasses.replace(self._specs[index], segments=self._segments)
         started = self._spares.take(spec.factory) if self._spares else None
         process, parent = started or start_process(self._ctx, spec.factory)
+        views = segments.Views(segments.create(spec.segments)) if spec.segments else None
         # A worker already gone (its interpreter could not start) closed its end: its
         # exit, seen by poll(), says why.
         with contextlib.suppress(OSError):
             parent.send(spec)
-        return _Worker(index, spec, process, parent, oom_kills=oom_kills())
+            segments.send(parent, views.fds if views else [], process.pid)
+        return _Worker(index, spec, process, parent, oom_kills=oom_kills(), views=views)
 
     def close(self, graceful: bool = True) -> None:
         for w in self._workers:
@@ -145,7 +156,7 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
-            w.conn.close()
+            _close(w)
         self._workers = []
 
     # work
@@ -173,7 +184,9 @@ class WorkerPool:
         self._dispatch()
 
     def poll(self, timeout: float) -> list[Done | Failed]:
-        """Waits up to `timeout` for results; detects dead and hung workers meanwhile."""
+        """Waits up to `timeout` for results; detects dead and hung workers meanwhile.
+        A payload in a worker's segment comes as a SharedPayload: its release hands
+        the segment back (on the next poll), from any thread."""
         self._dispatch()
         if not self._events:
             handles = {}
@@ -197,6 +210,7 @@ class WorkerPool:
         return timeout
 
     def _dispatch(self) -> None:
+        self._give_back()  # before new work, so that a worker never lacks what is free
         while self._retry:
             ready = [w for w in self._workers if w.ready and len(w.in_flight) < self.max_concurrent]
             if not ready:
@@ -231,11 +245,31 @@ class WorkerPool:
             assert task.task_id == message.task_id, "workers answer in order"
             w.head_started = time.monotonic()
             if isinstance(message, Done):
+                self._take_payload(w, message.result)
                 self._events.append(message)
             else:
                 reason = f"the worker raised {message.reason}"
                 if self._retry_or_fail(task, reason):
                     self._recovered(Recovery(reason, False, task.task_id, task.attempts + 1))
+
+    def _take_payload(self, w: _Worker, result) -> None:
+        placed = result.placed
+        if placed is None:
+            return
+        released = self._released.put
+        result.payload = w.views.payload(placed, lambda: released((w, placed.slot)))
+        result.placed = None
+
+    def _give_back(self) -> None:
+        """Tells workers which of their segments the caller has released."""
+        while True:
+            try:
+                w, slot = self._released.get_nowait()
+            except queue.Empty:
+                return
+            if w in self._workers:  # a lost worker's segments went with it
+                with contextlib.suppress(OSError):
+                    w.conn.send(segments.Release(slot))
 
     def _died(self, w: _Worker) -> None:
         w.process.join(1.0)
@@ -264,7 +298,7 @@ class WorkerPool:
             if self._load_failures > self.max_retries:
                 raise WorkerError(f"worker on {w.spec.device} {reason} while loading the model")
         self._workers.remove(w)
-        w.conn.close()
+        _close(w)
         head, *rest = w.in_flight or [None]
         # Queued tasks it never started go back without using a retry.
         self._retry.extendleft(reversed(rest))
@@ -292,3 +326,9 @@ class WorkerPool:
     def _recovered(self, recovery: Recovery) -> None:
         if self.on_recovery is not None:
             self.on_recovery(recovery)
+
+
+def _close(w: _Worker) -> None:
+    w.conn.close()
+    if w.views is not None:
+        w.views.close()

@@ -19,6 +19,7 @@ from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any
 
+from o2v_batch import segments
 from o2v_batch.devices import worker_device
 from o2v_batch.errors import O2VError
 from o2v_batch.protocol import Done, Failed, Fatal, Ready, Started, WorkerSpec
@@ -58,9 +59,10 @@ def _worker_main(conn: Connection, factory: str) -> None:
         importlib.import_module(factory.partition(":")[0])
     try:
         spec = conn.recv()
+        if spec is None:  # a spare that was not needed
+            os._exit(0)
+        responses = segments.Responses(segments.receive(conn, spec.segments))
     except (EOFError, OSError):
-        os._exit(0)
-    if spec is None:  # a spare that was not needed
         os._exit(0)
     try:
         server = start_server(spec)
@@ -69,29 +71,35 @@ def _worker_main(conn: Connection, factory: str) -> None:
         return
     conn.send(Ready(os.getpid()))
     requests: queue.SimpleQueue = queue.SimpleQueue()
-
-    def receive() -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the parent is gone: never linger as an orphan
-            requests.put(message)
-            if message is None:
-                return
-
-    threading.Thread(target=receive, daemon=True).start()
+    threading.Thread(target=_receive, args=(conn, requests, responses), daemon=True).start()
     while (request := requests.get()) is not None:
         try:
             result = server.serve(
                 request.positions, request.records, request.content_type, request.accept
             )
+            if (placed := responses.place(result.payload)) is not None:
+                result.payload, result.placed = b"", placed
             conn.send(Done(request.task_id, result))
         except Exception as exc:  # one line in the job's log, not a traceback per retry
             conn.send(Failed(request.task_id, describe(exc)))
     # Every answer is sent: skip the interpreter's teardown (torch's takes most of a
     # second), which the whole command would otherwise wait for.
     os._exit(0)
+
+
+def _receive(conn: Connection, requests: queue.SimpleQueue, responses: segments.Responses) -> None:
+    """The worker's reader: requests queue up for its loop; segments come back at once."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone: never linger as an orphan
+        if isinstance(message, segments.Release):
+            responses.release(message.slot)
+            continue
+        requests.put(message)
+        if message is None:
+            return
 
 
 def describe(exc: BaseException) -> str:

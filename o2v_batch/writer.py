@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from o2v_batch.errors import O2VError
 from o2v_batch.io import AtomicWriter, describe_error, open_write
-from o2v_batch.responses import Framer, codec_for
+from o2v_batch.responses import Framer, TextCodec, codec_for
+from o2v_batch.segments import SharedPayload
 
 
 class ShardOutput:
@@ -23,11 +24,12 @@ class ShardOutput:
 
     def __init__(self, uri: str, accept: str):
         self.uri = uri
-        self._pending: dict[int, bytes | str] = {}  # a str: the reason a part failed
+        self._pending: dict[int, bytes | SharedPayload | str] = {}  # str: why a part failed
         self._next = 0
         self.total: int | None = None  # parts in the shard, once reading ends
         self.records = 0
         codec = codec_for(accept)
+        self._text = isinstance(codec, TextCodec)
         self._framer: Framer | None = None
         self._writer: AtomicWriter | None = open_write(uri)
         try:
@@ -36,7 +38,7 @@ class ShardOutput:
             self.abort()
             raise
 
-    def add(self, seq: int, payload: bytes, records: int) -> str | None:
+    def add(self, seq: int, payload: bytes | SharedPayload, records: int) -> str | None:
         """Takes the result of part `seq`; writes every result now in order. Returns the
         reason of a failed part (fail) that every part before it has now reached."""
         self._pending[seq] = payload
@@ -55,9 +57,22 @@ class ShardOutput:
             part = self._pending[self._next]
             if isinstance(part, str):
                 return part
-            self._framer.add(self._pending.pop(self._next))
+            del self._pending[self._next]
+            if isinstance(part, SharedPayload):
+                self._add_shared(part)
+            else:
+                self._framer.add(part)
             self._next += 1
         return None
+
+    def _add_shared(self, part: SharedPayload) -> None:
+        """A response still in a worker's segment: text is written straight from it,
+        then the segment is released; a columnar codec, which may keep views of what
+        it is given, gets a copy."""
+        try:
+            self._framer.add(part.view if self._text else bytes(part.view))
+        finally:
+            part.release()
 
     @property
     def complete(self) -> bool:

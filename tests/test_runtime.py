@@ -7,105 +7,69 @@ import sys
 import time
 
 import pytest
+from pools import expected, pids, pool_of, run
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
 from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
 from o2v_batch.worker_process import Spares
 
-
-def _pool(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:
-    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}")
-    return WorkerPool([spec] * workers, **kwargs)
-
-
-def _run(
-    pool: WorkerPool, batches: list[list[bytes]], deadline: float = 60.0
-) -> dict[int, Done | Failed]:
-    events: dict[int, Done | Failed] = {}
-    todo = list(enumerate(batches))
-    end = time.monotonic() + deadline
-    while len(events) < len(batches):
-        assert time.monotonic() < end, "the pool stopped answering"
-        while todo and pool.has_room():
-            task_id, records = todo.pop(0)
-            pool.submit(
-                task_id,
-                list(range(len(records))),
-                records,
-                "application/jsonlines",
-                "application/jsonlines",
-            )
-        for event in pool.poll(0.5):
-            assert event.task_id not in events, "every task is answered once"
-            events[event.task_id] = event
-    return events
-
-
-def _pids(pool: WorkerPool) -> list[int]:
-    return [w.process.pid for w in pool._workers]
-
-
-def _expected(batches: list[list[bytes]]) -> dict[int, bytes]:
-    return {i: b"".join(r.upper() + b"\n" for r in b) for i, b in enumerate(batches)}
-
-
 BATCHES = [[f"rec-{i}-{j}".encode() for j in range(i % 5 + 1)] for i in range(40)]
 
 
 def test_every_batch_answered_once_with_bounded_in_flight(tmp_path):
-    with _pool(tmp_path, "Echo", max_concurrent=2) as pool:
+    with pool_of(tmp_path, "Echo", max_concurrent=2) as pool:
         assert pool.capacity == 4
-        events = _run(pool, BATCHES)
+        events = run(pool, BATCHES)
         assert pool.in_flight() == 0
-    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES)
+    assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES)
 
 
 @pytest.mark.parametrize("factory", ["CrashOnce", "HangOnce"])
 def test_dead_or_hung_worker_is_replaced_and_its_batch_retried(tmp_path, factory):
     batches = [*BATCHES[:10], [b"boom"], *BATCHES[10:20]]
-    with _pool(tmp_path, factory, invocation_timeout=2.0) as pool:
-        events = _run(pool, batches)
+    with pool_of(tmp_path, factory, invocation_timeout=2.0) as pool:
+        events = run(pool, batches)
         assert pool.restarts == 1
     assert all(isinstance(e, Done) for e in events.values())
-    assert {i: e.result.payload for i, e in events.items()} == _expected(batches)
+    assert {i: e.result.payload for i, e in events.items()} == expected(batches)
 
 
 def test_retries_run_out_and_only_that_batch_fails(tmp_path):
     batches = [BATCHES[0], [b"boom"], BATCHES[2]]
-    with _pool(tmp_path, "AlwaysRaise", workers=1, max_retries=2) as pool:
-        events = _run(pool, batches)
+    with pool_of(tmp_path, "AlwaysRaise", workers=1, max_retries=2) as pool:
+        events = run(pool, batches)
     assert isinstance(events[1], Failed)
     assert (
         events[1].reason
         == "the worker raised RuntimeError: the model broke; gave up after 3 attempts"
     )
-    assert events[0].result.payload == _expected(batches)[0]
-    assert events[2].result.payload == _expected(batches)[2]
+    assert events[0].result.payload == expected(batches)[0]
+    assert events[2].result.payload == expected(batches)[2]
 
 
 def test_worker_killed_from_outside_is_replaced(tmp_path):
     recoveries: list[Recovery] = []
-    with _pool(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
-        _run(pool, BATCHES[:2])
-        [pid] = _pids(pool)
+    with pool_of(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
+        run(pool, BATCHES[:2])
+        [pid] = pids(pool)
         os.kill(pid, signal.SIGKILL)
-        events = _run(pool, BATCHES)
-        assert _pids(pool) != [pid]
-    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES)
+        events = run(pool, BATCHES)
+        assert pids(pool) != [pid]
+    assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES)
     # A kill by someone else is no sign of the kernel's OOM killer: no guess of one.
     assert [r.reason for r in recoveries] == [f"worker {pid} was killed by SIGKILL"]
 
 
 def test_a_worker_found_dead_when_sent_work_says_how_it_died(tmp_path):
     recoveries: list[Recovery] = []
-    with _pool(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
-        _run(pool, BATCHES[:1])
+    with pool_of(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
+        run(pool, BATCHES[:1])
         [worker] = pool._workers
         os.kill(worker.process.pid, signal.SIGTERM)
         worker.process.join()  # gone before the pool looks: sending it work finds out
-        events = _run(pool, BATCHES[:3])
-    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:3])
+        events = run(pool, BATCHES[:3])
+    assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:3])
     assert recoveries[0] == Recovery(
         f"worker {worker.process.pid} was killed by SIGTERM", True, 0, 2
     )
@@ -114,15 +78,15 @@ def test_a_worker_found_dead_when_sent_work_says_how_it_died(tmp_path):
 def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
     with (
         pytest.raises(WorkerError, match="cannot load the model on cpu: ValueError: no such model"),
-        _pool(tmp_path, "FailToLoad") as pool,
+        pool_of(tmp_path, "FailToLoad") as pool,
     ):
-        _run(pool, BATCHES[:1])
+        run(pool, BATCHES[:1])
 
 
 def test_close_leaves_no_processes(tmp_path):
-    pool = _pool(tmp_path, "Echo")
+    pool = pool_of(tmp_path, "Echo")
     with pool:
-        _run(pool, BATCHES[:4])
+        run(pool, BATCHES[:4])
         processes = [w.process for w in pool._workers]
     assert all(not p.is_alive() for p in processes)
 
@@ -134,19 +98,19 @@ def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
     with Spares(spec.factory, 3) as spares:
         started = [process for process, _ in spares._started]
         with WorkerPool([spec] * 2, spares=spares) as pool:
-            events = _run(pool, BATCHES[:6])
-            assert _pids(pool) == [p.pid for p in started[:2]]
+            events = run(pool, BATCHES[:6])
+            assert pids(pool) == [p.pid for p in started[:2]]
             assert started[2].is_alive()  # not taken: it waits
-        assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:6])
+        assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:6])
     assert not any(p.is_alive() for p in started)
 
 
 def test_spares_of_another_factory_are_not_taken(tmp_path):
     spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
     with Spares("fake_servers:AlwaysRaise", 1) as spares, WorkerPool([spec], spares=spares) as pool:
-        events = _run(pool, BATCHES[:2])
+        events = run(pool, BATCHES[:2])
         assert len(spares._started) == 1
-    assert {i: e.result.payload for i, e in events.items()} == _expected(BATCHES[:2])
+    assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:2])
 
 
 def test_worker_plan_on_cpu():
@@ -160,9 +124,9 @@ def test_worker_plan_on_cpu():
 def test_workers_start_without_torch(tmp_path):
     """The pool and a torch-free server never import torch: a worker is up in well under a second."""
     started = time.monotonic()
-    with _pool(tmp_path, "Echo", workers=1) as pool:
-        events = _run(pool, BATCHES[:1])
-    assert events[0].result.payload == _expected(BATCHES[:1])[0]
+    with pool_of(tmp_path, "Echo", workers=1) as pool:
+        events = run(pool, BATCHES[:1])
+    assert events[0].result.payload == expected(BATCHES[:1])[0]
     code = "import o2v_batch.runtime, o2v_batch.protocol, sys; print('torch' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout

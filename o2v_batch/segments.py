@@ -1,0 +1,153 @@
+"""Shared memory between the parent and its workers: a worker writes the encoded
+responses of a mini-batch into one of its response segments and sends only where
+they are; the parent writes them to the output straight from there, then hands the
+segment back. Only small descriptors go through the pipes.
+
+Segments are anonymous memory files (memfd_create), created by the parent and
+passed to the worker over its socket: no name exists anywhere, so none outlives the
+processes that map it, whatever kills them (SIGKILL included). Where the system has
+no memory files, responses travel through the pipes as before.
+
+A worker holds few segments (credits): with none free it sends a response through
+its pipe, so a slow writer never stops it for good. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+
+# Responses smaller than this go through the pipe: a descriptor would save little.
+MIN_SHARED_BYTES = 64 * 1024
+_PAGE = mmap.PAGESIZE
+
+SUPPORTED = hasattr(os, "memfd_create")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The parent is done with the response in segment `slot`: the worker may reuse it."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a worker put a response: segment `slot`, its first `length` bytes."""
+
+    slot: int
+    length: int
+
+
+def create(count: int) -> list[int]:
+    """`count` empty memory files (their descriptors); the worker sizes them."""
+    return [os.memfd_create(f"o2v-batch-response-{i}") for i in range(count)]
+
+
+def send(conn: Connection, fds: list[int], pid: int) -> None:
+    """Passes the descriptors to the worker at the other end (after its WorkerSpec)."""
+    for fd in fds:
+        send_handle(conn, fd, pid)
+
+
+def receive(conn: Connection, count: int) -> list[int]:
+    return [recv_handle(conn) for _ in range(count)]
+
+
+def close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _mapped(fd: int, length: int, current: mmap.mmap | None) -> mmap.mmap:
+    """A mapping of the memory file `fd` that holds at least `length` bytes."""
+    if current is not None and len(current) >= length:
+        return current
+    return mmap.mmap(fd, max(os.fstat(fd).st_size, _PAGE))
+
+
+class Responses:
+    """A worker's side: puts responses in its free segments."""
+
+    def __init__(self, fds: list[int]):
+        self._fds = fds
+        self._maps: list[mmap.mmap | None] = [None] * len(fds)
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(len(fds)):
+            self._free.put(slot)
+
+    def release(self, slot: int) -> None:
+        """The parent's Release: any thread may call it."""
+        self._free.put(slot)
+
+    def place(self, payload: bytes) -> Placed | None:
+        """Copies `payload` into a free segment; None when it is small or none is free
+        (the payload then goes through the pipe)."""
+        if len(payload) < MIN_SHARED_BYTES:
+            return None
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            return None
+        fd = self._fds[slot]
+        if os.fstat(fd).st_size < len(payload):
+            # Doubling: a segment is resized a few times in a job, not per mini-batch.
+            size = max(len(payload), 2 * os.fstat(fd).st_size)
+            os.ftruncate(fd, -(-size // _PAGE) * _PAGE)
+        mapping = self._maps[slot] = _mapped(fd, len(payload), self._maps[slot])
+        mapping[: len(payload)] = payload
+        return Placed(slot, len(payload))
+
+
+class SharedPayload:
+    """The parent's view of a response in a worker's segment. `release()` (or the
+    object's end, whatever path drops it) hands the segment back; the view must not
+    be kept past it."""
+
+    __slots__ = ("__weakref__", "_mapping", "_release", "view")
+
+    def __init__(self, mapping: mmap.mmap, length: int, release: Callable[[], None]):
+        self._mapping = mapping
+        self.view = memoryview(mapping)[:length]
+        self._release = release
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def release(self) -> None:
+        """Hands the segment back, unless a view of it is still held elsewhere (a
+        zero-copy array of it): then the segment stays out of use, never overwritten."""
+        release, self._release = self._release, None
+        if release is None:
+            return
+        self.view.release()
+        try:
+            self._mapping.close()
+        except BufferError:
+            return  # still viewed: the worker goes on with its other segments or its pipe
+        release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class Views:
+    """The parent's side of one worker's segments: each response is mapped on its own,
+    so that its release can tell whether anything still views it."""
+
+    def __init__(self, fds: list[int]):
+        self.fds = fds
+
+    def payload(self, placed: Placed, release: Callable[[], None]) -> SharedPayload:
+        mapping = mmap.mmap(self.fds[placed.slot], placed.length, prot=mmap.PROT_READ)
+        return SharedPayload(mapping, placed.length, release)
+
+    def close(self) -> None:
+        """Closes the descriptors; responses still held stay readable until released."""
+        close(self.fds)
+        self.fds = []

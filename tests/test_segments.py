@@ -1,0 +1,119 @@
+"""Responses through shared segments: what a worker puts there is what the parent
+reads, a held segment is never overwritten, and no segment outlives its processes."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+
+import numpy as np
+import pytest
+from pools import expected, pids, pool_of, run
+
+from o2v_batch import segments
+from o2v_batch.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
+
+pytestmark = pytest.mark.skipif(not segments.SUPPORTED, reason="no memory files here")
+
+BIG = [[f"record {i} ".encode() * (MIN_SHARED_BYTES // 8)] for i in range(8)]
+SMALL = [[b"small"]]
+
+
+def _memory_files() -> int:
+    """Memory files this process holds open."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return sum(name.startswith("/memfd:o2v-batch") for name in names)
+
+
+def test_large_responses_come_through_segments_and_small_ones_through_the_pipe(tmp_path):
+    batches = [*BIG, *SMALL] * 3
+    got, shared = {}, set()
+    with pool_of(tmp_path, "Echo", workers=2, shared_responses=True) as pool:
+        for task_id, records in enumerate(batches):
+            pool.submit(task_id, [0], records, "application/jsonlines", "application/jsonlines")
+            while not pool.has_room() or (task_id == len(batches) - 1 and pool.in_flight()):
+                for event in pool.poll(0.5):
+                    payload = event.result.payload
+                    if isinstance(payload, SharedPayload):
+                        shared.add(event.task_id)
+                        got[event.task_id] = bytes(payload.view)
+                        payload.release()
+                    else:
+                        got[event.task_id] = payload
+    assert got == expected(batches)
+    assert shared == {i for i, b in enumerate(batches) if b is not SMALL[0]}
+
+
+def test_a_held_segment_is_never_overwritten_and_the_pipe_takes_over(tmp_path):
+    # One worker, one in flight: 3 segments. Six responses held unreleased: three in
+    # segments, then the pipe; every one still reads as it was answered.
+    with pool_of(tmp_path, "Echo", workers=1, max_concurrent=1, shared_responses=True) as pool:
+        held = run(pool, BIG[:6])
+        shared = [i for i, e in held.items() if isinstance(e.result.payload, SharedPayload)]
+        assert sorted(shared) == [0, 1, 2]
+        wanted = expected(BIG)
+        for i, event in held.items():
+            payload = event.result.payload
+            assert bytes(payload.view if i in shared else payload) == wanted[i]
+        for event in held.values():
+            if isinstance(event.result.payload, SharedPayload):
+                event.result.payload.release()
+        # Released, the segments serve again.
+        again = run(pool, BIG[:3])
+        assert all(isinstance(e.result.payload, SharedPayload) for e in again.values())
+        assert {i: bytes(e.result.payload.view) for i, e in again.items()} == {
+            i: wanted[i] for i in range(3)
+        }
+
+
+def test_a_response_outlives_the_worker_that_wrote_it(tmp_path):
+    with pool_of(tmp_path, "Echo", workers=1, shared_responses=True) as pool:
+        [kept] = run(pool, BIG[:1]).values()
+        [pid] = pids(pool)
+        os.kill(pid, signal.SIGKILL)
+        later = run(pool, BIG[1:3])
+        assert pids(pool) != [pid]
+        # The lost worker's segment stays readable until let go; the new one has its own.
+        assert bytes(kept.result.payload.view) == expected(BIG)[0]
+        kept.result.payload.release()
+        assert all(isinstance(e.result.payload, SharedPayload) for e in later.values())
+        assert [bytes(e.result.payload.view) for e in later.values()] == [
+            expected(BIG)[1],
+            expected(BIG)[2],
+        ]
+
+
+def test_no_memory_file_outlives_the_pool(tmp_path):
+    gc.collect()
+    before = _memory_files()
+    with pool_of(tmp_path, "Echo", workers=2, shared_responses=True) as pool:
+        events = run(pool, BIG)
+        assert _memory_files() > before
+    del events
+    gc.collect()
+    assert _memory_files() == before
+
+
+def test_a_view_kept_elsewhere_keeps_its_segment_from_reuse():
+    fds = segments.create(1)
+    try:
+        responses, views = Responses(fds), Views(list(fds))
+        first = b"a" * MIN_SHARED_BYTES
+        placed = responses.place(first)
+        payload = views.payload(placed, lambda: responses.release(placed.slot))
+        array = np.asarray(payload.view)  # a zero-copy view, kept past the release
+        payload.release()
+        assert responses.place(b"b" * MIN_SHARED_BYTES) is None  # not handed back
+        assert bytes(array) == first
+        # Once nothing views it, a payload hands its segment back.
+        fresh = views.payload(placed, lambda: responses.release(placed.slot))
+        fresh.release()
+        assert responses.place(b"b" * MIN_SHARED_BYTES) == placed
+    finally:
+        segments.close(fds)
