@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from o2v_batch.segments import Placed
+from o2v_batch.segments import Placed, SharedLines
 
 # "module:function" building a worker's server: factory(model_dir, device, options, threads)
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
@@ -39,7 +39,9 @@ class WorkerSpec:
     options: ServingOptions
     # Tests hand in servers that hang, crash or fail to load.
     factory: str = DEFAULT_FACTORY
-    # Response segments (segments.py) whose handles follow the spec on the worker's pipe.
+    # Request and response segments (segments.py): their handles follow the spec on
+    # the worker's pipe, requests' first.
+    request_segments: int = 0
     segments: int = 0
 
 
@@ -49,7 +51,7 @@ class ServeRequest:
 
     task_id: int
     positions: Sequence[int]
-    records: Sequence[bytes]
+    records: Sequence[bytes] | SharedLines  # lines in a request segment
     content_type: str
     accept: str
 

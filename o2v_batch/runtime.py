@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 
 from o2v_batch import segments
 from o2v_batch.errors import WorkerError
+from o2v_batch.formats import Lines
 from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, Started, WorkerSpec
 from o2v_batch.worker_process import (
     Spares,
@@ -73,6 +74,7 @@ class _Task:
     task_id: int
     request: ServeRequest
     attempts: int = 0
+    slot: int | None = None  # the request segment its lines are in, while a worker has it
 
 
 @dataclass
@@ -88,6 +90,8 @@ class _Worker:
     in_flight: deque = field(default_factory=deque)
     head_started: float = 0.0
     views: segments.Views | None = None  # its response segments, if it has them
+    requests: list[int] = field(default_factory=list)  # its request segments
+    free: list[int] = field(default_factory=list)  # those no mini-batch is in
 
 
 class WorkerPool:
@@ -101,12 +105,14 @@ class WorkerPool:
         invocation_timeout: float = 600.0,
         on_recovery: Callable[[Recovery], None] | None = None,
         spares: Spares | None = None,
-        shared_responses: bool = False,
+        shared_memory: bool = False,
     ):
         self._ctx = mp.get_context("spawn")
-        # Each worker puts large responses in segments of its own (segments.py): a few
-        # more than it may hold in flight, as the caller keeps some until written.
-        self._segments = max_concurrent + 2 if shared_responses and segments.SUPPORTED else 0
+        # Each worker gets a request segment per mini-batch it may hold, and puts large
+        # responses in segments of its own (segments.py): a few more than it may hold,
+        # as the caller keeps some until written.
+        shared = shared_memory and segments.SUPPORTED
+        self._segments = (max_concurrent, max_concurrent + 2) if shared else (0, 0)
         self._released: queue.SimpleQueue = queue.SimpleQueue()  # (worker, slot), any thread
         self._spares = spares  # processes started early, taken before new ones
         self._specs = specs
@@ -132,16 +138,22 @@ class WorkerPool:
         self.close(graceful=exc_type is None)
 
     def _spawn(self, index: int) -> _Worker:
-        spec = dataclasses.replace(self._specs[index], segments=self._segments)
+        requests, responses = self._segments
+        spec = dataclasses.replace(
+            self._specs[index], request_segments=requests, segments=responses
+        )
         started = self._spares.take(spec.factory) if self._spares else None
         process, parent = started or start_process(self._ctx, spec.factory)
-        views = segments.Views(segments.create(spec.segments)) if spec.segments else None
+        w = _Worker(index, spec, process, parent, oom_kills=oom_kills())
+        if responses:
+            w.requests, w.free = segments.create(requests, "request"), list(range(requests))
+            w.views = segments.Views(segments.create(responses))
         # A worker already gone (its interpreter could not start) closed its end: its
         # exit, seen by poll(), says why.
         with contextlib.suppress(OSError):
             parent.send(spec)
-            segments.send(parent, views.fds if views else [], process.pid)
-        return _Worker(index, spec, process, parent, oom_kills=oom_kills(), views=views)
+            segments.send(parent, [*w.requests, *(w.views.fds if w.views else [])], process.pid)
+        return w
 
     def close(self, graceful: bool = True) -> None:
         for w in self._workers:
@@ -221,9 +233,25 @@ class WorkerPool:
                 w.head_started = time.monotonic()
             w.in_flight.append(task)
             try:
-                w.conn.send(task.request)
+                w.conn.send(self._request(w, task))
             except OSError:  # it died since the last poll: its exit says how
                 self._died(w)
+
+    @staticmethod
+    def _request(w: _Worker, task: _Task) -> ServeRequest:
+        """The request as `w` gets it: large lines go in one of its free request segments."""
+        task.slot, records = None, task.request.records
+        if not (w.free and isinstance(records, Lines)):
+            return task.request
+        if len(records.data) < segments.MIN_SHARED_BYTES:
+            return task.request
+        slot = w.free.pop()
+        if os.pwrite(w.requests[slot], records.data, 0) != len(records.data):
+            w.free.append(slot)  # short of memory: the pipe it is
+            return task.request
+        task.slot = slot
+        shared = segments.SharedLines(slot, len(records.data), records.count)
+        return dataclasses.replace(task.request, records=shared)
 
     def _service(self, w: _Worker, handle) -> None:
         if handle is w.process.sentinel and not w.conn.poll():
@@ -243,6 +271,8 @@ class WorkerPool:
         else:
             task = w.in_flight.popleft()
             assert task.task_id == message.task_id, "workers answer in order"
+            if task.slot is not None:
+                w.free.append(task.slot)
             w.head_started = time.monotonic()
             if isinstance(message, Done):
                 self._take_payload(w, message.result)
@@ -330,5 +360,7 @@ class WorkerPool:
 
 def _close(w: _Worker) -> None:
     w.conn.close()
+    segments.close(w.requests)
+    w.requests, w.free = [], []
     if w.views is not None:
         w.views.close()

@@ -1,7 +1,9 @@
-"""Shared memory between the parent and its workers: a worker writes the encoded
-responses of a mini-batch into one of its response segments and sends only where
-they are; the parent writes them to the output straight from there, then hands the
-segment back. Only small descriptors go through the pipes.
+"""Shared memory between the parent and its workers. The parent writes a
+mini-batch's lines into one of the chosen worker's request segments (one per
+mini-batch it may hold, free again once answered); the worker writes the encoded
+responses into one of its response segments and sends only where they are; the
+parent writes them to the output straight from there, then hands the segment back.
+Only small descriptors go through the pipes.
 
 Segments are anonymous memory files (memfd_create), created by the parent and
 passed to the worker over its socket: no name exists anywhere, so none outlives the
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
+from o2v_batch.formats import Lines
+
 # Responses smaller than this go through the pipe: a descriptor would save little.
 MIN_SHARED_BYTES = 64 * 1024
 _PAGE = mmap.PAGESIZE
@@ -37,6 +41,15 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedLines:
+    """A request's records: `count` lines, the first `length` bytes of request segment `slot`."""
+
+    slot: int
+    length: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Placed:
     """Where a worker put a response: segment `slot`, its first `length` bytes."""
 
@@ -44,9 +57,14 @@ class Placed:
     length: int
 
 
-def create(count: int) -> list[int]:
-    """`count` empty memory files (their descriptors); the worker sizes them."""
-    return [os.memfd_create(f"o2v-batch-response-{i}") for i in range(count)]
+def create(count: int, kind: str = "response") -> list[int]:
+    """`count` empty memory files (their descriptors); writing sizes them."""
+    return [os.memfd_create(f"o2v-batch-{kind}-{i}") for i in range(count)]
+
+
+def read_lines(fds: list[int], lines: SharedLines) -> Lines:
+    """The worker's side of a request's records."""
+    return Lines(os.pread(fds[lines.slot], lines.length, 0), lines.count)
 
 
 def send(conn: Connection, fds: list[int], pid: int) -> None:

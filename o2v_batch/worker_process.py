@@ -61,6 +61,7 @@ def _worker_main(conn: Connection, factory: str) -> None:
         spec = conn.recv()
         if spec is None:  # a spare that was not needed
             os._exit(0)
+        requests_in = segments.receive(conn, spec.request_segments)
         responses = segments.Responses(segments.receive(conn, spec.segments))
     except (EOFError, OSError):
         os._exit(0)
@@ -74,9 +75,10 @@ def _worker_main(conn: Connection, factory: str) -> None:
     threading.Thread(target=_receive, args=(conn, requests, responses), daemon=True).start()
     while (request := requests.get()) is not None:
         try:
-            result = server.serve(
-                request.positions, request.records, request.content_type, request.accept
-            )
+            records = request.records
+            if isinstance(records, segments.SharedLines):
+                records = segments.read_lines(requests_in, records)
+            result = server.serve(request.positions, records, request.content_type, request.accept)
             if (placed := responses.place(result.payload)) is not None:
                 result.payload, result.placed = b"", placed
             conn.send(Done(request.task_id, result))

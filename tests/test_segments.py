@@ -34,7 +34,7 @@ def _memory_files() -> int:
 def test_large_responses_come_through_segments_and_small_ones_through_the_pipe(tmp_path):
     batches = [*BIG, *SMALL] * 3
     got, shared = {}, set()
-    with pool_of(tmp_path, "Echo", workers=2, shared_responses=True) as pool:
+    with pool_of(tmp_path, "Echo", workers=2, shared_memory=True) as pool:
         for task_id, records in enumerate(batches):
             pool.submit(task_id, [0], records, "application/jsonlines", "application/jsonlines")
             while not pool.has_room() or (task_id == len(batches) - 1 and pool.in_flight()):
@@ -53,7 +53,7 @@ def test_large_responses_come_through_segments_and_small_ones_through_the_pipe(t
 def test_a_held_segment_is_never_overwritten_and_the_pipe_takes_over(tmp_path):
     # One worker, one in flight: 3 segments. Six responses held unreleased: three in
     # segments, then the pipe; every one still reads as it was answered.
-    with pool_of(tmp_path, "Echo", workers=1, max_concurrent=1, shared_responses=True) as pool:
+    with pool_of(tmp_path, "Echo", workers=1, max_concurrent=1, shared_memory=True) as pool:
         held = run(pool, BIG[:6])
         shared = [i for i, e in held.items() if isinstance(e.result.payload, SharedPayload)]
         assert sorted(shared) == [0, 1, 2]
@@ -73,7 +73,7 @@ def test_a_held_segment_is_never_overwritten_and_the_pipe_takes_over(tmp_path):
 
 
 def test_a_response_outlives_the_worker_that_wrote_it(tmp_path):
-    with pool_of(tmp_path, "Echo", workers=1, shared_responses=True) as pool:
+    with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
         [kept] = run(pool, BIG[:1]).values()
         [pid] = pids(pool)
         os.kill(pid, signal.SIGKILL)
@@ -92,7 +92,7 @@ def test_a_response_outlives_the_worker_that_wrote_it(tmp_path):
 def test_no_memory_file_outlives_the_pool(tmp_path):
     gc.collect()
     before = _memory_files()
-    with pool_of(tmp_path, "Echo", workers=2, shared_responses=True) as pool:
+    with pool_of(tmp_path, "Echo", workers=2, shared_memory=True) as pool:
         events = run(pool, BIG)
         assert _memory_files() > before
     del events

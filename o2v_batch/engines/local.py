@@ -133,8 +133,8 @@ class _Run:
                 self.config.invocation_timeout,
                 on_recovery=self._recovered,
                 spares=spares,
-                # The writer thread writes large responses from the workers' memory.
-                shared_responses=True,
+                # Mini-batches and their responses travel through shared memory.
+                shared_memory=True,
             ) as pool:
                 # Bounded by the workers' capacity: memory stays flat whatever the input size.
                 self.items = queue.Queue(maxsize=pool.capacity + 2)
