@@ -81,8 +81,9 @@ class DryRun:
         }
 
     def to_json(self) -> bytes:
-        document = {"dry_run": True, **asdict(self), "exit_status": self.exit_status}
-        document["totals"] = self.totals()
+        document = {"dry_run": True, "exit_status": self.exit_status, **asdict(self)}
+        shards = document.pop("shards")
+        document.update(totals=self.totals(), shards=shards)  # the long list last
         return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
     def lines(self) -> list[str]:
@@ -93,7 +94,8 @@ class DryRun:
         return [_line(s) for s in self.shards] + [
             f"dry run: {t['process']} to process, {t['skip']} skipped, {t['other-node']} for "
             f"other nodes, {t['fail']} would fail; {batches}; "
-            f"{t['bad_records']} bad records in the {t['records_checked']} checked; "
+            f"{t['bad_records']} bad record{'s' * (t['bad_records'] != 1)} in the "
+            f"{t['records_checked']} checked; "
             "no worker started, no output written"
         ]
 
