@@ -71,6 +71,7 @@ class DryRun:
         return 1 if any(s.status == "fail" for s in self.shards) else 0
 
     def totals(self) -> dict:
+        """Shards by status, and the mini-batches, records checked and bad records."""
         served = [s for s in self.shards if s.status in ("process", "fail")]
         batches = [s.mini_batches for s in served]
         return {
@@ -135,8 +136,7 @@ def _unserved(report: ShardReport, node: int) -> ShardPreview:
     """A shard skipped by --resume, or one the job would fail at once (an unsafe path)."""
     status = "skip" if report.status == "skipped" else "fail"
     output = io.shown(report.output) if report.output else None
-    reason = "output exists (--resume)" if status == "skip" else report.reason
-    return ShardPreview(io.shown(report.shard), output, node, status, reason)
+    return ShardPreview(io.shown(report.shard), output, node, status, report.reason)
 
 
 def _preview(task: ShardTask, config: TransformConfig, rules: RecordRules) -> ShardPreview:
