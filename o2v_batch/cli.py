@@ -4,9 +4,7 @@ library and maps library errors to messages and exit codes."""
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import signal
 import sys
 from collections.abc import Mapping
@@ -15,7 +13,7 @@ import click
 
 from o2v_batch import __version__
 from o2v_batch.cli_model import inspect_command, train_command
-from o2v_batch.cli_options import worker_options
+from o2v_batch.cli_options import Payload, SeqLens, worker_options
 from o2v_batch.cli_serve import serve_command
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
@@ -52,36 +50,6 @@ cli.add_command(serve_command)
 
 
 # ---- transform -------------------------------------------------------------
-
-
-class _SeqLens(click.ParamType):
-    name = "A,B"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            self.fail(f"{value!r} is not two integers A,B (e.g. 50,50)", param, ctx)
-        return int(parts[0]), int(parts[1])
-
-
-class _Payload(click.ParamType):
-    """--max-payload: MB (2^20 bytes) as a number, or with a unit: 6MB, 500KB (2^10 bytes)."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
-        try:
-            mb = float(number)
-        except ValueError:
-            mb = math.nan
-        if not (math.isfinite(mb) and mb >= 0):
-            self.fail(f"{value!r} is not a size >= 0 such as 6, 0.5, 6MB or 500KB", param, ctx)
-        return mb / 1024 if unit and unit.lower() == "kb" else mb
 
 
 class _Signalled(BaseException):
@@ -123,7 +91,7 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--max-payload",
-    type=_Payload(),
+    type=Payload(),
     default=6.0,
     help="Mini-batch cap on record bytes: a number of MB (MB = 2^20 bytes, fractions "
     "allowed), or 6MB, 500KB (KB = 2^10 bytes); 0 = no cap. [default: 6MB]",
@@ -191,7 +159,7 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--infer-max-seqlens",
-    type=_SeqLens(),
+    type=SeqLens(),
     help="Cap the sequence lengths used at inference, as A,B (in0,in1), each 1..5000. "
     "[default: the model's enc0_max_seq_len,enc1_max_seq_len]",
 )
@@ -233,6 +201,12 @@ def _on_sigterm(signum, frame):
     default=None,
     help="Progress bars on stderr. [default: when stderr is a terminal]",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the model and options, list each shard's plan and check its first 100 "
+    "records; start no worker, write nothing (but --summary, as JSON). Exit as the job would.",
+)
 def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
     """Run MODEL over every record under INPUT, writing OUTPUT/<path>.out per shard.
 
@@ -244,8 +218,8 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
     from o2v_batch.io.stdio import StdoutClosed
-    from o2v_batch.job import transform as run_transform
 
+    dry_run = options.pop("dry_run")
     try:
         _environment_defaults(options, os.environ)
         config = TransformConfig(
@@ -259,7 +233,7 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
         raise click.UsageError(str(exc)) from None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        summary = run_transform(config)
+        status = _dry_run(config) if dry_run else _run(config)
     except (OutputExistsError, ConfigError) as exc:
         raise click.UsageError(str(exc)) from None
     except O2VError as exc:
@@ -275,8 +249,25 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
         sys.exit(141)  # 128 + SIGPIPE: what a Unix tool stopped by a closed pipe returns
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if summary.shards_failed:
-        sys.exit(1)
+    if status:
+        sys.exit(status)
+
+
+def _run(config: TransformConfig) -> int:
+    from o2v_batch.job import transform as run_transform
+
+    return 1 if run_transform(config).shards_failed else 0
+
+
+def _dry_run(config: TransformConfig) -> int:
+    """The job's plan on stdout, the bad records found on stderr; the job's exit status."""
+    from o2v_batch.dry_run import dry_run
+
+    result = dry_run(config)
+    for message in result.messages():
+        click.echo(message, err=True)
+    click.echo("\n".join(result.lines()))
+    return result.exit_status
 
 
 def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:

@@ -1,7 +1,10 @@
-"""Option bundles shared by the commands that run workers (`transform`, `serve`)."""
+"""Option bundles shared by the commands that run workers (`transform`, `serve`), and
+the option types of `transform`."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,3 +40,35 @@ def worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_WORKER_OPTIONS):
         command = option(command)
     return command
+
+
+class SeqLens(click.ParamType):
+    """--infer-max-seqlens: two whole numbers, A,B (in0, in1)."""
+
+    name = "A,B"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            self.fail(f"{value!r} is not two integers A,B (e.g. 50,50)", param, ctx)
+        return int(parts[0]), int(parts[1])
+
+
+class Payload(click.ParamType):
+    """--max-payload: MB (2^20 bytes) as a number, or with a unit: 6MB, 500KB (2^10 bytes)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
+        try:
+            mb = float(number)
+        except ValueError:
+            mb = math.nan
+        if not (math.isfinite(mb) and mb >= 0):
+            self.fail(f"{value!r} is not a size >= 0 such as 6, 0.5, 6MB or 500KB", param, ctx)
+        return mb / 1024 if unit and unit.lower() == "kb" else mb

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 import orjson
@@ -27,15 +27,13 @@ ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
     """Runs a batch transform job; per-shard failures are reported in the summary, not raised."""
     log = log or stderr_line
-    engine = _engine(config.engine)
-    engine.check(config)
-    _check_output(config.output)
+    engine = checked_engine(config)
     start = time.monotonic()
     with engine.prestart(config) as spares:
         # Before any input is listed or output written: a bad model fails at once, in one line.
-        model_dir = resolve_model(config.model)
-        hp = check_model(model_dir, encoders_only=config.mode == "embedding")
-        tasks, unserved = plan(config, hp)
+        model_dir, hp = checked_model(config)
+        planned = plan(config, hp)
+        tasks, unserved = planned.tasks, planned.unserved
         for report in unserved:
             if report.status == "failed":
                 log(shard_failed(report.reason or ""))
@@ -49,6 +47,20 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
             summary = JobSummary.of(reports, faults, time.monotonic() - start)
             _finish(summary, config, complete, log)
     return summary
+
+
+def checked_engine(config: TransformConfig) -> ModuleType:
+    """The job's engine, once it and OUTPUT can take the job (a usage error if not)."""
+    engine = _engine(config.engine)
+    engine.check(config)
+    _check_output(config.output)
+    return engine
+
+
+def checked_model(config: TransformConfig) -> tuple[str, Hyperparameters]:
+    """The model's local folder and hyperparameters, fetched and checked without torch."""
+    model_dir = resolve_model(config.model)
+    return model_dir, check_model(model_dir, encoders_only=config.mode == "embedding")
 
 
 def _engine(name: str) -> ModuleType:
@@ -65,10 +77,19 @@ def _check_output(output: str) -> None:
         )
 
 
-def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask], list[ShardReport]]:
-    """This node's shards to serve, and the reports of those not served: skipped by
-    --resume, or failed at once because their output path would be unsafe (a backslash
-    in a file name), so that the other shards still run.
+@dataclass
+class Plan:
+    """This node's shards to serve, and the reports of those it does not serve: skipped
+    by --resume, or failed at once because their output path would be unsafe (a
+    backslash in a file name), so that the other shards still run."""
+
+    tasks: list[ShardTask]
+    unserved: list[ShardReport]
+    nodes: list[list[io.Shard]]  # every node's shards (one node unless --num-shards)
+
+
+def plan(config: TransformConfig, hp: Hyperparameters) -> Plan:
+    """What this node does: the one plan of a job and of its --dry-run.
 
     Refuses an empty input unless --allow-empty, and to clobber existing outputs unless
     --resume or --overwrite says what to do.
@@ -82,11 +103,10 @@ def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask],
         raise InputError(
             f"no input shards under {io.shown(config.input)} (--allow-empty accepts an empty input)"
         )
-    if config.num_shards > 1:
-        shards = assign(shards, config.num_shards)[config.shard_index]
+    nodes = assign(shards, config.num_shards) if config.num_shards > 1 else [shards]
     existing = set() if to_stdout else io.list_outputs(config.output)
     tasks, skipped, clobbered, refused = [], [], [], []
-    for shard in shards:
+    for shard in nodes[config.shard_index]:
         if shard.uri == io.STDIO and not to_stdout:
             shard = replace(shard, rel="stdin")  # `- out/` writes out/stdin.out
         try:
@@ -109,7 +129,7 @@ def plan(config: TransformConfig, hp: Hyperparameters) -> tuple[list[ShardTask],
         )
     if skipped:
         _count_skipped(skipped, _earlier_counts(config))
-    return tasks, skipped + refused
+    return Plan(tasks, skipped + refused, nodes)
 
 
 def _count_skipped(reports: list[ShardReport], earlier: dict[str, tuple[int, int]]) -> None:

@@ -124,6 +124,11 @@ class _Decompressed(io.RawIOBase):
             super().close()
 
 
+def is_compressed(uri: str) -> bool:
+    """Whether `uri` is read through a decompressor: it ends with .gz, .bz2, .xz or .zst."""
+    return os.path.splitext(uri)[1].lower() in _DECOMPRESSORS
+
+
 def decompressed(stream: BinaryIO, uri: str) -> BinaryIO:
     """`stream` decompressed when `uri` ends with .gz, .bz2, .xz or .zst; else itself.
     The result is buffered: readline() and iteration work."""
