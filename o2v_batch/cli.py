@@ -216,6 +216,12 @@ def _on_sigterm(signum, frame):
     "[default: none; OUTPUT/_SUCCESS is written when every shard succeeded]",
 )
 @click.option(
+    "--metrics-file",
+    metavar="PATH",
+    help="Write the job's figures there as a Prometheus text file (for the node exporter's "
+    "textfile collector: name it *.prom), whatever the outcome. A local path.",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="local",
