@@ -218,8 +218,8 @@ def _on_sigterm(signum, frame):
 @click.option(
     "--metrics-file",
     metavar="PATH",
-    help="Write the job's figures there as a Prometheus text file (for the node exporter's "
-    "textfile collector: name it *.prom), whatever the outcome. A local path.",
+    help="Also write the job's figures there as a Prometheus text file, whatever the "
+    "outcome: a local path, *.prom in the node exporter's textfile folder. [default: none]",
 )
 @click.option(
     "--engine",
