@@ -150,6 +150,8 @@ def check_textfile(path: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder):
         raise ConfigError(f"--metrics-file {io.shown(path)}: not a file in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--metrics-file {io.shown(path)}: its folder is not writable")
 
 
 class JobOutcome:

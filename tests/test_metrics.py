@@ -31,17 +31,11 @@ from o2v_batch.serve import ROUTES
 
 REQUESTS = REPO / "examples" / "requests"
 TRANSFORM = (sys.executable, "-m", "o2v_batch", "transform")
+# The summary's figures, each a gauge o2v_batch_job_<field> of the text file.
 JOB_FIGURES = (
-    "records_in",
-    "records_out",
-    "bad_records",
-    "records_not_written",
-    "truncated_sequences",
-    "mini_batches",
-    "largest_mini_batch_bytes",
-    "worker_restarts",
-    "mini_batch_retries",
-    "records_per_second",
+    *("records_in", "records_out", "bad_records", "records_not_written"),
+    *("truncated_sequences", "mini_batches", "largest_mini_batch_bytes"),
+    *("worker_restarts", "mini_batch_retries", "records_per_second"),
 )
 
 
@@ -349,3 +343,19 @@ def test_a_metrics_file_that_cannot_be_written_locally_is_a_usage_error(tmp_path
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_metrics_file_in_a_folder_this_user_cannot_write_is_a_usage_error(tmp_path, monkeypatch):
+    """As root every folder is writable, so the folder's answer is made up here."""
+    real = os.access
+
+    def access(path, mode, **options) -> bool:
+        if mode == os.W_OK and str(path) == str(tmp_path):
+            return False
+        return real(path, mode, **options)
+
+    monkeypatch.setattr(os, "access", access)
+    job = ("transform", str(REQUESTS), str(tmp_path / "out"), "--model", str(MODEL))
+    result = CliRunner().invoke(cli, [*job, "--metrics-file", str(tmp_path / "job.prom")])
+    assert result.exit_code == 2, result.output
+    assert "its folder is not writable" in result.output
