@@ -184,6 +184,12 @@ def _on_sigterm(signum, frame):
     "[default: none; OUTPUT/_SUCCESS is written when every shard succeeded]",
 )
 @click.option(
+    "--metrics-file",
+    metavar="PATH",
+    help="Also write the job's figures there as a Prometheus text file, whatever the "
+    "outcome: a local path, *.prom in the node exporter's textfile folder. [default: none]",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="local",

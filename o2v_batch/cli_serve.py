@@ -131,8 +131,9 @@ def serve_command(**options) -> None:
     GET /ping answers 200 once a worker has served a warm-up record; POST /invocations takes
     application/json or application/jsonlines requests and answers as
     `transform` writes; GET /execution-parameters tells Batch Transform the
-    container's limits. SIGTERM stops accepting, finishes the requests in flight
-    (bodies still arriving are refused with a 503) and exits.
+    container's limits; GET /metrics answers Prometheus metrics. SIGTERM stops
+    accepting, finishes the requests in flight (bodies still arriving are refused
+    with a 503) and exits.
 
     Example:
 

@@ -68,6 +68,7 @@ class TransformConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
+    metrics_file: str | None = None  # a Prometheus text file of the job's figures, local
     # "module:function" building the per-worker server; tests hand in faulty models.
     worker_factory: str = "o2v_batch.serving:create_server"
     # Of the embeddings in Parquet and .npy outputs: float16 halves their size.

@@ -18,6 +18,7 @@ from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
 from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError, UnsafePathError
 from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.metrics import check_textfile, job_metrics
 from o2v_batch.report import Faults, JobSummary, ShardReport, shard_failed, stderr_line
 from o2v_batch.sharding import assign, summary_name
 
@@ -29,7 +30,7 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
     log = log or stderr_line
     engine = checked_engine(config)
     start = time.monotonic()
-    with engine.prestart(config) as spares:
+    with job_metrics(config.metrics_file, log) as outcome, engine.prestart(config) as spares:
         # Before any input is listed or output written: a bad model fails at once, in one line.
         model_dir, hp = checked_model(config)
         planned = plan(config, hp)
@@ -45,6 +46,7 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         finally:
             reports = [t.report for t in tasks] + unserved
             summary = JobSummary.of(reports, faults, time.monotonic() - start)
+            outcome.ended(summary, complete and summary.shards_failed == 0)
             _finish(summary, config, complete, log)
     return summary
 
@@ -54,6 +56,7 @@ def checked_engine(config: TransformConfig) -> ModuleType:
     engine = _engine(config.engine)
     engine.check(config)
     _check_output(config.output)
+    check_textfile(config.metrics_file)
     return engine
 
 

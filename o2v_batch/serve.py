@@ -32,6 +32,7 @@ from o2v_batch.config import (
 )
 from o2v_batch.devices import check_devices, parse_devices
 from o2v_batch.errors import ConfigError, O2VError, WorkerError
+from o2v_batch.metrics import CONTENT_TYPE, ServeMetrics
 from o2v_batch.protocol import ServingOptions, WorkerSpec
 from o2v_batch.report import batch_failure, stderr_line
 from o2v_batch.runtime import plan_workers
@@ -54,6 +55,7 @@ MISSING_UVICORN = (
     'or pip install "$(ls dist/o2v_batch-*.whl)[serve]" for a built wheel'
 )
 _TEXT = b"text/plain; charset=utf-8"
+ROUTES = ("/ping", "/invocations", "/execution-parameters", "/metrics")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None
     listener = _listen(config.host, config.port)
     port = listener.getsockname()[1]
     servers = []  # the HTTP server once built: workers that cannot serve stop it
+    metrics = ServeMetrics(ROUTES)  # this process's own registry
 
     def failed(reason: str) -> None:  # the reason is raised once the server has stopped
         servers[0].should_exit = True
@@ -129,10 +132,11 @@ def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None
         config.max_retries,
         config.invocation_timeout,
         log,
+        metrics,
         on_failure=failed,
         on_ready=lambda: log(f"o2v-batch: serving {config.model} on port {port}"),
     )
-    servers.append(_server(uvicorn, _App(config, dispatcher), config))
+    servers.append(_server(uvicorn, _App(config, dispatcher, metrics), config))
     _run(servers[0], dispatcher, listener)
     if dispatcher.failure is not None:
         raise WorkerError(dispatcher.failure)
@@ -213,10 +217,11 @@ def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
 
 
 class _App:
-    """The ASGI app: the three routes of the contract."""
+    """The ASGI app: the three routes of the contract, and /metrics."""
 
-    def __init__(self, config: ServeConfig, dispatcher: Dispatcher) -> None:
+    def __init__(self, config: ServeConfig, dispatcher: Dispatcher, metrics: ServeMetrics) -> None:
         self.dispatcher = dispatcher
+        self.metrics = metrics
         self.limit = config.max_payload * MB
         self.body_timeout = config.body_timeout
         self.max_pending = dispatcher.capacity + config.max_queued_requests
@@ -233,6 +238,10 @@ class _App:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
+        with self.metrics.request(scope["path"], send) as send:
+            await self._route(scope, receive, send)
+
+    async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
         route = (scope["method"], scope["path"])
         if route == ("GET", "/ping"):
             await self._ping(send)
@@ -240,11 +249,14 @@ class _App:
             await _respond(send, 200, self.parameters, b"application/json")
         elif route == ("POST", "/invocations"):
             await self._invoke(scope, receive, send)
-        elif scope["path"] in ("/ping", "/execution-parameters", "/invocations"):
+        elif route == ("GET", "/metrics"):  # on the event loop: never queued behind the workers
+            await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE)
+        elif scope["path"] in ROUTES:
             message = f"{scope['method']} is not allowed on {scope['path']}\n"
             await _respond(send, 405, message.encode(), _TEXT)
         else:
-            await _respond(send, 404, b"not found: use /ping or /invocations\n", _TEXT)
+            message = f"not found: use {', '.join(ROUTES)}\n"
+            await _respond(send, 404, message.encode(), _TEXT)
 
     async def _ping(self, send: Callable) -> None:
         """200 once a worker has served the warm-up request."""

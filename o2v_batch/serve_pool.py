@@ -14,10 +14,12 @@ import contextlib
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from o2v_batch.formats import JSONLINES
+from o2v_batch.metrics import ServeMetrics
 from o2v_batch.protocol import BatchResult, Done, Failed, WorkerSpec
 from o2v_batch.report import recovered
 from o2v_batch.runtime import Recovery, WorkerPool
@@ -62,6 +64,7 @@ class Dispatcher(threading.Thread):
         max_retries: int,
         invocation_timeout: float,
         log: Callable[[str], None],
+        metrics: ServeMetrics,
         on_failure: Callable[[str], None],
         on_ready: Callable[[], None],
     ) -> None:
@@ -80,6 +83,10 @@ class Dispatcher(threading.Thread):
         self.ready = threading.Event()
         self.warm_up_failure: str | None = None
         self.failure: str | None = None
+        self._metrics = metrics
+        metrics.queue_depth.set_function(self._intake.qsize)
+        metrics.in_flight.set_function(lambda: len(self._in_flight))
+        self._loading_since = 0.0  # when run() started the workers: the load time counts from then
 
     def submit(self, invocation: Invocation) -> asyncio.Future:
         """Queues a request; its future resolves to an Outcome on the calling loop."""
@@ -96,6 +103,7 @@ class Dispatcher(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
+        self._loading_since = time.monotonic()
         try:
             with self._pool as pool:
                 warm_up = _WARM_UP_REQUEST
@@ -134,6 +142,8 @@ class Dispatcher(threading.Thread):
             return
         pending = self._in_flight.pop(event.task_id)
         if isinstance(event, Done):
+            records = len(pending.invocation.records)
+            self._metrics.served(records, bad=event.result.error is not None)
             _settle(pending, Outcome(event.result))
         else:
             _settle(pending, Outcome(None, event.reason))
@@ -144,6 +154,7 @@ class Dispatcher(threading.Thread):
         elif event.result.error is not None:
             self.warm_up_failure = bad_record(event.result, JSONLINES)
         else:
+            self._metrics.loaded(time.monotonic() - self._loading_since)
             self._on_ready()  # logged before /ping says 200
             self.ready.set()
             return
@@ -164,10 +175,12 @@ class Dispatcher(threading.Thread):
             _settle(pending, Outcome(None, reason))
 
     def _recovered(self, event: Recovery) -> None:
+        retried = event.task_id is not None and event.task_id != _WARM_UP
+        self._metrics.recovered(event.restarted, retried)
         if event.task_id == _WARM_UP and not event.restarted:
             return  # the warm-up tries again: its failure, if it fails, is logged once
         retry = None
-        if event.task_id is not None and event.task_id != _WARM_UP:
+        if retried:
             retry = f"retrying a request (attempt {event.attempt} of {self._pool.max_retries + 1})"
         self._log(recovered(event.reason, event.restarted, retry))
 
