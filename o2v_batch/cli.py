@@ -4,9 +4,7 @@ library and maps library errors to messages and exit codes."""
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import signal
 import sys
 from collections.abc import Mapping
@@ -15,7 +13,7 @@ import click
 
 from o2v_batch import __version__
 from o2v_batch.cli_model import inspect_command, train_command
-from o2v_batch.cli_options import worker_options
+from o2v_batch.cli_options import PayloadSize, worker_options
 from o2v_batch.cli_serve import serve_command
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
@@ -66,24 +64,6 @@ class _SeqLens(click.ParamType):
         return int(parts[0]), int(parts[1])
 
 
-class _Payload(click.ParamType):
-    """--max-payload: MB (2^20 bytes) as a number, or with a unit: 6MB, 500KB (2^10 bytes)."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
-        try:
-            mb = float(number)
-        except ValueError:
-            mb = math.nan
-        if not (math.isfinite(mb) and mb >= 0):
-            self.fail(f"{value!r} is not a size >= 0 such as 6, 0.5, 6MB or 500KB", param, ctx)
-        return mb / 1024 if unit and unit.lower() == "kb" else mb
-
-
 class _Signalled(BaseException):
     """SIGTERM arrived: unwinds the job like Ctrl-C so every open output is aborted."""
 
@@ -123,7 +103,7 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--max-payload",
-    type=_Payload(),
+    type=PayloadSize(no_cap=True),
     default=6.0,
     help="Mini-batch cap on record bytes: a number of MB (MB = 2^20 bytes, fractions "
     "allowed), or 6MB, 500KB (KB = 2^10 bytes); 0 = no cap. [default: 6MB]",

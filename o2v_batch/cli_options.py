@@ -1,7 +1,10 @@
-"""Option bundles shared by the commands that run workers (`transform`, `serve`)."""
+"""Option bundles and value types shared by the commands that run workers
+(`transform`, `serve`)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,3 +40,26 @@ def worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_WORKER_OPTIONS):
         command = option(command)
     return command
+
+
+class PayloadSize(click.ParamType):
+    """--max-payload: MB (2^20 bytes) as a number, fractions allowed, or with a unit:
+    6MB, 500KB (2^10 bytes). The value is in MB; 0 is accepted only when it means no cap."""
+
+    name = "SIZE"
+
+    def __init__(self, no_cap: bool) -> None:
+        self.no_cap = no_cap
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float | int):
+            return float(value)
+        number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
+        try:
+            mb = float(number)
+        except ValueError:
+            mb = math.nan
+        if not (math.isfinite(mb) and (mb >= 0 if self.no_cap else mb > 0)):
+            least = ">= 0" if self.no_cap else "> 0"
+            self.fail(f"{value!r} is not a size {least} such as 6, 0.5, 6MB or 500KB", param, ctx)
+        return mb / 1024 if unit and unit.lower() == "kb" else mb

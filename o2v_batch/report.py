@@ -3,12 +3,14 @@ use, and the progress bar."""
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from o2v_batch.batching import KB, MB
 from o2v_batch.errors import O2VError
 from o2v_batch.formats import at_record, where
 from o2v_batch.io import describe_error, one_line, shown
@@ -112,7 +114,7 @@ class JobSummary:
             worker_restarts=faults.worker_restarts,
             mini_batch_retries=faults.mini_batch_retries,
             seconds=round(seconds, 3),
-            records_per_second=round(served / seconds, 1) if seconds > 0 else 0.0,
+            records_per_second=_rounded(served / seconds) if seconds > 0 else 0.0,
             failed=[_named(r) for r in with_status("failed")],
             skipped=[_named(r) for r in with_status("skipped")],
             bad_records_by_shard={shown(r.shard): r.bad_records for r in reports if r.bad_records},
@@ -127,19 +129,24 @@ class JobSummary:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2) + b"\n"
 
     def lines(self) -> list[str]:
-        unfinished = f", {self.shards_unfinished} unfinished" if self.shards_unfinished else ""
+        unfinished = (
+            f", {count(self.shards_unfinished)} unfinished" if self.shards_unfinished else ""
+        )
         out = [
-            f"shards: {self.shards_ok} ok, {self.shards_failed} failed, {self.shards_skipped} skipped{unfinished}",
-            f"records: {self.records_in} in, {self.records_out} out, {self.bad_records} bad, "
-            f"{self.records_not_written} not written, {self.truncated_sequences} truncated sequences",
-            f"mini-batches: {self.mini_batches} (largest {self.largest_mini_batch_bytes} bytes)",
+            f"shards: {count(self.shards_ok)} ok, {count(self.shards_failed)} failed, "
+            f"{count(self.shards_skipped)} skipped{unfinished}",
+            f"records: {count(self.records_in)} in, {count(self.records_out)} out, "
+            f"{count(self.bad_records)} bad, {count(self.records_not_written)} not written, "
+            f"{plural(self.truncated_sequences, 'truncated sequence')}",
+            f"mini-batches: {count(self.mini_batches)} "
+            f"(largest {plural(self.largest_mini_batch_bytes, 'byte')})",
         ]
         if self.worker_restarts or self.mini_batch_retries:
             out.append(
-                f"faults: {self.worker_restarts} worker restarts, "
-                f"{self.mini_batch_retries} mini-batch retries"
+                f"faults: {plural(self.worker_restarts, 'worker restart')}, "
+                f"{plural(self.mini_batch_retries, 'mini-batch retry', 'mini-batch retries')}"
             )
-        out.append(f"time: {self.seconds:.2f} s, {self.records_per_second:,.0f} records/s")
+        out.append(f"time: {self.seconds:.2f} s, {rate(self.records_per_second)} records/s")
         out += [f"failed: {f['reason']}" for f in self.failed]
         out += [f"skipped: {s['shard']}: {s['reason']}" for s in self.skipped]
         return out
@@ -148,6 +155,44 @@ class JobSummary:
 def _named(report: ShardReport) -> dict:
     """A failed or skipped shard as the summary lists it: its name shown, its reason one line."""
     return {"shard": shown(report.shard), "reason": one_line(report.reason or "")}
+
+
+# -- numbers, written alike in every message -------------------------------------
+
+
+def count(n: int) -> str:
+    """A count with thousands separators: 400,002."""
+    return f"{n:,}"
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`n` and the word that goes with it: 1 request, 2 requests, 1 mini-batch retry."""
+    return f"{count(n)} {one if n == 1 else many or one + 's'}"
+
+
+def size(nbytes: int) -> str:
+    """A size as --max-payload is given: 6 MB, 500 KB, else in bytes (1,048 bytes)."""
+    for unit, scale in (("MB", MB), ("KB", KB)):
+        if nbytes >= scale and nbytes % scale == 0:
+            return f"{count(nbytes // scale)} {unit}"
+    return plural(nbytes, "byte")
+
+
+def rate(per_second: float) -> str:
+    """A rate: whole numbers with thousands separators from 100 up (27,249), three
+    significant figures below (42.2, 4.2, 0.0513), so that no work done reads as 0."""
+    if per_second >= 100 or per_second <= 0:
+        return f"{per_second:,.0f}"
+    decimals = 2 - math.floor(math.log10(per_second))
+    return f"{per_second:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _rounded(per_second: float) -> float:
+    """A rate as the JSON summary keeps it: to 0.1 from 100 up, else to three
+    significant figures (a slow job's rate is never rounded to 0)."""
+    if per_second >= 100 or per_second <= 0:
+        return round(per_second, 1)
+    return float(f"{per_second:.3g}")
 
 
 # -- messages, worded alike by both engines -------------------------------------
@@ -173,9 +218,10 @@ def batch_failure(pos: int, content_type: str, reason: str) -> str:
 
 def oversize_problem(size: int, cap: int, capped: bool) -> str:
     """What is wrong with a record too big for a mini-batch."""
+    record, limit = plural(size, "byte"), plural(cap, "byte")
     if capped:
-        return f"record is {size} bytes, over the --max-payload cap of {cap} bytes"
-    return f"record is {size} bytes, over the limit of {cap} bytes for one record"
+        return f"record is {record}, over the --max-payload cap of {limit}"
+    return f"record is {record}, over the limit of {limit} for one record"
 
 
 def shard_failed(reason: str) -> str:

@@ -407,6 +407,38 @@ def test_max_payload_takes_megabytes_or_a_unit(
     assert payload_bytes(config.max_payload) == cap_bytes
 
 
+@pytest.mark.parametrize(
+    ("module", "args", "feature", "package", "extra"),
+    [
+        ("pyarrow", ["transform", "in", "out", "--model", "m", "--accept", "application/x-parquet"], "--accept application/x-parquet", "pyarrow", "parquet"),
+        ("ray", ["transform", "in", "out", "--model", "m", "--engine", "ray"], "--engine ray", "Ray", "ray"),
+        ("uvicorn", ["serve", "--model", "m"], "o2v-batch serve", "uvicorn", "serve"),
+    ],
+)  # fmt: skip
+def test_a_missing_extra_is_a_usage_error_that_says_what_to_install(
+    tmp_path: Path, module: str, args: list, feature: str, package: str, extra: str
+) -> None:
+    """Run as a user without the extra runs it: `import <module>` fails in the process."""
+    hide_and_run = (
+        f"import sys; sys.modules[{module!r}] = None; sys.argv = ['o2v-batch', *{args!r}]; "
+        "from o2v_batch.cli import main; main()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", hide_and_run],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"Usage: o2v-batch {args[0]} [OPTIONS]")
+    assert run.stderr.endswith(
+        f"Error: {feature} needs {package}: pip install -e '.[{extra}]' in a checkout, "
+        f'or pip install "$(ls dist/o2v_batch-*.whl)[{extra}]" for a built wheel\n'
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
 def test_settings_from_the_environment(tmp_path: Path, configs: list) -> None:
     environ = {**UNSET, "INFERENCE_PREFERRED_MODE": "auto", "AWS_BATCH_JOB_ARRAY_INDEX": "2"}
     args = [str(a) for a in transform_args(tmp_path, "--num-shards", "3")]
