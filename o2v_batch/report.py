@@ -224,6 +224,18 @@ def oversize_problem(size: int, cap: int, capped: bool) -> str:
     return f"record is {record}, over the limit of {limit} for one record"
 
 
+def reader_closed(reports: list[ShardReport]) -> str:
+    """The one line of a job whose stdout was closed by its reader (`... | head -3`):
+    how much it had written, in whole shards (a shard goes to stdout whole or not at all,
+    though its reader may stop partway through one)."""
+    done = [r for r in reports if r.status == "ok"]
+    records = sum(r.records_out + r.bad_records for r in done)
+    return (
+        f"o2v-batch: stdout's reader closed the pipe after {plural(len(done), 'whole shard')} "
+        f"({plural(records, 'record')}); stopped"
+    )
+
+
 def shard_failed(reason: str) -> str:
     """The line logged when a shard fails."""
     return f"o2v-batch: shard failed: {one_line(reason)}"
