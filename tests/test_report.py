@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -201,10 +202,10 @@ def test_a_disabled_progress_bar_is_still_a_bar(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_bar_shows_bytes_of_the_total_and_records_never_an_empty_start(capsys):
+def test_the_bar_shows_bytes_done_of_the_total_and_records_never_0_00(capsys):
     bar = Progress(True, 4 * 2**20)
-    bar.show(0, 0)
-    assert capsys.readouterr().err == ""  # nothing read yet: nothing drawn
+    # Drawn at once, before anything is done, with nothing tqdm would write as "0.00".
+    assert capsys.readouterr().err == "\ro2v-batch:   0%|          | 0/4.00M [00:00<?, 0 records]"
     bar.show(2**20, 1234)
     bar.show(4 * 2**20, 5000)
     bar.close()
@@ -214,11 +215,21 @@ def test_the_bar_shows_bytes_of_the_total_and_records_never_an_empty_start(capsy
     assert "100%" in err and "4.00M/4.00M" in err and "5,000 records]" in err
 
 
+def test_the_bars_time_moves_while_nothing_is_done(capsys):
+    """Redrawn on a timer: a job whose workers take seconds to start shows them passing."""
+    bar = Progress(True, 100)
+    time.sleep(1.3)
+    seen = capsys.readouterr().err
+    bar.close()
+    assert "| 0/100 [00:01<?, 0 records]" in seen
+
+
 def test_without_a_total_the_bar_counts_bytes(capsys):
     bar = Progress(True, None)
     bar.show(3 * 2**20, 7)
     bar.close()
     err = capsys.readouterr().err
+    assert err.startswith("\ro2v-batch: 0B [00:00, 0 records]")
     assert "3.00MB" in err and "7 records]" in err and "%" not in err
 
 

@@ -165,11 +165,13 @@ class _Run:
         self.faults = faults
         self.shown = [0] * len(tasks)  # records on the progress bar, per shard
         self.read_bytes = 0  # stored bytes of the shards finished
-        self.progress = Progress(config.progress, total_bytes(tasks))
+        self.progress: Progress  # drawn once the actors are asked for
 
     def run(self, model: str) -> None:
         ray = self.ray
         slots = self._start(model)
+        # Drawn from here on (the actors start in the loop below), closed in the finally.
+        self.progress = Progress(self.config.progress, total_bytes(self.tasks))
         starting = {slot.actor.ready.remote(): slot for slot in slots}
         running: dict[Any, _Slot] = {}
         pings: dict[Any, _Slot] = {}
