@@ -219,12 +219,13 @@ class _App:
         self.max_pending = dispatcher.capacity + config.max_queued_requests
         self.pending = 0  # requests whose whole body has arrived, waiting or in flight
         self._stopping: asyncio.Future | None = None  # done once the server stops
+        # SageMaker's field is a whole number of MB; a fraction (500KB) is told exactly.
+        mb = float(config.max_payload)
         self.parameters = orjson.dumps(
             {
                 "MaxConcurrentTransforms": dispatcher.capacity,
                 "BatchStrategy": "MULTI_RECORD",
-                # SageMaker's field is a whole number of MB; a fraction (500KB) is told exactly.
-                "MaxPayloadInMB": int(mb) if (mb := config.max_payload).is_integer() else mb,
+                "MaxPayloadInMB": int(mb) if mb.is_integer() else mb,
             }
         )
 

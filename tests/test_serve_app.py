@@ -93,6 +93,12 @@ def test_the_payload_cap_is_given_as_transform_gives_it(monkeypatch, cap, limit,
     assert type(parameters["MaxPayloadInMB"]) is type(told)
 
 
+def test_a_whole_number_of_mb_from_sagemakers_variable_is_told_as_one():
+    app = _app(_Workers(2), max_payload=20)  # SAGEMAKER_MAX_PAYLOAD_IN_MB=20
+    assert json.loads(call(app, "GET", "/execution-parameters")[1])["MaxPayloadInMB"] == 20
+    assert app.limit == 20 * 2**20
+
+
 def test_a_body_just_under_a_kb_cap_is_served():
     app = _app(_Workers(2), max_payload=500 / 1024)
     line = b'{"in0": [1]}\n'
