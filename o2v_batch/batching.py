@@ -12,6 +12,7 @@ import numpy as np
 
 from o2v_batch.formats import Block, Lines, Oversize, Record
 
+KB = 2**10
 MB = 2**20
 STRATEGIES = ("MultiRecord", "SingleRecord")
 

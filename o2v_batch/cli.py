@@ -13,7 +13,7 @@ import click
 
 from o2v_batch import __version__
 from o2v_batch.cli_model import inspect_command, train_command
-from o2v_batch.cli_options import Payload, SeqLens, worker_options
+from o2v_batch.cli_options import PayloadSize, SeqLens, worker_options
 from o2v_batch.cli_serve import serve_command
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
@@ -91,7 +91,7 @@ def _on_sigterm(signum, frame):
 )
 @click.option(
     "--max-payload",
-    type=Payload(),
+    type=PayloadSize(no_cap=True),
     default=6.0,
     help="Mini-batch cap on record bytes: a number of MB (MB = 2^20 bytes, fractions "
     "allowed), or 6MB, 500KB (KB = 2^10 bytes); 0 = no cap. [default: 6MB]",

@@ -1,5 +1,5 @@
-"""Option bundles shared by the commands that run workers (`transform`, `serve`), and
-the option types of `transform`."""
+"""Option bundles and value types shared by the commands that run workers
+(`transform`, `serve`), and the option types of `transform`."""
 
 from __future__ import annotations
 
@@ -56,19 +56,24 @@ class SeqLens(click.ParamType):
         return int(parts[0]), int(parts[1])
 
 
-class Payload(click.ParamType):
-    """--max-payload: MB (2^20 bytes) as a number, or with a unit: 6MB, 500KB (2^10 bytes)."""
+class PayloadSize(click.ParamType):
+    """--max-payload: MB (2^20 bytes) as a number, fractions allowed, or with a unit:
+    6MB, 500KB (2^10 bytes). The value is in MB; 0 is accepted only when it means no cap."""
 
     name = "SIZE"
 
+    def __init__(self, no_cap: bool) -> None:
+        self.no_cap = no_cap
+
     def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
+        if isinstance(value, float | int):
+            return float(value)
         number, unit = re.fullmatch(r"(.*?)\s*(mb|kb)?", str(value).strip(), re.I).groups()
         try:
             mb = float(number)
         except ValueError:
             mb = math.nan
-        if not (math.isfinite(mb) and mb >= 0):
-            self.fail(f"{value!r} is not a size >= 0 such as 6, 0.5, 6MB or 500KB", param, ctx)
+        if not (math.isfinite(mb) and (mb >= 0 if self.no_cap else mb > 0)):
+            least = ">= 0" if self.no_cap else "> 0"
+            self.fail(f"{value!r} is not a size {least} such as 6, 0.5, 6MB or 500KB", param, ctx)
         return mb / 1024 if unit and unit.lower() == "kb" else mb

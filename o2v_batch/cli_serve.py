@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import click
 
-from o2v_batch.cli_options import worker_options
+from o2v_batch.cli_options import PayloadSize, worker_options
 from o2v_batch.config import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_INVOCATION_TIMEOUT_S,
@@ -78,9 +78,10 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
 )
 @click.option(
     "--max-payload",
-    type=click.IntRange(min=1),
-    help=f"Largest request body in MB (2^20 bytes); a larger one is a 413. "
-    f"[default: ${PAYLOAD_VARIABLE}, else {DEFAULT_PAYLOAD_MB}]",
+    type=PayloadSize(no_cap=False),
+    help="Largest request body, as transform's --max-payload: a number of MB (MB = 2^20 "
+    "bytes, fractions allowed), or 6MB, 500KB (KB = 2^10 bytes); a larger one is a 413. "
+    f"[default: ${PAYLOAD_VARIABLE} MB, else {DEFAULT_PAYLOAD_MB}MB]",
 )
 @worker_options
 @click.option(
@@ -153,6 +154,8 @@ def serve_command(**options) -> None:
         raise click.UsageError(str(exc)) from None
     try:
         serve(config)
+    except ConfigError as exc:  # an extra that is not installed
+        raise click.UsageError(str(exc)) from None
     except O2VError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("o2v-batch: stopped", err=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 
 class O2VError(Exception):
     """Base class of every error o2v-batch reports to its user."""
@@ -57,3 +59,22 @@ class ConfigError(O2VError, ValueError):
 
 class DiskFullError(O2VError):
     """The disk filled up while a model was downloaded or extracted."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency is not installed: a usage error naming the extra to install."""
+
+
+def missing_extra(feature: str, package: str, extra: str) -> str:
+    """What `feature` needs and how to install the extra that brings it. o2v-batch is on
+    no public index: the extra installs from a checkout or a built wheel."""
+    return (
+        f"{feature} needs {package}: pip install -e '.[{extra}]' in a checkout, "
+        f'or pip install "$(ls dist/o2v_batch-*.whl)[{extra}]" for a built wheel'
+    )
+
+
+def require_extra(module: str, feature: str, package: str, extra: str) -> None:
+    """MissingExtraError when `module` cannot be found: `feature` needs it."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(missing_extra(feature, package, extra))

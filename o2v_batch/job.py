@@ -18,8 +18,16 @@ from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
 from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError, UnsafePathError
 from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.io.stdio import StdoutClosed
 from o2v_batch.metrics import check_textfile, job_metrics
-from o2v_batch.report import Faults, JobSummary, ShardReport, shard_failed, stderr_line
+from o2v_batch.report import (
+    Faults,
+    JobSummary,
+    ShardReport,
+    reader_closed,
+    shard_failed,
+    stderr_line,
+)
 from o2v_batch.sharding import assign, summary_name
 
 ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
@@ -38,16 +46,22 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         for report in unserved:
             if report.status == "failed":
                 log(shard_failed(report.reason or ""))
-        faults, complete = Faults(), False
+        faults, complete, quiet = Faults(), False, False
         try:
             if tasks:  # a resume with nothing left serves nothing: its spares stop
                 engine.run(config, tasks, model_dir, log, faults, spares)
             complete = True
+        except StdoutClosed:
+            # `... | head -3`: no failure to report, as a Unix tool stopped by a closed
+            # pipe says nothing; one line says how far it got instead of the summary.
+            log(reader_closed([t.report for t in tasks]))
+            quiet = True
+            raise
         finally:
             reports = [t.report for t in tasks] + unserved
             summary = JobSummary.of(reports, faults, time.monotonic() - start)
             outcome.ended(summary, complete and summary.shards_failed == 0)
-            _finish(summary, config, complete, log)
+            _finish(summary, config, complete, log, quiet)
     return summary
 
 
@@ -192,13 +206,18 @@ def _progress_target(config: TransformConfig) -> list[str]:
 
 
 def _finish(
-    summary: JobSummary, config: TransformConfig, complete: bool, log: Callable[[str], None]
+    summary: JobSummary,
+    config: TransformConfig,
+    complete: bool,
+    log: Callable[[str], None],
+    quiet: bool = False,
 ) -> None:
-    """Logs the summary and writes it where it goes: a job that stopped or failed leaves
-    its progress for --resume; a whole one removes earlier progress, which `_SUCCESS`
-    now holds."""
-    for line in summary.lines():
-        log(f"o2v-batch: {line}")
+    """Logs the summary (unless `quiet`) and writes it where it goes: a job that stopped
+    or failed leaves its progress for --resume; a whole one removes earlier progress,
+    which `_SUCCESS` now holds."""
+    if not quiet:
+        for line in summary.lines():
+            log(f"o2v-batch: {line}")
     document = summary.to_json()
     for target in _summary_targets(config, complete, summary.shards_failed):
         io.write_atomic(target, document)

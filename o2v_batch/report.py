@@ -3,12 +3,15 @@ use, and the progress bar."""
 
 from __future__ import annotations
 
+import math
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from o2v_batch.batching import KB, MB
 from o2v_batch.errors import O2VError
 from o2v_batch.formats import at_record, where
 from o2v_batch.io import describe_error, one_line, shown
@@ -112,7 +115,7 @@ class JobSummary:
             worker_restarts=faults.worker_restarts,
             mini_batch_retries=faults.mini_batch_retries,
             seconds=round(seconds, 3),
-            records_per_second=round(served / seconds, 1) if seconds > 0 else 0.0,
+            records_per_second=_rounded(served / seconds) if seconds > 0 else 0.0,
             failed=[_named(r) for r in with_status("failed")],
             skipped=[_named(r) for r in with_status("skipped")],
             bad_records_by_shard={shown(r.shard): r.bad_records for r in reports if r.bad_records},
@@ -127,19 +130,24 @@ class JobSummary:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2) + b"\n"
 
     def lines(self) -> list[str]:
-        unfinished = f", {self.shards_unfinished} unfinished" if self.shards_unfinished else ""
+        unfinished = (
+            f", {count(self.shards_unfinished)} unfinished" if self.shards_unfinished else ""
+        )
         out = [
-            f"shards: {self.shards_ok} ok, {self.shards_failed} failed, {self.shards_skipped} skipped{unfinished}",
-            f"records: {self.records_in} in, {self.records_out} out, {self.bad_records} bad, "
-            f"{self.records_not_written} not written, {self.truncated_sequences} truncated sequences",
-            f"mini-batches: {self.mini_batches} (largest {self.largest_mini_batch_bytes} bytes)",
+            f"shards: {count(self.shards_ok)} ok, {count(self.shards_failed)} failed, "
+            f"{count(self.shards_skipped)} skipped{unfinished}",
+            f"records: {count(self.records_in)} in, {count(self.records_out)} out, "
+            f"{count(self.bad_records)} bad, {count(self.records_not_written)} not written, "
+            f"{plural(self.truncated_sequences, 'truncated sequence')}",
+            f"mini-batches: {count(self.mini_batches)} "
+            f"(largest {plural(self.largest_mini_batch_bytes, 'byte')})",
         ]
         if self.worker_restarts or self.mini_batch_retries:
             out.append(
-                f"faults: {self.worker_restarts} worker restarts, "
-                f"{self.mini_batch_retries} mini-batch retries"
+                f"faults: {plural(self.worker_restarts, 'worker restart')}, "
+                f"{plural(self.mini_batch_retries, 'mini-batch retry', 'mini-batch retries')}"
             )
-        out.append(f"time: {self.seconds:.2f} s, {self.records_per_second:,.0f} records/s")
+        out.append(f"time: {self.seconds:.2f} s, {rate(self.records_per_second)} records/s")
         out += [f"failed: {f['reason']}" for f in self.failed]
         out += [f"skipped: {s['shard']}: {s['reason']}" for s in self.skipped]
         return out
@@ -148,6 +156,44 @@ class JobSummary:
 def _named(report: ShardReport) -> dict:
     """A failed or skipped shard as the summary lists it: its name shown, its reason one line."""
     return {"shard": shown(report.shard), "reason": one_line(report.reason or "")}
+
+
+# -- numbers, written alike in every message -------------------------------------
+
+
+def count(n: int) -> str:
+    """A count with thousands separators: 400,002."""
+    return f"{n:,}"
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`n` and the word that goes with it: 1 request, 2 requests, 1 mini-batch retry."""
+    return f"{count(n)} {one if n == 1 else many or one + 's'}"
+
+
+def size(nbytes: int) -> str:
+    """A size as --max-payload is given: 6 MB, 500 KB, else in bytes (1,048 bytes)."""
+    for unit, scale in (("MB", MB), ("KB", KB)):
+        if nbytes >= scale and nbytes % scale == 0:
+            return f"{count(nbytes // scale)} {unit}"
+    return plural(nbytes, "byte")
+
+
+def rate(per_second: float) -> str:
+    """A rate: whole numbers with thousands separators from 100 up (27,249), three
+    significant figures below (42.2, 4.2, 0.0513), so that no work done reads as 0."""
+    if per_second >= 100 or per_second <= 0:
+        return f"{per_second:,.0f}"
+    decimals = 2 - math.floor(math.log10(per_second))
+    return f"{per_second:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _rounded(per_second: float) -> float:
+    """A rate as the JSON summary keeps it: to 0.1 from 100 up, else to three
+    significant figures (a slow job's rate is never rounded to 0)."""
+    if per_second >= 100 or per_second <= 0:
+        return round(per_second, 1)
+    return float(f"{per_second:.3g}")
 
 
 # -- messages, worded alike by both engines -------------------------------------
@@ -173,9 +219,22 @@ def batch_failure(pos: int, content_type: str, reason: str) -> str:
 
 def oversize_problem(size: int, cap: int, capped: bool) -> str:
     """What is wrong with a record too big for a mini-batch."""
+    record, limit = plural(size, "byte"), plural(cap, "byte")
     if capped:
-        return f"record is {size} bytes, over the --max-payload cap of {cap} bytes"
-    return f"record is {size} bytes, over the limit of {cap} bytes for one record"
+        return f"record is {record}, over the --max-payload cap of {limit}"
+    return f"record is {record}, over the limit of {limit} for one record"
+
+
+def reader_closed(reports: list[ShardReport]) -> str:
+    """The one line of a job whose stdout was closed by its reader (`... | head -3`):
+    how much it had written, in whole shards (a shard goes to stdout whole or not at all,
+    though its reader may stop partway through one)."""
+    done = [r for r in reports if r.status == "ok"]
+    records = sum(r.records_out + r.bad_records for r in done)
+    return (
+        f"o2v-batch: stdout's reader closed the pipe after {plural(len(done), 'whole shard')} "
+        f"({plural(records, 'record')}); stopped"
+    )
 
 
 def shard_failed(reason: str) -> str:
@@ -200,38 +259,68 @@ def stderr_line(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+# Seconds between redraws of the bar while nothing changes: its time keeps moving.
+REDRAW_S = 0.5
+# The bar before any bytes are done: tqdm would write 0 bytes as "0.00".
+_NOTHING_DONE = {
+    True: "{l_bar}{bar}| 0/{total_fmt} [{elapsed}<?{postfix}]",  # a total is known
+    False: "{desc}: 0B [{elapsed}{postfix}]",
+}
+
+
 class Progress:
-    """Input bytes read (a total and an ETA when every shard's size is known) and
-    records read, on stderr. Silent when disabled, so callers never test for None;
-    None: on when stderr is a terminal."""
+    """The input bytes done (a total and an ETA when every shard's size is known) and
+    the records done, on stderr. Bytes are done once the records read from them are
+    written (or their shard has failed), so 100% means written. Drawn from the start
+    and redrawn every REDRAW_S on a thread, so its time and rate move while workers
+    start. Silent when disabled, so callers never test for None; None: on when stderr
+    is a terminal."""
 
     def __init__(self, enabled: bool | None, total_bytes: int | None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.total_bytes = total_bytes
         self._bar: Any = None
+        self._closing = threading.Event()
+        self._redraws: threading.Thread | None = None
+        if self.enabled:
+            self._start()
+
+    def _start(self) -> None:
+        from tqdm import tqdm  # only a job needs it, not --help
+
+        self._bar = tqdm(
+            total=self.total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="o2v-batch",
+            file=sys.stderr,
+            postfix="0 records",
+            bar_format=_NOTHING_DONE[bool(self.total_bytes)],
+        )
+        self._redraws = threading.Thread(
+            target=self._redraw, name="o2v-batch progress", daemon=True
+        )
+        self._redraws.start()
+
+    def _redraw(self) -> None:
+        while not self._closing.wait(REDRAW_S):
+            self._bar.refresh()
 
     def show(self, nbytes: int, records: int) -> None:
-        """Moves the bar to `nbytes` read and `records` records (both so far, in all)."""
-        if not self.enabled or nbytes <= 0:
-            return  # drawn from the first byte: never an empty "0.00" bar
-        postfix = f"{records:,} records"
+        """Moves the bar to `nbytes` done and `records` records (both so far, in all)."""
         if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=self.total_bytes,
-                initial=nbytes,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc="o2v-batch",
-                file=sys.stderr,
-                postfix=postfix,
-            )
             return
-        self._bar.set_postfix_str(postfix, refresh=False)
+        self._bar.set_postfix_str(f"{count(records)} records", refresh=False)
+        first = nbytes > 0 and self._bar.bar_format is not None
+        if first:
+            self._bar.bar_format = None  # tqdm's own from now on, with the rate and the ETA
         self._bar.update(nbytes - self._bar.n)
+        if first:
+            self._bar.refresh()  # at once, not after tqdm's minimum interval
 
     def close(self) -> None:
         if self._bar is not None:
+            self._closing.set()
+            self._redraws.join()
             self._bar.close()

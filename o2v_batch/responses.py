@@ -11,7 +11,6 @@ share) and o2v_batch/parquet.py; their common base classes in o2v_batch/codec.py
 from __future__ import annotations
 
 import abc
-import importlib.util
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from o2v_batch.codec import (
     Codec,
     Framer,
 )
-from o2v_batch.errors import ConfigError
+from o2v_batch.errors import ConfigError, require_extra
 from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
@@ -211,10 +210,8 @@ def _format_problem(config: TransformConfig) -> str | None:
             f"--accept {accept} writes one binary file per shard: OUTPUT must be a folder "
             "or s3://bucket/prefix/, not - (stdout)"
         )
-    if accept != NPY and importlib.util.find_spec("pyarrow") is None:
-        return (
-            f"--accept {accept} needs pyarrow: pip install pyarrow (the o2v-batch[parquet] extra)"
-        )
+    if accept != NPY:
+        require_extra("pyarrow", f"--accept {accept}", "pyarrow", "parquet")
     joined, filtered = config.join_source == "Input", config.output_filter.strip() != "$"
     if accept == NPY:
         for option, used in (

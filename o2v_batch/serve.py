@@ -11,6 +11,7 @@ coroutine each while the requests themselves wait, bounded, for the worker proce
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 
 from o2v_batch.artifacts import PRECISIONS, check_model, resolve_model
-from o2v_batch.batching import MB
+from o2v_batch.batching import payload_bytes
 from o2v_batch.config import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_INVOCATION_TIMEOUT_S,
@@ -31,10 +32,10 @@ from o2v_batch.config import (
     MODES,
 )
 from o2v_batch.devices import check_devices, parse_devices
-from o2v_batch.errors import ConfigError, O2VError, WorkerError
+from o2v_batch.errors import ConfigError, O2VError, WorkerError, require_extra
 from o2v_batch.metrics import CONTENT_TYPE, ServeMetrics
 from o2v_batch.protocol import ServingOptions, WorkerSpec
-from o2v_batch.report import batch_failure, stderr_line
+from o2v_batch.report import batch_failure, plural, size, stderr_line
 from o2v_batch.runtime import plan_workers
 from o2v_batch.serve_pool import Dispatcher
 from o2v_batch.serve_requests import (
@@ -50,12 +51,7 @@ from o2v_batch.serve_requests import (
 WORKER_FACTORY = "o2v_batch.serve_worker:create_server"
 # Seconds a SIGTERM leaves in-flight requests to finish before they are cut off.
 DRAIN_TIMEOUT_S = 30.0
-MISSING_UVICORN = (
-    "o2v-batch serve needs uvicorn: pip install -e '.[serve]' in a checkout, "
-    'or pip install "$(ls dist/o2v_batch-*.whl)[serve]" for a built wheel'
-)
 _TEXT = b"text/plain; charset=utf-8"
-ROUTES = ("/ping", "/invocations", "/execution-parameters", "/metrics")
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ class ServeConfig:
     precision: str = "fp32"  # the dtype the network runs in (artifacts.PRECISIONS)
     workers: int | None = None  # None: one per GPU, or the CPU default of transform
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
-    max_payload: int = 6  # MB (2**20 bytes) per request body
+    max_payload: float = 6.0  # MB (2**20 bytes, fractions allowed) per request body
     # Requests waiting beyond those the workers hold; more get 503, so memory stays bounded.
     max_queued_requests: int = DEFAULT_MAX_QUEUED
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -92,13 +88,14 @@ class ServeConfig:
         for name, value, least in (
             ("--workers", self.workers, 1),
             ("--max-concurrent-transforms", self.max_concurrent_transforms, 1),
-            ("--max-payload", self.max_payload, 1),
             ("--max-queued-requests", self.max_queued_requests, 0),
             ("--max-retries", self.max_retries, 0),
             ("--max-connections", self.max_connections, 1),
         ):
             if value is not None and value < least:
                 raise ConfigError(f"{name} must be at least {least}, got {value}")
+        if not (math.isfinite(self.max_payload) and self.max_payload > 0):
+            raise ConfigError(f"--max-payload must be a number of MB > 0, got {self.max_payload}")
         for name, seconds in (
             ("--invocation-timeout", self.invocation_timeout),
             ("--body-timeout", self.body_timeout),
@@ -112,12 +109,11 @@ def serve(config: ServeConfig, log: Callable[[str], None] | None = None) -> None
     the workers. The model is checked first. O2VError when the model, the port or the
     workers fail."""
     log = log or stderr_line
+    require_extra("uvicorn", "o2v-batch serve", "uvicorn", "serve")
     model_dir = resolve_model(config.model)
     check_model(model_dir, encoders_only=config.mode == "embedding")
-    try:
-        import uvicorn
-    except ModuleNotFoundError:
-        raise O2VError(MISSING_UVICORN) from None
+    import uvicorn
+
     listener = _listen(config.host, config.port)
     port = listener.getsockname()[1]
     servers = []  # the HTTP server once built: workers that cannot serve stop it
@@ -222,16 +218,18 @@ class _App:
     def __init__(self, config: ServeConfig, dispatcher: Dispatcher, metrics: ServeMetrics) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics
-        self.limit = config.max_payload * MB
+        self.limit = payload_bytes(config.max_payload)
         self.body_timeout = config.body_timeout
         self.max_pending = dispatcher.capacity + config.max_queued_requests
         self.pending = 0  # requests whose whole body has arrived, waiting or in flight
         self._stopping: asyncio.Future | None = None  # done once the server stops
+        # SageMaker's field is a whole number of MB; a fraction (500KB) is told exactly.
+        mb = float(config.max_payload)
         self.parameters = orjson.dumps(
             {
                 "MaxConcurrentTransforms": dispatcher.capacity,
                 "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": config.max_payload,
+                "MaxPayloadInMB": int(mb) if mb.is_integer() else mb,
             }
         )
 
@@ -242,23 +240,16 @@ class _App:
             await self._route(scope, receive, send)
 
     async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
-        route = (scope["method"], scope["path"])
-        if route == ("GET", "/ping"):
-            await self._ping(send)
-        elif route == ("GET", "/execution-parameters"):
-            await _respond(send, 200, self.parameters, b"application/json")
-        elif route == ("POST", "/invocations"):
-            await self._invoke(scope, receive, send)
-        elif route == ("GET", "/metrics"):  # on the event loop: never queued behind the workers
-            await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE)
-        elif scope["path"] in ROUTES:
-            message = f"{scope['method']} is not allowed on {scope['path']}\n"
-            await _respond(send, 405, message.encode(), _TEXT)
+        method, path = scope["method"], scope["path"]
+        handler = _ROUTES.get((method, path))
+        if handler is not None:
+            await handler(self, scope, receive, send)
+        elif path in ROUTES:
+            await _respond(send, 405, f"{method} is not allowed on {path}\n".encode(), _TEXT)
         else:
-            message = f"not found: use {', '.join(ROUTES)}\n"
-            await _respond(send, 404, message.encode(), _TEXT)
+            await _respond(send, 404, _NOT_FOUND, _TEXT)
 
-    async def _ping(self, send: Callable) -> None:
+    async def _ping(self, scope: dict, receive: Callable, send: Callable) -> None:
         """200 once a worker has served the warm-up request."""
         if self.dispatcher.ready.is_set():
             await _respond(send, 200, b"", _TEXT)
@@ -267,6 +258,13 @@ class _App:
             await _respond(send, 503, message, _TEXT)
         else:
             await _respond(send, 503, b"the model is loading\n", _TEXT)
+
+    async def _parameters(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await _respond(send, 200, self.parameters, b"application/json")
+
+    async def _metrics(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """On the event loop: never queued behind the workers."""
+        await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE)
 
     def stop(self) -> None:
         """The server is stopping: bodies still arriving are refused from now on."""
@@ -328,7 +326,9 @@ class _App:
         """The response to a whole request: it waits for a worker if a place is free."""
         if self.pending >= self.max_pending:
             raise RequestError(
-                503, f"the server is busy: {self.pending} requests are waiting; retry later"
+                503,
+                f"the server is busy: {plural(self.pending, 'request')} "
+                f"{'is' if self.pending == 1 else 'are'} waiting; retry later",
             )
         self.pending += 1
         try:
@@ -348,9 +348,20 @@ class _App:
     def _too_large(self) -> RequestError:
         return RequestError(
             413,
-            f"the request body is over {self.limit // MB} MB "
+            f"the request body is over {size(self.limit)} "
             "(SAGEMAKER_MAX_PAYLOAD_IN_MB, --max-payload)",
         )
+
+
+# The routing table: every route the server answers, and the one list of its paths.
+_ROUTES: dict[tuple[str, str], Callable] = {
+    ("GET", "/ping"): _App._ping,
+    ("POST", "/invocations"): _App._invoke,
+    ("GET", "/execution-parameters"): _App._parameters,
+    ("GET", "/metrics"): _App._metrics,
+}
+ROUTES = tuple(dict.fromkeys(path for _, path in _ROUTES))
+_NOT_FOUND = f"not found: use {', '.join(ROUTES)}\n".encode()
 
 
 class _Body:

@@ -1,13 +1,13 @@
-"""The benchmark (protocol: DESIGN.md section 7).
+"""The benchmark (its protocol and latest figures: the README's Performance section).
 
 Generates its workloads (seeded), then runs, side by side on the same data and model,
 each as its own process: o2v-batch `transform` (defaults, the same records in one file,
 then variants), a hand-written json loop, Ray Data, the model-only ceiling and the I/O
 floor (every core); plus the start-up time of a tiny job, o2v-batch's peak memory on ten
 times the input, and `o2v-batch serve`'s requests/s and latency under concurrent clients
-(`--systems serve`). Every o2v-batch row is held against the bound (DESIGN section 7:
-on CPU 1 / (1/ceiling + 1/io_floor), on a GPU min(ceiling, io_floor)) and reports the
-parent process's share of the job's CPU time. Prints a Markdown table, writes it as JSON
+(`--systems serve`). Every o2v-batch row is held against the bound (on CPU
+1 / (1/ceiling + 1/io_floor), on a GPU min(ceiling, io_floor)) and reports the parent
+process's share of the job's CPU time. Prints a Markdown table, writes it as JSON
 (bench.json) and plots records/s (bench.png, when matplotlib is installed).
 
 Usage:
@@ -191,7 +191,7 @@ class Row:
     others_cores: float | None = None  # CPU used outside the run, in cores: the noise
     parent_cpu_share: float | None = None  # the top process's CPU over its whole tree's
     gpu_busy_percent: float | None = None  # nvidia-smi's utilization.gpu, mean over the run
-    bound: float | None = None  # records/s, for o2v-batch rows (DESIGN section 7)
+    bound: float | None = None  # records/s, for o2v-batch rows (README, Performance)
     ratio_to_bound: float | None = None
     ratio_to_o2v: float | None = None
     ratio_to_ceiling: float | None = None
@@ -1111,7 +1111,7 @@ def write_columnar(stem: Path, vectors: np.ndarray, key: str, output: str) -> No
 
 
 def bound(ceiling: float, io_floor: float, device: str) -> float:
-    """The records/s o2v-batch is held against (DESIGN section 7). On CPU the model and
+    """The records/s o2v-batch is held against (README, Performance). On CPU the model and
     the host work share the cores, so their times add up; on a GPU the device and the
     cores work side by side, so the slower of the two decides."""
     if device == "cpu":

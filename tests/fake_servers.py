@@ -53,3 +53,24 @@ class AlwaysRaise(Echo):
 class FailToLoad(Echo):
     def __init__(self, model_dir: str, device: str, options, threads: int) -> None:
         raise ValueError("no such model")
+
+
+class SlowStart(Echo):
+    """Takes SLOW_START_S over its first mini-batch and SLOW_SERVE_S over each later one,
+    and appends the time each was served (time.time()) to `served` in the model folder:
+    a job whose first result comes late and whose last ones come one by one."""
+
+    def __init__(self, model_dir: str, device: str, options, threads: int) -> None:
+        super().__init__(model_dir, device, options, threads)
+        self.first = True
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        time.sleep(SLOW_START_S if self.first else SLOW_SERVE_S)
+        self.first = False
+        result = super().serve(positions, records, content_type, accept)
+        with open(os.path.join(self.model_dir, "served"), "a") as log:
+            log.write(f"{time.time()}\n")
+        return result
+
+
+SLOW_START_S, SLOW_SERVE_S = 2.5, 0.25

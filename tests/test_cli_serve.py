@@ -92,6 +92,27 @@ def test_bad_options_are_usage_errors(configs, options, message):
     assert message in result.output
 
 
+@pytest.mark.parametrize(
+    ("value", "megabytes"),
+    [("6", 6.0), ("0.05", 0.05), ("6MB", 6.0), ("500KB", 500 / 1024), ("2 mb", 2.0)],
+)
+def test_max_payload_takes_the_sizes_transform_takes(configs, value, megabytes):
+    result = CliRunner().invoke(cli, ["serve", "--max-payload", value])
+    assert result.exit_code == 0, result.output
+    assert configs[0].max_payload == megabytes
+
+
+def test_max_payload_must_leave_a_cap(configs):
+    result = CliRunner().invoke(cli, ["serve", "--max-payload", "0"])
+    assert (result.exit_code, configs) == (2, [])
+    assert result.output.endswith(
+        "Error: Invalid value for '--max-payload': '0' is not a size > 0 such as 6, 0.5, "
+        "6MB or 500KB\n"
+    )
+    with pytest.raises(ConfigError, match="--max-payload must be a number of MB > 0, got 0"):
+        serve.ServeConfig(max_payload=0)
+
+
 def test_a_missing_model_fails_in_one_line_before_anything_starts(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nowhere"), "--port", "0"])
     assert result.exit_code == 1

@@ -270,8 +270,8 @@ def test_missing_pyarrow_is_a_one_line_install_hint(tmp_path: Path, monkeypatch)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert result.output.endswith(
-        f"Error: --accept {PARQUET} needs pyarrow: pip install pyarrow "
-        "(the o2v-batch[parquet] extra)\n"
+        f"Error: --accept {PARQUET} needs pyarrow: pip install -e '.[parquet]' in a checkout, "
+        'or pip install "$(ls dist/o2v_batch-*.whl)[parquet]" for a built wheel\n'
     )
     # .npy needs numpy only.
     config = TransformConfig(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "m", accept=NPY)

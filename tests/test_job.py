@@ -4,6 +4,7 @@ what it checks before any work; --resume and its summary; progress on stderr."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -524,8 +525,67 @@ def test_the_bar_has_a_total_and_messages_go_above_it(tmp_path, model_dir):
     assert err[:failed].rstrip(b" ").endswith(b"\r")  # the bar's line was blanked first
     bars = re.findall(rb"\ro2v-batch: +(\d+)%\|.*? \[.*?, ([\d,]+) records\]", err)
     assert bars and bars[-1][0] == b"100"
-    records_in = re.search(rb"\no2v-batch: records: (\d+) in, ", err).group(1)
-    assert bars[-1][1].replace(b",", b"") == records_in == b"12001"
+    records_in = re.search(rb"\no2v-batch: records: ([\d,]+) in, ", err).group(1)
+    assert bars[-1][1] == records_in == b"12,001"
+
+
+class _TimedStderr(io.StringIO):
+    """stderr that remembers when each piece of text was written (time.time())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append((time.time(), text))
+        return super().write(text)
+
+
+BAR = re.compile(r"o2v-batch: +(\d+)%\|.*?\| (\S+)/\S+ \[(\d\d):(\d\d)<.*, ([\d,]+) records\]")
+
+
+@pytest.mark.slow
+def test_the_bar_moves_from_the_first_second_and_is_full_only_once_written(tmp_path, monkeypatch):
+    """A worker slow to answer its first mini-batch (as a GPU worker importing torch is),
+    then one mini-batch at a time: the bar's time moves before anything comes back, and
+    100% comes only once the last mini-batch is written, not once the input is read."""
+    from fake_servers import SLOW_START_S
+
+    model = make_model(tmp_path / "model")
+    write_jsonl(tmp_path / "in" / "a.jsonl", random_records(600, seed=1))
+    stderr = _TimedStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    config = TransformConfig(
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        str(model),
+        progress=True,
+        workers=1,
+        max_concurrent_transforms=1,
+        max_payload=0.004,  # 4 KiB: about 8 mini-batches
+        worker_factory="fake_servers:SlowStart",
+    )
+    summary = transform(config)
+    monkeypatch.undo()
+    served = [float(t) for t in (model / "served").read_text().split()]
+    assert summary.mini_batches == len(served) >= 6
+    bars = [
+        (at, int(m[1]), int(m[3]) * 60 + int(m[4]), int(m[5].replace(",", "")))
+        for at, text in stderr.writes
+        if (m := BAR.search(text))
+    ]
+    # Before the first mini-batch came back: the time moved, nothing was done.
+    waiting = [(pct, seconds) for at, pct, seconds, _ in bars if at < served[0]]
+    assert (0, int(SLOW_START_S) - 1) in waiting or (0, int(SLOW_START_S)) in waiting, waiting
+    assert all(pct == 0 for pct, _ in waiting)
+    # Then up, mini-batch by mini-batch, to 100% once the last was written, not before.
+    percents = [pct for _, pct, _, _ in bars]
+    assert percents == sorted(percents)
+    assert len({pct for pct in percents if 0 < pct < 100}) >= 3
+    full = [(at, records) for at, pct, _, records in bars if pct == 100]
+    assert full and full[0][0] >= served[-1]
+    assert all(records == 600 for _, records in full)
+    assert [pct for at, pct, _, _ in bars if at < served[-1]][-1] < 100
 
 
 @pytest.mark.slow

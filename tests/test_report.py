@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -13,10 +14,14 @@ from o2v_batch.report import (
     JobSummary,
     Progress,
     ShardReport,
+    count,
     oversize_problem,
+    plural,
+    rate,
     read_failure,
     record_failure,
     recovered,
+    size,
     stderr_line,
 )
 
@@ -66,8 +71,60 @@ def test_summary_lines():
 def test_restarts_and_retries_appear_in_the_summary_lines():
     faults = Faults(worker_restarts=1, mini_batch_retries=2)
     summary = JobSummary.of(_reports(), faults, 2.0)
-    assert summary.lines()[3] == "faults: 1 worker restarts, 2 mini-batch retries"
+    assert summary.lines()[3] == "faults: 1 worker restart, 2 mini-batch retries"
     assert json.loads(summary.to_json())["mini_batch_retries"] == 2
+
+
+def test_a_big_job_reads_in_one_number_style():
+    """Counts and rates alike, with thousands separators; singular where one."""
+    ok = ShardReport("a", "a.out", status="ok", records_in=400_002, records_out=400_002)
+    ok.count_batch(0, 6_291_000)
+    ok.mini_batches, ok.truncated = 1_205, 1
+    summary = JobSummary.of([ok], Faults(worker_restarts=1, mini_batch_retries=1), 14.679)
+    assert summary.lines() == [
+        "shards: 1 ok, 0 failed, 0 skipped",
+        "records: 400,002 in, 400,002 out, 0 bad, 0 not written, 1 truncated sequence",
+        "mini-batches: 1,205 (largest 6,291,000 bytes)",
+        "faults: 1 worker restart, 1 mini-batch retry",
+        "time: 14.68 s, 27,250 records/s",
+    ]
+    assert summary.records_per_second == 27249.9
+
+
+@pytest.mark.parametrize(
+    ("records", "seconds", "shown", "kept"),
+    [
+        (3, 1.43, "2.1", 2.1),
+        (21, 5.0, "4.2", 4.2),
+        (1, 70.0, "0.0143", 0.0143),
+        (500, 12.0, "41.7", 41.7),
+        (0, 3.0, "0", 0.0),
+    ],
+)
+def test_a_small_jobs_rate_keeps_three_significant_figures(records, seconds, shown, kept):
+    ok = ShardReport("a", "a.out", status="ok", records_in=records, records_out=records)
+    summary = JobSummary.of([ok], Faults(), seconds)
+    assert summary.lines()[-1].endswith(f", {shown} records/s")
+    assert summary.records_per_second == kept
+
+
+def test_numbers_are_written_by_one_set_of_helpers():
+    assert [count(0), count(999), count(1000), count(400002)] == ["0", "999", "1,000", "400,002"]
+    assert [plural(1, "request"), plural(4, "request")] == ["1 request", "4 requests"]
+    assert plural(2, "retry", "retries") == "2 retries"
+    assert [rate(27249.4), rate(99.96), rate(4.2), rate(0.05), rate(0)] == [
+        "27,249",
+        "100",
+        "4.2",
+        "0.05",
+        "0",
+    ]
+    assert [size(6 * 2**20), size(500 * 2**10), size(1048), size(1)] == [
+        "6 MB",
+        "500 KB",
+        "1,048 bytes",
+        "1 byte",
+    ]
 
 
 def test_records_in_are_out_bad_or_not_written_whatever_became_of_their_shard():
@@ -131,10 +188,10 @@ def test_record_and_oversize_messages():
     assert record_failure("a.json", 3, "application/json", "bad") == "a.json: instances[3]: bad"
     assert record_failure("a.jsonl", 3, "application/jsonlines", "bad") == "a.jsonl: line 3: bad"
     assert oversize_problem(5000, 1048, True) == (
-        "record is 5000 bytes, over the --max-payload cap of 1048 bytes"
+        "record is 5,000 bytes, over the --max-payload cap of 1,048 bytes"
     )
     assert oversize_problem(5000, 1048, False) == (
-        "record is 5000 bytes, over the limit of 1048 bytes for one record"
+        "record is 5,000 bytes, over the limit of 1,048 bytes for one record"
     )
 
 
@@ -145,10 +202,10 @@ def test_a_disabled_progress_bar_is_still_a_bar(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_bar_shows_bytes_of_the_total_and_records_never_an_empty_start(capsys):
+def test_the_bar_shows_bytes_done_of_the_total_and_records_never_0_00(capsys):
     bar = Progress(True, 4 * 2**20)
-    bar.show(0, 0)
-    assert capsys.readouterr().err == ""  # nothing read yet: nothing drawn
+    # Drawn at once, before anything is done, with nothing tqdm would write as "0.00".
+    assert capsys.readouterr().err == "\ro2v-batch:   0%|          | 0/4.00M [00:00<?, 0 records]"
     bar.show(2**20, 1234)
     bar.show(4 * 2**20, 5000)
     bar.close()
@@ -158,11 +215,21 @@ def test_the_bar_shows_bytes_of_the_total_and_records_never_an_empty_start(capsy
     assert "100%" in err and "4.00M/4.00M" in err and "5,000 records]" in err
 
 
+def test_the_bars_time_moves_while_nothing_is_done(capsys):
+    """Redrawn on a timer: a job whose workers take seconds to start shows them passing."""
+    bar = Progress(True, 100)
+    time.sleep(1.3)
+    seen = capsys.readouterr().err
+    bar.close()
+    assert "| 0/100 [00:01<?, 0 records]" in seen
+
+
 def test_without_a_total_the_bar_counts_bytes(capsys):
     bar = Progress(True, None)
     bar.show(3 * 2**20, 7)
     bar.close()
     err = capsys.readouterr().err
+    assert err.startswith("\ro2v-batch: 0B [00:00, 0 records]")
     assert "3.00MB" in err and "7 records]" in err and "%" not in err
 
 

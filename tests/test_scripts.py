@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -280,6 +281,25 @@ def test_scripts_name_the_extra_they_need(script, module, args):
     )
     assert (run.returncode, run.stdout) == (1, "")
     assert run.stderr == f"scripts/{script} needs {module}: pip install -e '.[bench]'\n"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
+def test_help_cites_only_what_the_repository_holds(script):
+    """A script's --help sends its reader to files and README sections that exist."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "DESIGN" not in run.stdout
+    for name in re.findall(r"[\w./-]+\.md\b", run.stdout):
+        assert (REPO / name).is_file(), name
+    for section in re.findall(r"the README's (\w+) section", run.stdout):
+        assert f"\n## {section}\n" in README, section
+    if script == "bench.py":
+        assert "the README's Performance section" in run.stdout
 
 
 def test_gpu_check_runs_on_the_cpu_and_holds_fp32_to_the_cpu(tmp_path):

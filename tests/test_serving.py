@@ -104,7 +104,7 @@ CASES = [
     Case(
         "line-over-payload-cap",
         sized_record(5000),
-        f"record is 5000 bytes, over the --max-payload cap of {CAP} bytes",
+        f"record is 5,000 bytes, over the --max-payload cap of {CAP:,} bytes",
         layout=("g", "g", "B", "g"),
     ),
     Case(
@@ -178,7 +178,7 @@ CASES = [
     Case(
         "json-element-over-payload-cap",
         sized_record(5000),
-        f"record is 5000 bytes, over the --max-payload cap of {CAP} bytes",
+        f"record is 5,000 bytes, over the --max-payload cap of {CAP:,} bytes",
         layout=("g", "B", "g"),
         json=True,
     ),

@@ -45,20 +45,23 @@ class _Start:
 class _Item:
     """Part number `seq` of shard `idx`: a mini-batch, a piece of one, or an oversize
     record. The first piece of a mini-batch carries the (records, bytes) of the whole,
-    which the summary counts as one mini-batch."""
+    which the summary counts as one mini-batch; `stored` is its share of the stored bytes
+    read, done on the progress bar once it is written."""
 
     idx: int
     seq: int
     item: MiniBatch | Oversize
     counted: tuple[int, int] | None = None
+    stored: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class _End:
-    """Shard `idx` has `total` parts in all."""
+    """Shard `idx` has `total` parts in all; `stored` bytes were read after the last."""
 
     idx: int
     total: int
+    stored: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,26 @@ class _Unreadable:
 
 
 _DONE = None  # the reader has read every shard
+
+
+class _Shares:
+    """A shard's stored bytes, shared between its parts as the reader reads them, for the
+    progress bar: a part takes the bytes it holds (its records and their line ends), at
+    most those read and not yet taken (reads run ahead by a chunk; compressed bytes hold
+    more); the shard's end takes the rest."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter, self._read, self._left = meter, meter.nbytes, 0
+
+    def take(self, holds: int) -> int:
+        self._left += self._meter.nbytes - self._read
+        self._read = self._meter.nbytes
+        share = min(self._left, holds)
+        self._left -= share
+        return share
+
+    def rest(self) -> int:
+        return self.take(self._left + self._meter.nbytes - self._read)
 
 
 def check(config: TransformConfig) -> None:
@@ -120,12 +143,14 @@ class _Run:
         self.task_ids = itertools.count()
         self.progress = Progress(config.progress, total_bytes(tasks))
         self.meter = Meter()  # stored bytes the reader has read
-        self.records_in = 0  # records read this run, counted as the summary counts them
+        self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
+        self.ends: dict[int, int] = {}  # shard -> its stored bytes after its last part
+        self.done = (0, 0)  # stored bytes and records written (or failed), for the bar
 
     def run(self, spares: Spares | None) -> None:
-        io.discard_partial([t.report.output for t in self.tasks])
         reader = threading.Thread(target=self._read, daemon=True)
         try:
+            io.discard_partial([t.report.output for t in self.tasks])
             with WorkerPool(
                 self._specs(),
                 self.config.max_concurrent_transforms,
@@ -179,23 +204,24 @@ class _Run:
             if self.stop.is_set():
                 break
             self._put(_Start(idx))
-            seq = 0
+            seq, shares = 0, _Shares(self.meter)
             try:
                 for item in mini_batches(task, self.config, self.meter):
                     if idx in self.failed or self.stop.is_set():
                         break
                     if isinstance(item, Oversize):
-                        self._put(_Item(idx, seq, item))
+                        self._put(_Item(idx, seq, item, stored=shares.take(item.size)))
                         seq += 1
                         continue
                     counted = (len(item.records), item.nbytes)
                     for piece in pieces(task, item):
-                        self._put(_Item(idx, seq, piece, counted))
+                        stored = shares.take(piece.nbytes + len(piece.records))
+                        self._put(_Item(idx, seq, piece, counted, stored))
                         seq, counted = seq + 1, None
             except ShardFailed as exc:
                 self._put(_Unreadable(idx, str(exc)))
                 continue
-            self._put(_End(idx, seq))
+            self._put(_End(idx, seq, shares.rest()))
         self._put(_DONE)
 
     def _put(self, message: object) -> None:
@@ -221,7 +247,7 @@ class _Run:
         elif isinstance(message, _Item):
             self._submit(message, pool)
         elif isinstance(message, _End):
-            self._count(0)  # the shard's last bytes
+            self.ends[idx] = message.stored  # done once the shard is committed
             self.writer.end(idx, message.total)
         else:
             self._fail(idx, message.reason)
@@ -231,7 +257,7 @@ class _Run:
         idx, seq, item = message.idx, message.seq, message.item
         task = self.tasks[idx]
         if isinstance(item, Oversize):
-            self._count(1)
+            self._done(message.stored, 1)
             try:
                 self.writer.add(idx, seq, oversize(task, item, self.config), 0)
             except ShardFailed as exc:
@@ -239,18 +265,19 @@ class _Run:
             return
         task_id = next(self.task_ids)
         self.in_flight[task_id] = (idx, seq, item)
+        self.unwritten[task_id] = message.stored
         if message.counted is not None:
             task.report.count_batch(*message.counted)
-            self._count(message.counted[0])
         pool.submit(task_id, item.positions, item.records, task.content_type, task.accept)
 
-    def _count(self, records: int) -> None:
-        """Records enter the job's tally as they go to a worker: the bar shows those."""
-        self.records_in += records
-        self.progress.show(self.meter.nbytes, self.records_in)
+    def _done(self, stored: int, records: int) -> None:
+        """A part is written, or has failed its shard: the bar shows it done."""
+        self.done = (self.done[0] + stored, self.done[1] + records)
+        self.progress.show(*self.done)
 
     def _result(self, event) -> None:
         idx, seq, batch = self.in_flight.pop(event.task_id)
+        stored = self.unwritten.pop(event.task_id)
         if idx in self.failed:
             return
         task = self.tasks[idx]
@@ -262,8 +289,9 @@ class _Run:
             payload, predictions = served(task, event.result, batch)
         except ShardFailed as exc:
             self.writer.fail(idx, seq, str(exc))
-            return
-        self.writer.add(idx, seq, payload, predictions)
+        else:
+            self.writer.add(idx, seq, payload, predictions)
+        self._done(stored, len(batch.records))
 
     def _recovered(self, event: Recovery) -> None:
         """One line on stderr per worker restarted or mini-batch tried again."""
@@ -288,6 +316,7 @@ class _Run:
             if isinstance(outcome, Committed):
                 report = self.tasks[outcome.idx].report
                 report.status, report.records_out = "ok", outcome.records
+                self._done(self.ends.pop(outcome.idx, 0), 0)
             else:
                 self._mark_failed(outcome.idx, outcome.reason)
 

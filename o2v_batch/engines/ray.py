@@ -19,7 +19,7 @@ from typing import Any
 from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, total_bytes
-from o2v_batch.errors import ConfigError, O2VError, WorkerError
+from o2v_batch.errors import ConfigError, WorkerError, missing_extra, require_extra
 from o2v_batch.report import (
     Faults,
     Progress,
@@ -30,11 +30,7 @@ from o2v_batch.report import (
 )
 from o2v_batch.worker_process import describe
 
-# o2v-batch is on no public index: the extra installs from a checkout or a built wheel.
-MISSING_RAY = (
-    "--engine ray needs Ray: pip install -e '.[ray]' in a checkout, "
-    'or pip install "$(ls dist/o2v_batch-*.whl)[ray]" for a built wheel'
-)
+MISSING_RAY = missing_extra("--engine ray", "Ray", "ray")
 # CPUs (and torch threads) of one CPU actor when --workers does not say.
 CPUS_PER_ACTOR = 2
 # How often the driver looks at the actors while shards are running.
@@ -80,10 +76,9 @@ def run(
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise O2VError(MISSING_RAY) from None
+    require_extra("ray", "--engine ray", "Ray", "ray")
+    import ray
+
     return ray
 
 
@@ -170,11 +165,13 @@ class _Run:
         self.faults = faults
         self.shown = [0] * len(tasks)  # records on the progress bar, per shard
         self.read_bytes = 0  # stored bytes of the shards finished
-        self.progress = Progress(config.progress, total_bytes(tasks))
+        self.progress: Progress  # drawn once the actors are asked for
 
     def run(self, model: str) -> None:
         ray = self.ray
         slots = self._start(model)
+        # Drawn from here on (the actors start in the loop below), closed in the finally.
+        self.progress = Progress(self.config.progress, total_bytes(self.tasks))
         starting = {slot.actor.ready.remote(): slot for slot in slots}
         running: dict[Any, _Slot] = {}
         pings: dict[Any, _Slot] = {}
