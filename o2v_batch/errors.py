@@ -47,6 +47,10 @@ class RequestFormatError(BadRecordError):
     """An application/json request is not {"instances": [...]}, is truncated or has trailing data."""
 
 
+class JsonlinesAsJsonError(RequestFormatError):
+    """An application/json shard holds jsonlines records (an object a line), not a request."""
+
+
 class FilterError(O2VError):
     """A JSONPath filter is malformed or unsupported, or a record lacks the part it selects."""
 

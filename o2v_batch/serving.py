@@ -150,7 +150,13 @@ class _Batch:
                 if flt is not None:
                     obj = flt(obj)
                 if type(obj) is not dict:
-                    raise BadRecordError(f"record is not a JSON object (got {json_type(obj)})")
+                    got = json_type(obj)
+                    if flt is None:
+                        raise BadRecordError(f"record is not a JSON object (got {got})")
+                    raise BadRecordError(
+                        f"--input-filter '{self.server.options.input_filter}' gave {got}, "
+                        'not a JSON object with "in0"/"in1"'
+                    )
                 s0, s1 = obj.get("in0", _MISSING), obj.get("in1", _MISSING)
             except orjson.JSONDecodeError as exc:
                 self.bad(i, malformed_json(exc, data, self.error_key == "line"))
