@@ -260,7 +260,9 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         summary = run_transform(config)
-    except (OutputExistsError, ConfigError) as exc:
+    except OutputExistsError as exc:
+        raise click.UsageError(str(exc.phrased("--resume", "--overwrite"))) from None
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except O2VError as exc:
         raise click.ClickException(str(exc)) from None

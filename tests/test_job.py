@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -150,11 +151,19 @@ def test_nested_layout_mirrors_and_output_inside_input_is_not_read(tmp_path, mod
     assert_predictions(
         read_predictions(root / "out" / "deep" / "c.jsonl.gz.out"), records[20:], reference
     )
-    # A second run must not pick up out/ as input, and must refuse to clobber without a flag.
-    with pytest.raises(
-        OutputExistsError, match=r"output already exists: .*a\.jsonl\.out.* \(use --resume"
-    ):
+    # A second run must not pick up out/ as input, and must refuse to clobber without a
+    # flag, named in the Python API's words.
+    with pytest.raises(OutputExistsError) as refused:
         run(root, root / "out", model_dir)
+    assert str(refused.value) == (
+        f"output already exists: {root / 'out' / 'a.jsonl.out'}, "
+        f"{root / 'out' / 'deep' / 'c.jsonl.gz.out'}, {root / 'out' / 'deep' / 'er' / 'b.json.out'} "
+        "(use resume=True to skip finished shards or overwrite=True to replace them)"
+    )
+    again = pickle.loads(pickle.dumps(refused.value))  # it can cross a process boundary
+    assert str(again.phrased("--resume", "--overwrite")) == str(refused.value).replace(
+        "resume=True", "--resume"
+    ).replace("overwrite=True", "--overwrite")
     summary, _ = run(root, root / "out", model_dir, resume=True)
     assert (summary.shards_ok, summary.shards_skipped) == (0, 3)
     summary, _ = run(root, root / "out", model_dir, overwrite=True)
