@@ -42,6 +42,39 @@ def example_sources() -> dict[str, str]:
     return {"README.md": README, **{p.name: p.read_text() for p in examples}}
 
 
+TORCH = "pip install torch==2.13.0"
+CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+
+
+def test_torch_is_installed_the_same_way_in_the_readme_ci_and_the_dockerfile():
+    """The README's two commands install the pinned torch from pip's own index (so they
+    run where PyTorch's index is out of reach); a CPU-only machine adds PyTorch's CPU
+    index, as the CPU container does; CI runs the README's line."""
+    torch = pytest.importorskip("torch")
+    assert torch.__version__.split("+")[0] == TORCH.split("==")[1]  # the pin is what we test
+    start = README.index("## Quick start")
+    commands = [
+        line
+        for line in README[start : README.index("### Installing torch")].splitlines()
+        if line.startswith("python -m venv")
+    ]
+    assert len(commands) == 2
+    for command in commands:
+        assert f" && {TORCH} && pip install -e " in command
+        assert "download.pytorch.org" not in command
+    section = README[README.index("### Installing torch") : README.index("## Formats")]
+    assert f"\n  {TORCH} {CPU_INDEX}\n" in section
+    assert "(#installing-torch)" in README[start:]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.findall(r"^pip install .*torch.*$", ci, re.M) == [
+        TORCH.replace("install", "install --quiet")
+    ]
+    dockerfile = (REPO / "examples" / "Dockerfile").read_text()
+    assert re.findall(r"^RUN pip install .*torch.*$", dockerfile, re.M) == [
+        f"RUN {TORCH} {CPU_INDEX}"
+    ]
+
+
 def test_every_jsonpath_filter_is_in_single_quotes():
     """In double quotes bash and zsh expand `$[...]` (arithmetic) and `$name`."""
     found = {
