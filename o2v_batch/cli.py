@@ -240,7 +240,9 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = _dry_run(config) if dry_run else _run(config)
-    except (OutputExistsError, ConfigError) as exc:
+    except OutputExistsError as exc:
+        raise click.UsageError(str(exc.phrased("--resume", "--overwrite"))) from None
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except O2VError as exc:
         raise click.ClickException(str(exc)) from None

@@ -141,7 +141,9 @@ def train_command(
             progress=progress,
             log=lambda message: click.echo(message, err=True),
         )
-    except (HyperparameterError, OutputExistsError) as e:  # how it was asked, not the data
+    except OutputExistsError as e:
+        raise click.UsageError(str(e.phrased(None, "--overwrite"))) from None
+    except HyperparameterError as e:  # how it was asked, not the data
         raise click.UsageError(str(e)) from None
     except O2VError as e:
         raise click.ClickException(str(e)) from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+from collections.abc import Iterable
 
 
 class O2VError(Exception):
@@ -38,7 +40,43 @@ class UnsafePathError(InputError):
 
 
 class OutputExistsError(InputError):
-    """An output already exists and neither --resume nor --overwrite was given."""
+    """Outputs already exist, and the caller said neither to skip nor to replace them.
+
+    It carries the facts; the remedy is said in the caller's words (`resume=True` in
+    Python, `--resume` in a shell): see `phrased`.
+    """
+
+    def __init__(
+        self,
+        outputs: list[str],
+        total: int,
+        resumable: bool,
+        resume: str | None = None,
+        overwrite: str | None = None,
+    ) -> None:
+        super().__init__(outputs, total, resumable, resume, overwrite)
+        self.outputs = outputs  # the first few, as messages show them
+        self.total = total
+        self.resumable = resumable  # shards a job can skip, not one model
+        self.resume, self.overwrite = resume, overwrite
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.outputs)
+        if self.total > len(self.outputs):
+            shown += f" and {self.total - len(self.outputs)} more"
+        if self.resumable and self.resume and self.overwrite:
+            remedy = (
+                f" (use {self.resume} to skip finished shards or {self.overwrite} to replace them)"
+            )
+        elif self.overwrite:
+            remedy = f" (use {self.overwrite} to replace {'them' if self.total > 1 else 'it'})"
+        else:
+            remedy = ""
+        return f"output already exists: {shown}{remedy}"
+
+    def phrased(self, resume: str | None, overwrite: str | None) -> OutputExistsError:
+        """The same facts, with the remedies in another caller's words (None: it has none)."""
+        return OutputExistsError(self.outputs, self.total, self.resumable, resume, overwrite)
 
 
 class WorkerError(O2VError):
@@ -47,6 +85,10 @@ class WorkerError(O2VError):
 
 class RequestFormatError(BadRecordError):
     """An application/json request is not {"instances": [...]}, is truncated or has trailing data."""
+
+
+class JsonlinesAsJsonError(RequestFormatError):
+    """An application/json shard holds jsonlines records (an object a line), not a request."""
 
 
 class FilterError(O2VError):
@@ -78,3 +120,9 @@ def require_extra(module: str, feature: str, package: str, extra: str) -> None:
     """MissingExtraError when `module` cannot be found: `feature` needs it."""
     if importlib.util.find_spec(module) is None:
         raise MissingExtraError(missing_extra(feature, package, extra))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean X?)` for a misspelt name, the closest known one; else empty."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -3,14 +3,13 @@ defaults, and the resolved settings of each encoder."""
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
-from o2v_batch.errors import HyperparameterError
+from o2v_batch.errors import HyperparameterError, did_you_mean
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 COMPARATORS = ("hadamard", "concat", "abs_diff")
@@ -312,9 +311,9 @@ class Hyperparameters:
         known = [spec.name for spec in fields(cls)]
         for name in values:
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise HyperparameterError(f"unknown hyperparameter {name}{hint}")
+                raise HyperparameterError(
+                    f"unknown hyperparameter {name}{did_you_mean(name, known)}"
+                )
         for spec in fields(cls):
             if spec.name not in values and spec.default is MISSING:
                 allowed = spec.metadata["check"].allowed()

@@ -139,11 +139,9 @@ def plan(config: TransformConfig, hp: Hyperparameters) -> Plan:
                 clobbered.append(task.report.output)
         tasks.append(task)
     if clobbered:
-        more = f" and {len(clobbered) - 3} more" if len(clobbered) > 3 else ""
-        raise OutputExistsError(
-            f"output already exists: {', '.join(map(io.shown, clobbered[:3]))}{more} "
-            "(use --resume to skip finished shards or --overwrite to replace them)"
-        )
+        shown = [io.shown(uri) for uri in clobbered[:3]]
+        # In the Python API's words, TransformConfig's; the CLI says its own.
+        raise OutputExistsError(shown, len(clobbered), True, "resume=True", "overwrite=True")
     if skipped:
         _count_skipped(skipped, _earlier_counts(config))
     return Plan(tasks, skipped + refused, nodes)

@@ -12,7 +12,7 @@ from typing import BinaryIO, NoReturn
 import orjson
 
 from o2v_batch import formats  # formats.MAX_RECORD_BYTES read at call time: tests lower it
-from o2v_batch.errors import RequestFormatError
+from o2v_batch.errors import JsonlinesAsJsonError, RequestFormatError
 from o2v_batch.formats import READ_CHUNK, Oversize, Record, strip_bom
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
@@ -50,6 +50,8 @@ _NOT_A_VALUE = b",:]}"
 _EXPECTED_REQUEST = 'not a JSON request: expected {"instances": [...]}, found'
 # Longest raw key that can still spell "instances" (every letter as a \u escape).
 _KEY_BYTES = 2 + 6 * len("instances")
+# A top-level key of these makes the document a record, as a jsonlines line is.
+_RECORD_KEYS = (b'"in0"', b'"in1"')
 
 
 class _JsonScanner:
@@ -181,7 +183,7 @@ def iter_json_instances(stream: BinaryIO, max_record_bytes: int) -> Iterator[Rec
     if byte != _OBJECT_OPEN:
         raise RequestFormatError(f"{_EXPECTED_REQUEST} {scan.found(byte)}")
     scan.pos += 1
-    seen = False
+    seen = a_record = False  # an "instances" key; an "in0" or "in1" key, as a record has
     byte = scan.peek()
     if byte == _OBJECT_CLOSE:
         scan.pos += 1
@@ -193,7 +195,9 @@ def iter_json_instances(stream: BinaryIO, max_record_bytes: int) -> Iterator[Rec
                 f"JSON syntax error: expected a key in {top}, found {scan.found(byte)}"
             )
         key_at = scan.base + scan.pos
-        is_instances = _is_instances_key(scan.value(_KEY_BYTES, top)[1])
+        key = scan.value(_KEY_BYTES, top)[1]
+        is_instances = _is_instances_key(key)
+        a_record = a_record or key in _RECORD_KEYS
         byte = scan.peek()
         if byte != _COLON:
             _fail_in_object(scan, byte, "':' after a key")
@@ -224,9 +228,13 @@ def iter_json_instances(stream: BinaryIO, max_record_bytes: int) -> Iterator[Rec
             _fail_in_object(scan, byte, "',' or '}'")
     byte = scan.peek()
     if byte is not None:
-        raise RequestFormatError(f"JSON document continues after {top}: found {scan.found(byte)}")
+        # Another object after one that was no request: jsonlines, an object a line.
+        lines = not seen and byte == _OBJECT_OPEN
+        error = JsonlinesAsJsonError if lines else RequestFormatError
+        raise error(f"JSON document continues after {top}: found {scan.found(byte)}")
     if not seen:
-        raise RequestFormatError(f'{_EXPECTED_REQUEST} no "instances" key')
+        error = JsonlinesAsJsonError if a_record else RequestFormatError
+        raise error(f'{_EXPECTED_REQUEST} no "instances" key')
 
 
 def _fail_in_object(scan: _JsonScanner, byte: int | None, expected: str) -> NoReturn:

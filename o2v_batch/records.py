@@ -33,6 +33,7 @@ class RecordRules:
     input_filter: Callable[[Any], Any] | None
     keep_sources: bool  # the parsed records are kept: a join or an output filter needs them
     fail_fast: bool  # --on-bad-record fail: the first bad record fails the mini-batch
+    input_filter_text: str = "$"  # as given, for messages
 
     @classmethod
     def of(cls, hp: Hyperparameters, options: ServingOptions) -> RecordRules:
@@ -42,6 +43,7 @@ class RecordRules:
             input_filter=filter_or_none(options.input_filter),
             keep_sources=options.join_source == "Input" or options.output_filter.strip() != "$",
             fail_fast=options.on_bad_record == "fail",
+            input_filter_text=options.input_filter,
         )
 
 
@@ -103,6 +105,16 @@ class ParsedRecords:
                 return True
         return False
 
+    def _not_an_object(self, obj: Any) -> str:
+        """A record (or what the input filter made of it) that is no JSON object."""
+        got = json_type(obj)
+        if self.rules.input_filter is None:
+            return f"record is not a JSON object (got {got})"
+        return (
+            f"--input-filter '{self.rules.input_filter_text}' gave {got}, "
+            'not a JSON object with "in0"/"in1"'
+        )
+
     def _parse_each(self) -> None:
         loads, keep, flt = orjson.loads, self.sources, self.rules.input_filter
         pairs_allowed = self.rules.pairs_allowed
@@ -116,7 +128,7 @@ class ParsedRecords:
                 if flt is not None:
                     obj = flt(obj)
                 if type(obj) is not dict:
-                    raise BadRecordError(f"record is not a JSON object (got {json_type(obj)})")
+                    raise BadRecordError(self._not_an_object(obj))
                 s0, s1 = obj.get("in0", _MISSING), obj.get("in1", _MISSING)
             except orjson.JSONDecodeError as exc:
                 self.bad(i, malformed_json(exc, data, self.error_key == "line"))

@@ -318,7 +318,7 @@ def check_output(output: str) -> None:
         except InputError:  # nothing under the prefix
             exists = False
     if exists:
-        raise OutputExistsError(f"output already exists: {output} (use --overwrite to replace it)")
+        raise OutputExistsError([output], 1, False)  # only the CLI can replace it
 
 
 def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:

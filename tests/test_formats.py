@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from streams import BOM, FUZZ, HUGE, PIECE, Lazy, Trickle, piece_sizes
 
 from o2v_batch import formats
-from o2v_batch.errors import BadRecordError, FilterError, O2VError, RequestFormatError
+from o2v_batch.errors import (
+    BadRecordError,
+    FilterError,
+    JsonlinesAsJsonError,
+    O2VError,
+    RequestFormatError,
+)
 from o2v_batch.formats import (
     JSON,
     JSONLINES,
@@ -112,7 +118,7 @@ def test_a_problem_inside_a_record_gets_one_position(
 def test_new_errors_are_picklable_o2v_errors() -> None:
     import pickle
 
-    for cls in (RequestFormatError, FilterError):
+    for cls in (RequestFormatError, JsonlinesAsJsonError, FilterError):
         error = pickle.loads(pickle.dumps(cls("msg")))
         assert type(error) is cls and str(error) == "msg" and isinstance(error, O2VError)
     assert issubclass(RequestFormatError, BadRecordError)

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -151,11 +152,19 @@ def test_nested_layout_mirrors_and_output_inside_input_is_not_read(tmp_path, mod
     assert_predictions(
         read_predictions(root / "out" / "deep" / "c.jsonl.gz.out"), records[20:], reference
     )
-    # A second run must not pick up out/ as input, and must refuse to clobber without a flag.
-    with pytest.raises(
-        OutputExistsError, match=r"output already exists: .*a\.jsonl\.out.* \(use --resume"
-    ):
+    # A second run must not pick up out/ as input, and must refuse to clobber without a
+    # flag, named in the Python API's words.
+    with pytest.raises(OutputExistsError) as refused:
         run(root, root / "out", model_dir)
+    assert str(refused.value) == (
+        f"output already exists: {root / 'out' / 'a.jsonl.out'}, "
+        f"{root / 'out' / 'deep' / 'c.jsonl.gz.out'}, {root / 'out' / 'deep' / 'er' / 'b.json.out'} "
+        "(use resume=True to skip finished shards or overwrite=True to replace them)"
+    )
+    again = pickle.loads(pickle.dumps(refused.value))  # it can cross a process boundary
+    assert str(again.phrased("--resume", "--overwrite")) == str(refused.value).replace(
+        "resume=True", "--resume"
+    ).replace("overwrite=True", "--overwrite")
     summary, _ = run(root, root / "out", model_dir, resume=True)
     assert (summary.shards_ok, summary.shards_skipped) == (0, 3)
     summary, _ = run(root, root / "out", model_dir, overwrite=True)
@@ -609,6 +618,54 @@ def test_stdin_has_no_total_and_json_on_it_gets_a_hint(tmp_path, model_dir):
         assert (
             " (stdin looks like an application/json request: use --content-type application/json)\n"
         ) in result.stderr
+
+
+@pytest.mark.slow
+def test_json_and_jsonlines_in_files_of_the_other_name_get_a_hint(tmp_path, model_dir):
+    """A JSON request named .jsonl, and jsonlines named .json: each failure says which
+    content type the file looks like and the two ways out, run as a shell runs them."""
+    records = random_records(3, seed=4)
+    (tmp_path / "doc.jsonl").write_text(json.dumps({"instances": records}))
+    write_jsonl(tmp_path / "lines.json", records)
+    job = f"{sys.executable} -m o2v_batch transform {{}} out --model {model_dir} --no-progress"
+    code, err = _job_stderr(f"{job.format('doc.jsonl')}; {job.format('lines.json')}", tmp_path)
+    assert code == 1, err
+    failures = [line for line in err.decode().splitlines() if "shard failed" in line]
+    assert failures == [
+        'o2v-batch: shard failed: doc.jsonl: line 1: record has neither "in0" nor "in1" '
+        "(doc.jsonl looks like an application/json request: "
+        "name it .json or use --content-type application/json)",
+        "o2v-batch: shard failed: lines.json: JSON document continues after the top-level "
+        f"object: found '{{' at byte {len(json.dumps(records[0])) + 1} "
+        "(lines.json looks like an application/jsonlines request: "
+        "name it .jsonl or use --content-type application/jsonlines)",
+    ]
+    (tmp_path / "doc.jsonl").rename(tmp_path / "doc.json")
+    code, err = _job_stderr(
+        f"{job.format('doc.json')} && {job.format('lines.json')} "
+        "--content-type application/jsonlines",
+        tmp_path,
+    )
+    assert code == 0, err  # each way out works
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.out")) == [
+        "doc.json.out",
+        "lines.json.out",
+    ]
+
+
+@pytest.mark.slow
+def test_an_input_filter_that_gives_no_object_is_named_in_the_shell(tmp_path, model_dir):
+    write_jsonl(tmp_path / "in.jsonl", random_records(3, seed=4))
+    command = (
+        f"{sys.executable} -m o2v_batch transform in.jsonl out --model {model_dir} "
+        """--no-progress --input-filter '$["in0"]'"""
+    )
+    code, err = _job_stderr(command, tmp_path)
+    assert code == 1
+    assert (
+        "o2v-batch: shard failed: in.jsonl: line 1: "
+        """--input-filter '$["in0"]' gave an array, not a JSON object with "in0"/"in1"\n"""
+    ) in err.decode()
 
 
 def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir):

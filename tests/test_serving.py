@@ -29,6 +29,7 @@ MAX_PAYLOAD = 0.004
 CAP = int(MAX_PAYLOAD * 2**20)
 RANGE = f"vocab size is {V} (ids must be in 0..{V - 1})"
 JSONL, JSON = "application/jsonlines", "application/json"
+IN01 = '"in0"/"in1"'
 
 
 def malformed(line: bytes) -> str:
@@ -527,6 +528,25 @@ def test_output_filters_reach_into_predictions(tmp_path, record, join, expr, exp
     np.testing.assert_allclose(
         json.loads(result.payload), expected(load_model(model_dir)), atol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("$", "record is not a JSON object (got an array)"),
+        ("$.in0", "--input-filter '$.in0' gave an array, not a JSON object with " + IN01),
+        ('$["in0"]', "--input-filter '$[\"in0\"]' gave an array, not a JSON object with " + IN01),
+    ],
+)
+def test_a_record_that_is_no_object_names_the_input_filter_that_made_it(tmp_path, expr, problem):
+    """A filter's result that is not an object says what the filter gave: the record
+    itself was an object."""
+    record = b"[1, 2]" if expr == "$" else b'{"in0": [1, 2], "id": 7}'
+    options = ServingOptions(input_filter=expr, on_bad_record="emit-error")
+    server = Server(str(make_model(tmp_path / "m")), "cpu", options)
+    result = server.serve([3], [record], JSONL, JSONL)
+    assert result.bad_records == 1
+    assert orjson.loads(result.payload) == {"error": {"message": problem, "line": 3}}
 
 
 def test_a_worker_serves_in_the_precision_it_is_given(tmp_path: Path) -> None:

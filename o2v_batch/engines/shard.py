@@ -4,6 +4,7 @@ shard's tally and output. The engines differ only in where this runs."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import BinaryIO
 from o2v_batch import io
 from o2v_batch.batching import MiniBatch, pack, payload_bytes, split
 from o2v_batch.config import TransformConfig
+from o2v_batch.errors import JsonlinesAsJsonError
 from o2v_batch.formats import (
     JSON,
     JSONLINES,
@@ -131,7 +133,8 @@ def mini_batches(
                 items = iter_jsonlines(stream, cap, blocks=config.strategy == "MultiRecord")
             yield from pack(items, cap, config.strategy)
     except Exception as exc:  # I/O failures too: this shard fails, the others go on
-        raise ShardFailed(read_failure(uri, exc)) from None
+        looks_like = JSONLINES if isinstance(exc, JsonlinesAsJsonError) else None
+        raise ShardFailed(read_failure(uri, exc) + _content_type_hint(task, looks_like)) from None
 
 
 def pieces(task: ShardTask, batch: MiniBatch) -> list[MiniBatch]:
@@ -160,7 +163,10 @@ def served(task: ShardTask, result: BatchResult, batch: MiniBatch) -> tuple[byte
     report.truncated += result.truncated
     if result.error is not None:
         reason = record_failure(report.shard, result.error_pos, task.content_type, result.error)
-        raise ShardFailed(reason + _json_on_stdin_hint(task, result, batch))
+        # A JSON request read as jsonlines fails at its first line.
+        first = result.error_pos == batch.positions[0]
+        request = first and _JSON_REQUEST.match(b"\n".join(batch.records[:2]))
+        raise ShardFailed(reason + _content_type_hint(task, JSON if request else None))
     report.bad_records += result.bad_records
     return result.payload, result.records - result.bad_records
 
@@ -169,13 +175,14 @@ def served(task: ShardTask, result: BatchResult, batch: MiniBatch) -> tuple[byte
 _JSON_REQUEST = re.compile(rb'\s*\{\s*"instances"\s*:')
 
 
-def _json_on_stdin_hint(task: ShardTask, result: BatchResult, batch: MiniBatch) -> str:
-    """Stdin has no name to tell its format by: a JSON request read as jsonlines fails
-    at its first line, and the way out is one option away."""
-    if task.shard.uri != io.STDIO or task.content_type != JSONLINES:
+def _content_type_hint(task: ShardTask, looks_like: str | None) -> str:
+    """The way out when a shard's data looks like the other content type: stdin has no
+    name to tell its format by, and a file's extension can say the wrong one."""
+    if looks_like is None or looks_like == task.content_type:
         return ""
-    if result.error_pos != batch.positions[0]:
-        return ""
-    if not _JSON_REQUEST.match(b"\n".join(batch.records[:2])):
-        return ""
-    return " (stdin looks like an application/json request: use --content-type application/json)"
+    uri, remedy = task.shard.uri, f"use --content-type {looks_like}"
+    if uri == io.STDIO:
+        return f" (stdin looks like an {looks_like} request: {remedy})"
+    if content_type_for(uri) != looks_like:  # the name said the other type
+        remedy = f"name it {'.json' if looks_like == JSON else '.jsonl'} or {remedy}"
+    return f" ({posixpath.basename(io.shown(uri))} looks like an {looks_like} request: {remedy})"

@@ -23,6 +23,55 @@ from o2v_batch.sagemaker.model import Object2VecModel
 from o2v_batch.sagemaker.predictor import Predictor
 from o2v_batch.sagemaker.transformer import Transformer
 
+# The SDK's arguments that only mean something on AWS: accepted and ignored.
+AWS_ONLY = (
+    "image_uri",
+    "role",
+    "sagemaker_session",
+    "keep_alive_period_in_seconds",
+    "volume_size",
+    "volume_kms_key",
+    "max_run",
+    "input_mode",
+    "output_kms_key",
+    "tags",
+    "subnets",
+    "security_group_ids",
+    "model_uri",
+    "model_channel_name",
+    "metric_definitions",
+    "encrypt_inter_container_traffic",
+    "use_spot_instances",
+    "max_wait",
+    "checkpoint_s3_uri",
+    "checkpoint_local_path",
+    "enable_network_isolation",
+    "rules",
+    "debugger_hook_config",
+    "tensorboard_output_config",
+    "enable_sagemaker_metrics",
+    "profiler_config",
+    "disable_profiler",
+    "environment",
+    "max_retry_attempts",
+    "source_dir",
+    "git_config",
+    "container_log_level",
+    "code_location",
+    "entry_point",
+    "dependencies",
+    "instance_groups",
+    "training_repository_access_mode",
+    "training_repository_credentials_provider_arn",
+    "container_entry_point",
+    "container_arguments",
+    "disable_output_compression",
+    "enable_infra_check",
+    "enable_remote_debug",
+    "enable_session_tag_chaining",
+    "training_plan",
+)
+FIT_AWS_ONLY = ("experiment_config",)
 CHANNELS = ("train", "validation")
 # Object2Vec's auxiliary channel holds the files these hyperparameters name.
 AUXILIARY_FILES = tuple(
@@ -48,7 +97,8 @@ class Estimator:
         **kwargs: Any,
     ) -> None:
         ignore(
-            "Estimator",
+            Estimator.__init__,
+            AWS_ONLY,
             image_uri=image_uri,
             role=role,
             sagemaker_session=sagemaker_session,
@@ -82,7 +132,7 @@ class Estimator:
         printed when `logs` is true."""
         from o2v_batch.train import check_output, train  # torch, only when training
 
-        ignore("fit", **kwargs)
+        ignore(Estimator.fit, FIT_AWS_ONLY, **kwargs)
         channels = _channels(inputs)
         hp = Hyperparameters.from_dict(_with_auxiliary(self._hyperparameters, channels))
         name = job_name or name_from_base(self.base_job_name)

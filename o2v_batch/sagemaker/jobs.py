@@ -4,14 +4,15 @@ background (`wait=False`)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
 
-from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.errors import ConfigError, O2VError, did_you_mean
 
 logger = logging.getLogger("o2v_batch.sagemaker")
 _T = TypeVar("_T")
@@ -42,11 +43,26 @@ def devices_for(instance_type: str) -> str:
     return "auto" if family[0] in "pg" and family not in _NOT_CUDA else "cpu"
 
 
-def ignore(owner: str, **arguments: Any) -> None:
-    """One debug line naming the arguments given that only mean something on AWS."""
+def ignore(call: Callable, aws_only: Collection[str], **arguments: Any) -> None:
+    """Accepts the arguments of `call` that the SDK knows and that only mean something
+    on AWS (`aws_only`), with one INFO line naming those given; refuses any other name,
+    as Python would (TypeError), saying which known name was meant."""
+    for name in arguments:
+        if name not in aws_only:
+            known = [*inspect.signature(call).parameters, *aws_only]
+            raise TypeError(
+                f"{_owner(call)}() got an unexpected keyword argument {name!r}"
+                f"{did_you_mean(name, known)}"
+            )
     given = sorted(name for name, value in arguments.items() if value is not None)
     if given:
-        logger.debug("%s: ignored on this machine (AWS only): %s", owner, ", ".join(given))
+        logger.info("%s: ignored on this machine (AWS only): %s", _owner(call), ", ".join(given))
+
+
+def _owner(call: Callable) -> str:
+    """How Python names a call in its own TypeError: `Transformer`, `transform`."""
+    owner, _, name = call.__qualname__.rpartition(".")
+    return owner if name == "__init__" else name
 
 
 def one_instance(owner: str, instance_count: int) -> None:

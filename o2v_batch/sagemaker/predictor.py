@@ -27,6 +27,17 @@ STOP_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 600.0  # as SageMaker's invocation timeout
 
 
+# The SDK's arguments that only mean something on AWS: accepted and ignored.
+AWS_ONLY = ("sagemaker_session", "component_name")
+PREDICT_AWS_ONLY = (
+    "target_model",
+    "target_variant",
+    "inference_id",
+    "custom_attributes",
+    "component_name",
+)
+
+
 class InvocationError(O2VError):
     """The endpoint answered a request with an error status."""
 
@@ -44,7 +55,7 @@ class Predictor:
         deserializer: Any = None,
         **kwargs: Any,
     ) -> None:
-        ignore("Predictor", sagemaker_session=sagemaker_session, **kwargs)
+        ignore(Predictor.__init__, AWS_ONLY, sagemaker_session=sagemaker_session, **kwargs)
         self.endpoint_name = endpoint_name  # the endpoint's URL: http://127.0.0.1:PORT
         self.serializer = serializer or JSONSerializer()
         self.deserializer = deserializer or JSONDeserializer()
@@ -62,7 +73,7 @@ class Predictor:
     def predict(self, data: Any, initial_args: dict | None = None, **kwargs: Any) -> Any:
         """The deserialized response to `data`; InvocationError for an error status.
         `initial_args` may set `ContentType` and `Accept`, as with the SDK."""
-        ignore("predict", **kwargs)
+        ignore(Predictor.predict, PREDICT_AWS_ONLY, **kwargs)
         args = initial_args or {}
         body = self.serializer.serialize(data)
         if isinstance(body, str):

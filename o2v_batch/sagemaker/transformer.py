@@ -14,11 +14,25 @@ from o2v_batch.sagemaker.jobs import (
     LocalJob,
     devices_for,
     ignore,
+    logger,
     name_from_base,
     one_instance,
 )
 
 MODE_VARIABLE = "INFERENCE_PREFERRED_MODE"
+# The SDK's arguments that only mean something on AWS: accepted and ignored. A
+# transformer's are those of Transformer, Model.transformer and Estimator.transformer.
+AWS_ONLY = (
+    "output_kms_key",
+    "tags",
+    "volume_kms_key",
+    "sagemaker_session",
+    "role",
+    "vpc_config_override",
+    "enable_network_isolation",
+    "model_name",
+)
+TRANSFORM_AWS_ONLY = ("experiment_config", "model_client_config", "batch_data_capture_config")
 # SageMaker's values, and what each means here. Object2Vec reads JSON only: records
 # are lines or JSON instances whatever the split, and each response is its own line.
 DATA_TYPES = {"S3Prefix": False, "ManifestFile": True}  # -> TransformConfig.manifest
@@ -53,7 +67,7 @@ class Transformer:
         engine: str = "local",
         **kwargs: Any,
     ) -> None:
-        ignore("Transformer", **kwargs)
+        ignore(Transformer.__init__, AWS_ONLY, **kwargs)
         one_instance("Transformer", instance_count)
         _one_of("assemble_with", assemble_with, ASSEMBLE_WITH)
         self.model_data = model_data
@@ -67,7 +81,8 @@ class Transformer:
         self.max_payload = max_payload
         self.env = dict(env or {})
         self.mode = preferred_mode({MODE_VARIABLE: self.env.pop(MODE_VARIABLE, "")})
-        ignore("Transformer env", **self.env)
+        if self.env:
+            logger.info("Transformer: env ignored on this machine: %s", ", ".join(sorted(self.env)))
         self.base_transform_job_name = base_transform_job_name or "object2vec"
         self.engine = engine
         self.latest_transform_job: LocalJob[JobSummary] | None = None
@@ -85,12 +100,17 @@ class Transformer:
         join_source: str | None = None,
         wait: bool = True,
         logs: bool = True,
+        resume: bool = False,
+        overwrite: bool = False,
         **kwargs: Any,
     ) -> None:
         """Transforms every record under `data` (a file, folder or s3:// prefix, or a
         manifest) into `output_path`, as `o2v-batch transform` does. With wait=True,
-        JobFailedError when a shard failed (the others are written)."""
-        ignore("transform", **kwargs)
+        JobFailedError when a shard failed (the others are written).
+
+        Outputs that exist already are refused (OutputExistsError) unless `resume=True`
+        skips their shards or `overwrite=True` replaces them (o2v-batch's arguments)."""
+        ignore(Transformer.transform, TRANSFORM_AWS_ONLY, **kwargs)
         _one_of("data_type", data_type, tuple(DATA_TYPES))
         _one_of("split_type", split_type, SPLIT_TYPES)
         _one_of("compression_type", compression_type, COMPRESSION_TYPES)
@@ -115,6 +135,8 @@ class Transformer:
             devices=self.devices,
             manifest=DATA_TYPES[data_type],
             engine=self.engine,
+            resume=resume,
+            overwrite=overwrite,
             # What is not given keeps transform's default.
             **{option: value for option, value in given.items() if value is not None},
         )
