@@ -23,6 +23,11 @@ class Framer(abc.ABC):
     def add(self, fragment: bytes) -> None:
         """Writes the next mini-batch's fragment."""
 
+    def region(self, length: int) -> tuple[str, int] | None:
+        """Frames the next fragment, of `length` bytes, and returns where another
+        process may write it (AtomicWriter.region); None where it cannot: then add()."""
+        return None
+
     @abc.abstractmethod
     def finish(self) -> None:
         """Writes what ends the shard; the writer is then ready to commit."""

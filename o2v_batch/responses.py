@@ -136,6 +136,14 @@ class _JsonTextFramer(Framer):
         self._writer.write(fragment)
         self._gap = self._framing.separator
 
+    def region(self, length: int) -> tuple[str, int] | None:
+        if not length or not self._writer.has_regions:
+            return None
+        if self._gap:
+            self._writer.write(self._gap)
+        self._gap = self._framing.separator
+        return self._writer.region(length)
+
     def finish(self) -> None:
         if self._framing.footer:
             self._writer.write(self._framing.footer)

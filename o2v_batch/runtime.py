@@ -92,6 +92,7 @@ class _Worker:
     views: segments.Views | None = None  # its response segments, if it has them
     requests: list[int] = field(default_factory=list)  # its request segments
     free: list[int] = field(default_factory=list)  # those no mini-batch is in
+    writing: dict[int, segments.RemoteWrite] = field(default_factory=dict)  # by slot
 
 
 class WorkerPool:
@@ -113,7 +114,9 @@ class WorkerPool:
         # as the caller keeps some until written.
         shared = shared_memory and segments.SUPPORTED
         self._segments = (max_concurrent, max_concurrent + 2) if shared else (0, 0)
-        self._released: queue.SimpleQueue = queue.SimpleQueue()  # (worker, slot), any thread
+        # What callers did with responses in segments, from any thread: (worker, a
+        # segments.Release or RemoteWrite).
+        self._handed: queue.SimpleQueue = queue.SimpleQueue()
         self._spares = spares  # processes started early, taken before new ones
         self._specs = specs
         self.max_concurrent = max_concurrent
@@ -262,7 +265,9 @@ class WorkerPool:
         except (EOFError, OSError):
             self._died(w)
             return
-        if isinstance(message, Started):
+        if isinstance(message, segments.Wrote):
+            w.writing.pop(message.slot).finished(message.error)
+        elif isinstance(message, Started):
             w.started = True
         elif isinstance(message, Ready):
             w.ready, w.pid = True, message.pid
@@ -286,20 +291,30 @@ class WorkerPool:
         placed = result.placed
         if placed is None:
             return
-        released = self._released.put
-        result.payload = w.views.payload(placed, lambda: released((w, placed.slot)))
+        handed = self._handed.put
+        result.payload = w.views.payload(placed, lambda message: handed((w, message)))
         result.placed = None
 
     def _give_back(self) -> None:
-        """Tells workers which of their segments the caller has released."""
+        """Tells workers which of their segments callers released, and which responses
+        to write into outputs themselves (those of a lost worker the parent writes)."""
         while True:
             try:
-                w, slot = self._released.get_nowait()
+                w, message = self._handed.get_nowait()
             except queue.Empty:
                 return
-            if w in self._workers:  # a lost worker's segments went with it
-                with contextlib.suppress(OSError):
-                    w.conn.send(segments.Release(slot))
+            alive = w in self._workers
+            if isinstance(message, segments.RemoteWrite):
+                if not alive:
+                    message.here()
+                    continue
+                w.writing[message.payload.slot] = message
+                message = message.request()
+            if alive:  # a lost worker's segments went with it
+                try:
+                    w.conn.send(message)
+                except OSError:  # it died since the last poll: its exit says how
+                    self._died(w)
 
     def _died(self, w: _Worker) -> None:
         w.process.join(1.0)
@@ -329,6 +344,9 @@ class WorkerPool:
                 raise WorkerError(f"worker on {w.spec.device} {reason} while loading the model")
         self._workers.remove(w)
         _close(w)
+        for write in w.writing.values():  # what it was asked to write, the parent writes
+            write.here()
+        w.writing.clear()
         head, *rest = w.in_flight or [None]
         # Queued tasks it never started go back without using a retry.
         self._retry.extendleft(reversed(rest))

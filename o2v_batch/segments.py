@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
 from o2v_batch.formats import Lines
+from o2v_batch.io.local import write_at
 
 # Responses smaller than this go through the pipe: a descriptor would save little.
 MIN_SHARED_BYTES = 64 * 1024
@@ -121,18 +122,27 @@ class Responses:
         mapping[: len(payload)] = payload
         return Placed(slot, len(payload))
 
+    def write(self, request: WriteAt) -> Wrote:
+        """Writes a placed response into an output, freeing its segment."""
+        with memoryview(self._maps[request.slot]) as view:
+            error = write_at(request.path, request.offset, view[: request.length])
+        self._free.put(request.slot)
+        return Wrote(request.slot, error)
+
 
 class SharedPayload:
     """The parent's view of a response in a worker's segment. `release()` (or the
     object's end, whatever path drops it) hands the segment back; the view must not
-    be kept past it."""
+    be kept past it. `write_elsewhere` has the worker write it into an output instead,
+    which frees the segment there."""
 
-    __slots__ = ("__weakref__", "_mapping", "_release", "view")
+    __slots__ = ("__weakref__", "_mapping", "_notify", "slot", "view")
 
-    def __init__(self, mapping: mmap.mmap, length: int, release: Callable[[], None]):
+    def __init__(self, mapping: mmap.mmap, length: int, slot: int, notify: Callable):
         self._mapping = mapping
         self.view = memoryview(mapping)[:length]
-        self._release = release
+        self.slot = slot
+        self._notify = notify  # takes a Release or a RemoteWrite, from any thread
 
     def __len__(self) -> int:
         return len(self.view)
@@ -140,18 +150,68 @@ class SharedPayload:
     def release(self) -> None:
         """Hands the segment back, unless a view of it is still held elsewhere (a
         zero-copy array of it): then the segment stays out of use, never overwritten."""
-        release, self._release = self._release, None
-        if release is None:
-            return
+        notify, self._notify = self._notify, None
+        if notify is not None and self.close():
+            notify(Release(self.slot))
+
+    def write_elsewhere(self, path: str, offset: int, done: Callable[[str | None], None]) -> None:
+        """The worker writes the response at `offset` of the local file `path` (an
+        output's region), then `done` gets None or the reason it could not."""
+        notify, self._notify = self._notify, None
+        notify(RemoteWrite(self, path, offset, done))
+
+    def close(self) -> bool:
+        """Lets go of the mapping; False while something else still views it."""
         self.view.release()
         try:
             self._mapping.close()
         except BufferError:
-            return  # still viewed: the worker goes on with its other segments or its pipe
-        release()
+            return False  # the worker goes on with its other segments or its pipe
+        return True
 
     def __del__(self) -> None:
         self.release()
+
+
+@dataclass(slots=True)
+class RemoteWrite:
+    """A response the worker holding it writes into an output region itself."""
+
+    payload: SharedPayload
+    path: str
+    offset: int
+    done: Callable[[str | None], None]
+
+    def request(self) -> WriteAt:
+        return WriteAt(self.payload.slot, self.path, self.offset, len(self.payload))
+
+    def here(self) -> None:
+        """The parent writes it (its worker was lost): the mapping outlives the worker."""
+        error = write_at(self.path, self.offset, self.payload.view)
+        self.finished(error)
+
+    def finished(self, error: str | None) -> None:
+        self.payload.close()
+        self.done(error)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAt:
+    """The parent to a worker: write the response in `slot` at `offset` of `path`; the
+    segment is free again once written."""
+
+    slot: int
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wrote:
+    """A worker's answer to WriteAt: None, or why it could not write."""
+
+    slot: int
+    error: str | None
 
 
 class Views:
@@ -161,9 +221,9 @@ class Views:
     def __init__(self, fds: list[int]):
         self.fds = fds
 
-    def payload(self, placed: Placed, release: Callable[[], None]) -> SharedPayload:
+    def payload(self, placed: Placed, notify: Callable) -> SharedPayload:
         mapping = mmap.mmap(self.fds[placed.slot], placed.length, prot=mmap.PROT_READ)
-        return SharedPayload(mapping, placed.length, release)
+        return SharedPayload(mapping, placed.length, placed.slot, notify)
 
     def close(self) -> None:
         """Closes the descriptors; responses still held stay readable until released."""

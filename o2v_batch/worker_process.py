@@ -72,7 +72,11 @@ def _worker_main(conn: Connection, factory: str) -> None:
         return
     conn.send(Ready(os.getpid()))
     requests: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_receive, args=(conn, requests, responses), daemon=True).start()
+    sending = threading.Lock()  # the loop answers requests; the reader, writes
+    reader = threading.Thread(
+        target=_receive, args=(conn, requests, responses, sending), daemon=True
+    )
+    reader.start()
     while (request := requests.get()) is not None:
         try:
             records = request.records
@@ -81,16 +85,25 @@ def _worker_main(conn: Connection, factory: str) -> None:
             result = server.serve(request.positions, records, request.content_type, request.accept)
             if (placed := responses.place(result.payload)) is not None:
                 result.payload, result.placed = b"", placed
-            conn.send(Done(request.task_id, result))
+            answer = Done(request.task_id, result)
         except Exception as exc:  # one line in the job's log, not a traceback per retry
-            conn.send(Failed(request.task_id, describe(exc)))
+            answer = Failed(request.task_id, describe(exc))
+        with sending:
+            conn.send(answer)
+    reader.join()  # writes asked for before the stop are done
     # Every answer is sent: skip the interpreter's teardown (torch's takes most of a
     # second), which the whole command would otherwise wait for.
     os._exit(0)
 
 
-def _receive(conn: Connection, requests: queue.SimpleQueue, responses: segments.Responses) -> None:
-    """The worker's reader: requests queue up for its loop; segments come back at once."""
+def _receive(
+    conn: Connection,
+    requests: queue.SimpleQueue,
+    responses: segments.Responses,
+    sending: threading.Lock,
+) -> None:
+    """The worker's reader: requests queue up for its loop; segments come back, and
+    responses are written into outputs, at once."""
     while True:
         try:
             message = conn.recv()
@@ -98,10 +111,14 @@ def _receive(conn: Connection, requests: queue.SimpleQueue, responses: segments.
             os._exit(0)  # the parent is gone: never linger as an orphan
         if isinstance(message, segments.Release):
             responses.release(message.slot)
-            continue
-        requests.put(message)
-        if message is None:
-            return
+        elif isinstance(message, segments.WriteAt):
+            wrote = responses.write(message)
+            with sending:
+                conn.send(wrote)
+        else:
+            requests.put(message)
+            if message is None:
+                return
 
 
 def describe(exc: BaseException) -> str:

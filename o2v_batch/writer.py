@@ -11,9 +11,10 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from o2v_batch.errors import O2VError
-from o2v_batch.io import AtomicWriter, describe_error, open_write
+from o2v_batch.io import AtomicWriter, describe_error, open_write, shown
 from o2v_batch.responses import Framer, TextCodec, codec_for
 from o2v_batch.segments import SharedPayload
 
@@ -28,6 +29,10 @@ class ShardOutput:
         self._next = 0
         self.total: int | None = None  # parts in the shard, once reading ends
         self.records = 0
+        # Told (from any thread) when a worker has written a part into the output
+        # itself: None, or why it could not. Unset, parts are written here.
+        self.written_elsewhere: Callable[[str | None], None] | None = None
+        self.elsewhere = 0  # parts being written by workers
         codec = codec_for(accept)
         self._text = isinstance(codec, TextCodec)
         self._framer: Framer | None = None
@@ -66,9 +71,16 @@ class ShardOutput:
         return None
 
     def _add_shared(self, part: SharedPayload) -> None:
-        """A response still in a worker's segment: text is written straight from it,
-        then the segment is released; a columnar codec, which may keep views of what
-        it is given, gets a copy."""
+        """A response still in a worker's segment: text goes into a region of a local
+        output that the worker writes itself, or is written here straight from the
+        segment, which is then released; a columnar codec, which may keep views of
+        what it is given, gets a copy."""
+        if self._text and self.written_elsewhere is not None:
+            where = self._framer.region(len(part))
+            if where is not None:
+                self.elsewhere += 1
+                part.write_elsewhere(*where, self.written_elsewhere)
+                return
         try:
             self._framer.add(part.view if self._text else bytes(part.view))
         finally:
@@ -76,7 +88,7 @@ class ShardOutput:
 
     @property
     def complete(self) -> bool:
-        return self.total is not None and self._next == self.total
+        return self.total is not None and self._next == self.total and not self.elsewhere
 
     def commit(self) -> None:
         assert self.complete, "every mini-batch is written before the commit"
@@ -124,6 +136,8 @@ class WriterThread:
     def __init__(self, maxsize: int, in_order: bool):
         self._calls: queue.Queue = queue.Queue(maxsize)
         self._outcomes: queue.Queue = queue.Queue()  # at most two per shard
+        # (shard, None or a reason): parts workers wrote into outputs themselves.
+        self._done_elsewhere: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="o2v-batch writer", daemon=True)
         # Owned by the thread.
@@ -162,10 +176,14 @@ class WriterThread:
         """The caller failed shard `idx`: its output goes."""
         self._calls.put((self._abort, idx))
 
-    def finish(self) -> None:
-        """Returns once everything handed over is written."""
+    def finish(self, poll: Callable[[], object] | None = None) -> None:
+        """Returns once everything handed over is written, calling `poll` meanwhile:
+        the workers' answers to what they were asked to write come through it."""
         self._calls.put(None)
-        self._thread.join()
+        while self._thread.is_alive():
+            if poll is not None:
+                poll()
+            self._thread.join(0.001 if poll is not None else None)
 
     def outcomes(self) -> list[Committed | Failed]:
         """What became of shards since the last call; raises the error that stopped the
@@ -185,7 +203,7 @@ class WriterThread:
     def _run(self) -> None:
         error: BaseException | None = None
         try:
-            while (call := self._calls.get()) is not None:
+            while (call := self._next_call()) is not None:
                 if error is not None or self._stopping.is_set():
                     continue  # drained, so that the caller never waits on a full queue
                 function, *args = call
@@ -194,15 +212,57 @@ class WriterThread:
                 except BaseException as exc:  # the caller raises it; the outputs go on exit
                     error = exc
                     self._outcomes.put(exc)
+            while error is None and not self._stopping.is_set() and self._elsewhere():
+                self._take_written(0.05)  # the last parts workers write
         finally:
             self._abort_all()
+
+    def _next_call(self) -> tuple | None:
+        """The next call, taking workers' writes as they are done meanwhile."""
+        while True:
+            self._take_written(0.0)
+            if not self._elsewhere():
+                return self._calls.get()
+            try:
+                return self._calls.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def _elsewhere(self) -> bool:
+        return any(output.elsewhere for output in self._outputs.values())
+
+    def _take_written(self, timeout: float) -> None:
+        try:
+            idx, error = (
+                self._done_elsewhere.get(timeout=timeout)
+                if timeout
+                else self._done_elsewhere.get_nowait()
+            )
+        except queue.Empty:
+            return
+        while True:
+            output = self._outputs.get(idx)
+            if output is not None:
+                output.elsewhere -= 1
+                if error is not None:
+                    self._failed_shard(idx, f"cannot write {shown(output.uri)}: {error}")
+                else:
+                    self._maybe_commit(idx)
+            try:
+                idx, error = self._done_elsewhere.get_nowait()
+            except queue.Empty:
+                return
 
     def _abort_all(self) -> None:
         while self._outputs:
             self._outputs.popitem()[1].abort()
 
     def _open(self, idx: int, uri: str, accept: str) -> None:
-        self._outputs[idx] = ShardOutput(uri, accept)
+        output = self._outputs[idx] = ShardOutput(uri, accept)
+        output.written_elsewhere = partial(self._written_elsewhere, idx)
+
+    def _written_elsewhere(self, idx: int, error: str | None) -> None:
+        self._done_elsewhere.put((idx, error))
 
     def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
         self._written(idx, lambda output: output.add(seq, payload, records))

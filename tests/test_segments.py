@@ -4,14 +4,20 @@ reads, a held segment is never overwritten, and no segment outlives its processe
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
+from helpers import make_model, random_records, write_jsonl
 from pools import expected, pids, pool_of, run
 
+import o2v_batch
 from o2v_batch import segments
+from o2v_batch.config import TransformConfig
+from o2v_batch.io import local
 from o2v_batch.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
 
 pytestmark = pytest.mark.skipif(not segments.SUPPORTED, reason="no memory files here")
@@ -106,14 +112,87 @@ def test_a_view_kept_elsewhere_keeps_its_segment_from_reuse():
         responses, views = Responses(fds), Views(list(fds))
         first = b"a" * MIN_SHARED_BYTES
         placed = responses.place(first)
-        payload = views.payload(placed, lambda: responses.release(placed.slot))
+        told = []
+        payload = views.payload(placed, told.append)
         array = np.asarray(payload.view)  # a zero-copy view, kept past the release
         payload.release()
-        assert responses.place(b"b" * MIN_SHARED_BYTES) is None  # not handed back
+        assert told == []  # not handed back
+        assert responses.place(b"b" * MIN_SHARED_BYTES) is None
         assert bytes(array) == first
         # Once nothing views it, a payload hands its segment back.
-        fresh = views.payload(placed, lambda: responses.release(placed.slot))
-        fresh.release()
-        assert responses.place(b"b" * MIN_SHARED_BYTES) == placed
+        views.payload(placed, told.append).release()
+        assert told == [segments.Release(placed.slot)]
     finally:
         segments.close(fds)
+
+
+def _written_elsewhere(pool, payload: SharedPayload, path, offset: int) -> str | None:
+    """Hands `payload` to its worker to write at `offset` of `path`; its answer."""
+    answers: list[str | None] = []
+    payload.write_elsewhere(str(path), offset, answers.append)
+    deadline = time.monotonic() + 30
+    while not answers:
+        assert time.monotonic() < deadline, "no answer to the write"
+        pool.poll(0.05)
+    return answers[0]
+
+
+def test_a_worker_writes_its_response_into_an_output_region(tmp_path):
+    target = tmp_path / "output"
+    target.write_bytes(b"head:")
+    with pool_of(tmp_path, "Echo", workers=1, max_concurrent=1, shared_memory=True) as pool:
+        [first] = run(pool, BIG[:1]).values()
+        assert _written_elsewhere(pool, first.result.payload, target, 5) is None
+        # Written, the segment is free again: three responses fit in segments at once.
+        again = run(pool, BIG[1:4])
+        assert all(isinstance(e.result.payload, SharedPayload) for e in again.values())
+    assert target.read_bytes() == b"head:" + expected(BIG)[0]
+
+
+def test_a_lost_workers_response_is_written_by_the_parent(tmp_path):
+    target = tmp_path / "output"
+    target.write_bytes(b"")
+    with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
+        [kept] = run(pool, BIG[:1]).values()
+        [pid] = pids(pool)
+        os.kill(pid, signal.SIGKILL)
+        run(pool, BIG[1:2])  # the pool has replaced it
+        assert _written_elsewhere(pool, kept.result.payload, target, 0) is None
+    assert target.read_bytes() == expected(BIG)[0]
+
+
+def test_a_write_into_an_output_gone_meanwhile_says_why_and_creates_nothing(tmp_path):
+    gone = tmp_path / "aborted.tmp"
+    with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
+        [first] = run(pool, BIG[:1]).values()
+        assert _written_elsewhere(pool, first.result.payload, gone, 0) == (
+            "No such file or directory"
+        )
+    assert not gone.exists()
+
+
+def test_the_parent_writes_none_of_the_responses_of_a_local_output(tmp_path, monkeypatch):
+    """The workers write the responses into the output themselves: what the job's
+    process writes into it is the framing."""
+    make_model(tmp_path / "model")
+    records = random_records(20_000, seed=1, pairs=False)
+    write_jsonl(tmp_path / "in" / "a.jsonl", records)
+    by_parent = []
+    parent_write = local._LocalWriter.write
+    monkeypatch.setattr(
+        local._LocalWriter,
+        "write",
+        lambda writer, data: by_parent.append(len(data)) or parent_write(writer, data),
+    )
+    config = TransformConfig(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "model"))
+    summary = o2v_batch.transform(config)
+    output = (tmp_path / "out" / "a.jsonl.out").read_bytes()
+    assert summary.records_out == output.count(b"\n") == 20_000
+    assert sum(by_parent) < len(output) / 100, (by_parent, len(output))
+    # What the workers wrote is each record's embedding, as the model gives it.
+    model = o2v_batch.load_model(str(tmp_path / "model"), mode="embedding")
+    got = np.array([json.loads(line)["embeddings"] for line in output.splitlines()])
+    for encoder, name in enumerate(("in0", "in1")):
+        rows = [i for i, record in enumerate(records) if name in record]
+        wanted = model.embed([records[i][name] for i in rows], encoder=encoder)
+        np.testing.assert_allclose(got[rows], wanted, rtol=1e-5, atol=1e-6)

@@ -168,7 +168,8 @@ class _Run:
                 with WriterThread(pool.capacity, self.config.output == io.STDIO) as self.writer:
                     reader.start()
                     self._loop(pool)
-                    self.writer.finish()
+                    # Workers write responses into outputs: the pool passes on their answers.
+                    self.writer.finish(lambda: pool.poll(0.01))
                     self._outcomes()
         finally:
             self.stop.set()

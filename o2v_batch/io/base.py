@@ -124,6 +124,14 @@ class AtomicWriter(abc.ABC):
     def write(self, data: bytes) -> None:
         """Append bytes to the output."""
 
+    has_regions = False  # region() gives places another process may write
+
+    def region(self, length: int) -> tuple[str, int] | None:
+        """Where another process of this job may write the output's next `length` bytes
+        itself (write_at: a local file and its offset), the writer moving past them; None
+        where the transport has no such place (the bytes are then written here)."""
+        return None
+
     @abc.abstractmethod
     def _commit(self) -> None: ...
 

@@ -118,6 +118,8 @@ def _temp_name(name: str, token: str) -> str:
 class _LocalWriter(AtomicWriter):
     """A hidden temp file beside the target, renamed over it on commit."""
 
+    has_regions = True
+
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         folder, name = os.path.split(os.path.abspath(uri))
@@ -136,6 +138,15 @@ class _LocalWriter(AtomicWriter):
             self._file.write(data)
         except OSError as exc:
             raise InputError(f"cannot write {shown(self.uri)}: {exc.strerror or exc}") from exc
+
+    def region(self, length: int) -> tuple[str, int]:
+        try:
+            self._file.flush()
+            offset = self._file.tell()
+            self._file.seek(offset + length)  # the gap is filled by write_at
+        except OSError as exc:
+            raise InputError(f"cannot write {shown(self.uri)}: {exc.strerror or exc}") from exc
+        return self._temp, offset
 
     def _commit(self) -> None:
         try:
@@ -156,6 +167,26 @@ class _LocalWriter(AtomicWriter):
 
 def open_write(uri: str) -> AtomicWriter:
     return _LocalWriter(uri)
+
+
+def write_at(path: str, offset: int, data: bytes | memoryview) -> str | None:
+    """Writes `data` into a region (AtomicWriter.region) of an output being written;
+    the reason as text if it cannot be. Never creates the file: an output aborted
+    meanwhile stays gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+    return None
 
 
 def delete(uri: str) -> None:
