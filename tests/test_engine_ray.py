@@ -66,8 +66,8 @@ BIG = {"in0": [1] * 700}  # over a 0.001 MB cap (1048 bytes)
 # Why each shard of `inputs` that can fail does, after "<shard>: ".
 REASONS = {
     "bad.jsonl": "line 4: in0 id 999 is out of range: vocab size is 60 (ids must be in 0..59)",
-    "big.json": f"instances[2]: record is {len(json.dumps(BIG))} bytes, "
-    "over the --max-payload cap of 1048 bytes",
+    "big.json": f"instances[2]: record is {len(json.dumps(BIG)):,} bytes, "
+    "over the --max-payload cap of 1,048 bytes",
 }
 # One local-engine run per set of options, shared by the tests that compare with it.
 CASES = {

@@ -173,9 +173,15 @@ def test_the_examples_of_each_option_run_as_pasted(tmp_path):
     assert "Error" not in run.stderr and "shard failed" not in run.stderr
     requests = REPO / "examples" / "requests"
     records = sum(len(p.read_text().splitlines()) for p in requests.glob("*.jsonl"))
-    lines = run.stdout.splitlines()  # the pipeline's: a line per record, cut to 60
-    assert len(lines) == records
-    assert all(line.startswith(('{"embeddings":', '{"scores":')) for line in lines)
+    # The pipeline's lines (a line per record, cut to 60), then the dry run's plan.
+    lines = run.stdout.splitlines()
+    predictions, plan = lines[:records], lines[records:]
+    assert all(line.startswith(('{"embeddings":', '{"scores":')) for line in predictions)
+    shards = sorted(p.name for p in requests.iterdir())
+    assert [line.split()[1].rsplit("/", 1)[1] for line in plan[:-1]] == shards
+    assert all(line.startswith("process ") for line in plan[:-1])
+    assert plan[-1].startswith(f"dry run: {len(shards)} to process, 0 skipped")
+    assert not (tmp_path / "examples-out" / "planned").exists()  # the dry run wrote nothing
     marked = (tmp_path / "examples-out" / "marked" / "pairs.jsonl.out").read_text()
     assert '{"error":' in marked  # its pairs, in embedding mode
 
