@@ -8,8 +8,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-import numpy as np
-
 from o2v_batch.formats import Block, Lines, Oversize, Record
 
 KB = 2**10
@@ -126,15 +124,12 @@ class _Filling:
             if len(data) - (count - 1) <= room:  # every line fits
                 self._take(data, first, count)
                 return
-            # Record bytes of the first 1, 2, ... lines: each line's end less the
-            # newlines before it.
-            ends = np.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 10), len(data))
-            fit = int(np.searchsorted(ends - np.arange(len(ends)), room, side="right"))
+            fit, end = _fitting_lines(data, int(room))
             if not fit and not self.count:  # a line over the cap (the splitter keeps them out)
-                fit = 1
+                fit, end = 1, _line_end(data, 0)
             if fit:
-                self._take(data[: ends[fit - 1]], first, fit)
-                data, first, count = data[ends[fit - 1] + 1 :], first + fit, count - fit
+                self._take(data[:end], first, fit)
+                data, first, count = data[end + 1 :], first + fit, count - fit
             yield self.flush()
 
     def _take(self, piece: bytes, first: int, lines: int) -> None:
@@ -160,6 +155,30 @@ class _Filling:
             batch = MiniBatch(self.positions, self.records, self.nbytes)
         self._reset()
         return batch
+
+
+def _fitting_lines(data: bytes, room: int) -> tuple[int, int]:
+    """How many of the first lines of `data` hold at most `room` record bytes together
+    (a line's bytes without its newline), and where the last of them ends. Lines that
+    end within the first `room` bytes surely fit: one count finds them; the few after
+    them are tried one by one (the record bytes of k lines: the end of the k-th less
+    the k - 1 newlines before it)."""
+    end = data.rfind(b"\n", 0, room + 1)
+    fit = data.count(b"\n", 0, end) + 1 if end >= 0 else 0
+    if not fit:
+        end = -1
+    while end < len(data):
+        after = _line_end(data, end + 1)
+        if after - fit > room:
+            break
+        fit, end = fit + 1, after
+    return fit, max(end, 0)
+
+
+def _line_end(data: bytes, start: int) -> int:
+    """Where the line starting at `start` ends: its newline, or the end of `data`."""
+    end = data.find(b"\n", start)
+    return len(data) if end < 0 else end
 
 
 def split(batch: MiniBatch, token_work: float, record_work: float = 0.0) -> list[MiniBatch]:
