@@ -128,8 +128,9 @@ class WriterThread:
     shard's opening, parts and end through a bounded queue, waiting only when the
     writing falls behind (memory stays flat), and reads back what became of each
     shard with `outcomes()`. Shards are committed as they complete, or in shard order
-    when `in_order` (stdout). An error that is no one shard's (stdout closed, an output
-    that cannot be opened) stops the writing and is raised by `outcomes()`. As a
+    when `in_order` (stdout); an output that cannot be opened or written fails its
+    shard alone. An error that is no one shard's (stdout closed) stops the writing
+    and is raised by `outcomes()`. As a
     context manager it starts the thread; leaving it aborts every output not
     committed and joins the thread."""
 
@@ -258,7 +259,14 @@ class WriterThread:
             self._outputs.popitem()[1].abort()
 
     def _open(self, idx: int, uri: str, accept: str) -> None:
-        output = self._outputs[idx] = ShardOutput(uri, accept)
+        try:
+            output = ShardOutput(uri, accept)
+        except Exception as exc:  # this shard's alone (its folder is a file, say)
+            self._failed.add(idx)
+            self._outcomes.put(Failed(idx, describe_error(exc, uri)))
+            self._maybe_commit(idx)  # in order, the shards after it go on
+            return
+        self._outputs[idx] = output
         output.written_elsewhere = partial(self._written_elsewhere, idx)
 
     def _written_elsewhere(self, idx: int, error: str | None) -> None:

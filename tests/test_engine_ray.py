@@ -544,3 +544,29 @@ def test_nightly_does_not_start_while_another_run_holds_the_lock(tmp_path):
         status, args, stderr = run_example("nightly.sh", tmp_path, LOCK=str(lock), DAY="2024/05/01")
     assert (status, args) == (75, [])
     assert stderr == f"o2v-nightly: another run holds {lock}; not starting\n"
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_an_output_that_cannot_be_written_fails_its_shard_alone(
+    ray_instance, inputs, model_dir, tmp_path, engine
+):
+    """Both engines write a shard's output through the same writer: a folder that is a
+    file fails that shard, named by its output, and the others are written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the shard's folder goes")
+    summary, logged = run(inputs, out, model_dir, engine=engine)
+    reasons = sorted(f["reason"] for f in summary.failed if "/sub/" in f["shard"])
+    assert [reason.rpartition(": ")[0] for reason in reasons] == [
+        f"cannot write {out}/sub/b.json.out",
+        f"cannot write {out}/sub/deeper/c.jsonl.gz.out",
+    ]
+    assert [reason.rpartition(": ")[2] for reason in reasons] == [
+        "File exists",  # the folder to make is a file
+        "Not a directory",  # a folder to make is under that file
+    ]
+    assert summary.shards_ok == 2  # a.jsonl and big.json (bad.jsonl fails on a record)
+    said = [line for line in logged if line.startswith("o2v-batch: shard failed: ")]
+    for reason in reasons:  # each said once, as it happened
+        assert sum(line.endswith(reason) for line in said) == 1, said
+    assert (out / "a.jsonl.out").read_bytes().count(b"\n") == 121

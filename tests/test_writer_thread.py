@@ -12,7 +12,6 @@ import pytest
 from helpers import make_model, write_jsonl
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.errors import InputError
 from o2v_batch.formats import JSONLINES
 from o2v_batch.io.local import _LocalWriter
 from o2v_batch.job import transform
@@ -82,18 +81,25 @@ def test_a_commit_that_fails_is_the_shards_failure(tmp_path: Path, monkeypatch) 
     assert os.listdir(tmp_path) == []
 
 
-def test_an_output_that_cannot_be_opened_stops_the_writing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_order", [False, True])
+def test_an_output_that_cannot_be_opened_fails_its_shard_alone(
+    tmp_path: Path, in_order: bool
+) -> None:
     (tmp_path / "file").write_text("")
-    with WriterThread(2, in_order=False) as writer:
-        writer.open(0, str(tmp_path / "a.out"), JSONLINES)
-        writer.add(0, 0, b"0\n", 1)
-        writer.open(1, str(tmp_path / "file" / "b.out"), JSONLINES)
-        writer.add(1, 0, b"b\n", 1)
+    with WriterThread(2, in_order=in_order) as writer:
+        writer.open(0, str(tmp_path / "file" / "a.out"), JSONLINES)
+        writer.add(0, 0, b"a\n", 1)
         writer.end(0, 1)
+        writer.open(1, str(tmp_path / "b.out"), JSONLINES)
+        writer.add(1, 0, b"b\n", 1)
+        writer.end(1, 1)
         writer.finish()
-        with pytest.raises(InputError, match=r"^cannot write .*/file/b\.out: "):
-            writer.outcomes()
-    assert os.listdir(tmp_path) == ["file"]
+        [failed, committed] = writer.outcomes()
+    assert isinstance(failed, Failed) and failed.idx == 0
+    assert failed.reason == f"cannot write {tmp_path}/file/a.out: File exists"  # makedirs
+    assert committed == Committed(1, 1)
+    assert sorted(os.listdir(tmp_path)) == ["b.out", "file"]
+    assert (tmp_path / "b.out").read_bytes() == b"b\n"
     assert writer_threads() == []
 
 

@@ -24,7 +24,7 @@ from o2v_batch.formats import Oversize
 from o2v_batch.protocol import WorkerSpec
 from o2v_batch.report import ShardReport, batch_failure
 from o2v_batch.worker_process import describe, start_server
-from o2v_batch.writer import ShardOutput
+from o2v_batch.writer import Committed, WriterThread
 
 
 class ShardWorker:
@@ -59,6 +59,8 @@ class ShardWorker:
 
     def serve_shard(self, idx: int, task: ShardTask) -> tuple[int, ShardReport]:
         """Serves one shard into its output, committed only when every record is written.
+        The output's lifecycle is the local engine's: a writer thread (writer.py) writes
+        parts while the next mini-batch is served.
 
         A model that raises or a process that dies makes Ray retry the whole shard.
         """
@@ -69,42 +71,46 @@ class ShardWorker:
             self.sweep = False
             io.discard_partial([report.output])
         self.now = (idx, 0, 0, time.monotonic())
-        try:
-            output = ShardOutput(report.output, task.accept)
-        except Exception as exc:
-            return self._failed(report, io.describe_error(exc, report.output))
-        try:
-            self._serve(idx, task, output)
-        except ShardFailed as exc:
-            output.abort()
-            return self._failed(report, str(exc))
-        except BaseException:
-            output.abort()
-            raise
-        try:
-            output.commit()
-        except Exception as exc:
-            output.abort()
-            return self._failed(report, io.describe_error(exc, report.output))
-        report.status, report.records_out = "ok", output.records
-        return self.pid, report
+        # Holds two parts: a slow write (an S3 part) overlaps serving, memory stays flat.
+        with WriterThread(2, in_order=False) as writer:
+            try:
+                writer.open(idx, report.output, task.accept)
+                outcomes = self._serve(idx, task, writer)
+                writer.finish()
+                outcomes += writer.outcomes()
+            except WorkerError:
+                raise
+            except Exception as exc:  # the output could not be opened or written
+                return self._failed(report, io.describe_error(exc, report.output))
+        outcome = outcomes[0]
+        if isinstance(outcome, Committed):
+            report.status, report.records_out = "ok", outcome.records
+            return self.pid, report
+        return self._failed(report, outcome.reason)
 
-    def _serve(self, idx: int, task: ShardTask, output: ShardOutput) -> None:
+    def _serve(self, idx: int, task: ShardTask, writer: WriterThread) -> list:
+        """Hands the shard's parts to the writer, and their count once read whole. A bad
+        record or an unreadable input is the last part: it fails the shard. Stops early
+        once the writer has failed the shard (its outcomes, returned)."""
         count = 0
         with contextlib.closing(mini_batches(task, self.config)) as items:
-            for item in items:
-                pos = item.pos if isinstance(item, Oversize) else item.positions[0]
-                self.now = (idx, task.report.records_in, pos, time.monotonic())
-                if isinstance(item, Oversize):
-                    payload, predictions = oversize(task, item, self.config), 0
-                else:
-                    payload, predictions = self._batch(task, item)
-                try:
-                    output.add(count, payload, predictions)
-                except Exception as exc:
-                    raise ShardFailed(io.describe_error(exc, output.uri)) from None
+            try:
+                for item in items:
+                    pos = item.pos if isinstance(item, Oversize) else item.positions[0]
+                    self.now = (idx, task.report.records_in, pos, time.monotonic())
+                    if isinstance(item, Oversize):
+                        payload, predictions = oversize(task, item, self.config), 0
+                    else:
+                        payload, predictions = self._batch(task, item)
+                    writer.add(idx, count, payload, predictions)
+                    count += 1
+                    if outcomes := writer.outcomes():
+                        return outcomes
+            except ShardFailed as exc:
+                writer.fail(idx, count, str(exc))
                 count += 1
-        output.total = count
+        writer.end(idx, count)
+        return []
 
     def _batch(self, task: ShardTask, batch: MiniBatch) -> tuple[bytes, int]:
         task.report.count_batch(len(batch.records), batch.nbytes)
