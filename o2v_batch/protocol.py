@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from o2v_batch.segments import Placed, SharedLines
-
 # "module:function" building a worker's server: factory(model_dir, device, options, threads)
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
 DEFAULT_FACTORY = "o2v_batch.serving:create_server"
@@ -68,6 +66,52 @@ class BatchResult:
     error: str | None = None
     # Where the payload is instead, in the worker's shared segments (then payload is b"").
     placed: Placed | None = None
+
+
+# -- shared memory (segments.py): what travels instead of bytes -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLines:
+    """A request's records: `count` lines, the first `length` bytes of request segment `slot`."""
+
+    slot: int
+    length: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a worker put a response: segment `slot`, its first `length` bytes."""
+
+    slot: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The parent is done with the response in segment `slot`: the worker may reuse it."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAt:
+    """The parent to a worker: write the response in `slot` at `offset` of `path`; the
+    segment is free again once written."""
+
+    slot: int
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wrote:
+    """A worker's answer to WriteAt: None, or why it could not write."""
+
+    slot: int
+    error: str | None
 
 
 # -- what a worker answers ------------------------------------------------------

@@ -23,7 +23,17 @@ from multiprocessing.connection import Connection, wait
 from o2v_batch import segments
 from o2v_batch.errors import WorkerError
 from o2v_batch.formats import Lines
-from o2v_batch.protocol import Done, Failed, Fatal, Ready, ServeRequest, Started, WorkerSpec
+from o2v_batch.protocol import (
+    Done,
+    Failed,
+    Fatal,
+    Ready,
+    ServeRequest,
+    SharedLines,
+    Started,
+    WorkerSpec,
+    Wrote,
+)
 from o2v_batch.worker_process import (
     Spares,
     exit_reason,
@@ -115,7 +125,7 @@ class WorkerPool:
         shared = shared_memory and segments.SUPPORTED
         self._segments = (max_concurrent, max_concurrent + 2) if shared else (0, 0)
         # What callers did with responses in segments, from any thread: (worker, a
-        # segments.Release or RemoteWrite).
+        # protocol.Release or segments.RemoteWrite).
         self._handed: queue.SimpleQueue = queue.SimpleQueue()
         self._spares = spares  # processes started early, taken before new ones
         self._specs = specs
@@ -148,7 +158,7 @@ class WorkerPool:
         started = self._spares.take(spec.factory) if self._spares else None
         process, parent = started or start_process(self._ctx, spec.factory)
         w = _Worker(index, spec, process, parent, oom_kills=oom_kills())
-        if responses:
+        if requests:
             w.requests, w.free = segments.create(requests, "request"), list(range(requests))
             w.views = segments.Views(segments.create(responses))
         # A worker already gone (its interpreter could not start) closed its end: its
@@ -249,11 +259,13 @@ class WorkerPool:
         if len(records.data) < segments.MIN_SHARED_BYTES:
             return task.request
         slot = w.free.pop()
-        if os.pwrite(w.requests[slot], records.data, 0) != len(records.data):
-            w.free.append(slot)  # short of memory: the pipe it is
+        try:
+            os.pwrite(w.requests[slot], records.data, 0)
+        except OSError:  # short of memory: the pipe it is (the worker is fine)
+            w.free.append(slot)
             return task.request
         task.slot = slot
-        shared = segments.SharedLines(slot, len(records.data), records.count)
+        shared = SharedLines(slot, len(records.data), records.count)
         return dataclasses.replace(task.request, records=shared)
 
     def _service(self, w: _Worker, handle) -> None:
@@ -265,7 +277,7 @@ class WorkerPool:
         except (EOFError, OSError):
             self._died(w)
             return
-        if isinstance(message, segments.Wrote):
+        if isinstance(message, Wrote):
             w.writing.pop(message.slot).finished(message.error)
         elif isinstance(message, Started):
             w.started = True

@@ -26,36 +26,13 @@ from multiprocessing.reduction import recv_handle, send_handle
 
 from o2v_batch.formats import Lines
 from o2v_batch.io.local import write_at
+from o2v_batch.protocol import Placed, Release, SharedLines, WriteAt, Wrote
 
 # Responses smaller than this go through the pipe: a descriptor would save little.
 MIN_SHARED_BYTES = 64 * 1024
 _PAGE = mmap.PAGESIZE
 
 SUPPORTED = hasattr(os, "memfd_create")
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """The parent is done with the response in segment `slot`: the worker may reuse it."""
-
-    slot: int
-
-
-@dataclass(frozen=True, slots=True)
-class SharedLines:
-    """A request's records: `count` lines, the first `length` bytes of request segment `slot`."""
-
-    slot: int
-    length: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Placed:
-    """Where a worker put a response: segment `slot`, its first `length` bytes."""
-
-    slot: int
-    length: int
 
 
 def create(count: int, kind: str = "response") -> list[int]:
@@ -83,13 +60,6 @@ def close(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _mapped(fd: int, length: int, current: mmap.mmap | None) -> mmap.mmap:
-    """A mapping of the memory file `fd` that holds at least `length` bytes."""
-    if current is not None and len(current) >= length:
-        return current
-    return mmap.mmap(fd, max(os.fstat(fd).st_size, _PAGE))
-
-
 class Responses:
     """A worker's side: puts responses in its free segments."""
 
@@ -113,12 +83,14 @@ class Responses:
             slot = self._free.get_nowait()
         except queue.Empty:
             return None
-        fd = self._fds[slot]
-        if os.fstat(fd).st_size < len(payload):
+        fd, mapping = self._fds[slot], self._maps[slot]
+        size = os.fstat(fd).st_size
+        if size < len(payload):
             # Doubling: a segment is resized a few times in a job, not per mini-batch.
-            size = max(len(payload), 2 * os.fstat(fd).st_size)
-            os.ftruncate(fd, -(-size // _PAGE) * _PAGE)
-        mapping = self._maps[slot] = _mapped(fd, len(payload), self._maps[slot])
+            size = -(-max(len(payload), 2 * size) // _PAGE) * _PAGE
+            os.ftruncate(fd, size)
+        if mapping is None or len(mapping) < len(payload):
+            mapping = self._maps[slot] = mmap.mmap(fd, size)
         mapping[: len(payload)] = payload
         return Placed(slot, len(payload))
 
@@ -136,7 +108,7 @@ class SharedPayload:
     be kept past it. `write_elsewhere` has the worker write it into an output instead,
     which frees the segment there."""
 
-    __slots__ = ("__weakref__", "_mapping", "_notify", "slot", "view")
+    __slots__ = ("_mapping", "_notify", "slot", "view")
 
     def __init__(self, mapping: mmap.mmap, length: int, slot: int, notify: Callable):
         self._mapping = mapping
@@ -193,25 +165,6 @@ class RemoteWrite:
     def finished(self, error: str | None) -> None:
         self.payload.close()
         self.done(error)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteAt:
-    """The parent to a worker: write the response in `slot` at `offset` of `path`; the
-    segment is free again once written."""
-
-    slot: int
-    path: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Wrote:
-    """A worker's answer to WriteAt: None, or why it could not write."""
-
-    slot: int
-    error: str | None
 
 
 class Views:

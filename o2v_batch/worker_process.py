@@ -22,7 +22,17 @@ from typing import Any
 from o2v_batch import segments
 from o2v_batch.devices import worker_device
 from o2v_batch.errors import O2VError
-from o2v_batch.protocol import Done, Failed, Fatal, Ready, Started, WorkerSpec
+from o2v_batch.protocol import (
+    Done,
+    Failed,
+    Fatal,
+    Ready,
+    Release,
+    SharedLines,
+    Started,
+    WorkerSpec,
+    WriteAt,
+)
 
 # How long the interpreter of a worker that could not start may take to show why.
 PROBE_TIMEOUT_S = 30.0
@@ -80,7 +90,7 @@ def _worker_main(conn: Connection, factory: str) -> None:
     while (request := requests.get()) is not None:
         try:
             records = request.records
-            if isinstance(records, segments.SharedLines):
+            if isinstance(records, SharedLines):
                 records = segments.read_lines(requests_in, records)
             result = server.serve(request.positions, records, request.content_type, request.accept)
             if (placed := responses.place(result.payload)) is not None:
@@ -109,9 +119,9 @@ def _receive(
             message = conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: never linger as an orphan
-        if isinstance(message, segments.Release):
+        if isinstance(message, Release):
             responses.release(message.slot)
-        elif isinstance(message, segments.WriteAt):
+        elif isinstance(message, WriteAt):
             wrote = responses.write(message)
             with sending:
                 conn.send(wrote)

@@ -11,7 +11,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from o2v_batch.errors import O2VError
 from o2v_batch.io import AtomicWriter, describe_error, open_write, shown
@@ -23,15 +22,17 @@ class ShardOutput:
     """The output of one input shard, written as its parts complete in order; parts
     are framed as consecutive mini-batches are."""
 
-    def __init__(self, uri: str, accept: str):
+    def __init__(
+        self, uri: str, accept: str, written_elsewhere: Callable[[str | None], None] | None = None
+    ):
         self.uri = uri
         self._pending: dict[int, bytes | SharedPayload | str] = {}  # str: why a part failed
         self._next = 0
         self.total: int | None = None  # parts in the shard, once reading ends
         self.records = 0
         # Told (from any thread) when a worker has written a part into the output
-        # itself: None, or why it could not. Unset, parts are written here.
-        self.written_elsewhere: Callable[[str | None], None] | None = None
+        # itself: None, or why it could not. Without it, parts are written here.
+        self.written_elsewhere = written_elsewhere
         self.elsewhere = 0  # parts being written by workers
         codec = codec_for(accept)
         self._text = isinstance(codec, TextCodec)
@@ -232,27 +233,23 @@ class WriterThread:
     def _elsewhere(self) -> bool:
         return any(output.elsewhere for output in self._outputs.values())
 
-    def _take_written(self, timeout: float) -> None:
-        try:
-            idx, error = (
-                self._done_elsewhere.get(timeout=timeout)
-                if timeout
-                else self._done_elsewhere.get_nowait()
-            )
-        except queue.Empty:
-            return
-        while True:
+    def _take_written(self, wait: float) -> None:
+        """Takes the parts workers have written into outputs, waiting up to `wait`
+        seconds for the first."""
+        written = []
+        with contextlib.suppress(queue.Empty):
+            written.append(self._done_elsewhere.get(block=wait > 0, timeout=wait or None))
+            while True:
+                written.append(self._done_elsewhere.get_nowait())
+        for idx, error in written:
             output = self._outputs.get(idx)
-            if output is not None:
-                output.elsewhere -= 1
-                if error is not None:
-                    self._failed_shard(idx, f"cannot write {shown(output.uri)}: {error}")
-                else:
-                    self._maybe_commit(idx)
-            try:
-                idx, error = self._done_elsewhere.get_nowait()
-            except queue.Empty:
-                return
+            if output is None:
+                continue  # the shard has failed
+            output.elsewhere -= 1
+            if error is not None:
+                self._failed_shard(idx, f"cannot write {shown(output.uri)}: {error}")
+            else:
+                self._maybe_commit(idx)
 
     def _abort_all(self) -> None:
         while self._outputs:
@@ -260,17 +257,14 @@ class WriterThread:
 
     def _open(self, idx: int, uri: str, accept: str) -> None:
         try:
-            output = ShardOutput(uri, accept)
+            done = self._done_elsewhere.put
+            output = ShardOutput(uri, accept, lambda error: done((idx, error)))
         except Exception as exc:  # this shard's alone (its folder is a file, say)
             self._failed.add(idx)
             self._outcomes.put(Failed(idx, describe_error(exc, uri)))
             self._maybe_commit(idx)  # in order, the shards after it go on
             return
         self._outputs[idx] = output
-        output.written_elsewhere = partial(self._written_elsewhere, idx)
-
-    def _written_elsewhere(self, idx: int, error: str | None) -> None:
-        self._done_elsewhere.put((idx, error))
 
     def _add(self, idx: int, seq: int, payload: bytes, records: int) -> None:
         self._written(idx, lambda output: output.add(seq, payload, records))

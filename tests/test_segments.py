@@ -3,6 +3,7 @@ reads, a held segment is never overwritten, and no segment outlives its processe
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -15,9 +16,11 @@ from helpers import make_model, random_records, write_jsonl
 from pools import expected, pids, pool_of, run
 
 import o2v_batch
-from o2v_batch import segments
+from o2v_batch import runtime, segments
 from o2v_batch.config import TransformConfig
+from o2v_batch.formats import Lines
 from o2v_batch.io import local
+from o2v_batch.protocol import Release
 from o2v_batch.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
 
 pytestmark = pytest.mark.skipif(not segments.SUPPORTED, reason="no memory files here")
@@ -121,7 +124,7 @@ def test_a_view_kept_elsewhere_keeps_its_segment_from_reuse():
         assert bytes(array) == first
         # Once nothing views it, a payload hands its segment back.
         views.payload(placed, told.append).release()
-        assert told == [segments.Release(placed.slot)]
+        assert told == [Release(placed.slot)]
     finally:
         segments.close(fds)
 
@@ -196,3 +199,23 @@ def test_the_parent_writes_none_of_the_responses_of_a_local_output(tmp_path, mon
         rows = [i for i, record in enumerate(records) if name in record]
         wanted = model.embed([records[i][name] for i in rows], encoder=encoder)
         np.testing.assert_allclose(got[rows], wanted, rtol=1e-5, atol=1e-6)
+
+
+def test_a_request_segment_that_cannot_be_written_sends_the_lines_through_the_pipe(
+    tmp_path, monkeypatch
+):
+    def no_memory(fd, data, offset):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(runtime.os, "pwrite", no_memory)
+    lines = Lines(b"a" * MIN_SHARED_BYTES + b"\nb", 2)
+    with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
+        pool.submit(0, [1, 2], lines, "application/jsonlines", "application/jsonlines")
+        events = []
+        while not events:
+            events = pool.poll(0.5)
+        assert pool.restarts == 0  # the worker was never taken for lost
+    [done] = events
+    payload = done.result.payload
+    got = bytes(payload.view) if isinstance(payload, SharedPayload) else payload
+    assert got == b"A" * MIN_SHARED_BYTES + b"\nB\n"
