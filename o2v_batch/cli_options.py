@@ -30,7 +30,8 @@ _WORKER_OPTIONS = (
     click.option(
         "--workers",
         type=click.IntRange(min=1),
-        help="Worker processes. [default: one per GPU; on CPU, by core count]",
+        help="Worker processes. [default: up to 4 per GPU as the cores allow; on CPU, one "
+        "per core up to 32]",
     ),
 )
 

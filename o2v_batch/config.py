@@ -49,7 +49,7 @@ class TransformConfig:
     max_payload: float = 6.0  # MB (2**20 bytes); 0 = no cap
     mode: str = "auto"
     devices: str = "auto"
-    workers: int | None = None  # None: one per GPU, or the measured CPU default
+    workers: int | None = None  # None: runtime.plan_workers sizes them from cores and GPUs
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT
     join_source: str = "None"
     input_filter: str = "$"

@@ -43,7 +43,13 @@ from o2v_batch.worker_process import (
     start_process,
 )
 
-MAX_CPU_WORKERS = 8
+# One single-threaded worker per core, up to this many (then more torch threads each):
+# each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.
+MAX_CPU_WORKERS = 32
+# Workers sharing one GPU by default, when the cores allow: each parses, pads and encodes
+# on its own cores while the others' batches are on the device (measured on one H200
+# with 16 cores: 4 workers ran the heavy model 1.6x as fast as one, the light 1.14x).
+GPU_WORKERS_PER_DEVICE = 4
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
 
@@ -54,13 +60,16 @@ STOP_GRACE_S = 5.0
 def plan_workers(
     devices: list[str], workers: int | None, cpu_count: int | None = None
 ) -> list[tuple[str, int]]:
-    """(device, torch threads) per worker: one per GPU by default; on CPU, cores are shared out."""
+    """(device, torch threads) per worker, the cores shared out: by default up to
+    GPU_WORKERS_PER_DEVICE per GPU (no more than the cores), spread over the GPUs in
+    turn; on CPU one per core."""
     cores = cpu_count or os.cpu_count() or 1
     if devices != ["cpu"]:
-        n = workers or len(devices)
+        per_device = max(1, min(GPU_WORKERS_PER_DEVICE, cores // len(devices)))
+        n = workers or len(devices) * per_device
         return [(devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
-    # One single-threaded worker per core (up to 8, then threads per worker): it keeps
-    # every core busy, parsing included, and never leaves torch threads waiting on a
+    # One single-threaded worker per core (up to MAX_CPU_WORKERS, then threads per
+    # worker): it keeps every core busy, parsing included, and never leaves torch threads waiting on a
     # core the parent holds (measured: scripts/bench.py).
     n = workers or min(cores, MAX_CPU_WORKERS)
     return [("cpu", max(1, cores // n)) for _ in range(n)]

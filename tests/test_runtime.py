@@ -115,10 +115,21 @@ def test_spares_of_another_factory_are_not_taken(tmp_path):
 
 def test_worker_plan_on_cpu():
     assert plan_workers(["cpu"], None, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
-    assert plan_workers(["cpu"], None, cpu_count=32) == [("cpu", 4)] * 8
+    assert plan_workers(["cpu"], None, cpu_count=32) == [("cpu", 1)] * 32
+    assert plan_workers(["cpu"], None, cpu_count=128) == [("cpu", 4)] * 32
     assert plan_workers(["cpu"], 1, cpu_count=2) == [("cpu", 2)]
     assert plan_workers(["cpu"], 2, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
-    assert plan_workers(["cuda:0", "cuda:1"], None, cpu_count=16) == [("cuda:0", 8), ("cuda:1", 8)]
+
+
+def test_worker_plan_on_gpus():
+    """Up to four workers share a GPU by default, as the cores allow, spread over the
+    GPUs in turn; --workers sets the count."""
+    two = ["cuda:0", "cuda:1"]
+    assert plan_workers(two, None, cpu_count=16) == [("cuda:0", 2), ("cuda:1", 2)] * 4
+    assert plan_workers(two, None, cpu_count=4) == [("cuda:0", 1), ("cuda:1", 1)] * 2
+    assert plan_workers(two, None, cpu_count=1) == [("cuda:0", 1), ("cuda:1", 1)]
+    assert plan_workers(["cuda:0"], None, cpu_count=16) == [("cuda:0", 4)] * 4
+    assert plan_workers(two, 2, cpu_count=16) == [("cuda:0", 8), ("cuda:1", 8)]
 
 
 def test_workers_start_without_torch(tmp_path):
