@@ -23,6 +23,7 @@ from o2v_batch.metrics import ServeMetrics
 from o2v_batch.protocol import BatchResult, Done, Failed, WorkerSpec
 from o2v_batch.report import recovered
 from o2v_batch.runtime import Recovery, WorkerPool
+from o2v_batch.segments import SharedPayload
 from o2v_batch.serve_requests import Invocation, bad_record, invocation
 from o2v_batch.worker_process import describe
 
@@ -69,8 +70,15 @@ class Dispatcher(threading.Thread):
         on_ready: Callable[[], None],
     ) -> None:
         super().__init__(name="o2v-dispatcher", daemon=True)
+        # Requests and responses travel through shared memory, as in transform: the
+        # pipes carry only small messages.
         self._pool = WorkerPool(
-            specs, max_concurrent, max_retries, invocation_timeout, on_recovery=self._recovered
+            specs,
+            max_concurrent,
+            max_retries,
+            invocation_timeout,
+            on_recovery=self._recovered,
+            shared_memory=True,
         )
         self.capacity = self._pool.capacity
         self._log = log
@@ -137,6 +145,8 @@ class Dispatcher(threading.Thread):
                     self._settled(event)
 
     def _settled(self, event: Done | Failed) -> None:
+        if isinstance(event, Done):
+            _own_payload(event.result)
         if event.task_id == _WARM_UP:
             self._warmed_up(event)
             return
@@ -183,6 +193,15 @@ class Dispatcher(threading.Thread):
         if retried:
             retry = f"retrying a request (attempt {event.attempt} of {self._pool.max_retries + 1})"
         self._log(recovered(event.reason, event.restarted, retry))
+
+
+def _own_payload(result: BatchResult) -> None:
+    """A response in a worker's segment becomes bytes of the server's own (one copy, as
+    a pipe's would be), and the segment goes back to the worker at once."""
+    shared = result.payload
+    if isinstance(shared, SharedPayload):
+        result.payload = bytes(shared.view)
+        shared.release()
 
 
 def _settle(pending: _Pending, outcome: Outcome) -> None:

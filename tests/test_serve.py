@@ -22,6 +22,7 @@ from conftest import REPO
 from helpers import random_records, write_json, write_jsonl
 from processes import alive
 
+from o2v_batch import segments
 from o2v_batch.config import TransformConfig
 from o2v_batch.job import transform
 
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.slow
 MODEL = REPO / "examples" / "model"
 JSON, JSONLINES = "application/json", "application/jsonlines"
 RECORDS = random_records(60, seed=11)  # ids < 60, lengths up to 30: caps of 5,3 truncate
+# Answers of these come back through shared memory (over segments.MIN_SHARED_BYTES).
+LARGE = random_records(3000, seed=12, pairs=False)
 CAPS = "5,3"
 
 
@@ -116,6 +119,7 @@ def inputs(tmp_path_factory) -> Path:
     write_json(folder / "records.json", RECORDS)
     bad = [*RECORDS[:3], {"in0": "not ids"}, *RECORDS[3:6]]
     write_jsonl(folder / "bad.jsonl", bad)
+    write_jsonl(folder / "large.jsonl", LARGE)
     return folder
 
 
@@ -135,7 +139,7 @@ def expected(inputs, tmp_path_factory) -> dict:
             infer_max_seqlens=seqlens,
         )
         summary = transform(config, log=lambda line: None)
-        for name in ("records.jsonl", "records.json"):
+        for name in ("records.jsonl", "records.json", "large.jsonl"):
             found[name, caps] = (out / f"{name}.out").read_bytes()
         found["bad"] = summary.failed[0]["reason"]
     return found
@@ -184,6 +188,20 @@ def test_invocations_answer_with_the_bytes_transform_writes(
     assert body == expected[name, caps]
     if caps:
         assert body != expected[name, None]
+
+
+def test_large_answers_come_through_shared_memory_as_transform_writes_them(
+    server, inputs, expected
+):
+    """Answers over 64 KB travel in the workers' response segments: more requests than
+    the segments, one after another, so each must have been handed back."""
+    body = (inputs / "large.jsonl").read_bytes()
+    want = expected["large.jsonl", None]
+    assert len(want) > segments.MIN_SHARED_BYTES
+    for _ in range(12):  # 2 workers x 4 segments each, and more
+        assert invoke(server.port, body, JSONLINES) == (200, JSONLINES, want)
+    maps = [Path(f"/proc/{worker.pid}/maps").read_text() for worker in server.workers()]
+    assert any("memfd:o2v-batch-response" in text for text in maps)
 
 
 def test_the_accept_header_picks_the_response_format(server, inputs, expected):
