@@ -1574,6 +1574,9 @@ def main(argv: list[str]) -> int:
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="o2v-bench-"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Every system runs as an installed program does, from Python's bytecode cache, even
+    # where the environment turns writing it off (each start would compile from source).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cuda = info["gpu"] is not None
     bench = Bench(work, env, cuda=cuda, keep=args.work is not None, gpu_table=args.gpu)
     try:
