@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from o2v_batch import segments
+from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
 from o2v_batch.errors import WorkerError
 from o2v_batch.formats import Lines
 from o2v_batch.protocol import (
@@ -46,10 +47,6 @@ from o2v_batch.worker_process import (
 # One single-threaded worker per core, up to this many (then more torch threads each):
 # each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.
 MAX_CPU_WORKERS = 32
-# Workers sharing one GPU by default, when the cores allow: each parses, pads and encodes
-# on its own cores while the others' batches are on the device (measured on one H200
-# with 16 cores: 4 workers ran the heavy model 1.6x as fast as one, the light 1.14x).
-GPU_WORKERS_PER_DEVICE = 4
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
 

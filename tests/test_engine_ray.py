@@ -393,14 +393,29 @@ def config_with(**options) -> TransformConfig:
         ({"workers": 4}, 10, (2, 2, 0), ActorPlan(4, "cpu", 1, {"num_cpus": 0.5})),
         ({"workers": 1}, 10, (16, 4, 0), ActorPlan(1, "cpu", 4, {"num_cpus": 4.0})),
         ({"devices": "cpu"}, 10, (16, 8, 2), ActorPlan(8, "cpu", 2, {"num_cpus": 2.0})),
-        ({}, 10, (16, 8, 2), ActorPlan(2, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1})),
+        # Up to 4 actors share a GPU, as the cluster's cores allow; --workers spreads its
+        # count over the GPUs, so that every actor can start.
+        ({}, 10, (16, 8, 2), ActorPlan(8, "cuda:0", 1, {"num_gpus": 0.25, "num_cpus": 1})),
+        ({}, 10, (4, 4, 2), ActorPlan(4, "cuda:0", 1, {"num_gpus": 0.5, "num_cpus": 1})),
+        ({}, 10, (1, 1, 2), ActorPlan(2, "cuda:0", 1, {"num_gpus": 1.0, "num_cpus": 1})),
         (
             {"devices": "cuda"},
             1,
             (16, 8, 4),
-            ActorPlan(1, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1}),
+            ActorPlan(1, "cuda:0", 1, {"num_gpus": 0.25, "num_cpus": 1}),
         ),
-        ({"workers": 3}, 10, (16, 8, 2), ActorPlan(3, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1})),
+        (
+            {"workers": 3},
+            10,
+            (16, 8, 2),
+            ActorPlan(3, "cuda:0", 1, {"num_gpus": 0.5, "num_cpus": 1}),
+        ),
+        (
+            {"workers": 2},
+            10,
+            (16, 8, 2),
+            ActorPlan(2, "cuda:0", 1, {"num_gpus": 1.0, "num_cpus": 1}),
+        ),
     ],
 )
 def test_plan_actors(options, shards, cluster, expected):

@@ -18,6 +18,7 @@ from typing import Any
 
 from o2v_batch import io
 from o2v_batch.config import TransformConfig
+from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
 from o2v_batch.engines.shard import ShardTask, total_bytes
 from o2v_batch.errors import ConfigError, WorkerError, missing_extra, require_extra
 from o2v_batch.report import (
@@ -115,7 +116,8 @@ class ActorPlan:
 def plan_actors(
     config: TransformConfig, shards: int, cluster_cpus: float, node_cpus: float, gpus: int
 ) -> ActorPlan:
-    """One actor per GPU, or CPU actors of CPUS_PER_ACTOR cores each; never more than shards.
+    """Up to GPU_WORKERS_PER_DEVICE actors per GPU (a share of it each, as the cores
+    allow), or CPU actors of CPUS_PER_ACTOR cores each; never more than shards.
 
     `node_cpus` is the largest node's: an actor asking for more could never start.
     """
@@ -128,9 +130,15 @@ def plan_actors(
     if devices == "cuda" or (devices == "auto" and gpus):
         if not gpus:
             raise ConfigError(f"--devices {config.devices}: the Ray cluster has no GPUs")
-        count = min(config.workers or gpus, shards)
+        # As the local engine's workers: up to GPU_WORKERS_PER_DEVICE actors share each
+        # GPU (a fraction of it each), as the cluster's cores allow.
+        per_gpu = max(1, min(GPU_WORKERS_PER_DEVICE, int(cluster_cpus // gpus)))
+        if config.workers is not None:
+            per_gpu = -(-config.workers // gpus)
+        count = min(config.workers or gpus * per_gpu, shards)
         # Ray sets CUDA_VISIBLE_DEVICES per actor: its one GPU is cuda:0.
-        return ActorPlan(count, "cuda:0", 1, {"num_gpus": 1, "num_cpus": 1})
+        share = round(1 / per_gpu, 4)  # Ray counts GPUs to 4 decimals
+        return ActorPlan(count, "cuda:0", 1, {"num_gpus": share, "num_cpus": 1})
     node_cpus = max(node_cpus, 1.0)
     if config.workers is None:
         per_actor = min(float(CPUS_PER_ACTOR), node_cpus)
