@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
+from conftest import REPO
 
 from o2v_batch import io as sources
 from o2v_batch.io import Shard
@@ -25,6 +29,30 @@ def test_stdout_never_holds_an_earlier_output():
 def test_stdin_is_read_as_bytes(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"in0": [1]}\n')))
     assert sources.open_read("-").read() == b'{"in0": [1]}\n'
+
+
+@pytest.mark.slow
+def test_sigterm_while_stdin_waits_on_an_open_pipe_exits_143(tmp_path):
+    """The reader thread blocked on an idle pipe holds no lock the exiting interpreter
+    needs: the job ends as a terminated Unix tool does, not with Python's abort (134)."""
+    command = [sys.executable, "-m", "o2v_batch", "transform", "-", str(tmp_path / "out")]
+    read_end, write_end = os.pipe()  # held open, and nothing written to it
+    try:
+        job = subprocess.Popen(
+            [*command, "--model", str(REPO / "examples" / "model")],
+            stdin=read_end,
+            stderr=subprocess.PIPE,
+        )
+        os.close(read_end)
+        time.sleep(3)  # planned, the reader waiting on stdin
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        os.close(write_end)
+    assert job.returncode == 143, stderr.decode()
+    assert b"Fatal Python error" not in stderr
+    assert stderr.decode().endswith("o2v-batch: terminated\n")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_stdout_shows_only_committed_shards(capsysbinary):

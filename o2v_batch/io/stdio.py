@@ -33,7 +33,14 @@ def size(uri: str) -> int | None:
 
 
 def open_read(uri: str) -> BinaryIO:
-    return sys.stdin.buffer
+    """Stdin's file descriptor, unbuffered: a reader thread waiting on an open pipe then
+    holds no lock of sys.stdin's buffer, which the interpreter takes as it exits (on
+    SIGTERM it aborted with "could not acquire lock ... at interpreter shutdown")."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without one
+        return sys.stdin.buffer
+    return open(fd, "rb", buffering=0, closefd=False)
 
 
 class _StdoutWriter(AtomicWriter):
