@@ -110,7 +110,7 @@ def _on_sigterm(signum, frame):
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_CONCURRENT,
     show_default=True,
-    help="Mini-batches in flight per worker.",
+    help="Mini-batches in flight per worker (at least 3 on a GPU: one per stage).",
 )
 @click.option(
     "--join-source",

@@ -89,7 +89,7 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_CONCURRENT,
     show_default=True,
-    help="Requests in flight per worker.",
+    help="Requests in flight per worker (at least 3 on a GPU: one per stage).",
 )
 @click.option(
     "--max-queued-requests",

@@ -22,7 +22,8 @@ ENGINES = ("local", "ray")
 # InvocationsTimeoutInSeconds default), and its invocation retries.
 DEFAULT_INVOCATION_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 3
-# Two mini-batches per worker: one computing while the next is already waiting.
+# Two mini-batches per worker: one computing while the next is already waiting. A
+# pipelined (GPU) worker holds at least three, one per stage (runtime.WorkerPool).
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_MAX_QUEUED = 64  # o2v-batch serve: requests waiting for a worker
 # o2v-batch serve: seconds a request's whole body may take to arrive; a slower one is a
@@ -71,6 +72,9 @@ class TransformConfig:
     metrics_file: str | None = None  # a Prometheus text file of the job's figures, local
     # "module:function" building the per-worker server; tests hand in faulty models.
     worker_factory: str = "o2v_batch.serving:create_server"
+    # Workers that overlap parsing, the forward pass and encoding (protocol.WorkerSpec);
+    # None: GPU workers do. Tests and benchmarks set it to run them on CPU.
+    pipelined: bool | None = None
     # Of the embeddings in Parquet and .npy outputs: float16 halves their size.
     embedding_dtype: str = "float32"
     precision: str = "fp32"  # the dtype the network runs in; outputs stay float32

@@ -107,6 +107,11 @@ class MissingExtraError(ConfigError):
     """An optional dependency is not installed: a usage error naming the extra to install."""
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one line of text: our own errors carry their message."""
+    return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
+
+
 def missing_extra(feature: str, package: str, extra: str) -> str:
     """What `feature` needs and how to install the extra that brings it. o2v-batch is on
     no public index: the extra installs from a checkout or a built wheel."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 # "module:function" building a worker's server: factory(model_dir, device, options, threads)
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
+# It may split serve in phases: prepare(the same arguments) -> a batch whose predict()
+# runs the forward pass and finish() -> BatchResult encodes (worker_loop.py).
 DEFAULT_FACTORY = "o2v_batch.serving:create_server"
 
 
@@ -41,6 +43,14 @@ class WorkerSpec:
     # the worker's pipe, requests' first.
     request_segments: int = 0
     segments: int = 0
+    # Its loop runs a server's phases of consecutive mini-batches side by side, in three
+    # threads (worker_loop.py). None: on a GPU only (on CPU one single-threaded worker
+    # per core does better); tests run it on CPU.
+    pipelined: bool | None = None
+
+    @property
+    def pipelines(self) -> bool:
+        return self.device.startswith("cuda") if self.pipelined is None else self.pipelined
 
 
 @dataclass(frozen=True, slots=True)

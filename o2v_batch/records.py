@@ -68,7 +68,7 @@ class ParsedRecords:
         self.errors: dict[int, str] = {}
         self.rows: tuple[list[int], list[int]] = ([], [])  # record index per encoder input
         self.seqs: tuple[list[Any], list[Any]] = ([], [])
-        self.ids: list[TokenIds | None] = [None, None]  # per encoder input, once read
+        self.ids: list[TokenIds | None] = [None, None]  # per encoder input, once read or checked
 
     def bad(self, i: int, problem: str) -> None:
         """Record i is bad: Failed under --on-bad-record fail, else noted and left out."""
@@ -160,10 +160,16 @@ class ParsedRecords:
                     "(pairs need --mode auto or classification)",
                 )
 
+    def check(self) -> None:
+        """Checks both encoder inputs' ids (in0 first) and keeps them for checked_ids:
+        after it, only the output can still find a bad record."""
+        for enc in (0, 1):
+            self.ids[enc] = self.checked_ids(enc)
+
     def checked_ids(self, enc: int) -> TokenIds:
         """One encoder input's ids, in row order, once the bad ones are left out (after
         parse; in0 before in1, so a pair whose in0 is bad loses its in1 too)."""
-        checked = self.ids[enc]  # read without the parser, if the batch was plain
+        checked = self.ids[enc]  # read without the parser (a plain batch), or checked
         if checked is None and self._drop_unpaired(enc):
             checked = fast_ids(self.seqs[enc], self.rules.vocab[enc])
         if checked is None:
@@ -204,8 +210,7 @@ def bad_records(
     complaint, a pair in a `.npy` output) is not found here."""
     parsed = ParsedRecords(replace(rules, fail_fast=False), positions, records, error_key)
     parsed.parse()
-    for enc in (0, 1):
-        parsed.checked_ids(enc)
+    parsed.check()
     return [(positions[i], problem) for i, problem in parsed.errors.items()]
 
 

@@ -35,6 +35,7 @@ from o2v_batch.protocol import (
     WorkerSpec,
     Wrote,
 )
+from o2v_batch.worker_loop import PIPELINE_DEPTH
 from o2v_batch.worker_process import (
     Spares,
     exit_reason,
@@ -125,6 +126,9 @@ class WorkerPool:
         shared_memory: bool = False,
     ):
         self._ctx = mp.get_context("spawn")
+        # A pipelined worker (a GPU's) holds a mini-batch for each of its stages.
+        if any(spec.pipelines for spec in specs):
+            max_concurrent = max(max_concurrent, PIPELINE_DEPTH)
         # Each worker gets a request segment per mini-batch it may hold, and puts large
         # responses in segments of its own (segments.py): a few more than it may hold,
         # as the caller keeps some until written.

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from o2v_batch.errors import describe
 from o2v_batch.formats import JSONLINES
 from o2v_batch.metrics import ServeMetrics
 from o2v_batch.protocol import BatchResult, Done, Failed, WorkerSpec
@@ -25,7 +26,6 @@ from o2v_batch.report import recovered
 from o2v_batch.runtime import Recovery, WorkerPool
 from o2v_batch.segments import SharedPayload
 from o2v_batch.serve_requests import Invocation, bad_record, invocation
-from o2v_batch.worker_process import describe
 
 # Seconds between two looks at the intake while mini-batches are in flight: a request
 # arriving then waits at most this long for its worker.

@@ -4,9 +4,7 @@ worker process (it imports torch)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from o2v_batch.protocol import BatchResult, ServingOptions
+from o2v_batch.protocol import ServingOptions
 from o2v_batch.serve_requests import seqlens_of
 from o2v_batch.serving import Server
 
@@ -14,22 +12,13 @@ from o2v_batch.serving import Server
 class InvocationServer(Server):
     """Serves one request per mini-batch, capping sequence lengths as its content type asks."""
 
-    def __init__(self, model_dir: str, device: str, options: ServingOptions) -> None:
-        super().__init__(model_dir, device, options)
-        self.model_max_lens = list(self.max_lens)
-
-    def serve(
-        self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
-    ) -> BatchResult:
-        # Server reads max_lens as it embeds each mini-batch: the caps of this request
-        # apply to it alone, as transform's --infer-max-seqlens caps the model's lengths.
+    def max_lens_for(self, content_type: str) -> list[int]:
+        # A request's caps apply to it alone, as transform's --infer-max-seqlens caps
+        # the model's lengths.
         caps = seqlens_of(content_type)
-        self.max_lens = (
-            self.model_max_lens
-            if caps is None
-            else [min(m, c) for m, c in zip(self.model_max_lens, caps, strict=True)]
-        )
-        return super().serve(positions, records, content_type, accept)
+        if caps is None:
+            return self.max_lens
+        return [min(m, c) for m, c in zip(self.max_lens, caps, strict=True)]
 
 
 def create_server(

@@ -6,6 +6,7 @@ and response encoding all happen here, so the parent only moves bytes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -51,24 +52,62 @@ class Server:
     def serve(
         self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
     ) -> BatchResult:
-        batch = _Batch(self, positions, records, position_key(content_type))
+        """One mini-batch from end to end: its three phases one after another."""
+        batch = self.prepare(positions, records, content_type, accept)
+        batch.predict()
+        return batch.finish()
+
+    def prepare(
+        self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
+    ) -> _Batch | _Stopped:
+        """The host work before the forward pass: the records parsed and checked, their
+        token ids read. Then the batch's predict() runs the forward pass on the device
+        and its finish() encodes the responses; a pipelined worker runs the three phases
+        of consecutive mini-batches side by side (worker_loop.py)."""
+        error_key = position_key(content_type)
+        batch = _Batch(self, positions, records, error_key, accept, self.max_lens_for(content_type))
         try:
             batch.parse()
-            batch.predict()
-            batch.result.payload = batch.encode(codec_for(accept))
+            batch.check()
         except Failed:
-            pass
-        return batch.result
+            return _Stopped(batch.result)
+        return batch
+
+    def max_lens_for(self, content_type: str) -> list[int]:
+        """Each encoder input's length cap for a mini-batch sent as `content_type`."""
+        return self.max_lens
+
+
+class _Stopped:
+    """A mini-batch that a bad record stopped under --on-bad-record fail: its result says
+    where; no phase is left to run."""
+
+    def __init__(self, result: BatchResult):
+        self.result = result
+
+    def predict(self) -> None:
+        pass
+
+    def finish(self) -> BatchResult:
+        return self.result
 
 
 class _Batch(ParsedRecords):
     """The state of one mini-batch while it is served."""
 
     def __init__(
-        self, server: Server, positions: Sequence[int], records: Sequence[bytes], error_key: str
+        self,
+        server: Server,
+        positions: Sequence[int],
+        records: Sequence[bytes],
+        error_key: str,
+        accept: str,
+        max_lens: list[int],
     ):
         super().__init__(server.rules, positions, records, error_key)
         self.server = server
+        self.accept = accept
+        self.max_lens = max_lens  # this mini-batch's: a serve request may cap its own
         self.outputs: list[Any] = [None] * len(records)
         # When every record is one input's, in order: their (n, enc_dim) embeddings,
         # turned into outputs only if the codec needs them one by one.
@@ -112,13 +151,20 @@ class _Batch(ParsedRecords):
         checked = self.checked_ids(enc)
         if not self.rows[enc]:
             return None
-        checked, truncated = checked.truncate(server.max_lens[enc])
+        checked, truncated = checked.truncate(self.max_lens[enc])
         self.result.truncated += truncated
         return embed_ids(
             server.network, checked, enc, server.token_budget, server.max_rows, server.device
         )
 
     # -- responses --------------------------------------------------------
+
+    def finish(self) -> BatchResult:
+        """The phase after the forward pass: the responses encoded, or the bad record
+        (an output's complaint) that stopped them."""
+        with contextlib.suppress(Failed):
+            self.result.payload = self.encode(codec_for(self.accept))
+        return self.result
 
     def encode(self, codec: Codec) -> bytes:
         """The responses, one per record, as one fragment."""

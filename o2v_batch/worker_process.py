@@ -1,6 +1,7 @@
-"""A worker process: its start-up (start_server, shared with Ray actors), its loop of
-mini-batches, Spares, worker processes started before their model is known, and how
-one ended (its exit, the kernel's OOM killer, an interpreter that could not start).
+"""A worker process: its start-up (start_server, shared with Ray actors), its reader and
+its loop of mini-batches (worker_loop.py), Spares, worker processes started before their
+model is known, and how one ended (its exit, the kernel's OOM killer, an interpreter
+that could not start).
 
 Nothing here imports torch: the factory's module does, in the worker.
 """
@@ -19,20 +20,10 @@ from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any
 
-from o2v_batch import segments
+from o2v_batch import segments, worker_loop
 from o2v_batch.devices import worker_device
-from o2v_batch.errors import O2VError
-from o2v_batch.protocol import (
-    Done,
-    Failed,
-    Fatal,
-    Ready,
-    Release,
-    SharedLines,
-    Started,
-    WorkerSpec,
-    WriteAt,
-)
+from o2v_batch.errors import describe
+from o2v_batch.protocol import Fatal, Ready, Release, Started, WorkerSpec, WriteAt
 
 # How long the interpreter of a worker that could not start may take to show why.
 PROBE_TIMEOUT_S = 30.0
@@ -82,24 +73,14 @@ def _worker_main(conn: Connection, factory: str) -> None:
         return
     conn.send(Ready(os.getpid()))
     requests: queue.SimpleQueue = queue.SimpleQueue()
-    sending = threading.Lock()  # the loop answers requests; the reader, writes
+    endpoint = worker_loop.Endpoint(conn, threading.Lock(), requests_in, responses)
     reader = threading.Thread(
-        target=_receive, args=(conn, requests, responses, sending), daemon=True
+        target=_receive, args=(conn, requests, responses, endpoint.sending), daemon=True
     )
     reader.start()
-    while (request := requests.get()) is not None:
-        try:
-            records = request.records
-            if isinstance(records, SharedLines):
-                records = segments.read_lines(requests_in, records)
-            result = server.serve(request.positions, records, request.content_type, request.accept)
-            if (placed := responses.place(result.payload)) is not None:
-                result.payload, result.placed = b"", placed
-            answer = Done(request.task_id, result)
-        except Exception as exc:  # one line in the job's log, not a traceback per retry
-            answer = Failed(request.task_id, describe(exc))
-        with sending:
-            conn.send(answer)
+    pipelined = spec.pipelines and worker_loop.has_phases(server)
+    loop = worker_loop.serve_pipelined if pipelined else worker_loop.serve_in_turn
+    loop(server, requests, endpoint)
     reader.join()  # writes asked for before the stop are done
     # Every answer is sent: skip the interpreter's teardown (torch's takes most of a
     # second), which the whole command would otherwise wait for.
@@ -129,11 +110,6 @@ def _receive(
             requests.put(message)
             if message is None:
                 return
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one line of text: our own errors carry their message."""
-    return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"
 
 
 # -- processes started ahead of time ---------------------------------------

@@ -8,8 +8,10 @@ from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
 from o2v_batch.runtime import WorkerPool
 
 
-def pool_of(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:
-    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}")
+def pool_of(tmp_path, factory, workers=2, pipelined=None, **kwargs) -> WorkerPool:
+    spec = WorkerSpec(
+        str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}", pipelined=pipelined
+    )
     return WorkerPool([spec] * workers, **kwargs)
 
 

@@ -179,7 +179,14 @@ class _Run:
         config = self.config
         options = serving_options(config)
         return [
-            WorkerSpec(self.model_dir, device, threads, options, config.worker_factory)
+            WorkerSpec(
+                self.model_dir,
+                device,
+                threads,
+                options,
+                config.worker_factory,
+                pipelined=config.pipelined,
+            )
             for device, threads in _plan(config)
         ]
 

@@ -20,7 +20,7 @@ from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
 from o2v_batch.engines.shard import ShardTask, total_bytes
-from o2v_batch.errors import ConfigError, WorkerError, missing_extra, require_extra
+from o2v_batch.errors import ConfigError, WorkerError, describe, missing_extra, require_extra
 from o2v_batch.report import (
     Faults,
     Progress,
@@ -29,7 +29,6 @@ from o2v_batch.report import (
     recovered,
     shard_failed,
 )
-from o2v_batch.worker_process import describe
 
 MISSING_RAY = missing_extra("--engine ray", "Ray", "ray")
 # CPUs (and torch threads) of one CPU actor when --workers does not say.

@@ -19,11 +19,11 @@ from o2v_batch.engines.shard import (
     served,
     serving_options,
 )
-from o2v_batch.errors import WorkerError
+from o2v_batch.errors import WorkerError, describe
 from o2v_batch.formats import Oversize
 from o2v_batch.protocol import WorkerSpec
 from o2v_batch.report import ShardReport, batch_failure
-from o2v_batch.worker_process import describe, start_server
+from o2v_batch.worker_process import start_server
 from o2v_batch.writer import Committed, WriterThread
 
 
