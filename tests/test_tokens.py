@@ -219,6 +219,16 @@ def test_encode_gives_each_row_its_own_embedding_in_row_order() -> None:
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
 
 
+def test_fill_writes_rows_left_aligned_into_a_bigger_buffer_in_its_dtype() -> None:
+    ids = TokenIds(np.arange(1, 10, dtype=np.int64), np.array([2, 4, 3], np.int64))
+    out = np.full((4, 6), 7, np.int32)
+    ids.fill(np.array([1, 0]), out)
+    expected = [[3, 4, 5, 6, 0, 0], [1, 2, 0, 0, 0, 0], [0] * 6, [0] * 6]
+    assert out.dtype == np.int32 and out.tolist() == expected
+    with pytest.raises(AssertionError, match=r"^1 rows of up to 4 ids do not fit in \(4, 3\)$"):
+        ids.fill(np.array([1]), np.zeros((4, 3), np.int32))
+
+
 # ---------------------------------------------------------------- plain records
 
 
