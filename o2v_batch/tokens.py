@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import torch
 
     from o2v_batch.hyperparameters import Hyperparameters
-    from o2v_batch.model import Object2Vec
 
 SHOWN_CHARS = 40  # of a bad token id quoted in a message
 
@@ -331,30 +330,3 @@ class TokenIds:
         """(rows, padded int64 ids) per device batch, cut as `device_batch_rows` cuts."""
         for rows in self.device_batch_rows(token_budget, max_rows):
             yield rows, self.padded(rows)
-
-
-def embed_ids(
-    network: Object2Vec,
-    ids: TokenIds,
-    encoder: int,
-    token_budget: int,
-    max_rows: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """(n, enc_dim) float32 embeddings by `encoder`, in row order, from length-sorted
-    device batches on `device` (where the network is)."""
-    import torch
-
-    # On a GPU, copies from pinned host memory run asynchronously: the next batch's ids
-    # travel while the current batch computes. On the CPU the tensors stay where they are.
-    pin = device_kind(device) == "cuda"
-    out = torch.empty((len(ids), network.hp.enc_dim), dtype=torch.float32, device=device)
-    for rows, tokens in ids.device_batches(token_budget, max_rows):
-        batch, where = torch.from_numpy(tokens), torch.from_numpy(rows)
-        lengths = torch.from_numpy(ids.lengths[rows])  # stays on the CPU: encode moves it
-        if pin:
-            batch, where, lengths = batch.pin_memory(), where.pin_memory(), lengths.pin_memory()
-        batch, where = batch.to(device, non_blocking=True), where.to(device, non_blocking=True)
-        # The rows come left-aligned and as wide as their longest: encode need not look.
-        out[where] = network.encode(batch, encoder, lengths).float()
-    return out
