@@ -79,7 +79,7 @@ class CpuBackend:
     """The CPU: the network reads the host buffers themselves, and nothing runs ahead."""
 
     slots = 2  # the next batch is staged before this one is computed
-    separate = False  # host and device memory are one
+    separate = False  # host and device memory are one: nothing is copied out
 
     def buffers(self, size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """A host buffer and the device buffer it is copied to (here the same one)."""
@@ -96,9 +96,6 @@ class CpuBackend:
 
     def computed(self) -> Any:
         return None
-
-    def copy_out(self, dst: torch.Tensor, src: torch.Tensor, after: Any) -> None:
-        dst.copy_(src)
 
     def wait(self, event: Any) -> None: ...
 
