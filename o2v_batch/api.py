@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
+from o2v_batch.device_loop import DeviceLoop
 from o2v_batch.errors import O2VError
 from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import check_ids, device_batch_shape, embed_ids
+from o2v_batch.tokens import TokenIds, check_ids
 
 MODES = ("classification", "embedding")
 
@@ -30,12 +31,11 @@ class Model:
         self.truncated = 0  # sequences cut to max_seq_len so far
         # Embeddings come back as float32; the head takes them in the network's dtype.
         self.dtype = next(network.parameters()).dtype
-        self.token_budget, self.max_rows = device_batch_shape(self.hp, self.device)
+        self.loop = DeviceLoop(network, self.device)
 
     def embed(self, sequences: Sequence[Sequence[int]], encoder: int = 0) -> np.ndarray:
         """(n, enc_dim) float32 embeddings of token-id sequences by encoder 0 or 1."""
-        with torch.inference_mode():
-            return self._encode(sequences, encoder).cpu().numpy()
+        return self.loop.host_embeddings(self._ids(sequences, encoder), encoder)
 
     def score(
         self, in0_sequences: Sequence[Sequence[int]], in1_sequences: Sequence[Sequence[int]]
@@ -53,21 +53,24 @@ class Model:
             )
         width = self.hp.num_classes if self.hp.output_layer == "softmax" else 1
         with torch.inference_mode():
-            u, v = self._encode(in0_sequences, 0), self._encode(in1_sequences, 1)
+            u = self.loop.embeddings(self._ids(in0_sequences, 0), 0)
+            v = self.loop.embeddings(self._ids(in1_sequences, 1), 1)
             out = torch.empty((len(u), width), dtype=torch.float32, device=self.device)
             # The head in slices too, so its activations stay as small as the encoders'.
-            for lo in range(0, len(u), self.max_rows):
-                rows = slice(lo, lo + self.max_rows)
+            step = self.loop.max_rows
+            for lo in range(0, len(u), step):
+                rows = slice(lo, lo + step)
                 pair = u[rows].to(self.dtype), v[rows].to(self.dtype)
                 out[rows] = self.network.predict_from_embeddings(*pair).float()
             return out.cpu().numpy()
 
-    def _encode(self, sequences: Sequence[Sequence[int]], encoder: int) -> torch.Tensor:
+    def _ids(self, sequences: Sequence[Sequence[int]], encoder: int) -> TokenIds:
+        """The sequences checked and cut to max_seq_len."""
         config = self.hp.encoder(encoder)
         ids = check_ids(sequences, config.vocab_size, f"in{encoder}")
         ids, truncated = ids.truncate(config.max_seq_len)
         self.truncated += truncated
-        return embed_ids(self.network, ids, encoder, self.token_budget, self.max_rows, self.device)
+        return ids
 
 
 def load_model(

@@ -192,10 +192,11 @@ class Object2Vec(nn.Module):
     ) -> torch.Tensor:
         """(B, T) token ids, 0 = padding anywhere -> (B, enc_dim) embeddings.
 
-        `lengths` (B,) on the CPU, given when every row's ids are already left-aligned
-        and some row fills all T columns (as tokens.TokenIds pads them), skips the
-        alignment pass: nothing then waits for the device, so on a GPU the next batch's
-        copy overlaps this one's kernels.
+        `lengths` (B,) int64 on the CPU, given when every row's ids are already
+        left-aligned (as tokens.TokenIds pads them), skips the alignment pass: nothing
+        then waits for the device, so on a GPU the next batch's copy overlaps this one's
+        kernels. Columns past every row's end and rows of length 0 are padding that
+        changes no other row's embedding, so batches may come in fixed shapes.
         """
         assert encoder in (0, 1), f"encoder must be 0 or 1, got {encoder}"
         assert tokens.dim() == 2 and tokens.numel() > 0, "encode needs a non-empty (B, T) batch"

@@ -15,12 +15,12 @@ import torch
 
 from o2v_batch.artifacts import load_network
 from o2v_batch.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
+from o2v_batch.device_loop import DeviceLoop
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.jsonpath import join_input, json_type
 from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.records import PAIR, Failed, ParsedRecords, RecordRules, filter_or_none
 from o2v_batch.responses import Codec, TextCodec, codec_for, error_object, position_key
-from o2v_batch.tokens import device_batch_shape, embed_ids
 
 
 class Server:
@@ -44,7 +44,7 @@ class Server:
             self.max_lens = [
                 min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)
             ]
-        self.token_budget, self.max_rows = device_batch_shape(hp, self.device)
+        self.loop = DeviceLoop(self.network, self.device)
         self.rules = RecordRules.of(hp, options)
         self.output_filter = filter_or_none(options.output_filter)
         self.join = options.join_source == "Input"
@@ -117,14 +117,16 @@ class _Batch(ParsedRecords):
 
     @torch.inference_mode()
     def predict(self) -> None:
-        embeddings = [self._embed(enc) for enc in (0, 1)]
+        # The head takes pairs' embeddings on the device; without pairs they go to the host.
+        on_host = PAIR not in self.kinds
+        embeddings = [self._embed(enc, on_host) for enc in (0, 1)]
+        kinds = np.array(self.kinds, dtype=np.int64)  # bad ids found while embedding are out
+        pairs = np.flatnonzero(kinds == PAIR)
         where = []
         for enc in (0, 1):
             index = np.full(len(self.records), -1, dtype=np.int64)
             index[self.rows[enc]] = np.arange(len(self.rows[enc]))
             where.append(index)
-        kinds = np.array(self.kinds, dtype=np.int64)
-        pairs = np.flatnonzero(kinds == PAIR)
         if len(pairs):
             u, v = (
                 embeddings[enc][torch.from_numpy(where[enc][pairs]).to(self.server.device)]
@@ -138,24 +140,26 @@ class _Batch(ParsedRecords):
                 self.outputs[i] = {"scores": scores[j]}
         for enc in (0, 1):
             rows = np.flatnonzero(kinds == enc)
+            if not len(rows):
+                continue
+            vectors = embeddings[enc] if on_host else embeddings[enc].cpu().numpy()
             if len(rows) == len(self.records):  # rows and embeddings in the same order
-                self.vectors = embeddings[enc].float().cpu().numpy()
-            elif len(rows):
-                vectors = embeddings[enc].float().cpu().numpy()
-                for i, j in zip(rows.tolist(), where[enc][rows].tolist(), strict=True):
-                    self.outputs[i] = {"embeddings": vectors[j]}
+                self.vectors = vectors
+                continue
+            for i, j in zip(rows.tolist(), where[enc][rows].tolist(), strict=True):
+                self.outputs[i] = {"embeddings": vectors[j]}
 
-    def _embed(self, enc: int) -> torch.Tensor | None:
-        """Embeddings of one encoder's inputs, in row order, from length-sorted token-budget batches."""
+    def _embed(self, enc: int, on_host: bool) -> torch.Tensor | np.ndarray | None:
+        """Embeddings of one encoder's inputs in row order, on the device or the host."""
         server = self.server
         checked = self.checked_ids(enc)
         if not self.rows[enc]:
             return None
         checked, truncated = checked.truncate(self.max_lens[enc])
         self.result.truncated += truncated
-        return embed_ids(
-            server.network, checked, enc, server.token_budget, server.max_rows, server.device
-        )
+        if on_host:
+            return server.loop.host_embeddings(checked, enc)
+        return server.loop.embeddings(checked, enc)
 
     # -- responses --------------------------------------------------------
 

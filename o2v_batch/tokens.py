@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import torch
 
     from o2v_batch.hyperparameters import Hyperparameters
-    from o2v_batch.model import Object2Vec
 
 SHOWN_CHARS = 40  # of a bad token id quoted in a message
 
@@ -284,23 +283,32 @@ class TokenIds:
 
     def padded(self, rows: np.ndarray | None = None) -> np.ndarray:
         """(B, T) int64 ids of `rows` (default: all), zero-padded to the longest; T >= 1."""
-        starts, lengths = self.starts, self.lengths
-        if rows is not None:
-            starts, lengths = starts[rows], lengths[rows]
-        columns = np.arange(max(int(lengths.max(initial=0)), 1))
-        inside = columns < lengths[:, None]  # (B, T)
-        # Clipped so that padding places index some id too; np.where then zeroes them.
-        ids = self.ids if self.ids.size else np.zeros(1, self.ids.dtype)  # padding only
-        return np.where(inside, ids[np.minimum(starts[:, None] + columns, ids.size - 1)], 0)
+        if rows is None:
+            rows = np.arange(len(self))
+        out = np.empty((len(rows), max(int(self.lengths[rows].max(initial=0)), 1)), np.int64)
+        self.fill(rows, out)
+        return out
 
-    def device_batches(
-        self, token_budget: int, max_rows: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, padded ids) per device batch, longest sequences first: as many rows as
-        the token budget allows at the batch's longest length, at least 1, at most
-        max_rows; and, once the batch holds 1/MIN_BATCH_SHARE of the budget, none that
-        would take its padding over PADDING_SHARE of its tokens (a few hundred records
-        of scattered lengths would otherwise be mostly padding)."""
+    def fill(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Write the ids of `rows` into the first rows of `out` (R, T), left-aligned and
+        zero-padded, in place and in out's dtype; the rows after them become padding only."""
+        starts, lengths = self.starts[rows], self.lengths[rows]
+        B, T = len(rows), out.shape[1]
+        assert out.shape[0] >= B and lengths.max(initial=0) <= T, (
+            f"{B} rows of up to {lengths.max(initial=0)} ids do not fit in {out.shape}"
+        )
+        out[...] = 0
+        before = np.cumsum(lengths) - lengths  # each row's first id among the rows' ids
+        where = np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)
+        # A boolean mask fills row after row, left to right: the rows' ids in order.
+        out[:B][np.arange(T) < lengths[:, None]] = self.ids[where]
+
+    def device_batch_rows(self, token_budget: int, max_rows: int) -> Iterator[np.ndarray]:
+        """The rows of each device batch, longest sequences first: as many rows as the
+        token budget allows at the batch's longest length, at least 1, at most max_rows;
+        and, once the batch holds 1/MIN_BATCH_SHARE of the budget, none that would take
+        its padding over PADDING_SHARE of its tokens (a few hundred records of scattered
+        lengths would otherwise be mostly padding)."""
         order = np.argsort(-self.lengths, kind="stable")
         lengths = self.lengths[order]
         floor = token_budget // MIN_BATCH_SHARE
@@ -313,33 +321,12 @@ class TokenIds:
             fits = (padding <= PADDING_SHARE * tokens) | (tokens <= floor)
             if not fits.all():
                 size = max(1, int(np.argmin(fits)))  # up to the first row that does not
-            rows = order[done : done + size]
+            yield order[done : done + size]
             done += size
+
+    def device_batches(
+        self, token_budget: int, max_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, padded int64 ids) per device batch, cut as `device_batch_rows` cuts."""
+        for rows in self.device_batch_rows(token_budget, max_rows):
             yield rows, self.padded(rows)
-
-
-def embed_ids(
-    network: Object2Vec,
-    ids: TokenIds,
-    encoder: int,
-    token_budget: int,
-    max_rows: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """(n, enc_dim) float32 embeddings by `encoder`, in row order, from length-sorted
-    device batches on `device` (where the network is)."""
-    import torch
-
-    # On a GPU, copies from pinned host memory run asynchronously: the next batch's ids
-    # travel while the current batch computes. On the CPU the tensors stay where they are.
-    pin = device_kind(device) == "cuda"
-    out = torch.empty((len(ids), network.hp.enc_dim), dtype=torch.float32, device=device)
-    for rows, tokens in ids.device_batches(token_budget, max_rows):
-        batch, where = torch.from_numpy(tokens), torch.from_numpy(rows)
-        lengths = torch.from_numpy(ids.lengths[rows])  # stays on the CPU: encode moves it
-        if pin:
-            batch, where, lengths = batch.pin_memory(), where.pin_memory(), lengths.pin_memory()
-        batch, where = batch.to(device, non_blocking=True), where.to(device, non_blocking=True)
-        # The rows come left-aligned and as wide as their longest: encode need not look.
-        out[where] = network.encode(batch, encoder, lengths).float()
-    return out

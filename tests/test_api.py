@@ -11,6 +11,7 @@ from helpers import make_model, random_records
 from tiny_models import VOCAB, build, embed, random_rows, saved, tiny, to_pair
 
 from o2v_batch.api import load_model
+from o2v_batch.device_loop import DeviceLoop
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.model import count_parameters
 from o2v_batch.protocol import ServingOptions
@@ -40,14 +41,15 @@ def test_load_model_refuses_an_unknown_mode(tmp_path: Path) -> None:
         load_model(str(tmp_path), mode="auto")
 
 
+@pytest.mark.parametrize("buckets", [False, True])
 @pytest.mark.parametrize(("budget", "max_rows"), [(12, 512), (10_000, 3), (1, 512)])
 def test_model_batches_sorted_by_length_keep_the_input_order(
-    tmp_path: Path, budget: int, max_rows: int
+    tmp_path: Path, budget: int, max_rows: int, buckets: bool
 ) -> None:
     _, network = saved(tmp_path, enc0_network="bilstm")
     model = load_model(str(tmp_path))
     # Small device batches: the 11 rows take several, cut by tokens or by rows.
-    model.token_budget, model.max_rows = budget, max_rows
+    model.loop = DeviceLoop(model.network, "cpu", budget, max_rows, buckets=buckets)
     rows = random_rows(11, seed=9)
     alone = np.concatenate([embed(network, [row]).numpy() for row in rows])
     np.testing.assert_allclose(model.embed(rows), alone, atol=1e-5)
@@ -63,10 +65,10 @@ def test_model_takes_the_device_batch_limits_of_serving(tmp_path: Path, monkeypa
     saved(tmp_path)
     model = load_model(str(tmp_path))
     server = Server(str(tmp_path), "cpu", ServingOptions())
-    assert (model.token_budget, model.max_rows) == (server.token_budget, server.max_rows)
-    assert (model.token_budget, model.max_rows) == (2**20 // 8, 512)
+    limits = model.loop.token_budget, model.loop.max_rows
+    assert limits == (server.loop.token_budget, server.loop.max_rows) == (2**20 // 8, 512)
     monkeypatch.setenv("O2V_DEVICE_BATCH_TOKENS", "300")
-    assert load_model(str(tmp_path)).token_budget == 300
+    assert load_model(str(tmp_path)).loop.token_budget == 300
 
 
 def test_model_truncates_to_max_seq_len_and_counts(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import build, embed, random_rows, tiny
+from tiny_models import tiny
 
 from o2v_batch.errors import BadRecordError
 from o2v_batch.tokens import (
@@ -23,7 +23,6 @@ from o2v_batch.tokens import (
     check_sequence,
     device_batch_shape,
     device_kind,
-    embed_ids,
     fast_ids,
     plain_ids,
     token_budget,
@@ -208,15 +207,14 @@ def test_device_batches_longest_first_within_the_budget(
     assert seen == sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def test_encode_gives_each_row_its_own_embedding_in_row_order() -> None:
-    network = build(tiny(enc0_network="bilstm"))
-    rows = random_rows(13, seed=4)
-    ids = check_ids(rows, 50, "in0")
-    with torch.inference_mode():
-        got = embed_ids(network, ids, 0, 20, 3, torch.device("cpu"))
-    alone = torch.cat([embed(network, [row]) for row in rows])
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+def test_fill_writes_rows_left_aligned_into_a_bigger_buffer_in_its_dtype() -> None:
+    ids = TokenIds(np.arange(1, 10, dtype=np.int64), np.array([2, 4, 3], np.int64))
+    out = np.full((4, 6), 7, np.int32)
+    ids.fill(np.array([1, 0]), out)
+    expected = [[3, 4, 5, 6, 0, 0], [1, 2, 0, 0, 0, 0], [0] * 6, [0] * 6]
+    assert out.dtype == np.int32 and out.tolist() == expected
+    with pytest.raises(AssertionError, match=r"^1 rows of up to 4 ids do not fit in \(4, 3\)$"):
+        ids.fill(np.array([1]), np.zeros((4, 3), np.int32))
 
 
 # ---------------------------------------------------------------- plain records
