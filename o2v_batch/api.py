@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
-from o2v_batch.device_loop import DeviceLoop
 from o2v_batch.errors import O2VError
+from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.model import Object2Vec
 from o2v_batch.tokens import TokenIds, check_ids
 

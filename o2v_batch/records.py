@@ -1,7 +1,7 @@
 """A mini-batch's records up to the forward pass: JSON parsing, the input filter,
 in0/in1, the mode's rule on pairs and the token-id checks, naming each bad record.
 
-Numpy only: the workers (serving.py) read every mini-batch with it, and
+Numpy only: the workers (execution/inference.py) read every mini-batch with it, and
 `transform --dry-run` checks records in the batch parent with the very same code.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from o2v_batch.errors import BadRecordError, O2VError
+from o2v_batch.execution.protocol import BatchResult, ServingOptions
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.jsonpath import compile_filter, json_type
-from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.tokens import TokenIds, check_sequence, fast_ids, plain_ids
 
 INPUT_NAMES = ("in0", "in1")

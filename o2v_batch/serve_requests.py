@@ -14,9 +14,9 @@ import io
 from dataclasses import dataclass
 
 from o2v_batch.errors import BadRecordError, O2VError
+from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.formats import JSON, JSONLINES, at_record, bare_type, iter_jsonlines, media_type
 from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.protocol import BatchResult
 from o2v_batch.responses import codec_for
 
 SEQLENS_PARAMETER = "infer_max_seqlens"

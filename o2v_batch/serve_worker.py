@@ -4,9 +4,9 @@ worker process (it imports torch)."""
 
 from __future__ import annotations
 
-from o2v_batch.protocol import ServingOptions
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.protocol import ServingOptions
 from o2v_batch.serve_requests import seqlens_of
-from o2v_batch.serving import Server
 
 
 class InvocationServer(Server):

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from o2v_batch.errors import O2VError
+from o2v_batch.execution.segments import SharedPayload
 from o2v_batch.io import AtomicWriter, describe_error, open_write, shown
 from o2v_batch.responses import Framer, TextCodec, codec_for
-from o2v_batch.segments import SharedPayload
 
 
 class ShardOutput:

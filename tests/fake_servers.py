@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from o2v_batch.protocol import BatchResult
+from o2v_batch.execution.protocol import BatchResult
 
 
 class Echo:

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from o2v_batch.serving import Server
+from o2v_batch.execution.inference import Server
 
 MARKER = b"boom"
 # Left in the model folder by a server that misbehaves once: it outlives the process,

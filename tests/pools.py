@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from o2v_batch.protocol import Done, Failed, ServingOptions, WorkerSpec
-from o2v_batch.runtime import WorkerPool
+from o2v_batch.execution.pool import WorkerPool
+from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
 
 
 def pool_of(tmp_path, factory, workers=2, pipelined=None, **kwargs) -> WorkerPool:

@@ -11,11 +11,11 @@ from helpers import make_model, random_records
 from tiny_models import VOCAB, build, embed, random_rows, saved, tiny, to_pair
 
 from o2v_batch.api import load_model
-from o2v_batch.device_loop import DeviceLoop
 from o2v_batch.errors import BadRecordError, O2VError
+from o2v_batch.execution.device_loop import DeviceLoop
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.protocol import ServingOptions
 from o2v_batch.model import count_parameters
-from o2v_batch.protocol import ServingOptions
-from o2v_batch.serving import Server
 
 
 def test_embedding_mode_loads_encoders_only_and_refuses_to_score(tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ from pathlib import Path
 
 import torch
 
-from o2v_batch.serving import Server as _Server
+from o2v_batch.execution.inference import Server as _Server
 
 FOLDER = Path({folder!r})
 

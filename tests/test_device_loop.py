@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, build, tiny
 
-from o2v_batch.device_loop import (
+from o2v_batch.execution.device_loop import (
     SHORT_LIMIT,
     SHORT_STEP,
     CpuBackend,

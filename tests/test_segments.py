@@ -16,12 +16,13 @@ from helpers import make_model, random_records, write_jsonl
 from pools import expected, pids, pool_of, run
 
 import o2v_batch
-from o2v_batch import runtime, segments
 from o2v_batch.config import TransformConfig
+from o2v_batch.execution import pool as worker_pool
+from o2v_batch.execution import segments
+from o2v_batch.execution.protocol import Release
+from o2v_batch.execution.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
 from o2v_batch.formats import Lines
 from o2v_batch.io import local
-from o2v_batch.protocol import Release
-from o2v_batch.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
 
 pytestmark = pytest.mark.skipif(not segments.SUPPORTED, reason="no memory files here")
 
@@ -207,7 +208,7 @@ def test_a_request_segment_that_cannot_be_written_sends_the_lines_through_the_pi
     def no_memory(fd, data, offset):
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(runtime.os, "pwrite", no_memory)
+    monkeypatch.setattr(worker_pool.os, "pwrite", no_memory)
     lines = Lines(b"a" * MIN_SHARED_BYTES + b"\nb", 2)
     with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
         pool.submit(0, [1, 2], lines, "application/jsonlines", "application/jsonlines")

@@ -22,8 +22,8 @@ from conftest import REPO
 from helpers import random_records, write_json, write_jsonl
 from processes import alive
 
-from o2v_batch import segments
 from o2v_batch.config import TransformConfig
+from o2v_batch.execution import segments
 from o2v_batch.job import transform
 
 # Servers and worker processes, and transform jobs to compare with.

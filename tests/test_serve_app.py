@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from o2v_batch import serve
 from o2v_batch.cli import cli
+from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.metrics import ServeMetrics
-from o2v_batch.protocol import BatchResult
 from o2v_batch.serve_pool import Outcome
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from o2v_batch.errors import RequestFormatError
+from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.protocol import BatchResult
 from o2v_batch.responses import codec_for
 from o2v_batch.serve_requests import (
     RequestError,

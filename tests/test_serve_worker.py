@@ -8,9 +8,9 @@ import json
 import pytest
 from helpers import make_model, random_records
 
-from o2v_batch.protocol import ServingOptions
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.protocol import ServingOptions
 from o2v_batch.serve_worker import create_server
-from o2v_batch.serving import Server
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 

@@ -15,11 +15,12 @@ import slow_servers
 from helpers import make_model, random_records
 from pools import expected, pool_of, run
 
-from o2v_batch import segments, serve_worker
-from o2v_batch.protocol import Done, Failed, ServeRequest, ServingOptions, WorkerSpec
-from o2v_batch.runtime import Recovery, WorkerPool
-from o2v_batch.serving import Server
-from o2v_batch.worker_loop import (
+from o2v_batch import serve_worker
+from o2v_batch.execution import segments
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.pool import Recovery, WorkerPool
+from o2v_batch.execution.protocol import Done, Failed, ServeRequest, ServingOptions, WorkerSpec
+from o2v_batch.execution.worker_loop import (
     PIPELINE_DEPTH,
     STAGE_BROKE,
     Endpoint,

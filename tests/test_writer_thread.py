@@ -12,10 +12,10 @@ import pytest
 from helpers import make_model, write_jsonl
 
 from o2v_batch.config import TransformConfig
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.formats import JSONLINES
 from o2v_batch.io.local import _LocalWriter
 from o2v_batch.job import transform
-from o2v_batch.runtime import WorkerPool
 from o2v_batch.writer import Committed, Failed, WriterThread
 
 

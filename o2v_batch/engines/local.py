@@ -25,12 +25,12 @@ from o2v_batch.engines.shard import (
     serving_options,
     total_bytes,
 )
+from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
+from o2v_batch.execution.protocol import Done, WorkerSpec
+from o2v_batch.execution.worker import Spares
 from o2v_batch.formats import Oversize, where
 from o2v_batch.main_module import check_main_module
-from o2v_batch.protocol import Done, WorkerSpec
 from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
-from o2v_batch.runtime import Recovery, WorkerPool, plan_workers
-from o2v_batch.worker_process import Spares
 from o2v_batch.writer import Committed, WriterThread
 
 

@@ -20,10 +20,10 @@ from o2v_batch.engines.shard import (
     serving_options,
 )
 from o2v_batch.errors import WorkerError, describe
+from o2v_batch.execution.protocol import WorkerSpec
+from o2v_batch.execution.worker import start_server
 from o2v_batch.formats import Oversize
-from o2v_batch.protocol import WorkerSpec
 from o2v_batch.report import ShardReport, batch_failure
-from o2v_batch.worker_process import start_server
 from o2v_batch.writer import Committed, WriterThread
 
 

@@ -14,6 +14,7 @@ from o2v_batch import io
 from o2v_batch.batching import MiniBatch, pack, payload_bytes, split
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import JsonlinesAsJsonError
+from o2v_batch.execution.protocol import BatchResult, ServingOptions
 from o2v_batch.formats import (
     JSON,
     JSONLINES,
@@ -25,7 +26,6 @@ from o2v_batch.formats import (
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io.compression import decompressed
 from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.protocol import BatchResult, ServingOptions
 from o2v_batch.report import ShardReport, oversize_problem, read_failure, record_failure
 from o2v_batch.responses import codec_for, error_fragment, output_type
 from o2v_batch.weights import ForwardWork, forward_work

@@ -20,10 +20,10 @@ from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any
 
-from o2v_batch import segments, worker_loop
 from o2v_batch.devices import worker_device
 from o2v_batch.errors import describe
-from o2v_batch.protocol import Fatal, Ready, Release, Started, WorkerSpec, WriteAt
+from o2v_batch.execution import segments, worker_loop
+from o2v_batch.execution.protocol import Fatal, Ready, Release, Started, WorkerSpec, WriteAt
 
 # How long the interpreter of a worker that could not start may take to show why.
 PROBE_TIMEOUT_S = 30.0

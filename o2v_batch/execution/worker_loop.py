@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from o2v_batch import segments
 from o2v_batch.errors import describe
-from o2v_batch.protocol import BatchResult, Done, Failed, ServeRequest, SharedLines
+from o2v_batch.execution import segments
+from o2v_batch.execution.protocol import BatchResult, Done, Failed, ServeRequest, SharedLines
 
 # Mini-batches a pipelined worker holds, one per stage, to keep its stages busy.
 PIPELINE_DEPTH = 3

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
+from o2v_batch.execution.protocol import Placed, Release, SharedLines, WriteAt, Wrote
 from o2v_batch.formats import Lines
 from o2v_batch.io.local import write_at
-from o2v_batch.protocol import Placed, Release, SharedLines, WriteAt, Wrote
 
 # Responses smaller than this go through the pipe: a descriptor would save little.
 MIN_SHARED_BYTES = 64 * 1024

@@ -13,8 +13,8 @@ import pytest
 from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch.errors import WorkerError
-from o2v_batch.protocol import ServingOptions, WorkerSpec
-from o2v_batch.runtime import WorkerPool
+from o2v_batch.execution.pool import WorkerPool
+from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
 
 # The interpreter multiprocessing spawns, replaced by one that cannot run.
 LAUNCHER = """\

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
 # It may split serve in phases: prepare(the same arguments) -> a batch whose predict()
 # runs the forward pass and finish() -> BatchResult encodes (worker_loop.py).
-DEFAULT_FACTORY = "o2v_batch.serving:create_server"
+DEFAULT_FACTORY = "o2v_batch.execution.inference:create_server"
 
 
 @dataclass(frozen=True)

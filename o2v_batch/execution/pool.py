@@ -1,6 +1,6 @@
-"""The worker pool: one process per device (or CPU workers), bounded mini-batches
-in flight, plain-data results, and dead or hung worker detection with retries.
-The workers' side is worker_process.py.
+"""The worker pool: worker processes on the devices (several per GPU, or CPU
+workers), bounded mini-batches in flight, plain-data results, and dead or hung
+worker detection with retries. The workers' side is worker.py.
 
 Nothing here imports torch: workers are spawned, build their server themselves
 (the factory sets torch's threads) and exchange only bytes and plain data.
@@ -20,11 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from o2v_batch import segments
 from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
 from o2v_batch.errors import WorkerError
-from o2v_batch.formats import Lines
-from o2v_batch.protocol import (
+from o2v_batch.execution import segments
+from o2v_batch.execution.protocol import (
     Done,
     Failed,
     Fatal,
@@ -35,8 +34,7 @@ from o2v_batch.protocol import (
     WorkerSpec,
     Wrote,
 )
-from o2v_batch.worker_loop import PIPELINE_DEPTH
-from o2v_batch.worker_process import (
+from o2v_batch.execution.worker import (
     Spares,
     exit_reason,
     oom_killed_since,
@@ -44,6 +42,8 @@ from o2v_batch.worker_process import (
     start_failure,
     start_process,
 )
+from o2v_batch.execution.worker_loop import PIPELINE_DEPTH
+from o2v_batch.formats import Lines
 
 # One single-threaded worker per core, up to this many (then more torch threads each):
 # each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from o2v_batch import load_model
-from o2v_batch.protocol import ServingOptions
-from o2v_batch.serving import Server
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.protocol import ServingOptions
 
 V = TINY["enc0_vocab_size"]
 # Large enough for the 1000-level nesting case (2 KB), small enough for many mini-batches.

@@ -1,0 +1,20 @@
+"""The execution layer: worker processes and what runs in them.
+
+The parent's side imports no torch:
+- `pool`: the worker pool (sizing from cores and GPUs, bounded mini-batches in
+  flight, dead and hung workers replaced, retries);
+- `segments`: the shared memory that requests and responses travel through;
+- `protocol`: the messages across the boundary, as plain dataclasses.
+
+A worker process's side:
+- `worker`: its start-up and its end (`Spares`, exit reasons);
+- `worker_loop`: its loop of mini-batches, whole or in three stages on a GPU;
+- `inference`: one mini-batch in, encoded responses out (records, tokens, the
+  forward pass, responses); imports torch;
+- `device_loop`: the forward passes on one device, from reused staging buffers;
+  imports torch.
+
+It may import the modules below it (formats, jsonpath, records, tokens, responses,
+columnar, artifacts, model, devices, io, errors), never the CLI, the job or the
+engines.
+"""
