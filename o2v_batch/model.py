@@ -84,9 +84,12 @@ class BiLSTM(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
         # An empty row cannot be packed; token checks reject them, this only keeps shapes valid.
-        lengths = lengths.clamp(min=1)
+        lengths = lengths.clamp(min=1).cpu()
+        # Rows longest first (as the device loop stages them) need no sort: unsorted, the
+        # packing moves its order to the device and reads it back, waiting on it twice.
+        ordered = bool((lengths[:-1] >= lengths[1:]).all())
         packed = pack_padded_sequence(
-            self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+            self.embedding(tokens), lengths, batch_first=True, enforce_sorted=ordered
         )
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, 2H)

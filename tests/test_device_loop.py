@@ -252,3 +252,30 @@ def test_calls_from_threads_take_turns_with_the_buffers() -> None:
         got = list(pool.map(lambda ids: loop.host_embeddings(ids, 0), inputs))
     for ids, embeddings in zip(inputs, got, strict=True):
         np.testing.assert_allclose(embeddings, one_by_one(network, ids, 0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [CpuBackend, Recording])
+def test_a_call_that_raises_leaves_the_loop_usable(backend: type) -> None:
+    """A forward pass that fails midway (the device out of memory) fails its call alone:
+    the device is waited for, every slot is free again, and the next call is right."""
+    network = network_for("hcnn")
+    recording = backend()
+    loop = DeviceLoop(network, "cpu", 128, 8, buckets=True, backend=recording)
+    ids = token_ids(90, MAX_LENS[0], 7)
+    encode, calls = network.encode, []
+
+    def fails_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return encode(*args, **kwargs)
+
+    network.encode = fails_third
+    with pytest.raises(RuntimeError, match="out of memory"):
+        loop.host_embeddings(ids, 0)
+    if isinstance(recording, Recording):
+        assert recording.log[-1][0] == "synchronize"  # nothing left in flight
+    network.encode = encode
+    np.testing.assert_allclose(
+        loop.host_embeddings(ids, 0), one_by_one(network, ids, 0), rtol=1e-5, atol=1e-6
+    )

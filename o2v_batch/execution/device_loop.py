@@ -245,7 +245,24 @@ class DeviceLoop:
         staged: torch.Tensor | None,
     ) -> None:
         """Batch k computes between the copy in of batch k + 1 and the copy out of batch
-        k - 1; rows go to `out` on the device, or, in batch order, to `staged` on the host."""
+        k - 1; rows go to `out` on the device, or, in batch order, to `staged` on the host.
+        However it ends, nothing is left in flight and every slot is free again: a call
+        that raised (the device out of memory) leaves the loop as usable as before."""
+        try:
+            self._schedule(ids, encoder, batches, out, staged)
+        finally:
+            self.backend.synchronize()  # a failed call's copies too
+            for slot in self.slots:  # nothing in flight: none has anything to wait for
+                slot.staged, slot.copied, slot.released = False, None, None
+
+    def _schedule(
+        self,
+        ids: TokenIds,
+        encoder: int,
+        batches: list[Batch],
+        out: torch.Tensor | None,
+        staged: torch.Tensor | None,
+    ) -> None:
         slots = self.slots
         if batches:
             self._stage(ids, batches[0], slots[0])
@@ -263,7 +280,6 @@ class DeviceLoop:
             done += len(batch.rows)
         if pending is not None:
             self.backend.copy_out(*pending)
-        self.backend.synchronize()
 
     def _stage(self, ids: TokenIds, batch: Batch, slot: _Slot) -> None:
         """Fill a slot with a batch and start its copy to the device, once the slot's last
