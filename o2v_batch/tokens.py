@@ -31,11 +31,16 @@ SHOWN_CHARS = 40  # of a bad token id quoted in a message
 # Device batches are cut by a token budget (rows x padded length), so one long
 # record never forces a huge padded tensor, and sorted by length to cut padding.
 # The budget is set so that one layer's activations (tokens x widest layer) stay
-# near a size the device handles best: a core's cache on CPU (measured: the heavy
-# model ran 578 records/s at 16,384 tokens and 917 at 2,048; the light one
-# prefers 32,768), plenty on a GPU.
-ACTIVATIONS = {"cpu": 2**20, "cuda": 2**27}
-MAX_ROWS = {"cpu": 512, "cuda": 8192}
+# near a size the device handles best: a core's L2 cache on CPU, plenty on a GPU;
+# never below MIN_BUDGET tokens, under which each batch's fixed cost dominates.
+# Measured on CPU (forward passes of 6 MB mini-batches of the benchmark's records,
+# one thread, CPU time): the light model (widest layer 32) ran 208,600 records/s at
+# 8,192 tokens with no row cap against 173,500 at 32,768 tokens and 512 rows
+# (classification 96,500 against 86,100); the heavy one (widest 512) ran
+# 1,830-1,870 from 1,024 to 4,096 tokens, 1,750 at 512 (and 578 at 16,384).
+ACTIVATIONS = {"cpu": 2**18, "cuda": 2**27}
+MIN_BUDGET = 2048
+MAX_ROWS = {"cpu": 8192, "cuda": 8192}
 # A device batch ends before the row that would make padding more than this share of
 # its tokens, once it holds 1/MIN_BATCH_SHARE of the budget (below that, one batch more
 # costs more than padding). Measured: a heavy mini-batch of 375 records was 23% padding
@@ -67,7 +72,7 @@ def token_budget(hp: Hyperparameters, kind: str, free_bytes: int | None = None) 
     """Tokens per device batch for this model on a `cpu` or `cuda` device (on a GPU,
     `free_bytes` of memory free)."""
     widest = max(hp.enc_dim, *(hp.encoder(i).token_embedding_dim for i in (0, 1)))
-    budget = max(256, activations(kind, free_bytes) // widest)
+    budget = max(MIN_BUDGET, activations(kind, free_bytes) // widest)
     return int(os.environ.get(BUDGET_VARIABLE, budget))
 
 

@@ -129,12 +129,12 @@ def test_truncate_sequence() -> None:
 def test_token_budget_follows_the_widest_layer_and_the_environment(monkeypatch) -> None:
     monkeypatch.delenv("O2V_DEVICE_BATCH_TOKENS", raising=False)
     hp = tiny(enc0_token_embedding_dim=64, enc_dim=32)
-    assert token_budget(hp, "cpu") == 2**20 // 64
+    assert token_budget(hp, "cpu") == 2**18 // 64
     assert token_budget(hp, "cuda") == 2**27 // 64
-    assert token_budget(tiny(enc_dim=8000), "cpu") == 256
+    assert token_budget(tiny(enc_dim=8000), "cpu") == 2048  # the floor
     monkeypatch.setenv("O2V_DEVICE_BATCH_TOKENS", "77")
     assert token_budget(hp, "cpu") == 77
-    assert (MAX_ROWS["cpu"], MAX_ROWS["cuda"]) == (512, 8192)
+    assert (MAX_ROWS["cpu"], MAX_ROWS["cuda"]) == (8192, 8192)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_token_budget_follows_the_widest_layer_and_the_environment(monkeypatch) 
         (None, 2**27),  # free memory unknown: the GPU figure
         (140 * 2**30, 2**27),  # a large GPU: capped
         (2 * 2**30, 2 * 2**30 // 64),  # 2 GiB free: one 64th of it in float32 numbers
-        (2**20, 2**20),  # nearly full: never below the CPU's figure
+        (2**20, 2**18),  # nearly full: never below the CPU's figure
     ],
 )
 def test_gpu_device_batches_are_sized_by_free_memory(
@@ -151,7 +151,7 @@ def test_gpu_device_batches_are_sized_by_free_memory(
 ) -> None:
     monkeypatch.delenv("O2V_DEVICE_BATCH_TOKENS", raising=False)
     assert activations("cuda", free_bytes) == expected
-    assert activations("cpu", free_bytes) == 2**20  # the CPU's never depends on it
+    assert activations("cpu", free_bytes) == 2**18  # the CPU's never depends on it
     hp = tiny(enc0_token_embedding_dim=64, enc_dim=32)
     assert token_budget(hp, "cuda", free_bytes) == expected // 64
 
@@ -159,7 +159,7 @@ def test_gpu_device_batches_are_sized_by_free_memory(
 def test_cpu_device_batch_shape_needs_no_gpu(monkeypatch) -> None:
     monkeypatch.delenv("O2V_DEVICE_BATCH_TOKENS", raising=False)
     hp = tiny(enc0_token_embedding_dim=64, enc_dim=32)
-    assert device_batch_shape(hp, torch.device("cpu")) == (2**20 // 64, 512)
+    assert device_batch_shape(hp, torch.device("cpu")) == (2**18 // 64, 8192)
 
 
 @pytest.mark.parametrize(
