@@ -55,9 +55,10 @@ class TextCodec(Codec):
         """encode() of prediction dicts that nest no other object, maybe faster."""
         return self.encode(predictions)
 
-    def encode_embeddings(self, vectors: np.ndarray) -> bytes:
-        """encode_predictions() of one {"embeddings": row} per row of an (n, enc_dim) array."""
-        return self.encode_predictions([{"embeddings": row} for row in vectors])
+    def encode_column(self, key: str, vectors: np.ndarray) -> bytes:
+        """encode_predictions() of one {key: row} per row of an (n, width) array: the
+        embeddings or the scores of every record of a mini-batch."""
+        return self.encode_predictions([{key: row} for row in vectors])
 
     def encode_error(self, problem: str, pos: int, key: str) -> bytes:
         return self.encode([error_object(problem, pos, key)])
@@ -106,15 +107,16 @@ class _JsonText(TextCodec):
         end = self.sep if self.terminated else b""
         return b"".join((memoryview(body)[1:-1], end))  # the brackets dropped, one copy
 
-    def encode_embeddings(self, vectors: np.ndarray) -> bytes:
+    def encode_column(self, key: str, vectors: np.ndarray) -> bytes:
         if not len(vectors):
             return b""
         # The whole array in one dumps call, its rows' "],[" made the responses' seams:
         # the numbers are written as they would be row by row.
         rows = memoryview(orjson.dumps(vectors, option=_NUMPY))[1:-1]
-        seam = b"]}" + self.sep + b'{"embeddings":['
+        head = b'{"' + key.encode() + b'":'
+        seam = b"]}" + self.sep + head + b"["
         end = self.sep if self.terminated else b""
-        return b"".join((b'{"embeddings":', bytes(rows).replace(b"],[", seam), b"}", end))
+        return b"".join((head, bytes(rows).replace(b"],[", seam), b"}", end))
 
     def start(self, writer: AtomicWriter) -> Framer:
         return _JsonTextFramer(writer, self.framing)

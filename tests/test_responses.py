@@ -177,16 +177,17 @@ def test_errors_and_predictions_in_one_document() -> None:
     }
 
 
+@pytest.mark.parametrize("key", ["embeddings", "scores"])
 @pytest.mark.parametrize("accept", [JSONLINES, JSON])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 3), (300, 16)])
-def test_embeddings_of_a_whole_array_encode_as_row_by_row(accept, shape):
-    """The one-call encoding of an (n, enc_dim) array is byte for byte the per-row one,
-    special values included."""
+def test_a_whole_array_encodes_as_row_by_row(accept, shape, key):
+    """The one-call encoding of an (n, width) array of embeddings or scores is byte for
+    byte the per-row one, special values included."""
     rng = np.random.default_rng(sum(shape))
     vectors = (rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 8, shape)).astype(np.float32)
     specials = [np.nan, np.inf, -0.0][: vectors.size]
     vectors.flat[: len(specials)] = specials
     codec = codec_for(accept)
-    expected = codec.encode_predictions([{"embeddings": row} for row in vectors])
-    assert codec.encode_embeddings(vectors) == expected
-    assert codec.encode_embeddings(vectors[:0]) == b""
+    expected = codec.encode_predictions([{key: row} for row in vectors])
+    assert codec.encode_column(key, vectors) == expected
+    assert codec.encode_column(key, vectors[:0]) == b""

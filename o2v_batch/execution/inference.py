@@ -109,9 +109,11 @@ class _Batch(ParsedRecords):
         self.accept = accept
         self.max_lens = max_lens  # this mini-batch's: a serve request may cap its own
         self.outputs: list[Any] = [None] * len(records)
-        # When every record is one input's, in order: their (n, enc_dim) embeddings,
-        # turned into outputs only if the codec needs them one by one.
+        # When every record is one input's, or every one a pair, in order: their
+        # (n, width) embeddings or scores (under `key`), turned into outputs only if the
+        # codec needs them one by one.
         self.vectors: np.ndarray | None = None
+        self.key = "embeddings"
 
     # -- the forward pass -------------------------------------------------
 
@@ -136,7 +138,9 @@ class _Batch(ParsedRecords):
             scores = head(u.to(dtype), v.to(dtype)).float().cpu().numpy()
             # Exactly the hosted algorithm's response: classification and regression
             # alike carry "scores" only (predicted_label belongs to other algorithms).
-            for j, i in enumerate(pairs.tolist()):
+            if len(pairs) == len(self.records):  # pairs and scores in the same order
+                self.vectors, self.key = scores, "scores"
+            for j, i in enumerate(pairs.tolist() if self.vectors is None else ()):
                 self.outputs[i] = {"scores": scores[j]}
         for enc in (0, 1):
             rows = np.flatnonzero(kinds == enc)
@@ -175,8 +179,8 @@ class _Batch(ParsedRecords):
         plain = not (self.errors or self.sources is not None)
         if self.vectors is not None:
             if plain and isinstance(codec, TextCodec):
-                return codec.encode_embeddings(self.vectors)
-            self.outputs = [{"embeddings": row} for row in self.vectors]
+                return codec.encode_column(self.key, self.vectors)
+            self.outputs = [{self.key: row} for row in self.vectors]
         if isinstance(codec, ColumnarCodec):
             fields = self._columnar_fields(codec)
             return codec.encode_rows(self.positions, self.outputs, self.errors, fields)
