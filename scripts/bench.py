@@ -112,14 +112,14 @@ BOUND_GOAL, PARENT_SHARE_GOAL, MEMORY_GOAL = 0.85, 0.03, 1.2
 # embedding), and --devices cuda over --devices cpu.
 GPU_BOUND_GOAL, GPU_OVER_CPU_GOAL = 0.6, 1.2
 # Records per workload. On this project's 2-core machine a default o2v-batch run lasts
-# at least 20 s even at 0.85 of the bound (light embedding ~98,000 records/s, light
-# classification ~54,000, heavy embedding ~1,900, heavy classification ~950), so that
-# start-up is a small part of it.
+# at least 20 s even at 0.85 of the bound (the bounds measured: light embedding
+# ~294,000 records/s, light classification ~168,000, heavy embedding ~3,600, heavy
+# classification ~1,870), so that start-up is a small part of it.
 DEFAULT_RECORDS = {
-    "light-embedding": 2_500_000,
-    "light-classification": 1_250_000,
-    "heavy-embedding": 40_000,
-    "heavy-classification": 20_000,
+    "light-embedding": 5_000_000,
+    "light-classification": 3_000_000,
+    "heavy-embedding": 64_000,
+    "heavy-classification": 32_000,
 }
 QUICK_RECORDS = {"light": 5_000, "heavy": 300}
 # --gpu on one H200 and 16 cores, at the rates measured there (o2v-batch light
@@ -1385,14 +1385,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--records",
         type=int,
-        help="records of each light-model workload (default: light embedding 2,500,000, "
-        "light classification 1,250,000; --gpu 1,000,000; --quick 5,000)",
+        help="records of each light-model workload (default: light embedding 5,000,000, "
+        "light classification 3,000,000; --gpu 1,000,000; --quick 5,000)",
     )
     p.add_argument(
         "--heavy-records",
         type=int,
-        help="records of each heavy-model workload (default: embedding 40,000, "
-        "classification 20,000; --gpu 60,000 and 30,000; --quick 300)",
+        help="records of each heavy-model workload (default: embedding 64,000, "
+        "classification 32,000; --gpu 60,000 and 30,000; --quick 300)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes, no Ray Data unless asked")
