@@ -23,7 +23,7 @@ ENGINES = ("local", "ray")
 DEFAULT_INVOCATION_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 3
 # Two mini-batches per worker: one computing while the next is already waiting. A
-# pipelined (GPU) worker holds at least three, one per stage (runtime.WorkerPool).
+# pipelined (GPU) worker holds at least three, one per stage (execution.pool.WorkerPool).
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_MAX_QUEUED = 64  # o2v-batch serve: requests waiting for a worker
 # o2v-batch serve: seconds a request's whole body may take to arrive; a slower one is a
@@ -50,7 +50,7 @@ class TransformConfig:
     max_payload: float = 6.0  # MB (2**20 bytes); 0 = no cap
     mode: str = "auto"
     devices: str = "auto"
-    workers: int | None = None  # None: runtime.plan_workers sizes them from cores and GPUs
+    workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT
     join_source: str = "None"
     input_filter: str = "$"

@@ -106,7 +106,7 @@ def where(pos: int, content_type: str) -> str:
 
 def at_record(pos: int, content_type: str, problem: str) -> str:
     """`line 12: <problem>`; a problem that starts with its place inside the record
-    (serving's `column 5: malformed JSON: ...`) joins the record's, so the message has
+    (the workers' `column 5: malformed JSON: ...`) joins the record's, so the message has
     one position: `line 12, column 5: malformed JSON: ...`."""
     joiner = ", " if problem.startswith(("column ", "character ")) else ": "
     return f"{where(pos, content_type)}{joiner}{problem}"

@@ -64,7 +64,7 @@ class ServeConfig:
     mode: str = "auto"
     devices: str = "auto"
     precision: str = "fp32"  # the dtype the network runs in (artifacts.PRECISIONS)
-    workers: int | None = None  # None: runtime.plan_workers sizes them from cores and GPUs
+    workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
     max_payload: float = 6.0  # MB (2**20 bytes, fractions allowed) per request body
     # Requests waiting beyond those the workers hold; more get 503, so memory stays bounded.

@@ -249,37 +249,27 @@ class DeviceLoop:
         However it ends, nothing is left in flight and every slot is free again: a call
         that raised (the device out of memory) leaves the loop as usable as before."""
         try:
-            self._schedule(ids, encoder, batches, out, staged)
+            slots = self.slots
+            if batches:
+                self._stage(ids, batches[0], slots[0])
+            pending = None  # the batch computed last: its output still to copy out
+            done = 0
+            for k, batch in enumerate(batches):
+                if k + 1 < len(batches):
+                    self._stage(ids, batches[k + 1], slots[(k + 1) % len(slots)])
+                slot = slots[k % len(slots)]
+                result = self._compute(slot, batch, encoder, out)
+                if staged is not None:
+                    if pending is not None:
+                        self.backend.copy_out(*pending)
+                    pending = staged[done : done + len(batch.rows)], result, slot.released
+                done += len(batch.rows)
+            if pending is not None:
+                self.backend.copy_out(*pending)
         finally:
             self.backend.synchronize()  # a failed call's copies too
             for slot in self.slots:  # nothing in flight: none has anything to wait for
                 slot.staged, slot.copied, slot.released = False, None, None
-
-    def _schedule(
-        self,
-        ids: TokenIds,
-        encoder: int,
-        batches: list[Batch],
-        out: torch.Tensor | None,
-        staged: torch.Tensor | None,
-    ) -> None:
-        slots = self.slots
-        if batches:
-            self._stage(ids, batches[0], slots[0])
-        pending = None  # the batch computed last: its output still to copy out
-        done = 0
-        for k, batch in enumerate(batches):
-            if k + 1 < len(batches):
-                self._stage(ids, batches[k + 1], slots[(k + 1) % len(slots)])
-            slot = slots[k % len(slots)]
-            result = self._compute(slot, batch, encoder, out)
-            if staged is not None:
-                if pending is not None:
-                    self.backend.copy_out(*pending)
-                pending = staged[done : done + len(batch.rows)], result, slot.released
-            done += len(batch.rows)
-        if pending is not None:
-            self.backend.copy_out(*pending)
 
     def _stage(self, ids: TokenIds, batch: Batch, slot: _Slot) -> None:
         """Fill a slot with a batch and start its copy to the device, once the slot's last

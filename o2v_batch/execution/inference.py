@@ -140,8 +140,9 @@ class _Batch(ParsedRecords):
             # alike carry "scores" only (predicted_label belongs to other algorithms).
             if len(pairs) == len(self.records):  # pairs and scores in the same order
                 self.vectors, self.key = scores, "scores"
-            for j, i in enumerate(pairs.tolist() if self.vectors is None else ()):
-                self.outputs[i] = {"scores": scores[j]}
+            else:
+                for j, i in enumerate(pairs.tolist()):
+                    self.outputs[i] = {"scores": scores[j]}
         for enc in (0, 1):
             rows = np.flatnonzero(kinds == enc)
             if not len(rows):

@@ -67,8 +67,8 @@ def plan_workers(
         n = workers or len(devices) * per_device
         return [(devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
     # One single-threaded worker per core (up to MAX_CPU_WORKERS, then threads per
-    # worker): it keeps every core busy, parsing included, and never leaves torch threads waiting on a
-    # core the parent holds (measured: scripts/bench.py).
+    # worker): it keeps every core busy, parsing included, and never leaves torch
+    # threads waiting on a core the parent holds (measured: scripts/bench.py).
     n = workers or min(cores, MAX_CPU_WORKERS)
     return [("cpu", max(1, cores // n)) for _ in range(n)]
 
