@@ -47,7 +47,9 @@ def as_list(records: list[bytes], first: int = 1) -> MiniBatch:
     return MiniBatch(positions, list(records), sum(map(len, records)))
 
 
-def check_pieces(batch: MiniBatch, pieces: list[MiniBatch], token_work: float) -> None:
+def check_pieces(
+    batch: MiniBatch, pieces: list[MiniBatch], token_work: float, workers: int | None = None
+) -> None:
     """Every record exactly once, in order, at its position; each piece's bytes right,
     Lines cut at newlines; each piece within its share of the work or one record."""
     records = list(batch.records)
@@ -66,6 +68,8 @@ def check_pieces(batch: MiniBatch, pieces: list[MiniBatch], token_work: float) -
         return
     work = batch.nbytes * batching._tokens_per_byte(batch.records) * token_work
     share = max(batching._PIECE_WORK, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
+    if workers:
+        share = max(share, work / (batching.PIECES_PER_WORKER * workers))
     rate = work / batch.nbytes
     for piece in pieces:
         assert piece.nbytes * rate <= share * (1 + 1e-9) or len(piece.records) == 1
@@ -109,6 +113,21 @@ def test_the_heavy_model_shares_a_large_mini_batch() -> None:
         assert 20 <= len(pieces) <= 60
         assert 700 <= len(records) / len(pieces) <= 2000
         check_pieces(batch, pieces, work.per_token)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8, 64])
+def test_few_workers_share_a_mini_batch_in_fewer_larger_pieces(workers: int) -> None:
+    work = forward_work(Hyperparameters.from_dict(HEAVY), encoders_only=True)
+    records = bench_like(40_000)
+    alone = split(as_lines(records), work.per_token, work.per_record)
+    for batch in (as_lines(records), as_list(records)):
+        pieces = split(batch, work.per_token, work.per_record, workers)
+        check_pieces(batch, pieces, work.per_token, workers)
+        # A few pieces per worker, so that every worker has its share of this mini-batch,
+        # and never more pieces than without knowing the workers.
+        assert len(pieces) <= len(alone)
+        expected = min(len(alone), batching.PIECES_PER_WORKER * workers)
+        assert expected - 1 <= len(pieces) <= expected + 1
 
 
 @pytest.mark.parametrize("mode", ["embedding", "classification"])
@@ -193,12 +212,15 @@ def model(tmp_path_factory) -> Path:
 
 def job(tmp_path: Path, model: Path, name: str, out: str, split: bool, monkeypatch, **options):
     """Runs one job over tmp_path/in/<name> with two workers; with `split`, a piece's
-    work is lowered so the file's one mini-batch goes out as many pieces."""
+    work is lowered (and its pieces per worker raised) so the file's one mini-batch goes
+    out as many pieces."""
     spy = tmp_path / f"spy-{out}"
     spy.mkdir()
     (spy / f"piece_spy_{out}.py").write_text(SPY.format(folder=str(spy)))
     monkeypatch.syspath_prepend(str(spy))
     monkeypatch.setattr(batching, "_PIECE_WORK", 1e6 if split else batching._PIECE_WORK)
+    if split:  # many pieces, though two workers would share it in a few
+        monkeypatch.setattr(batching, "PIECES_PER_WORKER", 64)
     config = TransformConfig(
         input=str(tmp_path / "in" / name),
         output=str(tmp_path / out),

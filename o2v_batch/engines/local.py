@@ -141,6 +141,7 @@ class _Run:
         self.items: queue.Queue = queue.Queue()  # bounded once the pool's size is known
         self.writer: WriterThread  # sized to the pool too
         self.task_ids = itertools.count()
+        self.workers = 1
         self.progress = Progress(config.progress, total_bytes(tasks))
         self.meter = Meter()  # stored bytes the reader has read
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
@@ -151,8 +152,10 @@ class _Run:
         reader = threading.Thread(target=self._read, daemon=True)
         try:
             io.discard_partial([t.report.output for t in self.tasks])
+            specs = self._specs()
+            self.workers = len(specs)  # that share each mini-batch's pieces
             with WorkerPool(
-                self._specs(),
+                specs,
                 self.config.max_concurrent_transforms,
                 self.config.max_retries,
                 self.config.invocation_timeout,
@@ -222,7 +225,7 @@ class _Run:
                         seq += 1
                         continue
                     counted = (len(item.records), item.nbytes)
-                    for piece in pieces(task, item):
+                    for piece in pieces(task, item, self.workers):
                         stored = shares.take(piece.nbytes + len(piece.records))
                         self._put(_Item(idx, seq, piece, counted, stored))
                         seq, counted = seq + 1, None

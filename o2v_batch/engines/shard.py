@@ -137,10 +137,11 @@ def mini_batches(
         raise ShardFailed(read_failure(uri, exc) + _content_type_hint(task, looks_like)) from None
 
 
-def pieces(task: ShardTask, batch: MiniBatch) -> list[MiniBatch]:
+def pieces(task: ShardTask, batch: MiniBatch, workers: int | None = None) -> list[MiniBatch]:
     """The requests a mini-batch goes to the workers as: itself, or, when it holds more
-    of the model's work than one worker should do alone, consecutive pieces of it."""
-    return split(batch, task.work.per_token, task.work.per_record)
+    of the model's work than one worker should do alone, consecutive pieces of it, a
+    few per worker of the `workers` that share them."""
+    return split(batch, task.work.per_token, task.work.per_record, workers)
 
 
 def oversize(task: ShardTask, item: Oversize, config: TransformConfig) -> bytes:
