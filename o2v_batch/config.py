@@ -70,8 +70,6 @@ class TransformConfig:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
     metrics_file: str | None = None  # a Prometheus text file of the job's figures, local
-    # "module:function" building the per-worker server; tests hand in faulty models.
-    worker_factory: str = "o2v_batch.execution.inference:create_server"
     # Workers that overlap parsing, the forward pass and encoding (protocol.WorkerSpec);
     # None: GPU workers do. Tests and benchmarks set it to run them on CPU.
     pipelined: bool | None = None

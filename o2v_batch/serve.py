@@ -35,6 +35,7 @@ from o2v_batch.devices import check_devices, parse_devices
 from o2v_batch.errors import ConfigError, O2VError, WorkerError, require_extra
 from o2v_batch.execution.pool import plan_workers
 from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
+from o2v_batch.execution.worker import server_factory
 from o2v_batch.metrics import CONTENT_TYPE, ServeMetrics
 from o2v_batch.report import batch_failure, plural, size, stderr_line
 from o2v_batch.serve_pool import Dispatcher
@@ -73,7 +74,6 @@ class ServeConfig:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S  # seconds for a request's body to arrive
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # a request on one more is a 503
-    worker_factory: str = WORKER_FACTORY  # "module:function": tests hand in faulty servers
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -207,7 +207,7 @@ def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
     # A bad record fails its request (a 400), as it fails a shard in transform.
     options = ServingOptions(mode=config.mode, precision=config.precision)
     return [
-        WorkerSpec(model_dir, device, threads, options, config.worker_factory)
+        WorkerSpec(model_dir, device, threads, options, server_factory(WORKER_FACTORY))
         for device, threads in plan_workers(parse_devices(config.devices), config.workers)
     ]
 
