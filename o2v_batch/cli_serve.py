@@ -17,6 +17,7 @@ from o2v_batch.config import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_RETRIES,
     MODES,
+    ServeConfig,
     preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError
@@ -145,7 +146,7 @@ def serve_command(**options) -> None:
     """
     # Imported here: the HTTP side is not needed by the other commands (nor by a
     # transform's workers, which import the CLI's module when they start).
-    from o2v_batch.serve import ServeConfig, serve
+    from o2v_batch.serve.server import serve
 
     try:
         _environment_defaults(options, os.environ)

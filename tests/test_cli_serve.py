@@ -16,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from o2v_batch import serve
 from o2v_batch.cli import cli
+from o2v_batch.config import ServeConfig
 from o2v_batch.errors import ConfigError
+from o2v_batch.serve import server
 
 MODEL = str(REPO / "examples" / "model")
 SAGEMAKER_VARIABLES = (
@@ -35,7 +36,7 @@ def configs(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     taken = []
     # The command imports serve() when it runs: the module attribute is what it finds.
-    monkeypatch.setattr(serve, "serve", taken.append)
+    monkeypatch.setattr(server, "serve", taken.append)
     return taken
 
 
@@ -110,7 +111,7 @@ def test_max_payload_must_leave_a_cap(configs):
         "6MB or 500KB\n"
     )
     with pytest.raises(ConfigError, match="--max-payload must be a number of MB > 0, got 0"):
-        serve.ServeConfig(max_payload=0)
+        ServeConfig(max_payload=0)
 
 
 def test_a_missing_model_fails_in_one_line_before_anything_starts(tmp_path):
@@ -156,7 +157,7 @@ def test_precision_reaches_the_workers(configs):
     assert CliRunner().invoke(cli, ["serve", "--precision", "bf16"]).exit_code == 0
     (config,) = configs
     assert config.precision == "bf16"
-    [spec] = serve._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
+    [spec] = server._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
     assert spec.options.precision == "bf16"
     with pytest.raises(
         ConfigError, match="--precision must be one of fp32, tf32, bf16, fp16; got 'fp8'"

@@ -27,7 +27,7 @@ from test_serve_warm_up import _served
 
 from o2v_batch.cli import cli
 from o2v_batch.metrics import ServeMetrics
-from o2v_batch.serve import ROUTES
+from o2v_batch.serve.app import ROUTES
 
 REQUESTS = REPO / "examples" / "requests"
 TRANSFORM = (sys.executable, "-m", "o2v_batch", "transform")

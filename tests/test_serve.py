@@ -354,7 +354,8 @@ def test_burst_gets_503_and_sigterm_answers_every_request_in_flight_then_exits(t
     """One slow worker, 2 requests in flight and 2 queued: a fifth gets 503; SIGTERM
     then stops accepting, answers the four and exits, its workers with it."""
     code = replacing_servers("slow_servers:Slow") + (
-        "import sys; from o2v_batch.serve import ServeConfig, serve; "
+        "import sys; from o2v_batch.config import ServeConfig; "
+        "from o2v_batch.serve.server import serve; "
         "serve(ServeConfig(model=sys.argv[1], host='127.0.0.1', port=int(sys.argv[3]), "
         "workers=1, max_concurrent_transforms=2, max_queued_requests=2))"
     )

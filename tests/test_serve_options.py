@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from o2v_batch import serve
 from o2v_batch.cli import cli
+from o2v_batch.config import ServeConfig
 from o2v_batch.errors import ConfigError
+from o2v_batch.serve import server
 
 
 @pytest.fixture
 def configs(monkeypatch):
     """The ServeConfig each invocation would serve with (nothing is started)."""
     taken = []
-    monkeypatch.setattr(serve, "serve", taken.append)
+    monkeypatch.setattr(server, "serve", taken.append)
     return taken
 
 
@@ -49,5 +50,5 @@ def test_bad_values_are_usage_errors(configs, options, message):
 )
 def test_the_library_refuses_them_too(field, value, message):
     with pytest.raises(ConfigError) as caught:
-        serve.ServeConfig(**{field: value})
+        ServeConfig(**{field: value})
     assert str(caught.value) == message

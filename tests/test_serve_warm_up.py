@@ -24,7 +24,8 @@ FAILED = b"the model failed its warm-up request; see the server's log\n"
 
 def _served(tmp_path: Path, factory: str, env: dict | None = None) -> Served:
     code = replacing_servers(factory) + (
-        "import sys; from o2v_batch.serve import ServeConfig, serve; "
+        "import sys; from o2v_batch.config import ServeConfig; "
+        "from o2v_batch.serve.server import serve; "
         "serve(ServeConfig(model=sys.argv[1], host='127.0.0.1', port=int(sys.argv[3]), "
         "workers=1))"
     )
