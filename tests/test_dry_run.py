@@ -254,8 +254,8 @@ def test_it_starts_no_worker_and_imports_no_torch(
     assert marker.exists()
 
     code = (
-        "import sys\nfrom o2v_batch.cli import cli\n"
-        f"try:\n    cli({['transform', str(inputs), str(out), '--model', str(model_dir), '--dry-run']!r})\n"
+        "import sys\nfrom o2v_batch.cli import main\n"
+        f"try:\n    main({['transform', str(inputs), str(out), '--model', str(model_dir), '--dry-run']!r})\n"
         "except SystemExit as exit:\n    print('torch' in sys.modules, exit.code)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,7 +20,7 @@ import ray_servers
 from click.testing import CliRunner
 from helpers import make_model, random_records, write_json, write_jsonl
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines import ray_actor
 from o2v_batch.engines.ray import MISSING_RAY, ActorPlan, plan_actors
@@ -214,7 +214,7 @@ def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
         client.put_object(Bucket=s3_bucket, Key=f"model/{name}", Body=body)
     base = f"s3://{s3_bucket}"
     args = ["transform", f"{base}/in/", f"{base}/out/", "--model", f"{base}/model/"]
-    result = CliRunner().invoke(cli, [*args, "--max-payload", "0.001", "--engine", "ray"])
+    result = CliRunner().invoke(main, [*args, "--max-payload", "0.001", "--engine", "ray"])
     assert result.exit_code == 1, result.output  # bad.jsonl and big.json fail
 
     listing = client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])
@@ -358,7 +358,7 @@ def test_missing_ray_says_how_to_install_it(monkeypatch, inputs, tmp_path, model
         )
     )
     args = ["transform", str(inputs), str(tmp_path / "out"), "--model", str(model_dir)]
-    result = CliRunner().invoke(cli, [*args, "--engine", "ray"])
+    result = CliRunner().invoke(main, [*args, "--engine", "ray"])
     assert result.exit_code == 2  # a usage error, as every missing extra is
     assert result.output.endswith(f"Error: {MISSING_RAY}\n")
     assert not (tmp_path / "out").exists()
@@ -471,7 +471,7 @@ EXAMPLES = TESTS.parent / "examples"
 def assert_transform_command(args: list[str]) -> None:
     """An example's command line is o2v-batch transform with options that exist and parse."""
     assert args[:2] == ["o2v-batch", "transform"]
-    cli.commands["transform"].make_context("transform", list(args[2:]))
+    main.commands["transform"].make_context("transform", list(args[2:]))
 
 
 def stub(bin_dir: Path, name: str) -> None:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from helpers import make_model, random_records, read_predictions, write_json, write_jsonl
 
 from o2v_batch import load_model
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import OutputExistsError
 from o2v_batch.job import transform
@@ -308,7 +308,7 @@ def test_the_documented_requests_give_sixteen_numbers_each(tmp_path):
 
 
 def invoke(*args: str | Path, input: str | None = None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
 def test_an_output_that_is_a_file_is_a_usage_error_before_any_work(tmp_path):

@@ -10,7 +10,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.config import ServeConfig
 from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.metrics import ServeMetrics
@@ -82,7 +82,7 @@ def test_not_found_lists_every_route_of_the_table():
 def test_the_payload_cap_is_given_as_transform_gives_it(monkeypatch, cap, limit, told):
     taken = []
     monkeypatch.setattr(server, "serve", taken.append)
-    result = CliRunner().invoke(cli, ["serve", "--max-payload", cap], env={})
+    result = CliRunner().invoke(main, ["serve", "--max-payload", cap], env={})
     assert result.exit_code == 0, result.output
     app = _app(_Workers(2), max_payload=taken[0].max_payload)
     over = app.limit + 1
