@@ -295,6 +295,18 @@ def test_inspect_the_example_model() -> None:
     assert "token embedding: shared by both encoders (tied_token_embedding_weight)" in lines
 
 
+def test_inspect_imports_no_torch() -> None:
+    """The parameters are counted from the weights' shapes, not from a network built."""
+    code = (
+        "import sys; from o2v_batch.cli import main\n"
+        f"try:\n    main(['inspect', {str(REPO / 'examples' / 'model')!r}])\n"
+        "except SystemExit as exit:\n    print('torch' in sys.modules, exit.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "parameters: 339,138" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1] == "False 0", done.stderr
+
+
 def test_inspect_a_missing_model(tmp_path: Path) -> None:
     result = invoke("inspect", tmp_path / "nope")
     assert result.exit_code == 1

@@ -1,4 +1,4 @@
-"""The `inspect` command: what a model is, as text or JSON."""
+"""The `inspect` command: what a model is, as text or JSON (o2v_batch.description)."""
 
 from __future__ import annotations
 
@@ -6,48 +6,8 @@ import json
 
 import click
 
+from o2v_batch.description import describe_model
 from o2v_batch.errors import O2VError
-from o2v_batch.hyperparameters import Hyperparameters
-
-
-def _describe(uri: str) -> dict:
-    """What `inspect` shows, as plain JSON values."""
-    from o2v_batch.artifacts import load_network, resolve_model
-    from o2v_batch.model import count_parameters
-
-    network = load_network(resolve_model(uri))
-    hp = network.hp
-    values = hp.to_dict()
-    required = {"enc0_max_seq_len": hp.enc0_max_seq_len, "enc0_vocab_size": hp.enc0_vocab_size}
-    defaults = Hyperparameters.from_dict(required).to_dict()
-    encoders = []
-    for index in (0, 1):
-        encoder = hp.encoder(index)
-        encoders.append(
-            {
-                "network": encoder.network,
-                "layers": encoder.layers,
-                "cnn_filter_width": encoder.cnn_filter_width,
-                "token_embedding_dim": encoder.token_embedding_dim,
-                "vocab_size": encoder.vocab_size,
-                "max_seq_len": encoder.max_seq_len,
-            }
-        )
-    return {
-        "model": uri,
-        "parameters": count_parameters(network),
-        "enc_dim": hp.enc_dim,
-        "output_layer": hp.output_layer,
-        "num_classes": hp.num_classes if hp.output_layer == "softmax" else None,
-        "encoders": encoders,
-        "tied_token_embedding_weight": hp.tied_token_embedding_weight,
-        "enc1_copies_enc0": hp.enc1_network == "enc0",
-        "hyperparameters": values,
-        # Required ones count as set: they have no default.
-        "non_default": sorted(
-            k for k, v in values.items() if k in required or defaults.get(k) != v
-        ),
-    }
 
 
 def _encoder_line(encoder: dict) -> str:
@@ -108,7 +68,7 @@ def inspect_command(model: str, as_json: bool) -> None:
         o2v-batch inspect s3://bucket/model.tar.gz --json
     """
     try:
-        info = _describe(model)
+        info = describe_model(model)
     except O2VError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(info, indent=2) if as_json else _describe_text(info))
