@@ -2,4 +2,4 @@
 
 from o2v_batch.cli import main
 
-main()
+main(prog_name="o2v-batch")

@@ -1,4 +1,5 @@
-"""The transform job's validated, frozen configuration and the option values it accepts."""
+"""The validated, frozen configurations of a transform job and of the server, and the
+option values they accept; the options both take are checked by one function."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ DEFAULT_BODY_TIMEOUT_S = 60.0
 # since bodies still arriving take no place in the queue; it bounds what they can hold:
 # this many times the payload cap.
 DEFAULT_MAX_CONNECTIONS = 256
+# SageMaker's MaxPayloadInMB default: a mini-batch's cap, a request body's limit.
+DEFAULT_MAX_PAYLOAD_MB = 6.0
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks model.tar.gz
+DEFAULT_PORT = 8080  # SageMaker's, when SAGEMAKER_BIND_TO_PORT does not say
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class TransformConfig:
     content_type: str | None = None  # None: by extension, `.json` is JSON, the rest jsonlines
     accept: str | None = None  # None: the shard's content type
     strategy: str = "MultiRecord"
-    max_payload: float = 6.0  # MB (2**20 bytes); 0 = no cap
+    max_payload: float = DEFAULT_MAX_PAYLOAD_MB  # MB (2**20 bytes); 0 = no cap
     mode: str = "auto"
     devices: str = "auto"
     workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
@@ -70,8 +75,6 @@ class TransformConfig:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
     metrics_file: str | None = None  # a Prometheus text file of the job's figures, local
-    # "module:function" building the per-worker server; tests hand in faulty models.
-    worker_factory: str = "o2v_batch.execution.inference:create_server"
     # Workers that overlap parsing, the forward pass and encoding (protocol.WorkerSpec);
     # None: GPU workers do. Tests and benchmarks set it to run them on CPU.
     pipelined: bool | None = None
@@ -84,32 +87,14 @@ class TransformConfig:
         _choice("--content-type", self.content_type, CONTENT_TYPES, optional=True)
         _choice("--accept", self.accept, ACCEPT_TYPES, optional=True)
         _choice("--strategy", self.strategy, STRATEGIES)
-        _choice("--mode", self.mode, MODES)
         _choice("--join-source", self.join_source, JOIN_SOURCES)
         _choice("--on-bad-record", self.on_bad_record, BAD_RECORD_POLICIES)
         _choice("--engine", self.engine, ENGINES)
-        _choice("--precision", self.precision, tuple(PRECISIONS))
-        check_devices(self.devices)
-        if not (self.max_payload >= 0 and math.isfinite(self.max_payload)):
-            raise ConfigError(
-                f"--max-payload must be a number of MB >= 0 (0 = no cap), got {self.max_payload}"
-            )
-        for name, value in (
-            ("--workers", self.workers),
-            ("--max-concurrent-transforms", self.max_concurrent_transforms),
-            ("--num-shards", self.num_shards),
-        ):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
+        check_worker_options(self, no_cap=True)
+        _at_least(("--num-shards", self.num_shards, 1))
         if not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(
                 f"--shard-index must be in 0..{self.num_shards - 1}, got {self.shard_index}"
-            )
-        if self.max_retries < 0:
-            raise ConfigError(f"--max-retries must be at least 0, got {self.max_retries}")
-        if not self.invocation_timeout > 0:
-            raise ConfigError(
-                f"--invocation-timeout must be positive, got {self.invocation_timeout}"
             )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
@@ -125,6 +110,68 @@ class TransformConfig:
             for n in self.infer_max_seqlens:
                 if not 1 <= n <= 5000:
                     raise ConfigError(f"--infer-max-seqlens values must be in 1..5000, got {n}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `serve` needs; defaults are the SageMaker container's."""
+
+    model: str = SAGEMAKER_MODEL_DIR
+    host: str = "0.0.0.0"  # a container is reached from outside it
+    port: int = DEFAULT_PORT  # 0: any free port
+    mode: str = "auto"
+    devices: str = "auto"
+    precision: str = "fp32"  # the dtype the network runs in (artifacts.PRECISIONS)
+    workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
+    max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
+    max_payload: float = DEFAULT_MAX_PAYLOAD_MB  # MB (2**20 bytes, fractions allowed) per body
+    # Requests waiting beyond those the workers hold; more get 503, so memory stays bounded.
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
+    max_retries: int = DEFAULT_MAX_RETRIES
+    invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S  # seconds for a request's body to arrive
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # a request on one more is a 503
+
+    def __post_init__(self) -> None:
+        check_worker_options(self, no_cap=False)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535, got {self.port}")
+        _at_least(
+            ("--max-queued-requests", self.max_queued_requests, 0),
+            ("--max-connections", self.max_connections, 1),
+        )
+        _positive(("--body-timeout", self.body_timeout))
+
+
+def check_worker_options(config: TransformConfig | ServeConfig, no_cap: bool) -> None:
+    """The options transform and serve share: the mode, the devices, precision and
+    workers, the payload cap (0 means none where `no_cap`), the retries and time-out."""
+    _choice("--mode", config.mode, MODES)
+    _choice("--precision", config.precision, tuple(PRECISIONS))
+    check_devices(config.devices)
+    payload = config.max_payload
+    if not (math.isfinite(payload) and (payload >= 0 if no_cap else payload > 0)):
+        least = ">= 0 (0 = no cap)" if no_cap else "> 0"
+        raise ConfigError(f"--max-payload must be a number of MB {least}, got {payload}")
+    _at_least(
+        ("--workers", config.workers, 1),
+        ("--max-concurrent-transforms", config.max_concurrent_transforms, 1),
+        ("--max-retries", config.max_retries, 0),
+    )
+    _positive(("--invocation-timeout", config.invocation_timeout))
+
+
+def _at_least(*limits: tuple[str, int | None, int]) -> None:
+    """(option, value, least) for each option; None is a value not given."""
+    for option, value, least in limits:
+        if value is not None and value < least:
+            raise ConfigError(f"{option} must be at least {least}, got {value}")
+
+
+def _positive(*values: tuple[str, float]) -> None:
+    for option, seconds in values:
+        if not seconds > 0:
+            raise ConfigError(f"{option} must be positive, got {seconds}")
 
 
 def _choice(option: str, value: str | None, allowed: Sequence[str], optional: bool = False) -> None:

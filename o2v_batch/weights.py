@@ -105,3 +105,9 @@ def forward_work(hp: Hyperparameters, encoders_only: bool = False) -> ForwardWor
         math.prod(s) for name, s in shapes.items() if name.startswith(("mlp.", "head."))
     )
     return ForwardWork(per_token, per_record)
+
+
+def parameter_count(hp: Hyperparameters) -> int:
+    """The numbers a network of `hp` holds, without torch (model.count_parameters of the
+    network built): a tied token embedding counts once."""
+    return sum(math.prod(shape) for shape in expected_shapes(hp).values())

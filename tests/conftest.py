@@ -23,6 +23,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def replace_servers(monkeypatch):
+    """replace_servers("module:function"): every worker this test starts builds that
+    server (fake_servers, faulty_servers, slow_servers) instead of the product's."""
+    from o2v_batch.execution import worker
+
+    return lambda factory: monkeypatch.setattr(worker, "_replaced_factory", factory)
+
+
+def replacing_servers(factory: str) -> str:
+    """Python code that makes every worker its process starts build `factory`'s server,
+    for a test that runs the product in a process of its own."""
+    return f"from o2v_batch.execution import worker; worker._replaced_factory = {factory!r}; "
+
+
 def load_script(name: str):
     """scripts/<name>.py as a module, registered under its name (dataclasses look
     their module up by name); loaded once."""

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from o2v_batch.serve_worker import InvocationServer
+from o2v_batch.serve.worker import InvocationServer
 
 LOAD_S = 0.5  # /ping answers 503 at least this long
 SERVE_S = 1.0  # per request

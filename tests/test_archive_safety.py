@@ -22,7 +22,7 @@ from tiny_models import assert_same_outputs, saved
 
 from o2v_batch import artifacts
 from o2v_batch.artifacts import check_model, resolve_model
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.errors import (
     DiskFullError,
     HyperparameterError,
@@ -147,7 +147,7 @@ def test_transform_refuses_the_escaping_archive_in_one_line(tmp_path: Path, tmpd
 
 def test_inspect_refuses_the_escaping_archive_in_one_line(tmp_path: Path, tmpdir: Path) -> None:
     archive, message = escaping_archive(tmp_path, tmpdir)
-    result = CliRunner().invoke(cli, ["inspect", str(archive)])
+    result = CliRunner().invoke(main, ["inspect", str(archive)])
     assert (result.exit_code, result.output) == (1, f"Error: {message}\n")
     assert_nothing_written(tmp_path, tmpdir)
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch.batching import payload_bytes
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
 from o2v_batch.report import JobSummary
@@ -50,7 +50,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def invoke(*args: str | Path):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def train_args(files: dict[str, Path], *extra: str | Path) -> list:
@@ -69,7 +69,7 @@ def train_args(files: dict[str, Path], *extra: str | Path) -> list:
 # ---- help ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], *([name] for name in cli.commands)])
+@pytest.mark.parametrize("command", [[], *([name] for name in main.commands)])
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output
@@ -295,6 +295,18 @@ def test_inspect_the_example_model() -> None:
     assert "token embedding: shared by both encoders (tied_token_embedding_weight)" in lines
 
 
+def test_inspect_imports_no_torch() -> None:
+    """The parameters are counted from the weights' shapes, not from a network built."""
+    code = (
+        "import sys; from o2v_batch.cli import main\n"
+        f"try:\n    main(['inspect', {str(REPO / 'examples' / 'model')!r}])\n"
+        "except SystemExit as exit:\n    print('torch' in sys.modules, exit.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "parameters: 339,138" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1] == "False 0", done.stderr
+
+
 def test_inspect_a_missing_model(tmp_path: Path) -> None:
     result = invoke("inspect", tmp_path / "nope")
     assert result.exit_code == 1
@@ -363,10 +375,10 @@ def test_transform_usage_errors_exit_2_before_any_work(
     tmp_path: Path, configs: list, extra: list, environ: dict, message: str
 ) -> None:
     result = CliRunner().invoke(
-        cli, [str(a) for a in transform_args(tmp_path, *extra)], env={**UNSET, **environ}
+        main, [str(a) for a in transform_args(tmp_path, *extra)], env={**UNSET, **environ}
     )
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("Usage: cli transform [OPTIONS] INPUT OUTPUT\n")
+    assert result.output.startswith("Usage: o2v-batch transform [OPTIONS] INPUT OUTPUT\n")
     assert result.output.endswith(f"transform --help' for help.\n\nError: {message}\n")
     assert configs == []
 
@@ -442,14 +454,14 @@ def test_a_missing_extra_is_a_usage_error_that_says_what_to_install(
 def test_settings_from_the_environment(tmp_path: Path, configs: list) -> None:
     environ = {**UNSET, "INFERENCE_PREFERRED_MODE": "auto", "AWS_BATCH_JOB_ARRAY_INDEX": "2"}
     args = [str(a) for a in transform_args(tmp_path, "--num-shards", "3")]
-    assert CliRunner().invoke(cli, args, env=environ).exit_code == 0
+    assert CliRunner().invoke(main, args, env=environ).exit_code == 0
     environ["INFERENCE_PREFERRED_MODE"] = "Embedding"
-    assert CliRunner().invoke(cli, [*args, "--shard-index", "0"], env=environ).exit_code == 0
+    assert CliRunner().invoke(main, [*args, "--shard-index", "0"], env=environ).exit_code == 0
     assert [(c.mode, c.shard_index) for c in configs] == [("auto", 2), ("embedding", 0)]
 
 
 def test_transform_help_shows_values_defaults_and_ranges() -> None:
-    command = cli.commands["transform"]
+    command = main.commands["transform"]
     ctx = click.Context(command, info_name="transform")
     helps = {}
     for param in command.get_params(ctx):

@@ -16,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from o2v_batch import serve
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
+from o2v_batch.config import ServeConfig
 from o2v_batch.errors import ConfigError
+from o2v_batch.serve import server
 
 MODEL = str(REPO / "examples" / "model")
 SAGEMAKER_VARIABLES = (
@@ -35,12 +36,12 @@ def configs(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     taken = []
     # The command imports serve() when it runs: the module attribute is what it finds.
-    monkeypatch.setattr(serve, "serve", taken.append)
+    monkeypatch.setattr(server, "serve", taken.append)
     return taken
 
 
 def test_the_defaults_are_the_sagemaker_containers(configs):
-    result = CliRunner().invoke(cli, ["serve"])
+    result = CliRunner().invoke(main, ["serve"])
     assert result.exit_code == 0, result.output
     (config,) = configs
     assert (config.model, config.host, config.port) == ("/opt/ml/model", "0.0.0.0", 8080)
@@ -53,10 +54,10 @@ def test_sagemakers_variables_set_port_payload_and_mode(configs):
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
         "INFERENCE_PREFERRED_MODE": "embedding",
     }
-    assert CliRunner().invoke(cli, ["serve", "--model", MODEL], env=env).exit_code == 0
+    assert CliRunner().invoke(main, ["serve", "--model", MODEL], env=env).exit_code == 0
     assert (configs[0].port, configs[0].max_payload, configs[0].mode) == (9090, 20, "embedding")
     options = ["serve", "--port", "7070", "--max-payload", "2", "--mode", "classification"]
-    assert CliRunner().invoke(cli, options, env=env).exit_code == 0
+    assert CliRunner().invoke(main, options, env=env).exit_code == 0
     assert (configs[1].port, configs[1].max_payload, configs[1].mode) == (7070, 2, "classification")
 
 
@@ -70,7 +71,7 @@ def test_sagemakers_variables_set_port_payload_and_mode(configs):
     ],
 )  # fmt: skip
 def test_a_bad_variable_is_a_usage_error_naming_it(configs, name, value, message):
-    result = CliRunner().invoke(cli, ["serve"], env={name: value})
+    result = CliRunner().invoke(main, ["serve"], env={name: value})
     assert result.exit_code == 2
     assert f"Error: {message}" in result.output
     assert "Usage: " in result.output
@@ -87,7 +88,7 @@ def test_a_bad_variable_is_a_usage_error_naming_it(configs, name, value, message
     ],
 )
 def test_bad_options_are_usage_errors(configs, options, message):
-    result = CliRunner().invoke(cli, ["serve", *options])
+    result = CliRunner().invoke(main, ["serve", *options])
     assert result.exit_code == 2
     assert message in result.output
 
@@ -97,24 +98,26 @@ def test_bad_options_are_usage_errors(configs, options, message):
     [("6", 6.0), ("0.05", 0.05), ("6MB", 6.0), ("500KB", 500 / 1024), ("2 mb", 2.0)],
 )
 def test_max_payload_takes_the_sizes_transform_takes(configs, value, megabytes):
-    result = CliRunner().invoke(cli, ["serve", "--max-payload", value])
+    result = CliRunner().invoke(main, ["serve", "--max-payload", value])
     assert result.exit_code == 0, result.output
     assert configs[0].max_payload == megabytes
 
 
 def test_max_payload_must_leave_a_cap(configs):
-    result = CliRunner().invoke(cli, ["serve", "--max-payload", "0"])
+    result = CliRunner().invoke(main, ["serve", "--max-payload", "0"])
     assert (result.exit_code, configs) == (2, [])
     assert result.output.endswith(
         "Error: Invalid value for '--max-payload': '0' is not a size > 0 such as 6, 0.5, "
         "6MB or 500KB\n"
     )
     with pytest.raises(ConfigError, match="--max-payload must be a number of MB > 0, got 0"):
-        serve.ServeConfig(max_payload=0)
+        ServeConfig(max_payload=0)
 
 
 def test_a_missing_model_fails_in_one_line_before_anything_starts(tmp_path):
-    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nowhere"), "--port", "0"])
+    result = CliRunner().invoke(
+        main, ["serve", "--model", str(tmp_path / "nowhere"), "--port", "0"]
+    )
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert str(tmp_path / "nowhere") in result.output
@@ -126,14 +129,14 @@ def test_a_port_in_use_fails_in_one_line():
         taken.listen()
         port = taken.getsockname()[1]
         options = ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-        result = CliRunner().invoke(cli, options)
+        result = CliRunner().invoke(main, options)
     assert result.exit_code == 1
     assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_serve_is_a_command_of_the_group_with_help():
-    assert "serve" in CliRunner().invoke(cli, ["--help"]).output
-    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert "serve" in CliRunner().invoke(main, ["--help"]).output
+    result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     for option in ("--model", "--port", "--max-payload", "--mode", "--max-queued-requests"):
         assert option in result.output
@@ -153,10 +156,10 @@ def test_the_dockerfiles_entry_point_runs_serve():
 
 
 def test_precision_reaches_the_workers(configs):
-    assert CliRunner().invoke(cli, ["serve", "--precision", "bf16"]).exit_code == 0
+    assert CliRunner().invoke(main, ["serve", "--precision", "bf16"]).exit_code == 0
     (config,) = configs
     assert config.precision == "bf16"
-    [spec] = serve._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
+    [spec] = server._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
     assert spec.options.precision == "bf16"
     with pytest.raises(
         ConfigError, match="--precision must be one of fp32, tf32, bf16, fp16; got 'fp8'"
@@ -166,7 +169,7 @@ def test_precision_reaches_the_workers(configs):
 
 def test_transform_and_serve_share_the_worker_options():
     def option_help(command: str) -> dict[str, str]:
-        text = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+        text = CliRunner().invoke(main, [command, "--help"], terminal_width=200).output
         return {
             name: " ".join(line.split())
             for line in text.splitlines()

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import make_model
 
 from o2v_batch.artifacts import read_hyperparameters
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.columnar import (
     EMBEDDING,
     ERROR,
@@ -251,14 +251,14 @@ def test_bad_use_is_a_usage_error(tmp_path: Path, options: dict, message: str) -
     for name, value in options.items():
         if name != "output":
             args += [f"--{name.replace('_', '-')}", value]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert f"Error: {message}\n" in result.output
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_accept_type_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, [*transform_args(tmp_path), "--accept", "application/npy"])
+    result = CliRunner().invoke(main, [*transform_args(tmp_path), "--accept", "application/npy"])
     assert result.exit_code == 2
     assert "Invalid value for '--accept': 'application/npy' is not one of" in result.output
     assert "'application/x-npy'" in result.output
@@ -267,7 +267,7 @@ def test_unknown_accept_type_is_a_usage_error(tmp_path: Path) -> None:
 def test_missing_pyarrow_is_a_one_line_install_hint(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an import without it meets
     args = [*transform_args(tmp_path), "--accept", PARQUET]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert result.output.endswith(
         f"Error: --accept {PARQUET} needs pyarrow: pip install -e '.[parquet]' in a checkout, "

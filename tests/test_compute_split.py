@@ -210,7 +210,16 @@ def model(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("model") / "model")
 
 
-def job(tmp_path: Path, model: Path, name: str, out: str, split: bool, monkeypatch, **options):
+def job(
+    tmp_path: Path,
+    model: Path,
+    name: str,
+    out: str,
+    split: bool,
+    monkeypatch,
+    replace_servers,
+    **options,
+):
     """Runs one job over tmp_path/in/<name> with two workers; with `split`, a piece's
     work is lowered (and its pieces per worker raised) so the file's one mini-batch goes
     out as many pieces."""
@@ -221,13 +230,13 @@ def job(tmp_path: Path, model: Path, name: str, out: str, split: bool, monkeypat
     monkeypatch.setattr(batching, "_PIECE_WORK", 1e6 if split else batching._PIECE_WORK)
     if split:  # many pieces, though two workers would share it in a few
         monkeypatch.setattr(batching, "PIECES_PER_WORKER", 64)
+    replace_servers(f"piece_spy_{out}:Server")
     config = TransformConfig(
         input=str(tmp_path / "in" / name),
         output=str(tmp_path / out),
         model=str(model),
         workers=2,
         progress=False,
-        worker_factory=f"piece_spy_{out}:Server",
         **options,
     )
     summary = transform(config, log=lambda line: None)
@@ -295,12 +304,16 @@ def write_input(tmp_path: Path, name: str, variant: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_both_workers_serve_one_mini_batch_and_the_output_is_unchanged(
-    tmp_path, model, monkeypatch, variant: str
+    tmp_path, model, monkeypatch, replace_servers, variant: str
 ) -> None:
     name, kind, options = VARIANTS[variant]
     write_input(tmp_path, name, variant)
-    whole, whole_requests = job(tmp_path, model, name, "whole", False, monkeypatch, **options)
-    shared, requests = job(tmp_path, model, name, "shared", True, monkeypatch, **options)
+    whole, whole_requests = job(
+        tmp_path, model, name, "whole", False, monkeypatch, replace_servers, **options
+    )
+    shared, requests = job(
+        tmp_path, model, name, "shared", True, monkeypatch, replace_servers, **options
+    )
 
     # One mini-batch in the summary, as before; the pool got it as several requests,
     # and both worker processes served some of them.
@@ -329,7 +342,7 @@ def test_both_workers_serve_one_mini_batch_and_the_output_is_unchanged(
 
 @pytest.mark.slow
 def test_the_first_bad_record_of_a_shared_mini_batch_fails_the_shard(
-    tmp_path, model, monkeypatch
+    tmp_path, model, monkeypatch, replace_servers
 ) -> None:
     write_input(tmp_path, "a.jsonl", "jsonlines")
     lines = (tmp_path / "in" / "a.jsonl").read_bytes().split(b"\n")
@@ -338,7 +351,9 @@ def test_the_first_bad_record_of_a_shared_mini_batch_fails_the_shard(
     (tmp_path / "in" / "a.jsonl").write_bytes(b"\n".join(lines))
     reasons = []
     for out, shared in (("whole", False), ("shared", True)):
-        summary, requests = job(tmp_path, model, "a.jsonl", out, shared, monkeypatch)
+        summary, requests = job(
+            tmp_path, model, "a.jsonl", out, shared, monkeypatch, replace_servers
+        )
         assert summary.shards_failed == 1 and summary.mini_batches == 1
         assert not (tmp_path / out / "a.jsonl.out").exists()
         reasons.append(summary.failed[0]["reason"])

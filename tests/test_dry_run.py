@@ -238,21 +238,24 @@ def test_existing_outputs_are_refused_as_the_job_refuses_them(tmp_path, model_di
     assert dry.stdout == ""
 
 
-def test_it_starts_no_worker_and_imports_no_torch(tmp_path, model_dir, monkeypatch):
+def test_it_starts_no_worker_and_imports_no_torch(
+    tmp_path, model_dir, monkeypatch, replace_servers
+):
     inputs, out = _inputs(tmp_path / "in"), tmp_path / "out"
     # A worker would import this module first (spawned workers get the parent's sys.path).
     marker = tmp_path / "worker-started"
     (tmp_path / "spy.py").write_text(f"open({str(marker)!r}, 'w').close()\nServer = None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    plan = _preview(inputs, out, model_dir, worker_factory="spy:Server")
+    replace_servers("spy:Server")
+    plan = _preview(inputs, out, model_dir)
     assert plan.exit_status == 0 and not marker.exists() and not out.exists()
     with pytest.raises(Exception):  # noqa: B017 - the job itself does start one
-        _job(inputs, out, model_dir, worker_factory="spy:Server", max_retries=0)
+        _job(inputs, out, model_dir, max_retries=0)
     assert marker.exists()
 
     code = (
-        "import sys\nfrom o2v_batch.cli import cli\n"
-        f"try:\n    cli({['transform', str(inputs), str(out), '--model', str(model_dir), '--dry-run']!r})\n"
+        "import sys\nfrom o2v_batch.cli import main\n"
+        f"try:\n    main({['transform', str(inputs), str(out), '--model', str(model_dir), '--dry-run']!r})\n"
         "except SystemExit as exit:\n    print('torch' in sys.modules, exit.code)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

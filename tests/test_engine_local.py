@@ -14,6 +14,7 @@ from pathlib import Path
 
 import faulty_servers
 import pytest
+from conftest import replacing_servers
 from helpers import make_model, random_records, write_jsonl
 from processes import default_sigint
 
@@ -218,18 +219,12 @@ def recovery_lines(logged: list[str]) -> list[str]:
     return [line for line in logged if "; retrying the mini-batch" in line or "new worker" in line]
 
 
-def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path):
+def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path, replace_servers):
     model = shutil.copytree(small_job / "model", tmp_path / "model")  # gets the marker file
+    replace_servers("faulty_servers:HangOnce")
     started = time.monotonic()
     logged: list[str] = []
-    summary = run(
-        small_job,
-        model,
-        tmp_path / "out",
-        logged,
-        worker_factory="faulty_servers:HangOnce",
-        invocation_timeout=3,
-    )
+    summary = run(small_job, model, tmp_path / "out", logged, invocation_timeout=3)
     assert (model / faulty_servers.MISBEHAVED).exists()  # it did hang
     assert time.monotonic() - started < 60
     assert (summary.worker_restarts, summary.mini_batch_retries) == (1, 1)
@@ -247,12 +242,11 @@ def test_hung_forward_is_timed_out_and_retried(small_job, tmp_path):
         assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
 
 
-def test_a_crashed_worker_is_replaced_in_one_line_and_counted(small_job, tmp_path):
+def test_a_crashed_worker_is_replaced_in_one_line_and_counted(small_job, tmp_path, replace_servers):
     model = shutil.copytree(small_job / "model", tmp_path / "model")  # gets the marker file
+    replace_servers("faulty_servers:CrashOnce")
     logged: list[str] = []
-    summary = run(
-        small_job, model, tmp_path / "out", logged, worker_factory="faulty_servers:CrashOnce"
-    )
+    summary = run(small_job, model, tmp_path / "out", logged)
     assert (model / faulty_servers.MISBEHAVED).exists()  # it did crash
     [line] = recovery_lines(logged)
     shard = re.escape(str(small_job / "in" / "b.jsonl"))
@@ -268,16 +262,10 @@ def test_a_crashed_worker_is_replaced_in_one_line_and_counted(small_job, tmp_pat
         assert got == (small_job / "reference" / f"{name}.jsonl.out").read_bytes()
 
 
-def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
+def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path, replace_servers):
+    replace_servers("faulty_servers:AlwaysRaise")
     logged: list[str] = []
-    summary = run(
-        small_job,
-        small_job / "model",
-        tmp_path / "out",
-        logged,
-        worker_factory="faulty_servers:AlwaysRaise",
-        max_retries=1,
-    )
+    summary = run(small_job, small_job / "model", tmp_path / "out", logged, max_retries=1)
     shard = str(small_job / "in" / "b.jsonl")
     assert recovery_lines(logged) == [
         "o2v-batch: the worker raised RuntimeError: the model broke on a marked record; "
@@ -305,17 +293,22 @@ def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path):
 
 def test_a_retried_mini_batch_is_one_line_on_stderr_and_in_the_summary(small_job, tmp_path):
     job = (
-        "from o2v_batch.config import TransformConfig; from o2v_batch.job import transform; "
+        replacing_servers("faulty_servers:AlwaysRaise")
+        + "from o2v_batch.config import TransformConfig; from o2v_batch.job import transform; "
         f"transform(TransformConfig({str(small_job / 'in')!r}, {str(tmp_path / 'out')!r}, "
-        f"{str(small_job / 'model')!r}, worker_factory='faulty_servers:AlwaysRaise', "
-        "max_retries=1, workers=1, progress=False))"
+        f"{str(small_job / 'model')!r}, max_retries=1, workers=1, progress=False))"
     )
     done = subprocess.run(
         [sys.executable, "-c", job],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
     )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray_servers
 from click.testing import CliRunner
 from helpers import make_model, random_records, write_json, write_jsonl
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
+from o2v_batch.engines import ray_actor
 from o2v_batch.engines.ray import MISSING_RAY, ActorPlan, plan_actors
 from o2v_batch.errors import ConfigError, O2VError
 from o2v_batch.io import discard_partial
@@ -185,19 +187,13 @@ def test_outputs_are_byte_identical_to_the_local_engine(
 
 @pytest.mark.ray
 def test_resume_skips_finished_shards_without_starting_actors(
-    ray_instance, inputs, model_dir, reference, tmp_path
+    ray_instance, inputs, served_by, reference, tmp_path
 ):
     local_out, _ = reference("small-mini-batches")
     shutil.copytree(local_out / "sub", tmp_path / "out")
     before = tree(tmp_path / "out")
-    summary, _ = run(
-        inputs / "sub",
-        tmp_path / "out",
-        model_dir,
-        engine="ray",
-        resume=True,
-        worker_factory="nowhere:Nothing",  # an actor would fail to start
-    )
+    model = served_by("nowhere:Nothing")  # an actor would fail to start
+    summary, _ = run(inputs / "sub", tmp_path / "out", model, engine="ray", resume=True)
     assert (summary.shards_ok, summary.shards_skipped) == (0, 2)
     assert tree(tmp_path / "out") == before
     assert (tmp_path / "out" / "_SUCCESS").exists()
@@ -218,7 +214,7 @@ def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
         client.put_object(Bucket=s3_bucket, Key=f"model/{name}", Body=body)
     base = f"s3://{s3_bucket}"
     args = ["transform", f"{base}/in/", f"{base}/out/", "--model", f"{base}/model/"]
-    result = CliRunner().invoke(cli, [*args, "--max-payload", "0.001", "--engine", "ray"])
+    result = CliRunner().invoke(main, [*args, "--max-payload", "0.001", "--engine", "ray"])
     assert result.exit_code == 1, result.output  # bad.jsonl and big.json fail
 
     listing = client.list_objects_v2(Bucket=s3_bucket, Prefix="out/").get("Contents", [])
@@ -263,18 +259,31 @@ def faulty_model(model_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(model_dir, tmp_path / "model"))
 
 
+@pytest.fixture
+def served_by(monkeypatch, model_dir, tmp_path):
+    """served_by("module:function"): a copy of the model whose Ray actors build that
+    server instead of the product's (ray_servers.py)."""
+    monkeypatch.setattr(ray_actor, "ShardWorker", ray_servers.ShardWorkerWithServers)
+
+    def model(factory: str) -> Path:
+        copy = faulty_model(model_dir, tmp_path)
+        (copy / ray_servers.SERVERS).write_text(factory)
+        return copy
+
+    return model
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("factory", ["CrashOnce", "HangOnce"])
 def test_an_actor_that_dies_or_hangs_mid_shard_is_restarted_and_the_shard_retried(
-    ray_instance, inputs, model_dir, reference, tmp_path, factory
+    ray_instance, inputs, served_by, reference, tmp_path, factory
 ):
-    model = faulty_model(model_dir, tmp_path)
+    model = served_by(f"faulty_servers:{factory}")
     summary, _ = run(
         inputs,
         tmp_path / "out",
         model,
         engine="ray",
-        worker_factory=f"faulty_servers:{factory}",
         invocation_timeout=HANG_S,
         **CASES["small-mini-batches"],
     )
@@ -289,15 +298,10 @@ def test_an_actor_that_dies_or_hangs_mid_shard_is_restarted_and_the_shard_retrie
 @pytest.mark.ray
 @pytest.mark.parametrize("factory", ["AlwaysCrash", "AlwaysHang", "AlwaysRaise"])
 def test_a_shard_whose_retries_run_out_fails_alone(
-    ray_instance, inputs, model_dir, reference, tmp_path, factory
+    ray_instance, inputs, model_dir, served_by, reference, tmp_path, replace_servers, factory
 ):
-    options = {
-        **CASES["small-mini-batches"],
-        "max_retries": 1,
-        "invocation_timeout": HANG_S,
-        "worker_factory": f"faulty_servers:{factory}",
-    }
-    model = faulty_model(model_dir, tmp_path)
+    options = {**CASES["small-mini-batches"], "max_retries": 1, "invocation_timeout": HANG_S}
+    model = served_by(f"faulty_servers:{factory}")
     summary, logged = run(inputs, tmp_path / "out", model, engine="ray", **options)
 
     shard = str(inputs / "a.jsonl")
@@ -314,6 +318,7 @@ def test_a_shard_whose_retries_run_out_fails_alone(
         )
         assert re.fullmatch(re.escape(shard) + pattern, failure)
     else:  # worded as the local engine words it
+        replace_servers(f"faulty_servers:{factory}")
         local, _ = run(inputs, tmp_path / "local", model_dir, workers=1, **options)
         assert failure == {f["shard"]: f["reason"] for f in local.failed}[shard]
         assert failure.startswith(f"{shard}: mini-batch from line ")
@@ -329,15 +334,10 @@ def test_a_shard_whose_retries_run_out_fails_alone(
 
 
 @pytest.mark.ray
-def test_a_model_that_cannot_load_fails_the_job(ray_instance, inputs, model_dir, tmp_path):
+def test_a_model_that_cannot_load_fails_the_job(ray_instance, inputs, served_by, tmp_path):
+    model = served_by("fake_servers:FailToLoad")
     with pytest.raises(O2VError) as caught:
-        run(
-            inputs,
-            tmp_path / "out",
-            model_dir,
-            engine="ray",
-            worker_factory="fake_servers:FailToLoad",
-        )
+        run(inputs, tmp_path / "out", model, engine="ray")
     assert str(caught.value) == "cannot load the model on cpu: ValueError: no such model"
     assert tree(tmp_path / "out") == {}
 
@@ -358,7 +358,7 @@ def test_missing_ray_says_how_to_install_it(monkeypatch, inputs, tmp_path, model
         )
     )
     args = ["transform", str(inputs), str(tmp_path / "out"), "--model", str(model_dir)]
-    result = CliRunner().invoke(cli, [*args, "--engine", "ray"])
+    result = CliRunner().invoke(main, [*args, "--engine", "ray"])
     assert result.exit_code == 2  # a usage error, as every missing extra is
     assert result.output.endswith(f"Error: {MISSING_RAY}\n")
     assert not (tmp_path / "out").exists()
@@ -471,7 +471,7 @@ EXAMPLES = TESTS.parent / "examples"
 def assert_transform_command(args: list[str]) -> None:
     """An example's command line is o2v-batch transform with options that exist and parse."""
     assert args[:2] == ["o2v-batch", "transform"]
-    cli.commands["transform"].make_context("transform", list(args[2:]))
+    main.commands["transform"].make_context("transform", list(args[2:]))
 
 
 def stub(bin_dir: Path, name: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_model, random_records, write_jsonl
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def invoke(*args: str | Path):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def visible_files(root: Path) -> list[str]:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from helpers import make_model, random_records, read_predictions, write_json, write_jsonl
 
 from o2v_batch import load_model
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import OutputExistsError
 from o2v_batch.job import transform
@@ -308,7 +308,7 @@ def test_the_documented_requests_give_sixteen_numbers_each(tmp_path):
 
 
 def invoke(*args: str | Path, input: str | None = None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
 def test_an_output_that_is_a_file_is_a_usage_error_before_any_work(tmp_path):
@@ -401,7 +401,7 @@ def _earlier_job(root: Path) -> dict:
 
 
 def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_output(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, replace_servers
 ):
     _earlier_job(tmp_path)
     # A worker would import this module first (spawned workers get the parent's sys.path).
@@ -409,13 +409,10 @@ def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_outpu
         f"open({str(tmp_path / 'worker-started')!r}, 'w').close()\nServer = None\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    replace_servers("spy:Server")
     started = time.monotonic()
     summary, logged = run(
-        tmp_path / "in",
-        tmp_path / "out",
-        make_model(tmp_path / "model"),
-        resume=True,
-        worker_factory="spy:Server",
+        tmp_path / "in", tmp_path / "out", make_model(tmp_path / "model"), resume=True
     )
     assert time.monotonic() - started < 5  # "well under a second", generously
     assert not (tmp_path / "worker-started").exists()
@@ -554,7 +551,9 @@ BAR = re.compile(r"o2v-batch: +(\d+)%\|.*?\| (\S+)/\S+ \[(\d\d):(\d\d)<.*, ([\d,
 
 
 @pytest.mark.slow
-def test_the_bar_moves_from_the_first_second_and_is_full_only_once_written(tmp_path, monkeypatch):
+def test_the_bar_moves_from_the_first_second_and_is_full_only_once_written(
+    tmp_path, monkeypatch, replace_servers
+):
     """A worker slow to answer its first mini-batch (as a GPU worker importing torch is),
     then one mini-batch at a time: the bar's time moves before anything comes back, and
     100% comes only once the last mini-batch is written, not once the input is read."""
@@ -572,8 +571,8 @@ def test_the_bar_moves_from_the_first_second_and_is_full_only_once_written(tmp_p
         workers=1,
         max_concurrent_transforms=1,
         max_payload=0.004,  # 4 KiB: about 8 mini-batches
-        worker_factory="fake_servers:SlowStart",
     )
+    replace_servers("fake_servers:SlowStart")
     summary = transform(config)
     monkeypatch.undo()
     served = [float(t) for t in (model / "served").read_text().split()]

@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_serve import JSONLINES, MODEL, Served, call, invoke, serve_command
 from test_serve_warm_up import _served
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 from o2v_batch.metrics import ServeMetrics
-from o2v_batch.serve import ROUTES
+from o2v_batch.serve.app import ROUTES
 
 REQUESTS = REPO / "examples" / "requests"
 TRANSFORM = (sys.executable, "-m", "o2v_batch", "transform")
@@ -339,7 +339,7 @@ def test_a_job_stopped_by_sigterm_writes_success_0_and_its_summary_figures(tmp_p
 )
 def test_a_metrics_file_that_cannot_be_written_locally_is_a_usage_error(tmp_path, path, message):
     job = ("transform", str(REQUESTS), str(tmp_path / "out"), "--model", str(MODEL))
-    result = CliRunner().invoke(cli, [*job, "--metrics-file", path])
+    result = CliRunner().invoke(main, [*job, "--metrics-file", path])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
@@ -356,6 +356,6 @@ def test_a_metrics_file_in_a_folder_this_user_cannot_write_is_a_usage_error(tmp_
 
     monkeypatch.setattr(os, "access", access)
     job = ("transform", str(REQUESTS), str(tmp_path / "out"), "--model", str(MODEL))
-    result = CliRunner().invoke(cli, [*job, "--metrics-file", str(tmp_path / "job.prom")])
+    result = CliRunner().invoke(main, [*job, "--metrics-file", str(tmp_path / "job.prom")])
     assert result.exit_code == 2, result.output
     assert "its folder is not writable" in result.output

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_model, random_records, write_jsonl
 
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
 
 SIGNATURE, KEY_ID, PASSWORD = "f00dfeedSIGNATURE", "AKIAEXAMPLEKEYID", "hunter2PASSWORD"
 
@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def invoke(*args: str | Path):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- signed URLs and user info

@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import slow_servers
-from conftest import REPO
+from conftest import REPO, replacing_servers
 from helpers import random_records, write_json, write_jsonl
 from processes import alive
 
@@ -353,11 +353,11 @@ def test_a_worker_killed_under_load_is_replaced_and_every_request_answered(serve
 def test_burst_gets_503_and_sigterm_answers_every_request_in_flight_then_exits(tmp_path, expected):
     """One slow worker, 2 requests in flight and 2 queued: a fifth gets 503; SIGTERM
     then stops accepting, answers the four and exits, its workers with it."""
-    code = (
-        "import sys; from o2v_batch.serve import ServeConfig, serve; "
+    code = replacing_servers("slow_servers:Slow") + (
+        "import sys; from o2v_batch.config import ServeConfig; "
+        "from o2v_batch.serve.server import serve; "
         "serve(ServeConfig(model=sys.argv[1], host='127.0.0.1', port=int(sys.argv[3]), "
-        "workers=1, max_concurrent_transforms=2, max_queued_requests=2, "
-        "worker_factory='slow_servers:Slow'))"
+        "workers=1, max_concurrent_transforms=2, max_queued_requests=2))"
     )
     tests = str(Path(slow_servers.__file__).parent)
     env = {"PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}

@@ -10,11 +10,12 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from o2v_batch import serve
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
+from o2v_batch.config import ServeConfig
 from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.metrics import ServeMetrics
-from o2v_batch.serve_pool import Outcome
+from o2v_batch.serve import app, server
+from o2v_batch.serve.dispatcher import Outcome
 
 
 class _Workers:
@@ -35,8 +36,8 @@ class _Workers:
         return Outcome(BatchResult(payload=b'{"embeddings":[0.5]}\n' * records, records=records))
 
 
-def _app(workers: _Workers, **config) -> serve._App:
-    return serve._App(serve.ServeConfig(**config), workers, ServeMetrics(serve.ROUTES))
+def _app(workers: _Workers, **config) -> app.App:
+    return app.App(ServeConfig(**config), workers, ServeMetrics(app.ROUTES))
 
 
 async def _request(app, method: str, path: str, body: bytes = b"", headers=()) -> tuple:
@@ -68,7 +69,7 @@ def test_not_found_lists_every_route_of_the_table():
         404,
         b"not found: use /ping, /invocations, /execution-parameters, /metrics\n",
     )
-    for method, path in serve._ROUTES:
+    for method, path in app._ROUTES:
         assert path.encode() in body
         assert call(_app(_Workers(2)), method, path, b"", JSONLINES)[0] == 200
     assert call(_app(_Workers(2)), "DELETE", "/ping") == (405, b"DELETE is not allowed on /ping\n")
@@ -80,8 +81,8 @@ def test_not_found_lists_every_route_of_the_table():
 )
 def test_the_payload_cap_is_given_as_transform_gives_it(monkeypatch, cap, limit, told):
     taken = []
-    monkeypatch.setattr(serve, "serve", taken.append)
-    result = CliRunner().invoke(cli, ["serve", "--max-payload", cap], env={})
+    monkeypatch.setattr(server, "serve", taken.append)
+    result = CliRunner().invoke(main, ["serve", "--max-payload", cap], env={})
     assert result.exit_code == 0, result.output
     app = _app(_Workers(2), max_payload=taken[0].max_payload)
     over = app.limit + 1

@@ -6,23 +6,24 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from o2v_batch import serve
-from o2v_batch.cli import cli
+from o2v_batch.cli import main
+from o2v_batch.config import ServeConfig
 from o2v_batch.errors import ConfigError
+from o2v_batch.serve import server
 
 
 @pytest.fixture
 def configs(monkeypatch):
     """The ServeConfig each invocation would serve with (nothing is started)."""
     taken = []
-    monkeypatch.setattr(serve, "serve", taken.append)
+    monkeypatch.setattr(server, "serve", taken.append)
     return taken
 
 
 def test_the_defaults_and_given_values_reach_the_config(configs):
-    assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
+    assert CliRunner().invoke(main, ["serve"]).exit_code == 0
     options = ["serve", "--body-timeout", "2.5", "--max-connections", "9"]
-    assert CliRunner().invoke(cli, options).exit_code == 0
+    assert CliRunner().invoke(main, options).exit_code == 0
     assert [(c.body_timeout, c.max_connections) for c in configs] == [(60.0, 256), (2.5, 9)]
 
 
@@ -34,7 +35,7 @@ def test_the_defaults_and_given_values_reach_the_config(configs):
     ],
 )  # fmt: skip
 def test_bad_values_are_usage_errors(configs, options, message):
-    result = CliRunner().invoke(cli, ["serve", *options])
+    result = CliRunner().invoke(main, ["serve", *options])
     assert (result.exit_code, configs) == (2, [])
     assert result.output.endswith(f"Error: {message}\n")
 
@@ -49,5 +50,5 @@ def test_bad_values_are_usage_errors(configs, options, message):
 )
 def test_the_library_refuses_them_too(field, value, message):
     with pytest.raises(ConfigError) as caught:
-        serve.ServeConfig(**{field: value})
+        ServeConfig(**{field: value})
     assert str(caught.value) == message

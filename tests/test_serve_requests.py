@@ -11,7 +11,7 @@ from o2v_batch.errors import RequestFormatError
 from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.responses import codec_for
-from o2v_batch.serve_requests import (
+from o2v_batch.serve.invocations import (
     RequestError,
     bad_record,
     invocation,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import slow_servers
+from conftest import replacing_servers
 from test_serve import MODEL, Served, call
 
 from o2v_batch.config import DEFAULT_MAX_RETRIES
@@ -22,10 +23,11 @@ FAILED = b"the model failed its warm-up request; see the server's log\n"
 
 
 def _served(tmp_path: Path, factory: str, env: dict | None = None) -> Served:
-    code = (
-        "import sys; from o2v_batch.serve import ServeConfig, serve; "
+    code = replacing_servers(factory) + (
+        "import sys; from o2v_batch.config import ServeConfig; "
+        "from o2v_batch.serve.server import serve; "
         "serve(ServeConfig(model=sys.argv[1], host='127.0.0.1', port=int(sys.argv[3]), "
-        f"workers=1, worker_factory={factory!r}))"
+        "workers=1))"
     )
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]), **(env or {})}
     return Served([sys.executable, "-c", code, str(MODEL), "--port"], tmp_path / "log", env)

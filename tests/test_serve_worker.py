@@ -10,7 +10,7 @@ from helpers import make_model, random_records
 
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import ServingOptions
-from o2v_batch.serve_worker import create_server
+from o2v_batch.serve.worker import create_server
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 

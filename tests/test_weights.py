@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from tiny_models import build, tiny
 
-from o2v_batch.weights import TIED_TENSOR, expected_shapes, mismatches
+from o2v_batch.model import count_parameters
+from o2v_batch.weights import TIED_TENSOR, expected_shapes, mismatches, parameter_count
 
 NETWORKS = {
     "hcnn": {},
@@ -29,6 +30,12 @@ def test_expected_shapes_are_the_networks_in_its_order(values: dict, encoders_on
         del state[TIED_TENSOR]  # the file holds the shared embedding once
     assert expected_shapes(hp, encoders_only) == {n: tuple(t.shape) for n, t in state.items()}
     assert list(expected_shapes(hp, encoders_only)) == list(state)
+
+
+@pytest.mark.parametrize("values", NETWORKS.values(), ids=NETWORKS.keys())
+def test_parameter_count_is_the_networks(values: dict) -> None:
+    hp = tiny(**values)
+    assert parameter_count(hp) == count_parameters(build(hp))
 
 
 def test_mismatches_name_every_tensor_in_order() -> None:

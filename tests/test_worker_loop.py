@@ -15,7 +15,6 @@ import slow_servers
 from helpers import make_model, random_records
 from pools import expected, pool_of, run
 
-from o2v_batch import serve_worker
 from o2v_batch.execution import segments
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.pool import Recovery, WorkerPool
@@ -28,6 +27,7 @@ from o2v_batch.execution.worker_loop import (
     serve_in_turn,
     serve_pipelined,
 )
+from o2v_batch.serve.worker import InvocationServer, create_server
 
 S = 0.1  # seconds a slow phase takes
 JSONL = "application/jsonlines"
@@ -97,7 +97,7 @@ def test_answers_keep_their_order_whatever_each_phase_takes(tmp_path):
 def test_a_serve_requests_caps_stay_its_own_when_pipelined(tmp_path):
     """`serve` caps sequence lengths per request: the cap of the mini-batch being prepared
     never reaches the one on the device."""
-    server = serve_worker.create_server(str(make_model(tmp_path / "m")), "cpu", ServingOptions(), 1)
+    server = create_server(str(make_model(tmp_path / "m")), "cpu", ServingOptions(), 1)
     records = [json.dumps(r).encode() for r in random_records(60, seed=3)]
     types = [f"{JSONL};infer_max_seqlens=2,3" if i % 2 else JSONL for i in range(12)]
     answers = serve_here(serve_pipelined, [records] * 12, tmp_path, server, types)
@@ -114,7 +114,7 @@ def test_which_servers_run_their_phases_side_by_side():
         def prepare(self, *args):
             return super().prepare(*args)
 
-    assert has_phases(server(Server)) and has_phases(server(serve_worker.InvocationServer))
+    assert has_phases(server(Server)) and has_phases(server(InvocationServer))
     assert has_phases(server(fake_servers.Phased)) and has_phases(server(OwnPrepare))
     # Only serve: whole. A serve wrapped below the phases (to slow it, to make it
     # fail) would be skipped by them: whole too.

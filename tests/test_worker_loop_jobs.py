@@ -84,7 +84,7 @@ def test_pipelined_workers_write_the_same_bytes(data, tmp_path, on_bad_record):
         assert (whole.shards_ok, whole.bad_records) == (3, 2 * len(BAD_LINES))
 
 
-def test_a_failing_forward_pass_fails_its_shard_alone(data, tmp_path):
+def test_a_failing_forward_pass_fails_its_shard_alone(data, tmp_path, replace_servers):
     """The marked record's mini-batch fails in the device stage; the others go on."""
     folder = tmp_path / "data"
     shutil.copytree(data / "model", folder / "model")
@@ -95,14 +95,8 @@ def test_a_failing_forward_pass_fails_its_shard_alone(data, tmp_path):
     (folder / "in" / "b.jsonl").write_text(f"{MARKED}\n{good}")
     reference = run(folder, tmp_path / "reference", **OPTIONS)
     assert reference.shards_ok == 3
-    summary = run(
-        folder,
-        tmp_path / "out",
-        pipelined=True,
-        worker_factory="faulty_servers:RaiseInPredict",
-        max_retries=1,
-        **OPTIONS,
-    )
+    replace_servers("faulty_servers:RaiseInPredict")
+    summary = run(folder, tmp_path / "out", pipelined=True, max_retries=1, **OPTIONS)
     shard = str(folder / "in" / "b.jsonl")
     reason = (
         f"{shard}: mini-batch from line 1: the worker raised RuntimeError: the model broke "

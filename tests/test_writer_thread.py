@@ -146,7 +146,9 @@ def test_the_caller_waits_once_the_queue_is_full(tmp_path: Path, monkeypatch) ->
     assert (tmp_path / "a.out").read_bytes() == b"0\n1\n2\n3\n"
 
 
-def test_the_pool_gets_mini_batches_while_a_write_is_slow(tmp_path: Path, monkeypatch) -> None:
+def test_the_pool_gets_mini_batches_while_a_write_is_slow(
+    tmp_path: Path, monkeypatch, replace_servers
+) -> None:
     """The first write of the job blocks until the pool has received more mini-batches;
     with writes on the dispatch loop they would never come."""
     # One more mini-batch is always possible: taking the part it writes frees a place in
@@ -181,8 +183,8 @@ def test_the_pool_gets_mini_batches_while_a_write_is_slow(tmp_path: Path, monkey
         strategy="SingleRecord",
         workers=1,
         max_concurrent_transforms=4,
-        worker_factory="fake_servers:Echo",
     )
+    replace_servers("fake_servers:Echo")
     summary = transform(config, log=lambda line: None)
     assert released == [True]
     assert summary.shards_ok == 1 and len(submitted) == len(records)

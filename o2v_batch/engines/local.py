@@ -27,7 +27,7 @@ from o2v_batch.engines.shard import (
 )
 from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
 from o2v_batch.execution.protocol import Done, WorkerSpec
-from o2v_batch.execution.worker import Spares
+from o2v_batch.execution.worker import Spares, server_factory
 from o2v_batch.formats import Oversize, where
 from o2v_batch.main_module import check_main_module
 from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
@@ -101,7 +101,7 @@ def check(config: TransformConfig) -> None:
 def prestart(config: TransformConfig) -> Spares:
     """The job's worker processes, started before the model is checked and the inputs
     listed: their torch import (most of a second) overlaps both."""
-    return Spares(config.worker_factory, len(_plan(config)))
+    return Spares(server_factory(), len(_plan(config)))
 
 
 def _plan(config: TransformConfig) -> list[tuple[str, int]]:
@@ -187,7 +187,7 @@ class _Run:
                 device,
                 threads,
                 options,
-                config.worker_factory,
+                server_factory(),
                 pipelined=config.pipelined,
             )
             for device, threads in _plan(config)

@@ -21,7 +21,7 @@ from o2v_batch.engines.shard import (
 )
 from o2v_batch.errors import WorkerError, describe
 from o2v_batch.execution.protocol import WorkerSpec
-from o2v_batch.execution.worker import start_server
+from o2v_batch.execution.worker import server_factory, start_server
 from o2v_batch.formats import Oversize
 from o2v_batch.report import ShardReport, batch_failure
 from o2v_batch.writer import Committed, WriterThread
@@ -43,7 +43,7 @@ class ShardWorker:
         self.fatal: str | None = None
         try:
             options = serving_options(config)
-            spec = WorkerSpec(resolve_model(model), device, threads, options, config.worker_factory)
+            spec = WorkerSpec(resolve_model(model), device, threads, options, server_factory())
             self.server = start_server(spec)
         except Exception as exc:  # plain text: the driver makes it the job's error
             self.fatal = f"cannot load the model on {device}: {describe(exc)}"

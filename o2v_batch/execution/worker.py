@@ -23,12 +23,29 @@ from typing import Any
 from o2v_batch.devices import worker_device
 from o2v_batch.errors import describe
 from o2v_batch.execution import segments, worker_loop
-from o2v_batch.execution.protocol import Fatal, Ready, Release, Started, WorkerSpec, WriteAt
+from o2v_batch.execution.protocol import (
+    DEFAULT_FACTORY,
+    Fatal,
+    Ready,
+    Release,
+    Started,
+    WorkerSpec,
+    WriteAt,
+)
 
 # How long the interpreter of a worker that could not start may take to show why.
 PROBE_TIMEOUT_S = 30.0
 # The last lines of its stderr that a start-up failure quotes.
 STDERR_LINES = 3
+# A "module:function" every worker of this process builds its server with instead of
+# the product's: tests' servers that hang, crash or fail to load. Private, set by the
+# tests' fixtures; None: the product's own.
+_replaced_factory: str | None = None
+
+
+def server_factory(default: str = DEFAULT_FACTORY) -> str:
+    """The factory a WorkerSpec names: `default` (the caller's server), unless replaced."""
+    return _replaced_factory or default
 
 
 def start_server(spec: WorkerSpec) -> Any:

@@ -1,5 +1,4 @@
-"""The `serve` command: o2v-batch as a SageMaker inference container.
-`o2v_batch.cli` registers it on its group."""
+"""The `serve` command: o2v-batch as a SageMaker inference container."""
 
 from __future__ import annotations
 
@@ -8,28 +7,31 @@ from collections.abc import Mapping
 
 import click
 
-from o2v_batch.cli_options import PayloadSize, worker_options
+from o2v_batch.cli.options import (
+    REQUEST,
+    max_payload_option,
+    mode_option,
+    model_option,
+    retry_options,
+    worker_options,
+)
 from o2v_batch.config import (
     DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_INVOCATION_TIMEOUT_S,
-    DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PAYLOAD_MB,
     DEFAULT_MAX_QUEUED,
-    DEFAULT_MAX_RETRIES,
-    MODES,
-    preferred_mode,
+    DEFAULT_PORT,
+    ServeConfig,
 )
 from o2v_batch.errors import ConfigError, O2VError
 
 PORT_VARIABLE = "SAGEMAKER_BIND_TO_PORT"
 PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
-DEFAULT_PORT = 8080
-DEFAULT_PAYLOAD_MB = 6
 
 
 def _from_environment(
-    environ: Mapping[str, str], name: str, default: int, least: int, most: int
-) -> int:
+    environ: Mapping[str, str], name: str, default: float, least: int, most: int
+) -> float:
     """An integer SageMaker passes in an environment variable; a bad value names it."""
     text = environ.get(name, "").strip()
     if not text:
@@ -40,23 +42,17 @@ def _from_environment(
 
 
 def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
-    """--port, --max-payload and --mode, when not given, from the variables SageMaker sets."""
+    """--port and --max-payload, when not given, from the variables SageMaker sets
+    (MaxPayloadInMB is a whole number of MB)."""
     if options["port"] is None:
         options["port"] = _from_environment(environ, PORT_VARIABLE, DEFAULT_PORT, 0, 65535)
     if options["max_payload"] is None:
-        options["max_payload"] = _from_environment(
-            environ, PAYLOAD_VARIABLE, DEFAULT_PAYLOAD_MB, 1, 2**20
-        )
-    options["mode"] = options["mode"] or preferred_mode(environ)
+        mb = _from_environment(environ, PAYLOAD_VARIABLE, DEFAULT_MAX_PAYLOAD_MB, 1, 2**20)
+        options["max_payload"] = float(mb)
 
 
 @click.command("serve")
-@click.option(
-    "--model",
-    default="/opt/ml/model",
-    show_default=True,
-    help="Model folder or .tar.gz, local or s3:// (SageMaker unpacks model.tar.gz there).",
-)
+@model_option(required=False)
 @click.option(
     "--host",
     default="0.0.0.0",
@@ -70,27 +66,15 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     type=click.IntRange(0, 65535),
     help=f"Port; 0 takes a free one. [default: ${PORT_VARIABLE}, else {DEFAULT_PORT}]",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    help="auto: per record, a pair scores and one input embeds; embedding: the encoders "
-    "only; classification: the whole network. [default: $INFERENCE_PREFERRED_MODE, else auto]",
+@mode_option
+@max_payload_option(
+    "Largest request body, as transform's --max-payload",
+    "a larger one is a 413",
+    no_cap=False,
+    default=None,
+    shown=f"${PAYLOAD_VARIABLE} MB, else {DEFAULT_MAX_PAYLOAD_MB:g}MB",
 )
-@click.option(
-    "--max-payload",
-    type=PayloadSize(no_cap=False),
-    help="Largest request body, as transform's --max-payload: a number of MB (MB = 2^20 "
-    "bytes, fractions allowed), or 6MB, 500KB (KB = 2^10 bytes); a larger one is a 413. "
-    f"[default: ${PAYLOAD_VARIABLE} MB, else {DEFAULT_PAYLOAD_MB}MB]",
-)
-@worker_options
-@click.option(
-    "--max-concurrent-transforms",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONCURRENT,
-    show_default=True,
-    help="Requests in flight per worker (at least 3 on a GPU: one per stage).",
-)
+@worker_options(REQUEST)
 @click.option(
     "--max-queued-requests",
     type=click.IntRange(min=0),
@@ -98,20 +82,7 @@ def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
     show_default=True,
     help="Requests waiting beyond those in flight; more are answered 503.",
 )
-@click.option(
-    "--max-retries",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_RETRIES,
-    show_default=True,
-    help="Retries of a request whose worker died or hung.",
-)
-@click.option(
-    "--invocation-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_INVOCATION_TIMEOUT_S,
-    show_default=True,
-    help="Seconds before a worker stuck on one request is replaced.",
-)
+@retry_options(REQUEST)
 @click.option(
     "--body-timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -144,8 +115,8 @@ def serve_command(**options) -> None:
             --data-binary @examples/requests/documented.jsonl
     """
     # Imported here: the HTTP side is not needed by the other commands (nor by a
-    # transform's workers, which import the CLI's module when they start).
-    from o2v_batch.serve import ServeConfig, serve
+    # transform's workers, which import the command line's modules when they start).
+    from o2v_batch.serve.server import serve
 
     try:
         _environment_defaults(options, os.environ)

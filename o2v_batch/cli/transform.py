@@ -1,6 +1,4 @@
-"""The `o2v-batch` command line: the group, `transform` and `main` (`train` and
-`inspect` live in `o2v_batch.cli_model`). Commands only: each builds a config, calls the
-library and maps library errors to messages and exit codes."""
+"""The `transform` command: run a model over every record of the inputs."""
 
 from __future__ import annotations
 
@@ -11,45 +9,28 @@ from collections.abc import Mapping
 
 import click
 
-from o2v_batch import __version__
-from o2v_batch.cli_model import inspect_command, train_command
-from o2v_batch.cli_options import PayloadSize, SeqLens, worker_options
-from o2v_batch.cli_serve import serve_command
+from o2v_batch.cli.options import (
+    MINI_BATCH,
+    SeqLens,
+    max_payload_option,
+    mode_option,
+    model_option,
+    progress_option,
+    retry_options,
+    worker_options,
+)
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
     CONTENT_TYPES,
-    DEFAULT_INVOCATION_TIMEOUT_S,
-    DEFAULT_MAX_CONCURRENT,
-    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_PAYLOAD_MB,
     ENGINES,
     JOIN_SOURCES,
-    MODES,
     STRATEGIES,
     TransformConfig,
-    preferred_mode,
 )
 from o2v_batch.errors import ConfigError, O2VError, OutputExistsError
 from o2v_batch.responses import ACCEPT_TYPES, EMBEDDING_DTYPES
 from o2v_batch.sharding import INDEX_VARIABLES, shard_index_from
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="o2v-batch")
-def cli() -> None:
-    """Batch inference and training for Object2Vec models.
-
-    Example:
-
-        o2v-batch transform examples/requests/ out/ --model examples/model
-    """
-
-
-cli.add_command(train_command)
-cli.add_command(inspect_command)
-cli.add_command(serve_command)
-
-
-# ---- transform -------------------------------------------------------------
 
 
 class _Signalled(BaseException):
@@ -60,10 +41,10 @@ def _on_sigterm(signum, frame):
     raise _Signalled()
 
 
-@cli.command()
+@click.command("transform")
 @click.argument("input_uri", metavar="INPUT")
 @click.argument("output_uri", metavar="OUTPUT")
-@click.option("--model", required=True, help="Model folder or .tar.gz, local or s3://.")
+@model_option(required=True)
 @click.option(
     "--content-type",
     type=click.Choice(CONTENT_TYPES),
@@ -89,29 +70,15 @@ def _on_sigterm(signum, frame):
     show_default=True,
     help="Records per mini-batch: as many as fit the payload cap, or one.",
 )
-@click.option(
-    "--max-payload",
-    type=PayloadSize(no_cap=True),
-    default=6.0,
-    help="Mini-batch cap on record bytes: a number of MB (MB = 2^20 bytes, fractions "
-    "allowed), or 6MB, 500KB (KB = 2^10 bytes); 0 = no cap. [default: 6MB]",
+@max_payload_option(
+    "Mini-batch cap on record bytes",
+    "0 = no cap",
+    no_cap=True,
+    default=DEFAULT_MAX_PAYLOAD_MB,
+    shown=f"{DEFAULT_MAX_PAYLOAD_MB:g}MB",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    default=None,
-    help="auto: per record, a pair scores and one input embeds; embedding: the encoders "
-    "only (a pair is a bad record); classification: the whole network. "
-    "[default: $INFERENCE_PREFERRED_MODE, else auto]",
-)
-@worker_options
-@click.option(
-    "--max-concurrent-transforms",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONCURRENT,
-    show_default=True,
-    help="Mini-batches in flight per worker (at least 3 on a GPU: one per stage).",
-)
+@mode_option
+@worker_options(MINI_BATCH)
 @click.option(
     "--join-source",
     type=click.Choice(JOIN_SOURCES),
@@ -163,20 +130,7 @@ def _on_sigterm(signum, frame):
     help="Cap the sequence lengths used at inference, as A,B (in0,in1), each 1..5000. "
     "[default: the model's enc0_max_seq_len,enc1_max_seq_len]",
 )
-@click.option(
-    "--max-retries",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_RETRIES,
-    show_default=True,
-    help="Retries of a mini-batch whose worker died or hung.",
-)
-@click.option(
-    "--invocation-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_INVOCATION_TIMEOUT_S,
-    show_default=True,
-    help="Seconds before a worker stuck on one mini-batch is replaced.",
-)
+@retry_options(MINI_BATCH)
 @click.option(
     "--summary",
     "summary_uri",
@@ -202,18 +156,14 @@ def _on_sigterm(signum, frame):
     help="--engine ray: the cluster to join (auto: the one running on this machine). "
     "[default: $RAY_ADDRESS, else a new local Ray]",
 )
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bars on stderr. [default: when stderr is a terminal]",
-)
+@progress_option
 @click.option(
     "--dry-run",
     is_flag=True,
     help="Check the model and options, list each shard's plan and check its first 100 "
     "records; start no worker, write nothing (but --summary, as JSON). Exit as the job would.",
 )
-def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
+def transform_command(input_uri: str, output_uri: str, model: str, **options) -> None:
     """Run MODEL over every record under INPUT, writing OUTPUT/<path>.out per shard.
 
     INPUT is a file, a folder, s3://bucket/prefix/ or - (stdin); OUTPUT a
@@ -279,9 +229,8 @@ def _dry_run(config: TransformConfig) -> int:
 
 
 def _environment_defaults(options: dict, environ: Mapping[str, str]) -> None:
-    """--mode and --shard-index, when not given, from the variables SageMaker and array-job
-    schedulers set; a bad value names its variable, which the user may not know is set."""
-    options["mode"] = options["mode"] or preferred_mode(environ)
+    """--shard-index, when not given, from the variables array-job schedulers set; a bad
+    value names its variable, which the user may not know is set."""
     if options["shard_index"] is not None:
         return
     index = shard_index_from(environ) or 0
@@ -301,7 +250,3 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-
-
-def main() -> None:
-    cli(prog_name="o2v-batch")

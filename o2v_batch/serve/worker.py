@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import ServingOptions
-from o2v_batch.serve_requests import seqlens_of
+from o2v_batch.serve.invocations import seqlens_of
 
 
 class InvocationServer(Server):
@@ -24,7 +24,7 @@ class InvocationServer(Server):
 def create_server(
     model_dir: str, device: str, options: ServingOptions, threads: int
 ) -> InvocationServer:
-    """The worker factory of `serve` (serve.WORKER_FACTORY): torch's threads, then the model."""
+    """The worker factory of `serve` (server.WORKER_FACTORY): torch's threads, then the model."""
     import torch
 
     torch.set_num_threads(threads)

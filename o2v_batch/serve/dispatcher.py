@@ -25,7 +25,7 @@ from o2v_batch.execution.segments import SharedPayload
 from o2v_batch.formats import JSONLINES
 from o2v_batch.metrics import ServeMetrics
 from o2v_batch.report import recovered
-from o2v_batch.serve_requests import Invocation, bad_record, invocation
+from o2v_batch.serve.invocations import Invocation, bad_record, invocation
 
 # Seconds between two looks at the intake while mini-batches are in flight: a request
 # arriving then waits at most this long for its worker.
