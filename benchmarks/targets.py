@@ -1,5 +1,5 @@
-"""The bound each o2v-batch row is held against, every row's ratios, and issue 19's
-targets judged on them."""
+"""The bound each o2v-batch row is held against, every row's ratios, and the targets
+judged on them."""
 
 from __future__ import annotations
 
