@@ -25,9 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Run as a script, so scripts/ is on the path: the bench's workload and heavy model.
-from bench import HEAVY_HYPERPARAMETERS, LIGHT_MODEL, draw_sequences, zipf_cdf
+# Run as a script from anywhere: the checkout's root holds the benchmarks package, whose
+# records and heavy model this check uses.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.paths import LIGHT_MODEL
+from benchmarks.records import draw_sequences, zipf_cdf
+from benchmarks.workloads import HEAVY_HYPERPARAMETERS
 from o2v_batch import load_model
 from o2v_batch.artifacts import save_model
 from o2v_batch.hyperparameters import Hyperparameters

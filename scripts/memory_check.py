@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -35,26 +33,22 @@ except ModuleNotFoundError as exc:
     sys.exit(f"scripts/memory_check.py needs {exc.name}: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script from anywhere: the checkout's root holds the benchmarks package.
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.records import random_records, write_jsonl  # noqa: E402
+
 SAMPLE_S = 0.05
 GIANT_LINE_BYTES = 200 * 2**20
 PARQUET = "application/vnd.apache.parquet"
 SAMPLE_RECORDS = 20_000  # repeated to make the Parquet check's shards
 FLAT = 1.2  # the larger job's peak RSS may be at most 20% above the smaller one's
+LENGTHS = range(1, 51)  # token ids per sequence
 
 
 def write_records(path: Path, n: int, vocab: int, seed: int) -> None:
     """n jsonlines records: in0, in1 and pairs, 1 to 50 token ids each."""
-    rng = random.Random(seed)
-
-    def seq() -> list[int]:
-        return [rng.randrange(1, vocab) for _ in range(rng.randint(1, 50))]
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for _ in range(n):
-            kind = rng.randrange(3)
-            record = {"in0": seq(), "in1": seq()} if kind == 2 else {f"in{kind}": seq()}
-            f.write(json.dumps(record) + "\n")
+    write_jsonl(path, random_records(n, seed, vocab=vocab, lengths=LENGTHS))
 
 
 def repeat_file(source: Path, target: Path, times: int) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from devservers.local_s3 import OVERRIDDEN_ENV, LocalS3
+
 # Before anything imports torch: spinning OpenMP threads crawl on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -38,33 +36,16 @@ def replacing_servers(factory: str) -> str:
     return f"from o2v_batch.execution import worker; worker._replaced_factory = {factory!r}; "
 
 
-def load_script(name: str):
-    """scripts/<name>.py as a module, registered under its name (dataclasses look
-    their module up by name); loaded once."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_local_s3():
-    return load_script("local_s3")
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory, request):
     """A running LocalS3; os.environ points boto3 at it for the whole session."""
-    local_s3 = load_local_s3()
-    server = local_s3.LocalS3(tmp_path_factory.mktemp("s3"))
+    server = LocalS3(tmp_path_factory.mktemp("s3"))
     # The data is thrown away, so a short grace period before SIGKILL is enough.
     request.addfinalizer(lambda: server.stop(timeout=2))
     server.start()  # raises with the server log's tail if it cannot start
-    names = [*server.env(), *local_s3.OVERRIDDEN_ENV]
+    names = [*server.env(), *OVERRIDDEN_ENV]
     saved = {name: os.environ.get(name) for name in names}
-    for name in local_s3.OVERRIDDEN_ENV:
+    for name in OVERRIDDEN_ENV:
         os.environ.pop(name, None)
     os.environ.update(server.env())
     yield server

@@ -1,16 +1,26 @@
-"""Small shared builders for tests: tiny models and record files."""
+"""Small shared builders for tests: tiny models and record files (the records themselves
+come from benchmarks.records, shared with the benchmark and the memory check)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import torch
 
+from benchmarks.records import random_records, write_jsonl
 from o2v_batch.artifacts import save_model
 from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.model import Object2Vec
+
+__all__ = [
+    "TINY",
+    "make_model",
+    "random_records",
+    "read_predictions",
+    "write_json",
+    "write_jsonl",
+]
 
 TINY = {
     "enc0_vocab_size": 60,
@@ -34,30 +44,6 @@ def make_model(folder: Path, seed: int = 0, **overrides) -> Path:
     hp = Hyperparameters.from_dict({**TINY, **overrides})
     save_model(Object2Vec(hp), hp, folder)
     return folder
-
-
-def random_records(
-    n: int, seed: int = 0, pairs: bool = True, vocab: int = 60, max_len: int = 30
-) -> list[dict]:
-    """in0-only, in1-only and (optionally) pair records with very uneven lengths, some over max_seq_len."""
-    rng = random.Random(seed)
-
-    def seq() -> list[int]:
-        length = rng.choice([1, 2, 3, 5, 8, 13, 21, max_len])
-        return [rng.randrange(1, vocab) for _ in range(length)]
-
-    kinds = ["in0", "in1", "pair"] if pairs else ["in0", "in1"]
-    records = []
-    for _ in range(n):
-        kind = rng.choice(kinds)
-        records.append({"in0": seq(), "in1": seq()} if kind == "pair" else {kind: seq()})
-    return records
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def write_json(path: Path, records: list) -> Path:

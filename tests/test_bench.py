@@ -1,4 +1,5 @@
-"""scripts/bench.py: a tiny smoke run (no timings asserted) and its workload generator."""
+"""scripts/bench.py (the benchmarks package): a tiny smoke run (no timings asserted) and
+its workload generator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from conftest import load_script
+
+from benchmarks import workloads
+from benchmarks.cli import parse_args
+from benchmarks.measure import measure
+from benchmarks.records import MAX_TOKENS, MIN_TOKENS, VOCAB
+from benchmarks.rows import NPY, Row, slug
+from benchmarks.systems.ceiling import CEILING_BUDGETS
+from benchmarks.systems.io_floor import range_lines, split_input
+from benchmarks.systems.serve import SERVE_CLIENTS, SERVE_REQUESTS, SERVE_SIZES
+from benchmarks.targets import bound, fill_ratios, targets
 
 # Runs the benchmark's systems as processes.
 pytestmark = pytest.mark.slow
@@ -22,9 +32,6 @@ SYSTEMS = ("o2v-batch", "baseline", "ceiling", "io-floor")
 # One workload per model and per mode keeps the run short.
 WORKLOADS = ("light-embedding", "heavy-classification")
 RECORDS = {"light-embedding": 2000, "heavy-classification": 100}
-
-
-bench = load_script("bench")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,7 @@ def test_ratios_divide_by_the_reference(run, workload, system, ratio, reference)
 def test_outputs_have_one_line_per_input_record(run, workload, system, folder):
     _, document, work, _ = run
     inputs = sorted((work / "data" / workload).glob("*.jsonl"))
-    assert len(inputs) == bench.SHARDS
+    assert len(inputs) == workloads.SHARDS
     total = 0
     for shard in inputs:
         expected = len(shard.read_bytes().splitlines())
@@ -114,7 +121,7 @@ def test_the_ceiling_is_its_best_variant_at_its_best_token_budget(run, workload)
     by_budget = row["extra"]["records_per_s_by_budget"]
     # One process with a thread per core, and one single-threaded process per core.
     assert set(by_budget) == {f"1 process x {cores} threads", f"{cores} processes x 1 thread"}
-    assert all(len(rates) == len(bench.CEILING_BUDGETS) for rates in by_budget.values())
+    assert all(len(rates) == len(CEILING_BUDGETS) for rates in by_budget.values())
     best = max(rate for rates in by_budget.values() for rate in rates.values())
     assert by_budget[row["extra"]["variant"]][str(row["extra"]["token_budget"])] == best
     assert row["records_per_s"] == pytest.approx(best, abs=0.5)  # the rates are rounded
@@ -134,10 +141,10 @@ def test_stdout_has_the_machine_and_a_markdown_table(run):
 @pytest.mark.parametrize("pairs", [False, True])
 def test_workloads_are_seeded_with_lengths_and_ids_in_range(tmp_path, pairs):
     first, again = tmp_path / "a", tmp_path / "b"
-    bench.write_workload(first, 400, pairs, seed=3)
-    bench.write_workload(again, 400, pairs, seed=3)
+    workloads.write_workload(first, 400, pairs, seed=3)
+    workloads.write_workload(again, 400, pairs, seed=3)
     shards = sorted(p.name for p in first.iterdir())
-    assert shards == [f"part-{i:05d}.jsonl" for i in range(bench.SHARDS)]
+    assert shards == [f"part-{i:05d}.jsonl" for i in range(workloads.SHARDS)]
     assert all((first / s).read_bytes() == (again / s).read_bytes() for s in shards)
     records = [orjson.loads(line) for s in shards for line in (first / s).read_bytes().splitlines()]
     assert len(records) == 400
@@ -145,10 +152,10 @@ def test_workloads_are_seeded_with_lengths_and_ids_in_range(tmp_path, pairs):
     assert all(sorted(r) == names for r in records)
     seqs = [np.array(r[name]) for r in records for name in names]
     lengths = np.array([len(s) for s in seqs])
-    assert lengths.min() >= bench.MIN_TOKENS and lengths.max() <= bench.MAX_TOKENS
+    assert lengths.min() >= MIN_TOKENS and lengths.max() <= MAX_TOKENS
     assert np.median(lengths) < lengths.mean()  # a long tail to the right
     ids = np.concatenate(seqs)
-    assert ids.min() >= 1 and ids.max() < bench.VOCAB
+    assert ids.min() >= 1 and ids.max() < VOCAB
     # Zipf-like: id 1 is the most frequent id.
     assert np.bincount(ids).argmax() == 1
 
@@ -165,16 +172,16 @@ def test_the_serve_rows_give_requests_per_second_and_latency_from_one_run(tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads((results / "bench.json").read_text())["rows"]
     assert [(r["system"], r["workload"]) for r in rows] == [
-        (f"o2v-batch serve ({bench.SERVE_CLIENTS} clients)", f"{size}-record requests")
-        for size in bench.SERVE_SIZES
+        (f"o2v-batch serve ({SERVE_CLIENTS} clients)", f"{size}-record requests")
+        for size in SERVE_SIZES
     ]
-    for row, size in zip(rows, bench.SERVE_SIZES, strict=True):
-        requests = bench.SERVE_REQUESTS[size] // 10
+    for row, size in zip(rows, SERVE_SIZES, strict=True):
+        requests = SERVE_REQUESTS[size] // 10
         assert row["error"] is None
         assert row["extra"]["requests"] == requests and row["records"] == requests * size
         assert row["extra"]["requests_per_s"] == pytest.approx(requests / row["seconds"])
         assert 0 < row["extra"]["p50_ms"] <= row["extra"]["p99_ms"]
-        assert f"{row['workload']}, {bench.SERVE_CLIENTS} clients: " in proc.stdout
+        assert f"{row['workload']}, {SERVE_CLIENTS} clients: " in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -189,11 +196,11 @@ def test_the_serve_rows_give_requests_per_second_and_latency_from_one_run(tmp_pa
 def test_the_bound_adds_times_on_cpu_and_takes_the_slower_on_a_gpu(
     ceiling, io_floor, device, expected
 ):
-    assert bench.bound(ceiling, io_floor, device) == pytest.approx(expected)
+    assert bound(ceiling, io_floor, device) == pytest.approx(expected)
 
 
 def _rate_row(system, rate, device="cpu", output="jsonlines", **extra):
-    row = bench.Row(system, "heavy-embedding", device, output, records=1000)
+    row = Row(system, "heavy-embedding", device, output, records=1000)
     row.records_per_s, row.extra = rate, extra
     return row
 
@@ -202,23 +209,23 @@ def test_each_o2v_batch_row_is_held_against_the_bound_of_its_device_and_format()
     rows = [
         _rate_row("o2v-batch", 60.0, after_startup_records_per_s=90),
         _rate_row("o2v-batch (one file)", 30.0),
-        _rate_row(f"o2v-batch --accept {bench.NPY}", 75.0, output="npy"),
+        _rate_row(f"o2v-batch --accept {NPY}", 75.0, output="npy"),
         _rate_row("o2v-batch --devices cuda", 150.0, "cuda", after_startup_records_per_s=240),
         _rate_row("ceiling", 200.0),
         _rate_row("ceiling (cuda)", 1000.0, "cuda"),
         _rate_row("io-floor", 300.0),
         _rate_row("io-floor (npy)", 600.0, output="npy"),
     ]
-    bench.fill_ratios(rows)
+    fill_ratios(rows)
     got = {r.system: (r.bound, r.ratio_to_bound) for r in rows}
     assert got["o2v-batch"] == pytest.approx((120.0, 0.5))
     assert got["o2v-batch (one file)"] == pytest.approx((120.0, 0.25))
-    assert got[f"o2v-batch --accept {bench.NPY}"] == pytest.approx((150.0, 0.5))
+    assert got[f"o2v-batch --accept {NPY}"] == pytest.approx((150.0, 0.5))
     assert got["o2v-batch --devices cuda"] == pytest.approx((300.0, 0.5))
     assert rows[0].extra["after_startup_ratio_to_bound"] == 0.75
     assert rows[3].extra["after_startup_ratio_to_bound"] == 0.8
     assert all(got[s] == (None, None) for s in ("ceiling", "io-floor", "io-floor (npy)"))
-    notes = bench.targets(rows)
+    notes = targets(rows)
     assert (
         "- heavy-embedding, o2v-batch >= 0.85 of the bound: 0.50 (0.75 after start-up) (MISSED)"
         in notes
@@ -244,7 +251,7 @@ _BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0
     ids=["child-works", "parent-works"],
 )
 def test_the_parents_share_is_its_cpu_time_over_the_whole_trees(tmp_path, script, low, high):
-    run = bench.measure([sys.executable, "-c", script], tmp_path / "log", dict(os.environ))
+    run = measure([sys.executable, "-c", script], tmp_path / "log", dict(os.environ))
     assert run.returncode == 0
     assert low <= run.parent_cpu_share <= high
 
@@ -256,21 +263,18 @@ def test_the_gpu_busy_figure_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeyp
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     sleep = [sys.executable, "-c", "import time; time.sleep(0.6)"]
-    assert bench.measure(sleep, tmp_path / "log", dict(os.environ), gpu=True).gpu_busy_percent == 50
-    assert bench.measure(sleep, tmp_path / "log", dict(os.environ)).gpu_busy_percent is None
+    assert measure(sleep, tmp_path / "log", dict(os.environ), gpu=True).gpu_busy_percent == 50
+    assert measure(sleep, tmp_path / "log", dict(os.environ)).gpu_busy_percent is None
 
 
 @pytest.mark.parametrize(("files", "parts"), [(1, 4), (1, 2), (8, 2), (3, 16), (2, 1)])
 def test_the_io_floor_cuts_the_input_into_disjoint_line_aligned_parts(tmp_path, files, parts):
-    bench.write_workload(tmp_path, 300, pairs=False, seed=1, shards=files)
-    paths = bench.shards(tmp_path)
-    pieces = bench.split_input(paths, parts)
+    workloads.write_workload(tmp_path, 300, pairs=False, seed=1, shards=files)
+    paths = workloads.shards(tmp_path)
+    pieces = split_input(paths, parts)
     assert len(pieces) == min(parts, 300)
     lines = [
-        line
-        for piece in pieces
-        for path, lo, hi in piece
-        for line in bench.range_lines(path, lo, hi)
+        line for piece in pieces for path, lo, hi in piece for line in range_lines(path, lo, hi)
     ]
     assert lines == [line for path in paths for line in path.read_bytes().splitlines(keepends=True)]
     # About equal bytes each, whatever the shards' sizes: off by less than a line.
@@ -312,13 +316,13 @@ def test_o2v_batch_rows_report_the_parents_share_of_the_cpu(run, workload, syste
 
 
 def test_gpu_mode_has_its_own_workloads_sizes_and_systems():
-    args = bench.parse_args(["--gpu"])
-    assert [w.name for w in args.workloads] == list(bench.GPU_WORKLOADS)
-    assert args.counts["heavy-embedding"] == bench.GPU_RECORDS["heavy-embedding"]
+    args = parse_args(["--gpu"])
+    assert [w.name for w in args.workloads] == list(workloads.GPU_WORKLOADS)
+    assert args.counts["heavy-embedding"] == workloads.GPU_RECORDS["heavy-embedding"]
     assert args.variants == [] and args.gpu_device == "cuda"
-    assert bench.parse_args(["--gpu", "--quick"]).counts["light-embedding"] == 5000
-    assert bench.parse_args([]).counts == {
-        **bench.DEFAULT_RECORDS, "light-embedding-1x": 500_000, "light-embedding-10x": 5_000_000
+    assert parse_args(["--gpu", "--quick"]).counts["light-embedding"] == 5000
+    assert parse_args([]).counts == {
+        **workloads.DEFAULT_RECORDS, "light-embedding-1x": 500_000, "light-embedding-10x": 5_000_000
     }  # fmt: skip
 
 
@@ -327,7 +331,7 @@ def test_gpu_mode_has_its_own_workloads_sizes_and_systems():
 )
 def test_gpu_mode_refuses_systems_and_variants(argv, capsys):
     with pytest.raises(SystemExit) as stopped:
-        bench.parse_args(argv)
+        parse_args(argv)
     assert stopped.value.code == 2
     assert "--gpu runs its own systems" in capsys.readouterr().err
 
@@ -357,16 +361,16 @@ def test_gpu_mode_rehearsed_on_the_cpu_prints_one_table(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads((results / "bench.json").read_text())["rows"]
-    npy = f"o2v-batch --accept {bench.NPY} --devices cpu"
+    npy = f"o2v-batch --accept {NPY} --devices cpu"
     assert [r["system"] for r in rows] == [
         "o2v-batch --devices cpu", npy, "ceiling", "io-floor", "io-floor (npy)"
     ]  # fmt: skip
     for row in rows[:2]:
         assert row["bound"] > 0 and 0 < row["parent_cpu_share"] < 1
         assert row["gpu_busy_percent"] is None
-        quarter = tmp_path / "work" / "out" / "heavy-embedding-quarter" / bench.slug(row["system"])
+        quarter = tmp_path / "work" / "out" / "heavy-embedding-quarter" / slug(row["system"])
         assert quarter.is_dir()  # the quarter run, for the figures after start-up
     assert rows[1]["bound"] == pytest.approx(
-        bench.bound(rows[2]["records_per_s"], rows[4]["records_per_s"], "cpu")
+        bound(rows[2]["records_per_s"], rows[4]["records_per_s"], "cpu")
     )
     assert sum(line.startswith("| system |") for line in proc.stdout.splitlines()) == 1

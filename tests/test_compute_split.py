@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_script
 from helpers import make_model, random_records, write_json, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.records import VOCAB, record_lines, zipf_cdf
+from benchmarks.workloads import HEAVY_HYPERPARAMETERS
 from o2v_batch import batching
 from o2v_batch.batching import MIN_PIECE_RECORDS, MiniBatch, split
 from o2v_batch.config import TransformConfig
@@ -24,15 +25,14 @@ from o2v_batch.job import transform
 from o2v_batch.weights import forward_work
 
 REPO = Path(__file__).resolve().parents[1]
-bench = load_script("bench")
-HEAVY = bench.HEAVY_HYPERPARAMETERS  # the benchmark's heavy model (issue 6)
+HEAVY = HEAVY_HYPERPARAMETERS  # the benchmark's heavy model (issue 6)
 LIGHT = json.loads((REPO / "examples" / "model" / "hyperparameters.json").read_text())
 
 
 def bench_like(n: int, seed: int = 0) -> list[bytes]:
     """The benchmark's own records: log-normal lengths (median 24), Zipf-like ids."""
     rng = np.random.default_rng(seed)
-    return bench.record_lines(rng, n, ("in0",), bench.zipf_cdf(bench.VOCAB)).splitlines()
+    return record_lines(rng, n, ("in0",), zipf_cdf(VOCAB)).splitlines()
 
 
 def as_lines(records: list[bytes], first: int = 1) -> MiniBatch:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import load_local_s3
 from helpers import make_model, random_records, write_json, write_jsonl
 
+from devservers.local_s3 import LocalS3
 from o2v_batch.config import TransformConfig
 from o2v_batch.job import transform
 
@@ -136,7 +136,6 @@ def test_large_output_is_written_in_several_parts(
 
 def test_server_stopped_mid_job_then_resume(tmp_path, inputs, model):
     """Our own server: it is killed while the job runs, then started again on the same data."""
-    local_s3 = load_local_s3()
     data = tmp_path / "s3data"
     many = tmp_path / "many"
     for i in range(12):
@@ -145,7 +144,7 @@ def test_server_stopped_mid_job_then_resume(tmp_path, inputs, model):
     _run(many, tmp_path / "reference", model, max_payload=0.01, workers=1)
     expected = _without_summary(_tree(tmp_path / "reference"))
 
-    server = local_s3.LocalS3(data)
+    server = LocalS3(data)
     server.start()
     try:
         client = server.client()

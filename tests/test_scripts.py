@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, load_local_s3
+from conftest import REPO
 from processes import default_sigint
+
+from devservers import local_s3
 
 LOCAL_S3 = REPO / "scripts" / "local_s3.py"
 MAKE_EXAMPLE_MODEL = REPO / "scripts" / "make_example_model.py"
 README = (REPO / "README.md").read_text()
-local_s3 = load_local_s3()
 
 
 def readme_block(heading: str) -> str:

