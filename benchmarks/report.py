@@ -29,7 +29,7 @@ def report(rows: list[Row], info: dict[str, Any], args: argparse.Namespace) -> N
     print()
     print(markdown(rows))
     if notes:
-        print("\nTargets (issue 19):")
+        print("\nTargets:")
         print("\n".join(notes))
     formats = format_notes(rows)
     if formats:

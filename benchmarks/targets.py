@@ -9,13 +9,13 @@ from benchmarks.systems.startup import STARTUP_WORKLOAD
 from benchmarks.workloads import WORKLOADS
 
 STARTUP_GOAL_S = 1.5  # a 3-record job, the whole command
-# Issue 19's CPU targets: o2v-batch's whole command against the bound, the parent's share
+# The CPU targets: o2v-batch's whole command against the bound, the parent's share
 # of the job's CPU time on light embedding, peak memory on ten times the input.
 BOUND_GOAL, PARENT_SHARE_GOAL, MEMORY_GOAL = 0.85, 0.03, 1.2
-# Issue 19's GPU targets, after start-up: against the GPU bound (the I/O floor on light
+# The GPU targets, after start-up: against the GPU bound (the I/O floor on light
 # embedding), and --devices cuda over --devices cpu.
 GPU_BOUND_GOAL, GPU_OVER_CPU_GOAL = 0.6, 1.2
-# The o2v-batch rows issue 19 holds against the bound on CPU: the defaults on the shards
+# The o2v-batch rows held against the bound on CPU: the defaults on the shards
 # and on one file, every workload; .npy and Parquet on heavy embedding.
 BOUND_ROWS = ("o2v-batch", "o2v-batch (one file)")
 BOUND_FORMAT_ROWS = {
@@ -67,7 +67,7 @@ def fill_ratios(rows: list[Row]) -> None:
 
 
 def targets(rows: list[Row]) -> list[str]:
-    """Issue 19's targets on CPU (whole commands) and, where there are GPU rows, on the
+    """The targets on CPU (whole commands) and, where there are GPU rows, on the
     GPU (after start-up); the start-up of a 3-record job; the speed-ups over the
     hand-written loop and Ray Data."""
     get = {(r.workload, r.system): r for r in rows if r.error is None}

@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks.records import VOCAB, record_lines, zipf_cdf
 
-# The heavy model of issue 6: hcnn, token dim 300, enc_dim 512, 4 layers.
+# The heavy model: hcnn, token dim 300, enc_dim 512, 4 layers.
 HEAVY_HYPERPARAMETERS = {
     "enc0_network": "hcnn",
     "enc0_layers": 4,

@@ -8,7 +8,7 @@ prints the peak RSS of the whole process tree (parent + workers), sampled every
 libraries) once per worker, so the figures are upper bounds.
 
 With --parquet-mb N it checks Parquet output instead: one jsonlines shard of about
-N MB, then one ten times longer (100 gives the 100 MB and 1 GB of issue 12), written
+N MB, then one ten times longer (100 gives 100 MB and 1 GB), written
 with --accept application/vnd.apache.parquet; it exits 1 when the larger job's peak is
 more than 20% above the smaller one's.
 

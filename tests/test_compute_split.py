@@ -25,7 +25,7 @@ from o2v_batch.job import transform
 from o2v_batch.weights import forward_work
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = HEAVY_HYPERPARAMETERS  # the benchmark's heavy model (issue 6)
+HEAVY = HEAVY_HYPERPARAMETERS  # the benchmark's heavy model
 LIGHT = json.loads((REPO / "examples" / "model" / "hyperparameters.json").read_text())
 
 
