@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from o2v_batch.artifacts import PRECISIONS
+from o2v_batch.codec import COLUMNAR_TYPES, EMBEDDING_DTYPES, NPY, PARQUET
 from o2v_batch.devices import check_devices
-from o2v_batch.errors import ConfigError, FilterError
+from o2v_batch.errors import ConfigError, FilterError, require_extra
 from o2v_batch.jsonpath import compile_filter
-from o2v_batch.responses import ACCEPT_TYPES, check_output_format
+from o2v_batch.responses import ACCEPT_TYPES, TEXT_TYPES
 
 CONTENT_TYPES = ("application/jsonlines", "application/json")
 STRATEGIES = ("MultiRecord", "SingleRecord")
@@ -190,3 +191,48 @@ def preferred_mode(environ: Mapping[str, str]) -> str:
             f"INFERENCE_PREFERRED_MODE must be one of {', '.join(MODES)}, got {value!r}"
         )
     return value
+
+
+def check_output_format(config: TransformConfig) -> None:
+    """Refuses, before any work, what the --accept format cannot hold (ConfigError)."""
+    problem = _output_format_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _output_format_problem(config: TransformConfig) -> str | None:
+    accept, dtype = config.accept, config.embedding_dtype
+    if dtype not in EMBEDDING_DTYPES:
+        return f"--embedding-dtype must be one of {', '.join(EMBEDDING_DTYPES)}; got {dtype!r}"
+    if accept not in COLUMNAR_TYPES:
+        if dtype != "float32" and accept in (None, *TEXT_TYPES):
+            return (
+                f"--embedding-dtype {dtype} needs --accept {PARQUET} or {NPY} "
+                "(JSON responses carry float32 numbers)"
+            )
+        return None  # an unknown type is --accept's own error
+    if config.output == "-":
+        return (
+            f"--accept {accept} writes one binary file per shard: OUTPUT must be a folder "
+            "or s3://bucket/prefix/, not - (stdout)"
+        )
+    if accept != NPY:
+        require_extra("pyarrow", f"--accept {accept}", "pyarrow", "parquet")
+    joined, filtered = config.join_source == "Input", config.output_filter.strip() != "$"
+    if accept == NPY:
+        for option, used in (
+            ("--mode classification", config.mode == "classification"),
+            ("--join-source Input", joined),
+            ("--output-filter", filtered),
+        ):
+            if used:
+                return (
+                    f"--accept {NPY} holds embeddings only, so {option} has no place in it "
+                    f"(use --accept {PARQUET} or JSON)"
+                )
+    if filtered and not joined:
+        return (
+            f"--output-filter with --accept {accept} picks the input fields that become "
+            "columns: use it with --join-source Input"
+        )
+    return None

@@ -19,20 +19,17 @@ import orjson
 
 from o2v_batch.codec import (
     COLUMNAR_TYPES,
-    EMBEDDING_DTYPES,
     NPY,
     PARQUET,
     PARQUET_ALIAS,
     Codec,
     Framer,
 )
-from o2v_batch.errors import ConfigError, require_extra
 from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from o2v_batch.config import TransformConfig
     from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.io import AtomicWriter
 
@@ -158,7 +155,8 @@ _TEXT_CODECS: dict[str, TextCodec] = {
         _JsonText(JSON, b",", False, Framing(b'{"predictions":[', b",", b"]}\n")),
     )
 }
-ACCEPT_TYPES = (*_TEXT_CODECS, *COLUMNAR_TYPES)
+TEXT_TYPES = tuple(_TEXT_CODECS)
+ACCEPT_TYPES = (*TEXT_TYPES, *COLUMNAR_TYPES)
 
 
 def codec_for(accept: str) -> Codec:
@@ -182,64 +180,21 @@ def codec_for(accept: str) -> Codec:
     )
 
 
-def output_type(accept: str, config: TransformConfig, hp: Hyperparameters) -> str:
+def output_type(
+    accept: str, hp: Hyperparameters, mode: str, embedding_dtype: str, joined: bool
+) -> str:
     """The accept type a shard's responses are written in: `accept` itself, or for a
-    columnar type the parameters that lay out its columns for the job's model `hp`."""
+    columnar type the parameters that lay out its columns for the job's model `hp`, its
+    --mode and --embedding-dtype, and whether --join-source Input adds the input's."""
     bare = bare_type(accept)
     if bare not in COLUMNAR_TYPES:
         return accept
     classes = 1 if hp.output_layer == "mean_squared_error" else hp.num_classes
-    scores = 0 if bare == NPY or config.mode == "embedding" else classes
-    enc_dim = hp.enc_dim
-    params = [f"embeddings={enc_dim}", f"scores={scores}", f"dtype={config.embedding_dtype}"]
-    if config.join_source == "Input":
+    scores = 0 if bare == NPY or mode == "embedding" else classes
+    params = [f"embeddings={hp.enc_dim}", f"scores={scores}", f"dtype={embedding_dtype}"]
+    if joined:
         params.append("joined=1")
     return "; ".join([NPY if bare == NPY else PARQUET, *params])
-
-
-def check_output_format(config: TransformConfig) -> None:
-    """Refuses, before any work, what the --accept format cannot hold (ConfigError)."""
-    problem = _format_problem(config)
-    if problem is not None:
-        raise ConfigError(problem)
-
-
-def _format_problem(config: TransformConfig) -> str | None:
-    accept, dtype = config.accept, config.embedding_dtype
-    if dtype not in EMBEDDING_DTYPES:
-        return f"--embedding-dtype must be one of {', '.join(EMBEDDING_DTYPES)}; got {dtype!r}"
-    if accept not in COLUMNAR_TYPES:
-        if dtype != "float32" and accept in (None, *_TEXT_CODECS):
-            return (
-                f"--embedding-dtype {dtype} needs --accept {PARQUET} or {NPY} "
-                "(JSON responses carry float32 numbers)"
-            )
-        return None  # an unknown type is --accept's own error
-    if config.output == "-":
-        return (
-            f"--accept {accept} writes one binary file per shard: OUTPUT must be a folder "
-            "or s3://bucket/prefix/, not - (stdout)"
-        )
-    if accept != NPY:
-        require_extra("pyarrow", f"--accept {accept}", "pyarrow", "parquet")
-    joined, filtered = config.join_source == "Input", config.output_filter.strip() != "$"
-    if accept == NPY:
-        for option, used in (
-            ("--mode classification", config.mode == "classification"),
-            ("--join-source Input", joined),
-            ("--output-filter", filtered),
-        ):
-            if used:
-                return (
-                    f"--accept {NPY} holds embeddings only, so {option} has no place in it "
-                    f"(use --accept {PARQUET} or JSON)"
-                )
-    if filtered and not joined:
-        return (
-            f"--output-filter with --accept {accept} picks the input fields that become "
-            "columns: use it with --join-source Input"
-        )
-    return None
 
 
 def position_key(content_type: str) -> str:

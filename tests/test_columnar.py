@@ -187,7 +187,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 )  # fmt: skip
 def test_output_type_lays_out_the_model(models, model, accept, options, expected) -> None:
     config = TransformConfig("in/", "out/", str(models[model]), accept=accept, **options)
-    assert output_type(accept, config, read_hyperparameters(models[model])) == expected
+    hp = read_hyperparameters(models[model])
+    joined = config.join_source == "Input"
+    assert output_type(accept, hp, config.mode, config.embedding_dtype, joined) == expected
 
 
 BAD_USE = [

@@ -19,6 +19,7 @@ from o2v_batch.cli.options import (
     retry_options,
     worker_options,
 )
+from o2v_batch.codec import EMBEDDING_DTYPES
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
     CONTENT_TYPES,
@@ -29,7 +30,7 @@ from o2v_batch.config import (
     TransformConfig,
 )
 from o2v_batch.errors import ConfigError, O2VError, OutputExistsError
-from o2v_batch.responses import ACCEPT_TYPES, EMBEDDING_DTYPES
+from o2v_batch.responses import ACCEPT_TYPES
 from o2v_batch.sharding import INDEX_VARIABLES, shard_index_from
 
 

@@ -52,7 +52,13 @@ def shard_task(shard: io.Shard, config: TransformConfig, hp: Hyperparameters) ->
     """The shard with its formats (from the options, else its name) and its output;
     `hp`, the model's, lays out a columnar output and sizes its mini-batches' pieces."""
     content_type = config.content_type or content_type_for(shard.uri)
-    accept = output_type(config.accept or content_type, config, hp)
+    accept = output_type(
+        config.accept or content_type,
+        hp,
+        config.mode,
+        config.embedding_dtype,
+        config.join_source == "Input",
+    )
     suffix = codec_for(accept).suffix
     report = ShardReport(shard.uri, io.output_uri(config.output, shard.rel, suffix))
     work = forward_work(hp, encoders_only=config.mode == "embedding")
