@@ -15,7 +15,8 @@ from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
 from o2v_batch.errors import O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import TokenIds, check_ids
+from o2v_batch.token_ids import check_ids
+from o2v_batch.tokens import TokenIds
 
 MODES = ("classification", "embedding")
 

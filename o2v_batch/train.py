@@ -29,7 +29,7 @@ from o2v_batch.errors import HyperparameterError, InputError, OutputExistsError
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
 from o2v_batch.io import is_local, list_shards, open_write, size
 from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import check_ids
+from o2v_batch.token_ids import check_ids
 from o2v_batch.training_data import (
     Pair,
     epoch_batches,

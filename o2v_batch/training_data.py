@@ -21,7 +21,8 @@ from o2v_batch.errors import BadRecordError, InputError, TrainingDataError
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
 from o2v_batch.io import open_read
 from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import check_sequence, truncate_sequence
+from o2v_batch.token_ids import check_sequence
+from o2v_batch.tokens import truncate_sequence
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,15 @@ from hypothesis import strategies as st
 from tiny_models import tiny
 
 from o2v_batch.errors import BadRecordError
+from o2v_batch.token_ids import check_ids, check_sequence, fast_ids, plain_ids
 from o2v_batch.tokens import (
     MAX_ROWS,
     MIN_BATCH_SHARE,
     PADDING_SHARE,
     TokenIds,
     activations,
-    check_ids,
-    check_sequence,
     device_batch_shape,
     device_kind,
-    fast_ids,
-    plain_ids,
     token_budget,
     truncate_sequence,
 )
