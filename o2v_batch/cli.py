@@ -223,7 +223,7 @@ def transform(input_uri: str, output_uri: str, model: str, **options) -> None:
 
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
-    from o2v_batch.io.stdio import StdoutClosed
+    from o2v_batch.errors import StdoutClosed
 
     dry_run = options.pop("dry_run")
     try:

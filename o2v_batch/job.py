@@ -16,9 +16,15 @@ from o2v_batch import io
 from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
-from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError, UnsafePathError
+from o2v_batch.errors import (
+    ConfigError,
+    InputError,
+    O2VError,
+    OutputExistsError,
+    StdoutClosed,
+    UnsafePathError,
+)
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.io.stdio import StdoutClosed
 from o2v_batch.metrics import check_textfile, job_metrics
 from o2v_batch.report import (
     Faults,

@@ -32,14 +32,13 @@ from o2v_batch.config import (
     MODES,
 )
 from o2v_batch.devices import check_devices, parse_devices
-from o2v_batch.errors import ConfigError, O2VError, WorkerError, require_extra
+from o2v_batch.errors import ConfigError, O2VError, RequestError, WorkerError, require_extra
 from o2v_batch.execution.pool import plan_workers
 from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
 from o2v_batch.metrics import CONTENT_TYPE, ServeMetrics
 from o2v_batch.report import batch_failure, plural, size, stderr_line
 from o2v_batch.serve_pool import Dispatcher
 from o2v_batch.serve_requests import (
-    RequestError,
     bad_record,
     invocation,
     parse_content_type,

@@ -8,18 +8,11 @@ import tempfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from o2v_batch.errors import StdoutClosed
 from o2v_batch.io.base import STDIO, AtomicWriter, Shard
 
 # Bytes of a stdout shard kept in memory before it spills to a temporary file.
 STDOUT_SPOOL_BYTES = 8 * 2**20
-
-
-class StdoutClosed(BaseException):
-    """Whoever read stdout has gone (`... | head -2`): the job stops as a Unix tool does.
-
-    Not an Exception, so no shard reports it as its failure: it unwinds the whole job,
-    like Ctrl-C, and every open output is aborted.
-    """
 
 
 def list_shards(input: str, output: str | None) -> list[Shard]:
