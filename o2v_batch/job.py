@@ -36,8 +36,6 @@ from o2v_batch.report import (
 )
 from o2v_batch.sharding import assign, summary_name
 
-ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
-
 
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
     """Runs a batch transform job; per-shard failures are reported in the summary, not raised."""
@@ -87,8 +85,9 @@ def checked_model(config: TransformConfig) -> tuple[str, Hyperparameters]:
 
 
 def _engine(name: str) -> ModuleType:
-    # Imported on demand: Ray is an optional extra, and its engine says how to install it.
-    return importlib.import_module(ENGINES[name])
+    # One of config.ENGINES, imported on demand: Ray is an optional extra, and its engine
+    # says how to install it.
+    return importlib.import_module(f"o2v_batch.engines.{name}")
 
 
 def _check_output(output: str) -> None:
