@@ -33,7 +33,7 @@ from o2v_batch.errors import (
     UnsafeArchiveError,
 )
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.io import describe_error, is_local, open_read
+from o2v_batch.io import describe_error, open_read, transport_for
 from o2v_batch.weights import TIED_TENSOR, Shapes, expected_shapes, mismatches
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ def _not_a_model(uri: str, what: str) -> ModelFormatError:
 
 def resolve_model(uri: str, cache_dir: str | None = None) -> str:
     """A local folder holding the model files, for a folder, a .tar.gz/.tgz or an S3 URI."""
-    if not is_local(uri):
+    if transport_for(uri).REMOTE:
         return _fill_new_folder(cache_dir, lambda folder: _fetch_remote(uri, folder))
     path = Path(uri).expanduser()
     if path.is_dir():

@@ -92,7 +92,7 @@ def _engine(name: str) -> ModuleType:
 
 def _check_output(output: str) -> None:
     """OUTPUT is a folder, a prefix or stdout: an existing file there is a usage error."""
-    if output != io.STDIO and io.is_local(output) and io.size(output) is not None:
+    if output != io.STDIO and not io.transport_for(output).REMOTE and io.size(output) is not None:
         raise ConfigError(
             f"OUTPUT {io.shown(output)} is a file: it must be a folder, s3://bucket/prefix/ "
             "or - (stdout)"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from o2v_batch.artifacts import save_model
 from o2v_batch.errors import HyperparameterError, InputError, OutputExistsError
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
-from o2v_batch.io import is_local, list_shards, open_write, size
+from o2v_batch.io import list_shards, open_write, size, transport_for
 from o2v_batch.model import Object2Vec
 from o2v_batch.tokens import check_ids
 from o2v_batch.training_data import (
@@ -310,7 +310,7 @@ def check_output(output: str) -> None:
     only copy. `o2v-batch train --overwrite` skips this check."""
     if output.endswith(".tar.gz"):
         exists = size(output) is not None
-    elif is_local(output):
+    elif not transport_for(output).REMOTE:
         exists = os.path.exists(output) and (not os.path.isdir(output) or bool(os.listdir(output)))
     else:
         try:
@@ -324,7 +324,7 @@ def check_output(output: str) -> None:
 def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:
     """Save to a local folder directly; a .tar.gz or an S3 target is built locally
     first and then copied."""
-    if is_local(output) and not output.endswith(".tar.gz"):
+    if not transport_for(output).REMOTE and not output.endswith(".tar.gz"):
         save_model(network, hp, output)
         return
     with tempfile.TemporaryDirectory(prefix="o2v-train-") as tmp:

@@ -66,7 +66,7 @@ def run(
     by its URI instead, since the cluster's nodes may not share a disk.
     """
     ray = _import_ray()
-    model = model_dir if io.is_local(config.model) else config.model
+    model = config.model if io.transport_for(config.model).REMOTE else model_dir
     started = _connect(ray, config.ray_address)
     try:
         _Run(ray, config, log, tasks, faults).run(model)

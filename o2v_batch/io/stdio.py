@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from o2v_batch.errors import StdoutClosed
-from o2v_batch.io.base import STDIO, AtomicWriter, Shard
+from o2v_batch.io.base import STDIO, AtomicWriter, Shard, described, register_transport
+
+SCHEME = STDIO
+REMOTE = False  # this process's own stdin and stdout
 
 # Bytes of a stdout shard kept in memory before it spills to a temporary file.
 STDOUT_SPOOL_BYTES = 8 * 2**20
@@ -18,6 +21,11 @@ STDOUT_SPOOL_BYTES = 8 * 2**20
 def list_shards(input: str, output: str | None) -> list[Shard]:
     """Stdin is one shard of unknown size."""
     return [Shard(STDIO, STDIO, -1)]
+
+
+def list_outputs(output: str) -> set[str]:
+    """None: stdout holds no earlier outputs."""
+    return set()
 
 
 def size(uri: str) -> int | None:
@@ -70,3 +78,8 @@ def delete(uri: str) -> None:
 
 def discard_partial(uris: Sequence[str]) -> None:
     """Nothing to do: a killed writer's spool is a temporary file the system removes."""
+
+
+describe_error = described  # as a local file's
+
+register_transport(sys.modules[__name__])
