@@ -23,6 +23,7 @@ from o2v_batch.io.base import (
     shown,
 )
 from o2v_batch.io.s3_client import as_input_errors, is_s3, s3_client, split_s3
+from o2v_batch.io.s3_upload import S3Writer
 
 SCHEME = "s3"
 REMOTE = True
@@ -130,8 +131,6 @@ def open_read(uri: str) -> BinaryIO:
 
 
 def open_write(uri: str) -> AtomicWriter:
-    from o2v_batch.io.s3_upload import S3Writer
-
     return S3Writer(uri)
 
 
