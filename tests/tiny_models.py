@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -75,3 +76,9 @@ def make_tar(path: Path, folder: Path, prefix: str = "") -> Path:
         for name in ("hyperparameters.json", "model.safetensors"):
             tar.add(folder / name, arcname=prefix + name)
     return path
+
+
+def rewrite_hyperparameters(folder: Path, **changes: object) -> None:
+    """hyperparameters.json of a saved model with some values changed."""
+    path = folder / "hyperparameters.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
