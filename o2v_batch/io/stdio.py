@@ -24,7 +24,7 @@ def list_shards(input: str, output: str | None) -> list[Shard]:
 
 
 def list_outputs(output: str) -> set[str]:
-    """None: stdout holds no earlier outputs."""
+    """No paths: stdout holds no earlier outputs."""
     return set()
 
 
