@@ -35,8 +35,10 @@ class S3Writer(AtomicWriter):
     def write(self, data: bytes) -> None:
         self._pending += data
         while len(self._pending) >= self._part_size:
-            self._send(bytes(self._pending[: self._part_size]))
+            with memoryview(self._pending) as view:  # released before the buffer shrinks
+                part = bytes(view[: self._part_size])
             del self._pending[: self._part_size]
+            self._send(part)
 
     def _send(self, part: bytes) -> None:
         number = len(self._parts) + 1
