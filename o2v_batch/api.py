@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
+from o2v_batch.config import LOAD_MODES
 from o2v_batch.errors import O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.model import Object2Vec
 from o2v_batch.token_ids import check_ids
 from o2v_batch.tokens import TokenIds
-
-MODES = ("classification", "embedding")
 
 
 class Model:
@@ -85,8 +84,8 @@ def load_model(
     float32 on a GPU too, and tf32 lets a GPU round float32 math to TensorFloat-32: a
     setting of the whole process, as PyTorch's own settings are.
     """
-    if mode not in MODES:
-        raise O2VError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in LOAD_MODES:
+        raise O2VError(f"mode must be one of {', '.join(LOAD_MODES)}, got {mode!r}")
     if precision not in PRECISIONS:
         raise O2VError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     network = load_network(

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from o2v_batch.artifacts import PRECISIONS
+from o2v_batch.batching import STRATEGIES
 from o2v_batch.codec import COLUMNAR_TYPES, EMBEDDING_DTYPES, NPY, PARQUET
 from o2v_batch.devices import check_devices
 from o2v_batch.errors import ConfigError, FilterError, require_extra
@@ -15,8 +16,9 @@ from o2v_batch.jsonpath import compile_filter
 from o2v_batch.responses import ACCEPT_TYPES, TEXT_TYPES
 
 CONTENT_TYPES = ("application/jsonlines", "application/json")
-STRATEGIES = ("MultiRecord", "SingleRecord")
 MODES = ("auto", "embedding", "classification")
+# load_model's modes: the whole network, or its encoders only.
+LOAD_MODES = ("classification", "embedding")
 JOIN_SOURCES = ("None", "Input")
 BAD_RECORD_POLICIES = ("fail", "emit-error")
 ENGINES = ("local", "ray")

@@ -17,12 +17,12 @@ from o2v_batch import io
 from o2v_batch.batching import pack
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import (
-    ShardFailed,
     ShardTask,
     mini_batch_cap,
     mini_batches,
     serving_options,
 )
+from o2v_batch.errors import ShardFailed
 from o2v_batch.formats import Oversize, Record
 from o2v_batch.io.compression import is_compressed
 from o2v_batch.job import checked_engine, checked_model, plan

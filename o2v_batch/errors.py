@@ -107,6 +107,35 @@ class MissingExtraError(ConfigError):
     """An optional dependency is not installed: a usage error naming the extra to install."""
 
 
+class ShardFailed(O2VError):
+    """A shard fails for a reason retrying cannot change; the message is the reason reported."""
+
+
+class RequestError(O2VError):
+    """A request `o2v-batch serve` refuses as a whole; `status` is its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # picklable like every O2VError, status included
+        return (type(self), (self.status, str(self)))
+
+
+class JobFailedError(O2VError):
+    """A local training or transform job ended without its whole output."""
+
+
+class InvocationError(O2VError):
+    """The endpoint answered a request with an error status."""
+
+
+# Not an O2VError, nor even an Exception: no shard reports it as its failure, and it
+# unwinds the whole job like Ctrl-C, aborting every open output.
+class StdoutClosed(BaseException):
+    """Whoever read stdout has gone (`... | head -2`): the job stops as a Unix tool does."""
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line of text: our own errors carry their message."""
     return str(exc) if isinstance(exc, O2VError) else f"{type(exc).__name__}: {exc}"

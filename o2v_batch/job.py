@@ -16,9 +16,15 @@ from o2v_batch import io
 from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, shard_task
-from o2v_batch.errors import ConfigError, InputError, O2VError, OutputExistsError, UnsafePathError
+from o2v_batch.errors import (
+    ConfigError,
+    InputError,
+    O2VError,
+    OutputExistsError,
+    StdoutClosed,
+    UnsafePathError,
+)
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.io.stdio import StdoutClosed
 from o2v_batch.metrics import check_textfile, job_metrics
 from o2v_batch.report import (
     Faults,
@@ -29,8 +35,6 @@ from o2v_batch.report import (
     stderr_line,
 )
 from o2v_batch.sharding import assign, summary_name
-
-ENGINES = {"local": "o2v_batch.engines.local", "ray": "o2v_batch.engines.ray"}
 
 
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:
@@ -81,13 +85,14 @@ def checked_model(config: TransformConfig) -> tuple[str, Hyperparameters]:
 
 
 def _engine(name: str) -> ModuleType:
-    # Imported on demand: Ray is an optional extra, and its engine says how to install it.
-    return importlib.import_module(ENGINES[name])
+    # One of config.ENGINES, imported on demand: Ray is an optional extra, and its engine
+    # says how to install it.
+    return importlib.import_module(f"o2v_batch.engines.{name}")
 
 
 def _check_output(output: str) -> None:
     """OUTPUT is a folder, a prefix or stdout: an existing file there is a usage error."""
-    if output != io.STDIO and io.is_local(output) and io.size(output) is not None:
+    if output != io.STDIO and not io.transport_for(output).REMOTE and io.size(output) is not None:
         raise ConfigError(
             f"OUTPUT {io.shown(output)} is a file: it must be a folder, s3://bucket/prefix/ "
             "or - (stdout)"

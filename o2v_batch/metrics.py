@@ -142,7 +142,7 @@ def check_textfile(path: str | None) -> None:
     job starts, not a failure once it has run."""
     if path is None:
         return
-    if path == io.STDIO or not io.is_local(path):
+    if path == io.STDIO or io.transport_for(path).REMOTE:
         raise ConfigError(
             f"--metrics-file must be a local path (the node exporter's textfile collector "
             f"reads a local folder), got {io.shown(path)}"

@@ -216,11 +216,8 @@ class Object2Vec(nn.Module):
             raise O2VError("this network holds the encoders only; it cannot score pairs")
         return self.head(self.mlp(self.comparator(u, v)))
 
-    def predict(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
-        """(B, num_classes) probabilities, or (B, 1) values for mean_squared_error."""
-        return self.predict_from_embeddings(self.encode(in0, 0), self.encode(in1, 1))
-
     def predict_from_embeddings(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) probabilities, or (B, 1) values for mean_squared_error."""
         logits = self.logits_from_embeddings(u, v)
         return logits.softmax(dim=1) if self.hp.output_layer == "softmax" else logits
 

@@ -9,12 +9,8 @@ epoch runs and the last one is saved.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +20,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from o2v_batch.artifacts import save_model
-from o2v_batch.errors import HyperparameterError, InputError, OutputExistsError
+from o2v_batch.artifacts import write_model
+from o2v_batch.errors import HyperparameterError
 from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
-from o2v_batch.io import is_local, list_shards, open_write, size
 from o2v_batch.model import Object2Vec
 from o2v_batch.token_ids import check_ids
 from o2v_batch.training_data import (
@@ -299,50 +294,3 @@ def make_optimizer(network: nn.Module, hp: Hyperparameters) -> torch.optim.Optim
     # Frozen pretrained embeddings stay out, so weight decay cannot move them.
     trainable = [p for p in network.parameters() if p.requires_grad]
     return OPTIMIZERS[hp.optimizer](trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-
-
-# ---- output ----------------------------------------------------------------
-
-
-def check_output(output: str) -> None:
-    """Refuses an output that is not empty (a folder or S3 prefix holding anything, an
-    existing .tar.gz): training takes long, and the model it would replace may be the
-    only copy. `o2v-batch train --overwrite` skips this check."""
-    if output.endswith(".tar.gz"):
-        exists = size(output) is not None
-    elif is_local(output):
-        exists = os.path.exists(output) and (not os.path.isdir(output) or bool(os.listdir(output)))
-    else:
-        try:
-            exists = bool(list_shards(output))
-        except InputError:  # nothing under the prefix
-            exists = False
-    if exists:
-        raise OutputExistsError([output], 1, False)  # only the CLI can replace it
-
-
-def write_model(network: Object2Vec, hp: Hyperparameters, output: str) -> None:
-    """Save to a local folder directly; a .tar.gz or an S3 target is built locally
-    first and then copied."""
-    if is_local(output) and not output.endswith(".tar.gz"):
-        save_model(network, hp, output)
-        return
-    with tempfile.TemporaryDirectory(prefix="o2v-train-") as tmp:
-        folder = os.path.join(tmp, "model")
-        save_model(network, hp, folder)
-        files = sorted(os.listdir(folder))
-        if output.endswith(".tar.gz"):
-            archive = os.path.join(tmp, "model.tar.gz")
-            with tarfile.open(archive, "w:gz") as tar:
-                for name in files:
-                    tar.add(os.path.join(folder, name), arcname=name)
-            _publish(archive, output)
-        else:
-            for name in files:
-                _publish(os.path.join(folder, name), f"{output.rstrip('/')}/{name}")
-
-
-def _publish(source: str, target: str) -> None:
-    """Copy a local file to `target`, which appears whole or not at all."""
-    with open(source, "rb") as src, open_write(target) as dst:
-        shutil.copyfileobj(src, dst)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from o2v_batch.artifacts import check_output
 from o2v_batch.errors import OutputExistsError
 from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.train import check_output, train
+from o2v_batch.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = 8

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_model, random_records
-from tiny_models import VOCAB, build, embed, random_rows, saved, tiny, to_pair
+from tiny_models import VOCAB, build, embed, random_rows, saved, score_pair, tiny
 
 from o2v_batch.api import load_model
 from o2v_batch.errors import BadRecordError, O2VError
@@ -55,7 +55,7 @@ def test_model_batches_sorted_by_length_keep_the_input_order(
     np.testing.assert_allclose(model.embed(rows), alone, atol=1e-5)
     others = random_rows(11, seed=10)
     with torch.inference_mode():
-        pairs = [network.predict(*to_pair(a, b)) for a, b in zip(rows, others, strict=True)]
+        pairs = [score_pair(network, a, b) for a, b in zip(rows, others, strict=True)]
     np.testing.assert_allclose(model.score(rows, others), torch.cat(pairs).numpy(), atol=1e-5)
     assert model.embed([]).shape == (0, 8)
     assert model.score([], []).shape == (0, 2)

@@ -93,7 +93,7 @@ def test_a_closed_stdout_is_stdout_closed_not_an_error_of_the_shard():
         """
         import sys
         from o2v_batch import io as sources
-        from o2v_batch.io.stdio import StdoutClosed
+        from o2v_batch.errors import StdoutClosed
         w = sources.open_write("-")
         w.write(b"a line\\n" * 1000)
         sys.stdin.readline()  # the reader of stdout has gone by now

@@ -189,16 +189,18 @@ def test_predict_against_a_hand_computation(activation: str, output_layer: str) 
     np.testing.assert_allclose(got.numpy(), x, atol=1e-5)
 
 
-def test_predict_is_the_prediction_of_the_two_embeddings() -> None:
-    network = build(tiny(enc1_network="bilstm", enc1_vocab_size=30))
+@pytest.mark.parametrize("output_layer", ["softmax", "mean_squared_error"])
+def test_scores_of_the_two_embeddings_are_those_of_the_training_logits(output_layer: str) -> None:
+    network = build(tiny(enc1_network="bilstm", enc1_vocab_size=30, output_layer=output_layer))
     in0, in1 = torch.tensor([[1, 2, 3], [4, 0, 0]]), torch.tensor([[7, 0], [8, 9]])
     with torch.inference_mode():
-        direct = network.predict(in0, in1)
-        split = network.predict_from_embeddings(network.encode(in0, 0), network.encode(in1, 1))
+        scores = network.predict_from_embeddings(network.encode(in0, 0), network.encode(in1, 1))
         logits = network.logits(in0, in1)
-    assert torch.equal(direct, split)
-    torch.testing.assert_close(logits.softmax(dim=1), direct)
-    torch.testing.assert_close(direct.sum(dim=1), torch.ones(2))
+    if output_layer == "softmax":
+        torch.testing.assert_close(logits.softmax(dim=1), scores)
+        torch.testing.assert_close(scores.sum(dim=1), torch.ones(2))
+    else:
+        assert torch.equal(logits, scores)
 
 
 def test_encoders_only_builds_no_comparator_mlp_or_head() -> None:

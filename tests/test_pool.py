@@ -28,9 +28,14 @@ def test_every_batch_answered_once_with_bounded_in_flight(tmp_path):
 @pytest.mark.parametrize("factory", ["CrashOnce", "HangOnce"])
 def test_dead_or_hung_worker_is_replaced_and_its_batch_retried(tmp_path, factory):
     batches = [*BATCHES[:10], [b"boom"], *BATCHES[10:20]]
-    with pool_of(tmp_path, factory, invocation_timeout=2.0) as pool:
+    recoveries: list[Recovery] = []
+    with pool_of(tmp_path, factory, invocation_timeout=2.0, on_recovery=recoveries.append) as pool:
+        before = pids(pool)
         events = run(pool, batches)
-        assert pool.restarts == 1
+        after = pids(pool)
+    # One worker replaced: one new process in its place, the other still serving.
+    assert [r.restarted for r in recoveries] == [True]
+    assert len(set(before) - set(after)) == len(set(after) - set(before)) == 1
     assert all(isinstance(e, Done) for e in events.values())
     assert {i: e.result.payload for i, e in events.items()} == expected(batches)
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 
-from o2v_batch.errors import RequestFormatError
+from o2v_batch.errors import RequestError, RequestFormatError
 from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.responses import codec_for
 from o2v_batch.serve.invocations import (
-    RequestError,
     bad_record,
     invocation,
     parse_content_type,
@@ -132,10 +131,3 @@ def test_a_bad_record_is_named_by_its_place_with_one_position():
     assert bad_record(result, f"{JSON};infer_max_seqlens=1,1") == (
         "instances[2]: in0 must be a list of token ids, got a string"
     )
-
-
-def test_request_errors_pickle_with_their_status():
-    import pickle
-
-    error = pickle.loads(pickle.dumps(RequestError(413, "too big")))
-    assert (error.status, str(error)) == (413, "too big")

@@ -1,68 +1,27 @@
-"""Training: convergence, early stopping, reproducibility, negative sampling in training,
-pretrained embeddings, outputs, and the example model."""
+"""Training: convergence, early stopping, reproducibility, optimizers, negative sampling
+in training, and the example model."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import REPO
+from training import (
+    hyperparameters,
+    quiet,
+    topic_pairs,
+    weights,
+    write_jsonl,
+)
 
 from o2v_batch.api import load_model
-from o2v_batch.errors import HyperparameterError, OutputExistsError, TrainingDataError
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.errors import HyperparameterError
 from o2v_batch.model import Object2Vec
-from o2v_batch.train import EarlyStopping, check_output, train
-
-REPO = Path(__file__).resolve().parents[1]
-TOPICS, WORDS = 4, 20  # topic t owns ids 1 + 20 t .. 20 + 20 t
-SMALL = {
-    "enc0_vocab_size": 96,
-    "enc0_max_seq_len": 12,
-    "enc0_network": "pooled_embedding",
-    "enc_dim": 16,
-    "mlp_dim": 16,
-    "learning_rate": 0.01,
-    "mini_batch_size": 32,
-    "epochs": 8,
-}
-
-
-def quiet(message: str) -> None:
-    """A log that drops the per-epoch lines."""
-
-
-def topic_sequence(rng: random.Random, topic: int) -> list[int]:
-    return [1 + WORDS * topic + rng.randrange(WORDS) for _ in range(rng.randint(3, 10))]
-
-
-def topic_pairs(n: int, seed: int, regression: bool = False) -> list[dict]:
-    """Label 1 when both sequences share a topic (half the pairs); for regression the
-    label is topic0 + topic1."""
-    rng = random.Random(seed)
-    pairs = []
-    for i in range(n):
-        t0 = rng.randrange(TOPICS)
-        t1 = t0 if i % 2 == 0 else (t0 + rng.randrange(1, TOPICS)) % TOPICS
-        label = float(t0 + t1) if regression else int(t0 == t1)
-        pairs.append(
-            {"label": label, "in0": topic_sequence(rng, t0), "in1": topic_sequence(rng, t1)}
-        )
-    return pairs
-
-
-def write_jsonl(path: Path, records: list) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
-
-
-def hyperparameters(**overrides) -> Hyperparameters:
-    return Hyperparameters.from_dict({**SMALL, **overrides})
-
+from o2v_batch.train import EarlyStopping, train
 
 # ---- convergence -----------------------------------------------------------
 
@@ -170,10 +129,6 @@ def test_epoch_lines_name_the_validation_metric(tmp_path: Path) -> None:
 # ---- reproducibility, optimizers, outputs ------------------------------------
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
 def test_seeded_runs_are_reproducible(tmp_path: Path) -> None:
     train_file = write_jsonl(tmp_path / "train.jsonl", topic_pairs(200, seed=10))
     hp = {
@@ -235,17 +190,6 @@ def test_weight_decay_shrinks_the_weights(tmp_path: Path) -> None:
     assert norms[1] < 0.9 * norms[0]
 
 
-def test_output_as_a_tarball_loads(tmp_path: Path) -> None:
-    train_file = write_jsonl(tmp_path / "train.jsonl", topic_pairs(64, seed=13))
-    train(hyperparameters(epochs=1), train_file, str(tmp_path / "folder"), log=quiet)
-    train(hyperparameters(epochs=1), train_file, str(tmp_path / "out" / "model.tar.gz"), log=quiet)
-    sequences = [p["in0"] for p in topic_pairs(8, seed=14)]
-    from_folder = load_model(str(tmp_path / "folder")).embed(sequences)
-    from_tarball = load_model(str(tmp_path / "out" / "model.tar.gz")).embed(sequences)
-    np.testing.assert_array_equal(from_folder, from_tarball)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tar.gz"]
-
-
 # ---- negative sampling ---------------------------------------------------------
 
 
@@ -278,70 +222,6 @@ def test_negative_sampling_is_refused_for_regression() -> None:
     )
 
 
-# ---- pretrained embeddings ---------------------------------------------------
-
-VECTORS = {
-    "apple": [0.5, -1.25, 2.0, 0.0],
-    "pear": [1.5, 0.25, -0.75, 3.0],
-    "unused": [9.0, 9.0, 9.0, 9.0],
-}
-VOCABULARY = {"apple": 5, "pear": 21, "kiwi": 30}
-
-
-def write_embeddings(tmp_path: Path, vectors: dict[str, list[float]] = VECTORS) -> dict[str, str]:
-    glove = tmp_path / "glove.txt"
-    glove.write_text("".join(f"{word} {' '.join(map(str, v))}\n" for word, v in vectors.items()))
-    vocab = tmp_path / "vocab.json"
-    vocab.write_text(json.dumps(VOCABULARY))
-    return {"enc0_pretrained_embedding_file": str(glove), "enc0_vocab_file": str(vocab)}
-
-
-@pytest.mark.parametrize("freeze", [True, False])
-def test_pretrained_embeddings_are_loaded_and_frozen(tmp_path: Path, freeze: bool) -> None:
-    train_file = write_jsonl(tmp_path / "train.jsonl", topic_pairs(200, seed=17))
-    hp = hyperparameters(
-        enc0_network="hcnn",
-        enc0_layers=1,
-        enc0_token_embedding_dim=4,
-        tied_token_embedding_weight=True,
-        enc0_freeze_pretrained_embedding=freeze,
-        epochs=2,
-        **write_embeddings(tmp_path),
-    )
-    train(hp, train_file, str(tmp_path / "model"), log=quiet)
-    embedding = weights(tmp_path / "model")["enc0.embedding.weight"]
-    rows = embedding[[5, 21]]
-    expected = torch.tensor([VECTORS["apple"], VECTORS["pear"]])
-    # Frozen rows equal the file's vectors after training; trainable ones have moved.
-    assert torch.equal(rows, expected) == freeze
-    if not freeze:
-        assert torch.allclose(rows, expected, atol=0.5)
-
-
-def test_pretrained_embedding_dimension_mismatch_names_the_file(tmp_path: Path) -> None:
-    files = write_embeddings(tmp_path, {"pear": [1.0, 2.0, 3.0, 4.0], "apple": [1.0, 2.0, 3.0]})
-    train_file = write_jsonl(tmp_path / "train.jsonl", topic_pairs(8, seed=18))
-    hp = hyperparameters(enc0_network="hcnn", enc0_token_embedding_dim=4, **files)
-    with pytest.raises(TrainingDataError) as error:
-        train(hp, train_file, str(tmp_path / "model"), log=quiet)
-    assert str(error.value) == (
-        f"{files['enc0_pretrained_embedding_file']}, line 2: 'apple' has 3 numbers, "
-        "but token_embedding_dim is 4"
-    )
-
-
-def test_pretrained_embedding_needs_a_vocab_file(tmp_path: Path) -> None:
-    files = write_embeddings(tmp_path)
-    train_file = write_jsonl(tmp_path / "train.jsonl", topic_pairs(8, seed=19))
-    hp = hyperparameters(enc0_pretrained_embedding_file=files["enc0_pretrained_embedding_file"])
-    with pytest.raises(HyperparameterError) as error:
-        train(hp, train_file, str(tmp_path / "model"), log=quiet)
-    assert str(error.value) == (
-        "enc0_pretrained_embedding_file is set but enc0_vocab_file is not: "
-        "the vocab file (JSON word -> token id) says which row each word fills"
-    )
-
-
 # ---- the example model -------------------------------------------------------
 
 
@@ -362,50 +242,3 @@ def test_example_model_separates_the_example_topics() -> None:
         [p["in0"] for p in pairs], [p["in1"] for p in pairs]
     )
     assert np.mean(scores.argmax(axis=1) == np.array([p["label"] for p in pairs])) >= 0.95
-
-
-@pytest.mark.s3
-@pytest.mark.parametrize("target", ["models/run1/", "models/run1", "models/run1.tar.gz"])
-def test_training_data_from_s3_and_model_to_s3(
-    tmp_path: Path, s3_server, s3_bucket: str, target: str
-) -> None:
-    local = write_jsonl(tmp_path / "train.jsonl", topic_pairs(64, seed=21))
-    s3_server.client().upload_file(local, s3_bucket, "data/train.jsonl")
-    output = f"s3://{s3_bucket}/{target}"
-    train(hyperparameters(epochs=1), f"s3://{s3_bucket}/data/train.jsonl", output, log=quiet)
-    train(hyperparameters(epochs=1), local, str(tmp_path / "model"), log=quiet)
-    sequences = [p["in0"] for p in topic_pairs(8, seed=22)]
-    np.testing.assert_array_equal(
-        load_model(output).embed(sequences), load_model(str(tmp_path / "model")).embed(sequences)
-    )
-
-
-def test_check_output_refuses_what_is_not_empty(tmp_path: Path) -> None:
-    folder, archive, file = tmp_path / "model", tmp_path / "model.tar.gz", tmp_path / "f"
-    for fresh in (folder, archive, tmp_path / "new" / "model"):
-        check_output(str(fresh))
-    folder.mkdir()
-    check_output(str(folder))  # an empty folder holds nothing to lose
-    (folder / ".hidden").write_text("x")
-    archive.write_bytes(b"x")
-    file.write_text("x")
-    for taken in (folder, archive, file):
-        with pytest.raises(OutputExistsError) as caught:
-            check_output(str(taken))
-        # Only `o2v-batch train --overwrite` replaces it: the CLI names it (test_cli).
-        assert str(caught.value) == f"output already exists: {taken}"
-        assert str(caught.value.phrased(None, "--overwrite")) == (
-            f"output already exists: {taken} (use --overwrite to replace it)"
-        )
-
-
-@pytest.mark.s3
-def test_check_output_on_s3(s3_server, s3_bucket: str) -> None:
-    check_output(f"s3://{s3_bucket}/models/run1/")
-    check_output(f"s3://{s3_bucket}/models/run1.tar.gz")
-    for key in ("models/run1/model.safetensors", "models/run1.tar.gz"):
-        s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"x")
-    for taken in ("models/run1/", "models/run1", "models/run1.tar.gz"):
-        with pytest.raises(OutputExistsError, match=r"^output already exists: s3://"):
-            check_output(f"s3://{s3_bucket}/{taken}")
-    check_output(f"s3://{s3_bucket}/models/run2/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def saved(folder: Path, **values: object) -> tuple[Hyperparameters, Object2Vec]:
     return hp, network
 
 
-def to_pair(a: list[int], b: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor([a]), torch.tensor([b])
+def score_pair(network: Object2Vec, a: list[int], b: list[int]) -> torch.Tensor:
+    """(1, C) scores of one pair, straight through the network: embeddings, then head."""
+    u, v = network.encode(torch.tensor([a]), 0), network.encode(torch.tensor([b]), 1)
+    return network.predict_from_embeddings(u, v)
 
 
 def assert_same_outputs(model_uri: str, network: Object2Vec) -> None:
@@ -62,9 +65,7 @@ def assert_same_outputs(model_uri: str, network: Object2Vec) -> None:
     rows1 = [[t % network.hp.encoder(1).vocab_size or 1 for t in r] for r in rows1]
     model = load_model(model_uri)
     with torch.inference_mode():
-        expected = torch.cat(
-            [network.predict(*to_pair(a, b)) for a, b in zip(rows0, rows1, strict=True)]
-        )
+        expected = torch.cat([score_pair(network, a, b) for a, b in zip(rows0, rows1, strict=True)])
     np.testing.assert_allclose(model.embed(rows0), embed(network, rows0).numpy(), atol=1e-6)
     np.testing.assert_allclose(model.embed(rows1, 1), embed(network, rows1, 1).numpy(), atol=1e-6)
     np.testing.assert_allclose(model.score(rows0, rows1), expected.numpy(), atol=1e-6)
@@ -75,3 +76,9 @@ def make_tar(path: Path, folder: Path, prefix: str = "") -> Path:
         for name in ("hyperparameters.json", "model.safetensors"):
             tar.add(folder / name, arcname=prefix + name)
     return path
+
+
+def rewrite_hyperparameters(folder: Path, **changes: object) -> None:
+    """hyperparameters.json of a saved model with some values changed."""
+    path = folder / "hyperparameters.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))

@@ -119,7 +119,8 @@ def train_command(
             --hyperparameters examples/train/hyperparameters.json \\
             --hp epochs=5 --output model/
     """
-    from o2v_batch.train import check_output, train
+    from o2v_batch.artifacts import check_output
+    from o2v_batch.train import train
 
     values = {**_read_hyperparameters_file(hp_file), **hp_items}
     try:

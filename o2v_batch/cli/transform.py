@@ -174,7 +174,7 @@ def transform_command(input_uri: str, output_uri: str, model: str, **options) ->
 
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
-    from o2v_batch.io.stdio import StdoutClosed
+    from o2v_batch.errors import StdoutClosed
 
     dry_run = options.pop("dry_run")
     try:

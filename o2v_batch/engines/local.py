@@ -16,7 +16,6 @@ from o2v_batch.config import TransformConfig
 from o2v_batch.devices import parse_devices
 from o2v_batch.engines.shard import (
     Meter,
-    ShardFailed,
     ShardTask,
     mini_batches,
     oversize,
@@ -25,6 +24,7 @@ from o2v_batch.engines.shard import (
     serving_options,
     total_bytes,
 )
+from o2v_batch.errors import ShardFailed
 from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
 from o2v_batch.execution.protocol import Done, WorkerSpec
 from o2v_batch.execution.worker import Spares, server_factory

@@ -2,8 +2,9 @@
 
 The driver gets the shards planned exactly as the local engine does (same shards,
 same skip and clobber rules, same array-job share). A pool of Ray actors
-(engines/ray_actor.py), each holding one model, serves whole shards. Ray restarts a
-lost actor and retries the shard it held; a shard whose retries run out fails alone.
+(engines/ray_actor.py), each holding one model, serves whole shards, handed out by the
+driver (engines/ray_driver.py). Ray restarts a lost actor and retries the shard it
+held; a shard whose retries run out fails alone.
 """
 
 from __future__ import annotations
@@ -11,30 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
-from o2v_batch.engines.shard import ShardTask, total_bytes
-from o2v_batch.errors import ConfigError, WorkerError, describe, missing_extra, require_extra
-from o2v_batch.report import (
-    Faults,
-    Progress,
-    ShardReport,
-    batch_failure,
-    recovered,
-    shard_failed,
-)
+from o2v_batch.engines.shard import ShardTask
+from o2v_batch.errors import ConfigError, missing_extra, require_extra
+from o2v_batch.report import Faults
 
 MISSING_RAY = missing_extra("--engine ray", "Ray", "ray")
 # CPUs (and torch threads) of one CPU actor when --workers does not say.
 CPUS_PER_ACTOR = 2
-# How often the driver looks at the actors while shards are running.
-POLL_S = 0.5
 
 
 def check(config: TransformConfig) -> None:
@@ -65,11 +56,13 @@ def run(
     `model_dir` is the model resolved (extracted) here; the actors take a remote model
     by its URI instead, since the cluster's nodes may not share a disk.
     """
+    from o2v_batch.engines.ray_driver import Driver  # here: it imports plan_actors from us
+
     ray = _import_ray()
-    model = model_dir if io.is_local(config.model) else config.model
+    model = config.model if io.transport_for(config.model).REMOTE else model_dir
     started = _connect(ray, config.ray_address)
     try:
-        _Run(ray, config, log, tasks, faults).run(model)
+        Driver(ray, config, log, tasks, faults).run(model)
     finally:
         if started:
             ray.shutdown()
@@ -146,188 +139,3 @@ def plan_actors(
         count = config.workers
         per_actor = min(node_cpus, max(cluster_cpus, 1.0) / count)
     return ActorPlan(min(count, shards), "cpu", max(1, int(per_actor)), {"num_cpus": per_actor})
-
-
-@dataclass(eq=False)  # compared and hashed by identity
-class _Slot:
-    """One actor as the driver sees it."""
-
-    actor: Any
-    device: str
-    pids: set[int] = field(default_factory=set)
-    shard: int | None = None  # the shard it is serving
-    hung: str | None = None  # why the driver last restarted it, while that shard runs
-
-
-class _Run:
-    """Hands shards to actors as they free up, largest first, and keeps their reports."""
-
-    def __init__(
-        self, ray: Any, config: TransformConfig, log: Callable[[str], None], tasks, faults: Faults
-    ):
-        self.ray = ray
-        self.config = config
-        self.log = log
-        self.tasks: list[ShardTask] = tasks
-        self.faults = faults
-        self.shown = [0] * len(tasks)  # records on the progress bar, per shard
-        self.read_bytes = 0  # stored bytes of the shards finished
-        self.progress: Progress  # drawn once the actors are asked for
-
-    def run(self, model: str) -> None:
-        ray = self.ray
-        slots = self._start(model)
-        # Drawn from here on (the actors start in the loop below), closed in the finally.
-        self.progress = Progress(self.config.progress, total_bytes(self.tasks))
-        starting = {slot.actor.ready.remote(): slot for slot in slots}
-        running: dict[Any, _Slot] = {}
-        pings: dict[Any, _Slot] = {}
-        idle: list[_Slot] = []
-        todo = deque(sorted(range(len(self.tasks)), key=lambda i: -self.tasks[i].shard.size))
-        try:
-            while todo or running:
-                while todo and idle:
-                    slot = idle.pop()
-                    slot.shard = todo.popleft()
-                    running[self._submit(slot)] = slot
-                done, _ = ray.wait([*starting, *running], num_returns=1, timeout=POLL_S)
-                for ref in done:
-                    if ref in starting:
-                        idle.append(self._ready(ref, starting.pop(ref)))
-                    else:
-                        slot = running.pop(ref)
-                        self._finished(ref, slot)
-                        slot.shard, slot.hung = None, None
-                        idle.append(slot)
-                self._poll(running.values(), pings)
-        finally:
-            for slot in slots:
-                ray.kill(slot.actor, no_restart=True)
-            # Interrupted: the killed actors' half-written outputs go, --resume redoes them.
-            io.discard_partial([self.tasks[slot.shard].report.output for slot in running.values()])
-            self.progress.close()
-
-    def _start(self, model: str) -> list[_Slot]:
-        from o2v_batch.engines.ray_actor import ShardWorker
-
-        ray = self.ray
-        resources = ray.cluster_resources()
-        node_cpus = max(
-            (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
-            default=0.0,
-        )
-        actors = plan_actors(
-            self.config,
-            len(self.tasks),
-            resources.get("CPU", 0.0),
-            node_cpus,
-            int(resources.get("GPU", 0)),
-        )
-        remote = ray.remote(ShardWorker).options(
-            **actors.resources,
-            # Two threads: one serves a shard while the other answers progress().
-            max_concurrency=2,
-            # Enough restarts for every shard to use all its retries.
-            max_restarts=(self.config.max_retries + 1) * len(self.tasks),
-            max_task_retries=self.config.max_retries,
-        )
-        return [
-            _Slot(remote.remote(self.config, model, actors.device, actors.threads), actors.device)
-            for _ in range(actors.count)
-        ]
-
-    def _ready(self, ref: Any, slot: _Slot) -> _Slot:
-        try:
-            pid, fatal = self.ray.get(ref)
-        except self.ray.exceptions.RayError as exc:
-            raise WorkerError(
-                f"worker could not start on {slot.device}: {_describe_ray_error(exc)}"
-            ) from None
-        if fatal:
-            raise WorkerError(fatal)
-        self._saw(slot, pid)
-        return slot
-
-    def _submit(self, slot: _Slot) -> Any:
-        # retry_exceptions: a model that raises is retried like a process that died,
-        # as the local engine does.
-        method = slot.actor.serve_shard.options(retry_exceptions=True)
-        return method.remote(slot.shard, self.tasks[slot.shard])
-
-    def _finished(self, ref: Any, slot: _Slot) -> None:
-        report = self.tasks[slot.shard].report
-        self.read_bytes += max(0, self.tasks[slot.shard].shard.size)
-        exceptions = self.ray.exceptions
-        gave_up = f"gave up after {self.config.max_retries + 1} attempts"
-        try:
-            pid, result = self.ray.get(ref)
-        except exceptions.RayTaskError as exc:
-            cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
-            self._fail(report, f"{io.shown(report.shard)}: {cause}; {gave_up}")
-            return
-        except exceptions.RayActorError as exc:
-            # The actor died each time: whatever it had written is still there.
-            io.discard_partial([report.output])
-            reason = slot.hung or f"its Ray actor died ({type(exc).__name__}; Ray's logs say why)"
-            self._fail(report, f"{io.shown(report.shard)}: {reason}; {gave_up}")
-            return
-        except exceptions.RayError as exc:
-            self._fail(report, f"{io.shown(report.shard)}: {_describe_ray_error(exc)}")
-            return
-        self._saw(slot, pid)
-        report.take(result)
-        self._show(slot.shard, report.records_in)
-        if report.status == "failed":
-            self.log(shard_failed(report.reason))
-
-    def _fail(self, report: ShardReport, reason: str) -> None:
-        report.status, report.reason = "failed", reason
-        self.log(shard_failed(reason))
-
-    def _poll(self, busy, pings: dict[Any, _Slot]) -> None:
-        """Asks the busy actors how far they are: moves the bar, and restarts an actor stuck
-        on one mini-batch past --invocation-timeout (Ray then retries its shard)."""
-        ray = self.ray
-        if pings:
-            answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=0)
-            for ref in answered:
-                slot = pings.pop(ref)
-                try:
-                    pid, idx, records, pos, seconds = ray.get(ref)
-                except ray.exceptions.RayError:  # asked just before it died: Ray restarts it
-                    continue
-                self._saw(slot, pid)
-                if idx != slot.shard:
-                    continue
-                self._show(idx, records)
-                if seconds > self.config.invocation_timeout:
-                    self._restart_hung(slot, pid, pos)
-        asked = set(pings.values())
-        for slot in busy:
-            if slot not in asked:
-                pings[slot.actor.progress.remote()] = slot
-
-    def _restart_hung(self, slot: _Slot, pid: int, pos: int) -> None:
-        """Worded as the local engine words a hung worker, for when the retries run out."""
-        timeout = f"{self.config.invocation_timeout:g} s (--invocation-timeout)"
-        content_type = self.tasks[slot.shard].content_type
-        slot.hung = batch_failure(pos, content_type, f"worker {pid} timed out after {timeout}")
-        self.ray.kill(slot.actor, no_restart=False)
-
-    def _saw(self, slot: _Slot, pid: int) -> None:
-        """An actor answered from `pid`: a new one means Ray replaced a lost actor."""
-        if slot.pids and pid not in slot.pids:
-            self.faults.worker_restarts += 1
-            self.log(recovered(f"a Ray actor on {slot.device} was lost", True, None))
-        slot.pids.add(pid)
-
-    def _show(self, idx: int, records: int) -> None:
-        # A retried shard starts again from 0: the bar only ever moves forward.
-        self.shown[idx] = max(self.shown[idx], records)
-        self.progress.show(self.read_bytes, sum(self.shown))
-
-
-def _describe_ray_error(exc: Exception) -> str:
-    """A Ray error's class and the first line of its message (Ray's run to many lines)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -12,14 +12,13 @@ from o2v_batch.artifacts import resolve_model
 from o2v_batch.batching import MiniBatch
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import (
-    ShardFailed,
     ShardTask,
     mini_batches,
     oversize,
     served,
     serving_options,
 )
-from o2v_batch.errors import WorkerError, describe
+from o2v_batch.errors import ShardFailed, WorkerError, describe
 from o2v_batch.execution.protocol import WorkerSpec
 from o2v_batch.execution.worker import server_factory, start_server
 from o2v_batch.formats import Oversize

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from o2v_batch import io
 from o2v_batch.batching import MiniBatch, pack, payload_bytes, split
 from o2v_batch.config import TransformConfig
-from o2v_batch.errors import JsonlinesAsJsonError
+from o2v_batch.errors import JsonlinesAsJsonError, ShardFailed
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
 from o2v_batch.formats import (
     JSON,
@@ -29,11 +29,6 @@ from o2v_batch.jsonstream import iter_json_instances
 from o2v_batch.report import ShardReport, oversize_problem, read_failure, record_failure
 from o2v_batch.responses import codec_for, error_fragment, output_type
 from o2v_batch.weights import ForwardWork, forward_work
-
-
-class ShardFailed(Exception):
-    """The shard fails for a reason retrying cannot change (bad input, a write error);
-    the message is the reason reported."""
 
 
 @dataclass(frozen=True)

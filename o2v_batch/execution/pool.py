@@ -147,7 +147,6 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._retry: deque[_Task] = deque()
         self._events: list[Done | Failed] = []
-        self.restarts = 0
         self._load_failures = 0
 
     # lifecycle
@@ -375,7 +374,6 @@ class WorkerPool:
         # Only a ready worker holds tasks: one that was loading has no head.
         what = f"worker {w.process.pid} {reason}" + ("" if w.ready else " while loading the model")
         retried = head is not None and self._retry_or_fail(head, what)
-        self.restarts += 1
         self._workers.append(self._spawn(w.index))
         if retried:
             self._recovered(Recovery(what, True, head.task_id, head.attempts + 1))

@@ -1,9 +1,9 @@
 """Listing, reading and atomically writing inputs, outputs, models and training data.
 
 Every storage access of o2v-batch goes through here. A transport module per
-scheme does the work, picked by one registry: local paths (io/local.py),
-s3:// URIs (io/s3.py), `-` for stdin/stdout (io/stdio.py). Manifests
-(io/manifest.py) name shards on any of them.
+scheme does the work, found by one registry (io/base.py) that each registers with:
+local paths (io/local.py), s3:// URIs (io/s3.py), `-` for stdin/stdout
+(io/stdio.py). Manifests (io/manifest.py) name shards on any of them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from o2v_batch.errors import UnsafePathError
+from o2v_batch.io import local, s3, stdio  # noqa: F401 (each registers its scheme)
 from o2v_batch.io.base import (
     STDIO,
     AtomicWriter,
     Shard,
     one_line,
-    register_transport,
     scheme_of,
     shown,
     transport_for,
@@ -33,7 +33,6 @@ __all__ = [
     "delete",
     "describe_error",
     "discard_partial",
-    "is_local",
     "list_outputs",
     "list_shards",
     "one_line",
@@ -42,12 +41,9 @@ __all__ = [
     "output_uri",
     "shown",
     "size",
+    "transport_for",
     "write_atomic",
 ]
-
-register_transport("", "o2v_batch.io.local")
-register_transport(STDIO, "o2v_batch.io.stdio")
-register_transport("s3", "o2v_batch.io.s3")
 
 
 def list_shards(input: str, output: str | None = None, *, manifest: bool = False) -> list[Shard]:
@@ -76,7 +72,7 @@ def list_shards(input: str, output: str | None = None, *, manifest: bool = False
 def list_outputs(output: str) -> set[str]:
     """The paths, relative to OUTPUT, of the files already there (hidden names left
     out): what --resume skips and what the job refuses to clobber; none for stdout."""
-    return set() if output == STDIO else transport_for(output).list_outputs(output)
+    return transport_for(output).list_outputs(output)
 
 
 def size(uri: str) -> int | None:
@@ -126,11 +122,9 @@ def discard_partial(uris: Sequence[str]) -> None:
 
 def describe_error(exc: BaseException, uri: str) -> str:
     """A one-line message for a failed read or write of `uri`, free of credentials
-    and signed URLs. Errors of ours (O2VError) carry their message and pass through."""
-    # Imported here: it loads botocore, which a job that never touches S3 does without.
-    from o2v_batch.io import s3_errors
-
-    return s3_errors.describe_error(exc, uri)
+    and signed URLs, as its transport describes it. Errors of ours (O2VError) carry
+    their message and pass through."""
+    return transport_for(uri).describe_error(exc, uri)
 
 
 def output_uri(output: str, rel: str, suffix: str = ".out") -> str:
@@ -143,9 +137,3 @@ def output_uri(output: str, rel: str, suffix: str = ".out") -> str:
             f"refusing output path for {rel!r} ({reason}): it could escape {shown(output)}"
         )
     return f"{output.rstrip('/')}/{rel}{suffix}"
-
-
-def is_local(uri: str) -> bool:
-    """True unless `uri` names a remote object (s3://...): plain paths and `-` are
-    read on this machine."""
-    return scheme_of(uri) in ("", STDIO)

@@ -1,17 +1,18 @@
-"""What every transport shares: the shard record, the atomic writer, the
-transport interface and the registry that picks a transport by scheme."""
+"""What every transport shares: the shard record, names as messages show them, the
+atomic writer, the transport's face and the registry that picks a transport by scheme."""
 
 from __future__ import annotations
 
 import abc
-import importlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import BinaryIO, Protocol, cast
 
-from o2v_batch.errors import InputError
+from o2v_batch.errors import InputError, O2VError
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,33 @@ def _escaped(char: str, backslash: bool) -> str:
     if char == "\\":
         return "\\\\" if backslash else char
     return char if char.isprintable() else repr(char)[1:-1]
+
+
+def described(exc: BaseException, uri: str) -> str:
+    """A failed read or write of `uri` in one line, free of credentials and signed URLs:
+    errors of ours (O2VError) carry their message, others say their type and text."""
+    if isinstance(exc, O2VError):
+        message = str(exc)
+    else:
+        message = f"{shown(uri)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return one_line(redacted(message))
+
+
+# The variables whose values are secrets, kept out of every message.
+_SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def redacted(message: str) -> str:
+    """A last guard on a message another library wrote: URLs lose their user info and
+    query (where signatures live), an echoed Authorization header its key id and
+    signature, and a secret of the environment is replaced by ***."""
+    message = re.sub(r"(\w+://)(?:[^/\s@]*@)?([^\s?#\"']*)(?:[?#][^\s\"']*)?", r"\1\2", message)
+    message = re.sub(r"\b(Credential|Signature)=[^\s,;&\"']+", r"\1=<redacted>", message)
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            message = message.replace(value, "***")
+    return message
 
 
 def unsafe_reason(rel: str) -> str | None:
@@ -169,6 +197,13 @@ class AtomicWriter(abc.ABC):
 class Transport(Protocol):
     """The face of a transport module (io/local.py, io/s3.py, io/stdio.py)."""
 
+    SCHEME: str  # of the URIs it serves: "s3" for s3://..., "" for a plain path, "-"
+    # Whether its URIs name objects in a remote store, reached over the network: what a
+    # process needs as a local file (a model, say) is fetched into one first, and a
+    # worker on another node reaches the object by its URI. False: every process on this
+    # machine opens it by its name.
+    REMOTE: bool
+
     def list_shards(self, input: str, output: str | None) -> list[Shard]:
         """The shards of INPUT sorted by `rel`, leaving out OUTPUT when it lies inside."""
 
@@ -190,15 +225,19 @@ class Transport(Protocol):
     def discard_partial(self, uris: Sequence[str]) -> None:
         """Best effort: remove what killed writers of these outputs left behind."""
 
-
-# Scheme -> module. Modules are imported on first use, so a job that never
-# touches S3 never imports boto3 (workers and `import o2v_batch` stay quick).
-_TRANSPORTS: dict[str, str] = {}
+    def describe_error(self, exc: BaseException, uri: str) -> str:
+        """A failed call on `uri` in one line, free of credentials and signed URLs."""
 
 
-def register_transport(scheme: str, module: str) -> None:
-    """Route URIs of `scheme` to `module`: "" for local paths, "-" for stdin/stdout."""
-    _TRANSPORTS[scheme] = module
+# Scheme -> transport module. Each registers itself as it is imported (io/__init__.py
+# imports them all); one that needs a heavy client library (boto3) imports it on first
+# use, so a job that never touches S3 never loads it.
+_TRANSPORTS: dict[str, Transport] = {}
+
+
+def register_transport(module: ModuleType) -> None:
+    """Routes URIs of `module.SCHEME` to the transport module: "" for plain paths."""
+    _TRANSPORTS[module.SCHEME] = cast(Transport, module)
 
 
 def scheme_of(uri: str) -> str:
@@ -210,12 +249,45 @@ def scheme_of(uri: str) -> str:
 
 
 def transport_for(uri: str) -> Transport:
-    """The transport module for `uri`; an unknown scheme is an InputError."""
-    scheme = scheme_of(uri)
-    module = _TRANSPORTS.get(scheme)
-    if module is None:
+    """The transport of `uri`: for a scheme none serves, one that refuses every call."""
+    return _TRANSPORTS.get(scheme_of(uri)) or _Unsupported(uri)
+
+
+class _Unsupported:
+    """The transport of a URI whose scheme no transport serves: nothing on this machine
+    reaches it, and every call on it is an InputError naming it and the schemes served."""
+
+    REMOTE = True
+    describe_error = staticmethod(described)
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.SCHEME = scheme_of(uri)
+
+    def _refused(self) -> InputError:
         known = ", ".join(f"{name}://" for name in sorted(_TRANSPORTS) if name not in ("", STDIO))
-        raise InputError(
-            f"{shown(uri)}: unsupported scheme {shown(scheme)}:// (use a local path, - or {known})"
+        return InputError(
+            f"{shown(self.uri)}: unsupported scheme {shown(self.SCHEME)}:// "
+            f"(use a local path, - or {known})"
         )
-    return cast(Transport, importlib.import_module(module))
+
+    def list_shards(self, input: str, output: str | None) -> list[Shard]:
+        raise self._refused()
+
+    def list_outputs(self, output: str) -> set[str]:
+        raise self._refused()
+
+    def size(self, uri: str) -> int | None:
+        raise self._refused()
+
+    def open_read(self, uri: str) -> BinaryIO:
+        raise self._refused()
+
+    def open_write(self, uri: str) -> AtomicWriter:
+        raise self._refused()
+
+    def delete(self, uri: str) -> None:
+        raise self._refused()
+
+    def discard_partial(self, uris: Sequence[str]) -> None:
+        raise self._refused()

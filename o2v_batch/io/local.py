@@ -8,6 +8,7 @@ import glob
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -16,13 +17,17 @@ from o2v_batch.errors import InputError
 from o2v_batch.io.base import (
     AtomicWriter,
     Shard,
+    described,
     hidden,
     is_output,
     is_summary,
+    register_transport,
     scheme_of,
     shown,
 )
 
+SCHEME = ""  # a path, with no scheme
+REMOTE = False
 _TEMP_GLOB = "[0-9a-f]" * 12  # matches secrets.token_hex(6)
 
 
@@ -33,7 +38,7 @@ def list_shards(input: str, output: str | None) -> list[Shard]:
         return [Shard(input, os.path.basename(input), os.path.getsize(input))]
     if not os.path.isdir(input):
         raise InputError(_not_listable(input))
-    skip = os.path.realpath(output) if output and scheme_of(output) == "" else None
+    skip = os.path.realpath(output) if output and scheme_of(output) == SCHEME else None
     return _walk(input, skip, inputs=True)
 
 
@@ -206,3 +211,9 @@ def discard_partial(uris: Sequence[str]) -> None:
         for path in glob.glob(pattern):
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+# Described as they are: an O2VError by its message, an OSError by its type and text.
+describe_error = described
+
+register_transport(sys.modules[__name__])

@@ -1,25 +1,20 @@
-"""S3 URIs, and one-line descriptions of failed S3 calls, free of credentials and
-signed URLs."""
+"""Failed S3 calls in one line, free of credentials and signed URLs: what botocore
+raises, in words. Loaded with the S3 client (io/s3_client.py), so never by a job that
+does not touch S3."""
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 from urllib.parse import urlsplit
 
 import botocore.exceptions
 
-from o2v_batch.errors import InputError, O2VError
-from o2v_batch.io.base import one_line, scheme_of, shown
+from o2v_batch.io.base import described, one_line, redacted, shown
+from o2v_batch.io.s3_client import split_s3
 
+BOTOCORE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 # smart_open wraps botocore errors in OSError or ValueError.
-S3_FAILURES = (
-    botocore.exceptions.BotoCoreError,
-    botocore.exceptions.ClientError,
-    OSError,
-    ValueError,
-)
+S3_FAILURES = (*BOTOCORE_ERRORS, OSError, ValueError)
 
 _HTTP_REASONS = {
     botocore.exceptions.ReadTimeoutError: "read timed out",
@@ -29,27 +24,12 @@ _HTTP_REASONS = {
 }
 
 
-def is_s3(uri: str) -> bool:
-    """True for s3://bucket/key URIs."""
-    return scheme_of(uri) == "s3"
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """s3://bucket/some/key -> ("bucket", "some/key"); the key may be empty."""
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not is_s3(uri) or not bucket:
-        raise InputError(f"not an s3://bucket/key URI: {shown(uri)}")
-    return bucket, key
-
-
 def botocore_error(exc: BaseException) -> BaseException | None:
     """The botocore error behind `exc` (smart_open wraps them in OSError or ValueError)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(
-            current, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-        ):
+        if isinstance(current, BOTOCORE_ERRORS):
             return current
         seen.add(id(current))
         current = (
@@ -66,33 +46,32 @@ def not_found(error: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException, uri: str) -> str:
-    """A one-line message for a failed call on `uri`, free of credentials and signed URLs.
-
-    Errors of ours (O2VError) already carry their message and pass through as they are.
-    """
+    """A one-line message for a failed call on `uri`, free of credentials and signed URLs:
+    the botocore error behind it in words, else as base.described says any error."""
     error = botocore_error(exc) or exc
-    uri = shown(uri)
-    if isinstance(error, O2VError):
-        message = str(error)
-    elif isinstance(error, botocore.exceptions.ClientError):
-        message = _describe_client_error(error, uri)
-    elif isinstance(error, botocore.exceptions.ProxyConnectionError):
+    message = _botocore_message(error, shown(uri))
+    return described(error, uri) if message is None else one_line(redacted(message))
+
+
+def _botocore_message(error: BaseException, uri: str) -> str | None:
+    """What a botocore error means for `uri` (as messages show it); None for another error."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        return _describe_client_error(error, uri)
+    if isinstance(error, botocore.exceptions.ProxyConnectionError):
         proxy = _base_url(error.kwargs.get("proxy_url", ""))
-        message = f"cannot reach the proxy {proxy} ({_network_reason(error)})"
-    elif isinstance(
+        return f"cannot reach the proxy {proxy} ({_network_reason(error)})"
+    if isinstance(
         error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
     ):
         endpoint = _base_url(error.kwargs.get("endpoint_url", ""))
         reason = _HTTP_REASONS.get(type(error)) or _network_reason(error)
-        message = f"cannot reach the S3 endpoint {endpoint} ({reason})"
-    elif isinstance(error, botocore.exceptions.NoCredentialsError):
-        message = (
+        return f"cannot reach the S3 endpoint {endpoint} ({reason})"
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return (
             f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or use an instance role)"
         )
-    else:
-        message = f"{uri}: {type(error).__name__}: {' '.join(str(error).split())}"
-    return one_line(_redact(message))
+    return None
 
 
 def redirect_message(url: str, status: int, location: str | None) -> str:
@@ -140,16 +119,3 @@ def _base_url(url: str) -> str:
     """scheme://host:port of a URL: no user info, path or query (signatures live there)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
-def _redact(message: str) -> str:
-    # A last guard: botocore messages are templates, but never trust them with secrets.
-    # URLs lose their user info and query (where signatures live).
-    message = re.sub(r"(\w+://)(?:[^/\s@]*@)?([^\s?#\"']*)(?:[?#][^\s\"']*)?", r"\1\2", message)
-    # An Authorization header echoed back: its key id and signature.
-    message = re.sub(r"\b(Credential|Signature)=[^\s,;&\"']+", r"\1=<redacted>", message)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        value = os.environ.get(name)
-        if value:
-            message = message.replace(value, "***")
-    return message

@@ -8,23 +8,24 @@ import tempfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from o2v_batch.io.base import STDIO, AtomicWriter, Shard
+from o2v_batch.errors import StdoutClosed
+from o2v_batch.io.base import STDIO, AtomicWriter, Shard, described, register_transport
+
+SCHEME = STDIO
+REMOTE = False  # this process's own stdin and stdout
 
 # Bytes of a stdout shard kept in memory before it spills to a temporary file.
 STDOUT_SPOOL_BYTES = 8 * 2**20
 
 
-class StdoutClosed(BaseException):
-    """Whoever read stdout has gone (`... | head -2`): the job stops as a Unix tool does.
-
-    Not an Exception, so no shard reports it as its failure: it unwinds the whole job,
-    like Ctrl-C, and every open output is aborted.
-    """
-
-
 def list_shards(input: str, output: str | None) -> list[Shard]:
     """Stdin is one shard of unknown size."""
     return [Shard(STDIO, STDIO, -1)]
+
+
+def list_outputs(output: str) -> set[str]:
+    """No paths: stdout holds no earlier outputs."""
+    return set()
 
 
 def size(uri: str) -> int | None:
@@ -77,3 +78,8 @@ def delete(uri: str) -> None:
 
 def discard_partial(uris: Sequence[str]) -> None:
     """Nothing to do: a killed writer's spool is a temporary file the system removes."""
+
+
+describe_error = described  # as a local file's
+
+register_transport(sys.modules[__name__])

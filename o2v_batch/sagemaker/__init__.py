@@ -4,10 +4,10 @@ path. See the README's "From a SageMaker notebook"."""
 
 from __future__ import annotations
 
+from o2v_batch.errors import InvocationError, JobFailedError
 from o2v_batch.sagemaker.estimator import Estimator
-from o2v_batch.sagemaker.jobs import JobFailedError
 from o2v_batch.sagemaker.model import Object2VecModel
-from o2v_batch.sagemaker.predictor import InvocationError, Predictor
+from o2v_batch.sagemaker.predictor import Predictor
 from o2v_batch.sagemaker.serializers import (
     JSONDeserializer,
     JSONLinesDeserializer,

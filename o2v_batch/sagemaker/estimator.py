@@ -130,7 +130,8 @@ class Estimator:
         """Trains on the `train` channel (early stopping on `validation`, if given): each
         a jsonlines file, or a folder or s3:// prefix holding one. A line per epoch is
         printed when `logs` is true."""
-        from o2v_batch.train import check_output, train  # torch, only when training
+        from o2v_batch.artifacts import check_output
+        from o2v_batch.train import train  # torch, only when training
 
         ignore(Estimator.fit, FIT_AWS_ONLY, **kwargs)
         channels = _channels(inputs)

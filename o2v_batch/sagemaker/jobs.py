@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
 
-from o2v_batch.errors import ConfigError, O2VError, did_you_mean
+from o2v_batch.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger("o2v_batch.sagemaker")
 _T = TypeVar("_T")
@@ -20,10 +20,6 @@ _T = TypeVar("_T")
 # g4ad (AMD Radeon), which o2v-batch cannot use.
 _INSTANCE_TYPE = re.compile(r"ml\.([a-z0-9-]+)\.[a-z0-9-]+")
 _NOT_CUDA = ("g4ad",)
-
-
-class JobFailedError(O2VError):
-    """A local training or transform job ended without its whole output."""
 
 
 def devices_for(instance_type: str) -> str:

@@ -16,7 +16,7 @@ import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-from o2v_batch.errors import O2VError
+from o2v_batch.errors import InvocationError, O2VError
 from o2v_batch.sagemaker.jobs import devices_for, ignore
 from o2v_batch.sagemaker.serializers import JSONDeserializer, JSONSerializer
 
@@ -36,10 +36,6 @@ PREDICT_AWS_ONLY = (
     "custom_attributes",
     "component_name",
 )
-
-
-class InvocationError(O2VError):
-    """The endpoint answered a request with an error status."""
 
 
 class Predictor:

@@ -7,10 +7,9 @@ from typing import Any
 
 from o2v_batch import job
 from o2v_batch.config import TransformConfig, preferred_mode
-from o2v_batch.errors import ConfigError
+from o2v_batch.errors import ConfigError, JobFailedError
 from o2v_batch.report import JobSummary, stderr_line
 from o2v_batch.sagemaker.jobs import (
-    JobFailedError,
     LocalJob,
     devices_for,
     ignore,

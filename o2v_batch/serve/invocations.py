@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from o2v_batch.errors import BadRecordError, O2VError
+from o2v_batch.errors import BadRecordError, RequestError
 from o2v_batch.execution.protocol import BatchResult
 from o2v_batch.formats import JSON, JSONLINES, at_record, bare_type, iter_jsonlines, media_type
 from o2v_batch.jsonstream import iter_json_instances
@@ -22,17 +22,6 @@ from o2v_batch.responses import codec_for
 SEQLENS_PARAMETER = "infer_max_seqlens"
 MAX_SEQLEN = 5000  # the hosted algorithm's range for infer_max_seqlens
 _ANY_TYPES = ("*/*", "application/*")
-
-
-class RequestError(O2VError):
-    """A request the server refuses as a whole; `status` is its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def __reduce__(self):  # picklable like every O2VError, status included
-        return (type(self), (self.status, str(self)))
 
 
 @dataclass(frozen=True)

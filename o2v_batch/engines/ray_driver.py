@@ -1,0 +1,209 @@
+"""The driver of an `--engine ray` job: actors started as the plan says, shards handed
+to them as they free up (largest first), progress polled, an actor stuck past
+--invocation-timeout restarted, and each shard's report kept."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from o2v_batch import io
+from o2v_batch.config import TransformConfig
+from o2v_batch.engines.ray import plan_actors
+from o2v_batch.engines.shard import ShardTask, total_bytes
+from o2v_batch.errors import WorkerError, describe
+from o2v_batch.report import (
+    Faults,
+    Progress,
+    ShardReport,
+    batch_failure,
+    recovered,
+    shard_failed,
+)
+
+# How often the driver looks at the actors while shards are running.
+POLL_S = 0.5
+
+
+@dataclass(eq=False)  # compared and hashed by identity
+class _Slot:
+    """One actor as the driver sees it."""
+
+    actor: Any
+    device: str
+    pids: set[int] = field(default_factory=set)
+    shard: int | None = None  # the shard it is serving
+    hung: str | None = None  # why the driver last restarted it, while that shard runs
+
+
+def start_actors(ray: Any, config: TransformConfig, shards: int, model: str) -> list[_Slot]:
+    """The actors plan_actors sizes for the cluster, each loading `model`, started."""
+    from o2v_batch.engines.ray_actor import ShardWorker
+
+    resources = ray.cluster_resources()
+    node_cpus = max(
+        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
+        default=0.0,
+    )
+    actors = plan_actors(
+        config, shards, resources.get("CPU", 0.0), node_cpus, int(resources.get("GPU", 0))
+    )
+    remote = ray.remote(ShardWorker).options(
+        **actors.resources,
+        # Two threads: one serves a shard while the other answers progress().
+        max_concurrency=2,
+        # Enough restarts for every shard to use all its retries.
+        max_restarts=(config.max_retries + 1) * shards,
+        max_task_retries=config.max_retries,
+    )
+    return [
+        _Slot(remote.remote(config, model, actors.device, actors.threads), actors.device)
+        for _ in range(actors.count)
+    ]
+
+
+class Driver:
+    """Hands shards to actors as they free up, largest first, and keeps their reports."""
+
+    def __init__(
+        self, ray: Any, config: TransformConfig, log: Callable[[str], None], tasks, faults: Faults
+    ):
+        self.ray = ray
+        self.config = config
+        self.log = log
+        self.tasks: list[ShardTask] = tasks
+        self.faults = faults
+        self.shown = [0] * len(tasks)  # records on the progress bar, per shard
+        self.read_bytes = 0  # stored bytes of the shards finished
+        self.progress: Progress  # drawn once the actors are asked for
+
+    def run(self, model: str) -> None:
+        ray = self.ray
+        slots = start_actors(ray, self.config, len(self.tasks), model)
+        # Drawn from here on (the actors start in the loop below), closed in the finally.
+        self.progress = Progress(self.config.progress, total_bytes(self.tasks))
+        starting = {slot.actor.ready.remote(): slot for slot in slots}
+        running: dict[Any, _Slot] = {}
+        pings: dict[Any, _Slot] = {}
+        idle: list[_Slot] = []
+        todo = deque(sorted(range(len(self.tasks)), key=lambda i: -self.tasks[i].shard.size))
+        try:
+            while todo or running:
+                while todo and idle:
+                    slot = idle.pop()
+                    slot.shard = todo.popleft()
+                    running[self._submit(slot)] = slot
+                done, _ = ray.wait([*starting, *running], num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    if ref in starting:
+                        idle.append(self._ready(ref, starting.pop(ref)))
+                    else:
+                        slot = running.pop(ref)
+                        self._finished(ref, slot)
+                        slot.shard, slot.hung = None, None
+                        idle.append(slot)
+                self._poll(running.values(), pings)
+        finally:
+            for slot in slots:
+                ray.kill(slot.actor, no_restart=True)
+            # Interrupted: the killed actors' half-written outputs go, --resume redoes them.
+            io.discard_partial([self.tasks[slot.shard].report.output for slot in running.values()])
+            self.progress.close()
+
+    def _ready(self, ref: Any, slot: _Slot) -> _Slot:
+        try:
+            pid, fatal = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            raise WorkerError(
+                f"worker could not start on {slot.device}: {_describe_ray_error(exc)}"
+            ) from None
+        if fatal:
+            raise WorkerError(fatal)
+        self._saw(slot, pid)
+        return slot
+
+    def _submit(self, slot: _Slot) -> Any:
+        # retry_exceptions: a model that raises is retried like a process that died,
+        # as the local engine does.
+        method = slot.actor.serve_shard.options(retry_exceptions=True)
+        return method.remote(slot.shard, self.tasks[slot.shard])
+
+    def _finished(self, ref: Any, slot: _Slot) -> None:
+        report = self.tasks[slot.shard].report
+        self.read_bytes += max(0, self.tasks[slot.shard].shard.size)
+        exceptions = self.ray.exceptions
+        gave_up = f"gave up after {self.config.max_retries + 1} attempts"
+        try:
+            pid, result = self.ray.get(ref)
+        except exceptions.RayTaskError as exc:
+            cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
+            self._fail(report, f"{io.shown(report.shard)}: {cause}; {gave_up}")
+            return
+        except exceptions.RayActorError as exc:
+            # The actor died each time: whatever it had written is still there.
+            io.discard_partial([report.output])
+            reason = slot.hung or f"its Ray actor died ({type(exc).__name__}; Ray's logs say why)"
+            self._fail(report, f"{io.shown(report.shard)}: {reason}; {gave_up}")
+            return
+        except exceptions.RayError as exc:
+            self._fail(report, f"{io.shown(report.shard)}: {_describe_ray_error(exc)}")
+            return
+        self._saw(slot, pid)
+        report.take(result)
+        self._show(slot.shard, report.records_in)
+        if report.status == "failed":
+            self.log(shard_failed(report.reason))
+
+    def _fail(self, report: ShardReport, reason: str) -> None:
+        report.status, report.reason = "failed", reason
+        self.log(shard_failed(reason))
+
+    def _poll(self, busy, pings: dict[Any, _Slot]) -> None:
+        """Asks the busy actors how far they are: moves the bar, and restarts an actor stuck
+        on one mini-batch past --invocation-timeout (Ray then retries its shard)."""
+        ray = self.ray
+        if pings:
+            answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=0)
+            for ref in answered:
+                slot = pings.pop(ref)
+                try:
+                    pid, idx, records, pos, seconds = ray.get(ref)
+                except ray.exceptions.RayError:  # asked just before it died: Ray restarts it
+                    continue
+                self._saw(slot, pid)
+                if idx != slot.shard:
+                    continue
+                self._show(idx, records)
+                if seconds > self.config.invocation_timeout:
+                    self._restart_hung(slot, pid, pos)
+        asked = set(pings.values())
+        for slot in busy:
+            if slot not in asked:
+                pings[slot.actor.progress.remote()] = slot
+
+    def _restart_hung(self, slot: _Slot, pid: int, pos: int) -> None:
+        """Worded as the local engine words a hung worker, for when the retries run out."""
+        timeout = f"{self.config.invocation_timeout:g} s (--invocation-timeout)"
+        content_type = self.tasks[slot.shard].content_type
+        slot.hung = batch_failure(pos, content_type, f"worker {pid} timed out after {timeout}")
+        self.ray.kill(slot.actor, no_restart=False)
+
+    def _saw(self, slot: _Slot, pid: int) -> None:
+        """An actor answered from `pid`: a new one means Ray replaced a lost actor."""
+        if slot.pids and pid not in slot.pids:
+            self.faults.worker_restarts += 1
+            self.log(recovered(f"a Ray actor on {slot.device} was lost", True, None))
+        slot.pids.add(pid)
+
+    def _show(self, idx: int, records: int) -> None:
+        # A retried shard starts again from 0: the bar only ever moves forward.
+        self.shown[idx] = max(self.shown[idx], records)
+        self.progress.show(self.read_bytes, sum(self.shown))
+
+
+def _describe_ray_error(exc: Exception) -> str:
+    """A Ray error's class and the first line of its message (Ray's run to many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
