@@ -99,8 +99,8 @@ def make_heavy_model(folder: Path) -> None:
     import torch
 
     from o2v_batch.artifacts import save_model
-    from o2v_batch.hyperparameters import Hyperparameters
-    from o2v_batch.model import Object2Vec
+    from o2v_batch.model.hyperparameters import Hyperparameters
+    from o2v_batch.model.network import Object2Vec
 
     torch.manual_seed(0)
     hp = Hyperparameters.from_dict(HEAVY_HYPERPARAMETERS)

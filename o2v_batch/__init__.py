@@ -15,7 +15,7 @@ def __getattr__(name: str):
 
         return load_model
     if name == "transform":
-        from o2v_batch.job import transform
+        from o2v_batch.jobs.transform import transform
 
         return transform
     raise AttributeError(name)

@@ -15,9 +15,9 @@ from o2v_batch.artifacts import PRECISIONS, load_network, resolve_model
 from o2v_batch.config import LOAD_MODES
 from o2v_batch.errors import O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
-from o2v_batch.model import Object2Vec
-from o2v_batch.token_ids import check_ids
-from o2v_batch.tokens import TokenIds
+from o2v_batch.inputs.token_ids import check_ids
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.model.tokens import TokenIds
 
 
 class Model:

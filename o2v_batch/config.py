@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from o2v_batch.artifacts import PRECISIONS
-from o2v_batch.batching import STRATEGIES
-from o2v_batch.codec import COLUMNAR_TYPES, EMBEDDING_DTYPES, NPY, PARQUET
-from o2v_batch.devices import check_devices
 from o2v_batch.errors import ConfigError, FilterError, require_extra
-from o2v_batch.jsonpath import compile_filter
-from o2v_batch.responses import ACCEPT_TYPES, TEXT_TYPES
+from o2v_batch.inputs.batching import STRATEGIES
+from o2v_batch.inputs.jsonpath import compile_filter
+from o2v_batch.model.devices import check_devices
+from o2v_batch.outputs.codec import COLUMNAR_TYPES, EMBEDDING_DTYPES, NPY, PARQUET
+from o2v_batch.outputs.responses import ACCEPT_TYPES, TEXT_TYPES
 
 CONTENT_TYPES = ("application/jsonlines", "application/json")
 MODES = ("auto", "embedding", "classification")

@@ -34,8 +34,8 @@ from benchmarks.records import draw_sequences, zipf_cdf
 from benchmarks.workloads import HEAVY_HYPERPARAMETERS
 from o2v_batch import load_model
 from o2v_batch.artifacts import save_model
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.model import Object2Vec
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.network import Object2Vec
 
 FP32_BOUND = 1e-5  # largest |GPU - CPU| over the largest |CPU| value, fp32
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")

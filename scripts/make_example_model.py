@@ -26,8 +26,8 @@ import torch
 
 from o2v_batch.artifacts import check_output
 from o2v_batch.errors import OutputExistsError
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.train import train
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = 8

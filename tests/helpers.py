@@ -10,8 +10,8 @@ import torch
 
 from benchmarks.records import random_records, write_jsonl
 from o2v_batch.artifacts import save_model
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.model import Object2Vec
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.network import Object2Vec
 
 __all__ = [
     "TINY",

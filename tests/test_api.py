@@ -15,7 +15,7 @@ from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import ServingOptions
-from o2v_batch.model import count_parameters
+from o2v_batch.model.network import count_parameters
 
 
 def test_embedding_mode_loads_encoders_only_and_refuses_to_score(tmp_path: Path) -> None:

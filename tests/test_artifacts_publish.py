@@ -12,7 +12,7 @@ from training import hyperparameters, quiet, topic_pairs, write_jsonl
 from o2v_batch.api import load_model
 from o2v_batch.artifacts import check_output
 from o2v_batch.errors import OutputExistsError
-from o2v_batch.train import train
+from o2v_batch.training.train import train
 
 
 def test_output_as_a_tarball_loads(tmp_path: Path) -> None:

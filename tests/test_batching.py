@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from o2v_batch.batching import MB, MiniBatch, pack, payload_bytes
-from o2v_batch.formats import Lines, Oversize, Record, iter_jsonlines
+from o2v_batch.inputs.batching import MB, MiniBatch, pack, payload_bytes
+from o2v_batch.inputs.formats import Lines, Oversize, Record, iter_jsonlines
 
 
 @pytest.mark.parametrize(

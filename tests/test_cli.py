@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_model, random_records, write_jsonl
 
-from o2v_batch.batching import payload_bytes
 from o2v_batch.cli import main
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.model import Object2Vec
-from o2v_batch.report import JobSummary
+from o2v_batch.inputs.batching import payload_bytes
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.reporting.report import JobSummary
 
 REPO = Path(__file__).resolve().parents[1]
 HYPERPARAMETERS = {
@@ -329,7 +329,7 @@ def configs(monkeypatch) -> list:
         seen.append(config)
         return JobSummary()
 
-    monkeypatch.setattr("o2v_batch.job.transform", transform)
+    monkeypatch.setattr("o2v_batch.jobs.transform.transform", transform)
     return seen
 
 

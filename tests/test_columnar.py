@@ -15,7 +15,12 @@ from helpers import make_model
 
 from o2v_batch.artifacts import read_hyperparameters
 from o2v_batch.cli import main
-from o2v_batch.columnar import (
+from o2v_batch.config import TransformConfig
+from o2v_batch.errors import ConfigError
+from o2v_batch.execution.inference import Server
+from o2v_batch.execution.protocol import ServingOptions
+from o2v_batch.inputs.formats import JSONLINES
+from o2v_batch.outputs.columnar import (
     EMBEDDING,
     ERROR,
     NPY_PAIRS,
@@ -23,12 +28,7 @@ from o2v_batch.columnar import (
     ColumnarCodec,
     Layout,
 )
-from o2v_batch.config import TransformConfig
-from o2v_batch.errors import ConfigError
-from o2v_batch.execution.inference import Server
-from o2v_batch.execution.protocol import ServingOptions
-from o2v_batch.formats import JSONLINES
-from o2v_batch.responses import NPY, PARQUET, codec_for, error_fragment, output_type
+from o2v_batch.outputs.responses import NPY, PARQUET, codec_for, error_fragment, output_type
 
 PARQUET_3_2 = f"{PARQUET}; embeddings=3; scores=2; dtype=float32"
 NPY_3 = f"{NPY}; embeddings=3; scores=0; dtype=float32"

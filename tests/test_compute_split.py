@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from benchmarks.records import VOCAB, record_lines, zipf_cdf
 from benchmarks.workloads import HEAVY_HYPERPARAMETERS
-from o2v_batch import batching
-from o2v_batch.batching import MIN_PIECE_RECORDS, MiniBatch, split
 from o2v_batch.config import TransformConfig
-from o2v_batch.formats import Lines
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.job import transform
-from o2v_batch.weights import forward_work
+from o2v_batch.inputs import batching
+from o2v_batch.inputs.batching import MIN_PIECE_RECORDS, MiniBatch, split
+from o2v_batch.inputs.formats import Lines
+from o2v_batch.jobs.transform import transform
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.weights import forward_work
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = HEAVY_HYPERPARAMETERS  # the benchmark's heavy model

@@ -21,7 +21,7 @@ from o2v_batch.execution.device_loop import (
     bucket_lengths,
     bucket_rows,
 )
-from o2v_batch.tokens import TokenIds
+from o2v_batch.model.tokens import TokenIds
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 MAX_LENS = (90, 40)  # of encoders 0 and 1

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from o2v_batch.devices import (
+from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.model.devices import (
     check_devices,
     parse_device,
     parse_devices,
     visible_gpus,
     worker_device,
 )
-from o2v_batch.errors import ConfigError, O2VError
 
 
 def test_device_parsing_on_cpu():
@@ -87,7 +87,7 @@ def test_misspelled_devices_are_config_errors_without_looking_for_gpus(
     def no_gpu_lookup():
         raise AssertionError("a spelling check needs no GPU")
 
-    monkeypatch.setattr("o2v_batch.devices.visible_gpus", no_gpu_lookup)
+    monkeypatch.setattr("o2v_batch.model.devices.visible_gpus", no_gpu_lookup)
     for check in (check_devices, parse_devices):
         with pytest.raises(ConfigError) as caught:
             check(devices)
@@ -100,8 +100,8 @@ def driver(tmp_path, monkeypatch):
     """A fake NVIDIA driver view: device nodes in one folder, /proc entries in another."""
     nodes, gpus = tmp_path / "dev", tmp_path / "gpus"
     nodes.mkdir()
-    monkeypatch.setattr("o2v_batch.devices.DEVICE_NODES", str(nodes))
-    monkeypatch.setattr("o2v_batch.devices.DRIVER_GPUS", str(gpus))
+    monkeypatch.setattr("o2v_batch.model.devices.DEVICE_NODES", str(nodes))
+    monkeypatch.setattr("o2v_batch.model.devices.DRIVER_GPUS", str(gpus))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return nodes, gpus
 
@@ -143,7 +143,7 @@ def test_counting_gpus_never_imports_torch(tmp_path):
     (tmp_path / "nvidia1").touch()
     probe = (
         "import sys\n"
-        "import o2v_batch.devices as d\n"
+        "import o2v_batch.model.devices as d\n"
         f"d.DEVICE_NODES = {str(tmp_path)!r}\n"
         "from o2v_batch.engines import local\n"
         "from o2v_batch.config import TransformConfig\n"

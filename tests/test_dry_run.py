@@ -14,8 +14,8 @@ import pytest
 from helpers import make_model, random_records, write_json, write_jsonl
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.dry_run import PREVIEW_RECORDS, ShardPreview, dry_run
-from o2v_batch.job import transform
+from o2v_batch.jobs.dry_run import PREVIEW_RECORDS, ShardPreview, dry_run
+from o2v_batch.jobs.transform import transform
 
 JSONL, JSON = "application/jsonlines", "application/json"
 # The JSON form's keys, as the README documents them.

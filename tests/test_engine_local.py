@@ -19,7 +19,7 @@ from helpers import make_model, random_records, write_jsonl
 from processes import default_sigint
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 # Whole jobs, killed workers and signals: real processes.
 pytestmark = pytest.mark.slow
@@ -294,7 +294,7 @@ def test_a_forward_that_always_fails_fails_its_shard_alone(small_job, tmp_path, 
 def test_a_retried_mini_batch_is_one_line_on_stderr_and_in_the_summary(small_job, tmp_path):
     job = (
         replacing_servers("faulty_servers:AlwaysRaise")
-        + "from o2v_batch.config import TransformConfig; from o2v_batch.job import transform; "
+        + "from o2v_batch.config import TransformConfig; from o2v_batch.jobs.transform import transform; "
         f"transform(TransformConfig({str(small_job / 'in')!r}, {str(tmp_path / 'out')!r}, "
         f"{str(small_job / 'model')!r}, max_retries=1, workers=1, progress=False))"
     )

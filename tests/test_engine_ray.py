@@ -23,10 +23,11 @@ from helpers import make_model, random_records, write_json, write_jsonl
 from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines import ray_actor
-from o2v_batch.engines.ray import MISSING_RAY, ActorPlan, plan_actors
+from o2v_batch.engines.ray import MISSING_RAY
+from o2v_batch.engines.ray_driver import ActorPlan, plan_actors
 from o2v_batch.errors import ConfigError, O2VError
 from o2v_batch.io import discard_partial
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 TESTS = Path(__file__).resolve().parent
 JSON = "application/json"

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from streams import BOM, FUZZ, HUGE, PIECE, Lazy, Trickle, piece_sizes
 
-from o2v_batch import formats
 from o2v_batch.errors import (
     BadRecordError,
     FilterError,
@@ -19,7 +18,8 @@ from o2v_batch.errors import (
     O2VError,
     RequestFormatError,
 )
-from o2v_batch.formats import (
+from o2v_batch.inputs import formats
+from o2v_batch.inputs.formats import (
     JSON,
     JSONLINES,
     Oversize,

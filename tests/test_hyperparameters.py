@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from o2v_batch.errors import HyperparameterError
-from o2v_batch.hyperparameters import COMPARATORS, EncoderConfig, Hyperparameters
+from o2v_batch.model.hyperparameters import COMPARATORS, EncoderConfig, Hyperparameters
 
 REQUIRED = {"enc0_max_seq_len": 10, "enc0_vocab_size": 50}
 

@@ -23,7 +23,7 @@ from o2v_batch import load_model
 from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import OutputExistsError
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 JSONL, JSON = "application/jsonlines", "application/json"
 

@@ -21,11 +21,11 @@ import pytest
 from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch import load_model
-from o2v_batch.columnar import NPY_PAIRS
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import BadRecordError
-from o2v_batch.job import transform
-from o2v_batch.responses import NPY, PARQUET
+from o2v_batch.jobs.transform import transform
+from o2v_batch.outputs.columnar import NPY_PAIRS
+from o2v_batch.outputs.responses import NPY, PARQUET
 
 pytestmark = pytest.mark.slow
 BAD_ID = {"in0": [1, 999]}  # out of the vocabulary: a bad record

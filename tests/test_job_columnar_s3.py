@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from helpers import make_model, random_records, write_json, write_jsonl
 
-from o2v_batch import parquet
 from o2v_batch.config import TransformConfig
-from o2v_batch.job import transform
-from o2v_batch.responses import NPY, PARQUET
+from o2v_batch.jobs.transform import transform
+from o2v_batch.outputs import parquet
+from o2v_batch.outputs.responses import NPY, PARQUET
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 MiB = 2**20

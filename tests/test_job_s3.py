@@ -17,7 +17,7 @@ from helpers import make_model, random_records, write_json, write_jsonl
 
 from devservers.local_s3 import LocalS3
 from o2v_batch.config import TransformConfig
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 pytestmark = pytest.mark.s3
 MiB = 2**20

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from o2v_batch.errors import FilterError
-from o2v_batch.jsonpath import compile_filter, join_input
+from o2v_batch.inputs.jsonpath import compile_filter, join_input
 
 # ---------------------------------------------------------------- filters
 

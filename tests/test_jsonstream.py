@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from streams import BOM, FUZZ, HUGE, PIECE, Lazy, Trickle, piece_sizes
 
-from o2v_batch import formats
 from o2v_batch.errors import JsonlinesAsJsonError, RequestFormatError
-from o2v_batch.formats import Oversize, Record
-from o2v_batch.jsonstream import iter_json_instances
+from o2v_batch.inputs import formats
+from o2v_batch.inputs.formats import Oversize, Record
+from o2v_batch.inputs.jsonstream import iter_json_instances
 
 
 def instances_of(data: bytes, limit: int = 0) -> list[Record | Oversize]:

@@ -104,7 +104,7 @@ def test_code_from_stdin(tmp_path: Path) -> None:
 def test_guarded_scripts_and_code_without_a_file_may_start_workers(
     tmp_path: Path, guard: str
 ) -> None:
-    check = "from o2v_batch.main_module import check_main_module\n"
+    check = "from o2v_batch.execution.main_module import check_main_module\n"
     script = tmp_path / "run.py"
     script.write_text(f"{check}{guard}\n    check_main_module()\n    print('ok')\n")
     assert run_python(str(script)).stdout == "ok\n"

@@ -26,7 +26,7 @@ from test_serve import JSONLINES, MODEL, Served, call, invoke, serve_command
 from test_serve_warm_up import _served
 
 from o2v_batch.cli import main
-from o2v_batch.metrics import ServeMetrics
+from o2v_batch.reporting.metrics import ServeMetrics
 from o2v_batch.serve.app import ROUTES
 
 REQUESTS = REPO / "examples" / "requests"

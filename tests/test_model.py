@@ -8,7 +8,7 @@ import torch
 from tiny_models import VOCAB, build, embed, random_rows, tiny
 
 from o2v_batch.errors import O2VError
-from o2v_batch.model import Comparator, count_parameters
+from o2v_batch.model.network import Comparator, count_parameters
 
 ENCODER_CONFIGS = {
     "hcnn": {"enc0_network": "hcnn"},

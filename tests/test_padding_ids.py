@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from o2v_batch import load_model
-from o2v_batch.token_ids import fast_ids, plain_ids
-from o2v_batch.tokens import TokenIds
+from o2v_batch.inputs.token_ids import fast_ids, plain_ids
+from o2v_batch.model.tokens import TokenIds
 
 V = TINY["enc0_vocab_size"]
 # Each row's ids without zeros, and where the zeros go.

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from test_columnar import Row, encode
 
-from o2v_batch import parquet
-from o2v_batch.parquet import field_type, row_group_rows
-from o2v_batch.responses import PARQUET, codec_for
+from o2v_batch.outputs import parquet
+from o2v_batch.outputs.parquet import field_type, row_group_rows
+from o2v_batch.outputs.responses import PARQUET, codec_for
 
 ACCEPT = f"{PARQUET}; embeddings=4; scores=3; dtype=float32"
 

@@ -16,7 +16,7 @@ import torch
 from helpers import make_model, random_records, write_jsonl
 
 from o2v_batch import load_model
-from o2v_batch.devices import set_float32_math
+from o2v_batch.model.devices import set_float32_math
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from conftest import REPO
 from helpers import random_records, write_json, write_jsonl
 
 from o2v_batch.engines.ray import MISSING_RAY
-from o2v_batch.jsonpath import compile_filter
+from o2v_batch.inputs.jsonpath import compile_filter
 
 README = (REPO / "README.md").read_text()
 # The README's prose with its line breaks undone, to find a sentence in it.

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from o2v_batch.errors import InputError
-from o2v_batch.report import (
+from o2v_batch.reporting.report import (
     Faults,
     JobSummary,
     Progress,

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from o2v_batch.formats import JSON, JSONLINES
-from o2v_batch.responses import (
+from o2v_batch.inputs.formats import JSON, JSONLINES
+from o2v_batch.outputs.responses import (
     ACCEPT_TYPES,
     ENCODE_CHUNK,
     NPY,

@@ -22,7 +22,7 @@ from o2v_batch.execution import segments
 from o2v_batch.execution.pool import Recovery
 from o2v_batch.execution.protocol import Release
 from o2v_batch.execution.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
-from o2v_batch.formats import Lines
+from o2v_batch.inputs.formats import Lines
 from o2v_batch.io import local
 
 pytestmark = pytest.mark.skipif(not segments.SUPPORTED, reason="no memory files here")

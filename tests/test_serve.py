@@ -24,7 +24,7 @@ from processes import alive
 
 from o2v_batch.config import TransformConfig
 from o2v_batch.execution import segments
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 # Servers and worker processes, and transform jobs to compare with.
 pytestmark = pytest.mark.slow

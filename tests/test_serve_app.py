@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from o2v_batch.cli import main
 from o2v_batch.config import ServeConfig
 from o2v_batch.execution.protocol import BatchResult
-from o2v_batch.metrics import ServeMetrics
+from o2v_batch.reporting.metrics import ServeMetrics
 from o2v_batch.serve import app, server
 from o2v_batch.serve.dispatcher import Outcome
 

@@ -9,8 +9,8 @@ import pytest
 
 from o2v_batch.errors import RequestError, RequestFormatError
 from o2v_batch.execution.protocol import BatchResult
-from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.responses import codec_for
+from o2v_batch.inputs.jsonstream import iter_json_instances
+from o2v_batch.outputs.responses import codec_for
 from o2v_batch.serve.invocations import (
     bad_record,
     invocation,

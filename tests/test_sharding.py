@@ -11,8 +11,8 @@ from helpers import make_model, random_records, write_jsonl
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import ConfigError
 from o2v_batch.io import Shard
-from o2v_batch.job import transform
-from o2v_batch.sharding import assign, shard_index_from, summary_name
+from o2v_batch.jobs.nodes import assign, shard_index_from, summary_name
+from o2v_batch.jobs.transform import transform
 
 
 def _shards(sizes: list[int]) -> list[Shard]:

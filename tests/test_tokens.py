@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from tiny_models import tiny
 
 from o2v_batch.errors import BadRecordError
-from o2v_batch.token_ids import check_ids, check_sequence, fast_ids, plain_ids
-from o2v_batch.tokens import (
+from o2v_batch.inputs.token_ids import check_ids, check_sequence, fast_ids, plain_ids
+from o2v_batch.model.tokens import (
     MAX_ROWS,
     MIN_BATCH_SHARE,
     PADDING_SHARE,

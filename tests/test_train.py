@@ -20,8 +20,8 @@ from training import (
 
 from o2v_batch.api import load_model
 from o2v_batch.errors import HyperparameterError
-from o2v_batch.model import Object2Vec
-from o2v_batch.train import EarlyStopping, train
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.training.train import EarlyStopping, train
 
 # ---- convergence -----------------------------------------------------------
 
@@ -210,7 +210,7 @@ def test_negative_sampling_in_training_adds_negatives(
 
 
 def test_negative_sampling_is_refused_for_regression() -> None:
-    from o2v_batch.train import check_training_hyperparameters
+    from o2v_batch.training.train import check_training_hyperparameters
 
     with pytest.raises(HyperparameterError) as error:
         check_training_hyperparameters(

@@ -11,7 +11,7 @@ import torch
 from training import hyperparameters, quiet, topic_pairs, weights, write_jsonl
 
 from o2v_batch.errors import HyperparameterError, TrainingDataError
-from o2v_batch.train import train
+from o2v_batch.training.train import train
 
 VECTORS = {
     "apple": [0.5, -1.25, 2.0, 0.0],

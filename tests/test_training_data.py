@@ -13,8 +13,8 @@ import pytest
 from helpers import write_jsonl
 
 from o2v_batch.errors import TrainingDataError
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.training_data import Pair, epoch_batches, negative_pairs, read_pairs
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.training.data import Pair, epoch_batches, negative_pairs, read_pairs
 
 # Ids 0..95 and at most 12 tokens per sequence: the numbers the messages below quote.
 DATA = {"enc0_vocab_size": 96, "enc0_max_seq_len": 12}

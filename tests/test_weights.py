@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from tiny_models import build, tiny
 
-from o2v_batch.model import count_parameters
-from o2v_batch.weights import TIED_TENSOR, expected_shapes, mismatches, parameter_count
+from o2v_batch.model.network import count_parameters
+from o2v_batch.model.weights import TIED_TENSOR, expected_shapes, mismatches, parameter_count
 
 NETWORKS = {
     "hcnn": {},

@@ -19,7 +19,7 @@ from helpers import make_model, random_records
 from test_engine_local import alive, cpu_ticks, finished, wait_until, worker_pids
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.job import transform
+from o2v_batch.jobs.transform import transform
 
 SHARDS, RECORDS = 3, 400
 # Bad in shards a and b; c is all good, so that it is written under --on-bad-record fail.
@@ -133,7 +133,7 @@ def test_a_pipelined_worker_killed_mid_job_loses_nothing(big_job, tmp_path):
     out = tmp_path / "out"
     config = {"input": str(big_job / "in"), "output": str(out), "model": str(big_job / "model")}
     job = (
-        "from o2v_batch.config import TransformConfig; from o2v_batch.job import transform; "
+        "from o2v_batch.config import TransformConfig; from o2v_batch.jobs.transform import transform; "
         f"transform(TransformConfig(**{config!r}, pipelined=True, **{BIG_OPTIONS!r}))"
     )
     with open(tmp_path / "stderr", "w") as stderr:

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from test_columnar import Row, encode
 
-from o2v_batch.formats import JSON, JSONLINES
-from o2v_batch.responses import codec_for
-from o2v_batch.writer import ShardOutput
+from o2v_batch.engines.writer import ShardOutput
+from o2v_batch.inputs.formats import JSON, JSONLINES
+from o2v_batch.outputs.responses import codec_for
 
 
 def files_in(folder: Path) -> list[str]:

@@ -12,11 +12,11 @@ import pytest
 from helpers import make_model, write_jsonl
 
 from o2v_batch.config import TransformConfig
+from o2v_batch.engines.writer import Committed, Failed, WriterThread
 from o2v_batch.execution.pool import WorkerPool
-from o2v_batch.formats import JSONLINES
+from o2v_batch.inputs.formats import JSONLINES
 from o2v_batch.io.local import _LocalWriter
-from o2v_batch.job import transform
-from o2v_batch.writer import Committed, Failed, WriterThread
+from o2v_batch.jobs.transform import transform
 
 
 def writer_threads() -> list[threading.Thread]:

@@ -11,8 +11,8 @@ import torch
 
 from o2v_batch.api import load_model
 from o2v_batch.artifacts import save_model
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.model import Object2Vec
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.network import Object2Vec
 
 VOCAB = 50
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.model.hyperparameters import Hyperparameters
 
 TOPICS, WORDS = 4, 20  # topic t owns ids 1 + 20 t .. 20 + 20 t
 SMALL = {

@@ -69,8 +69,8 @@ def ceiling_rates(
     import torch
 
     from o2v_batch.artifacts import load_network
-    from o2v_batch.token_ids import check_ids
-    from o2v_batch.tokens import MAX_ROWS, device_kind, token_budget
+    from o2v_batch.inputs.token_ids import check_ids
+    from o2v_batch.model.tokens import MAX_ROWS, device_kind, token_budget
 
     torch.set_num_threads(threads)
     kind = device_kind(device)

@@ -21,7 +21,7 @@ from o2v_batch.artifacts.files import (
     read_hyperparameters,
 )
 from o2v_batch.errors import ModelFormatError, O2VError, UnsafeArchiveError
-from o2v_batch.weights import expected_shapes
+from o2v_batch.model.weights import expected_shapes
 
 # Extraction caps. A model archive needs two members, and the weights' size follows from
 # the hyperparameters: float32 numbers plus the safetensors header (names, shapes, offsets).

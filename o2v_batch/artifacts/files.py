@@ -10,7 +10,7 @@ from pathlib import Path
 
 from o2v_batch import io
 from o2v_batch.errors import DiskFullError, HyperparameterError, ModelFormatError
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.model.hyperparameters import Hyperparameters
 
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 WEIGHTS_FILE = "model.safetensors"

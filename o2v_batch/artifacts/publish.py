@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from o2v_batch.artifacts.tensors import save_model
 from o2v_batch.errors import InputError, OutputExistsError
-from o2v_batch.hyperparameters import Hyperparameters
 from o2v_batch.io import list_shards, open_write, size, transport_for
+from o2v_batch.model.hyperparameters import Hyperparameters
 
 if TYPE_CHECKING:
-    from o2v_batch.model import Object2Vec
+    from o2v_batch.model.network import Object2Vec
 
 
 def check_output(output: str) -> None:

@@ -22,13 +22,13 @@ from o2v_batch.artifacts.files import (
     read_hyperparameters,
 )
 from o2v_batch.errors import ModelFormatError, O2VError
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.weights import TIED_TENSOR, Shapes, expected_shapes, mismatches
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.weights import TIED_TENSOR, Shapes, expected_shapes, mismatches
 
 if TYPE_CHECKING:
     import torch
 
-    from o2v_batch.model import Object2Vec
+    from o2v_batch.model.network import Object2Vec
 
 _T = TypeVar("_T")
 # Tensors are searched for NaN and infinity this many bytes of rows at a time.
@@ -181,8 +181,8 @@ def load_network(
     """
     import torch
 
-    from o2v_batch.devices import set_float32_math
-    from o2v_batch.model import Object2Vec
+    from o2v_batch.model.devices import set_float32_math
+    from o2v_batch.model.network import Object2Vec
 
     hp = _check_header(folder, encoders_only)
     with torch.device(_build_device(hp)):

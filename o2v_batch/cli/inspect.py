@@ -1,4 +1,4 @@
-"""The `inspect` command: what a model is, as text or JSON (o2v_batch.description)."""
+"""The `inspect` command: what a model is, as text or JSON (o2v_batch.artifacts.description)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from o2v_batch.description import describe_model
+from o2v_batch.artifacts.description import describe_model
 from o2v_batch.errors import O2VError
 
 

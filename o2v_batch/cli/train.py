@@ -9,7 +9,7 @@ import click
 
 from o2v_batch.cli.options import progress_option
 from o2v_batch.errors import HyperparameterError, O2VError, OutputExistsError
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.model.hyperparameters import Hyperparameters
 
 
 def _parse_hp(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> dict[str, str]:
@@ -24,7 +24,7 @@ def _parse_hp(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 
 
 def _parse_device(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
-    from o2v_batch.devices import parse_device
+    from o2v_batch.model.devices import parse_device
 
     try:
         return parse_device(value)
@@ -120,7 +120,7 @@ def train_command(
             --hp epochs=5 --output model/
     """
     from o2v_batch.artifacts import check_output
-    from o2v_batch.train import train
+    from o2v_batch.training.train import train
 
     values = {**_read_hyperparameters_file(hp_file), **hp_items}
     try:

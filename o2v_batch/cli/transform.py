@@ -19,7 +19,6 @@ from o2v_batch.cli.options import (
     retry_options,
     worker_options,
 )
-from o2v_batch.codec import EMBEDDING_DTYPES
 from o2v_batch.config import (
     BAD_RECORD_POLICIES,
     CONTENT_TYPES,
@@ -30,8 +29,9 @@ from o2v_batch.config import (
     TransformConfig,
 )
 from o2v_batch.errors import ConfigError, O2VError, OutputExistsError
-from o2v_batch.responses import ACCEPT_TYPES
-from o2v_batch.sharding import INDEX_VARIABLES, shard_index_from
+from o2v_batch.jobs.nodes import INDEX_VARIABLES, shard_index_from
+from o2v_batch.outputs.codec import EMBEDDING_DTYPES
+from o2v_batch.outputs.responses import ACCEPT_TYPES
 
 
 class _Signalled(BaseException):
@@ -213,14 +213,14 @@ def transform_command(input_uri: str, output_uri: str, model: str, **options) ->
 
 
 def _run(config: TransformConfig) -> int:
-    from o2v_batch.job import transform as run_transform
+    from o2v_batch.jobs.transform import transform as run_transform
 
     return 1 if run_transform(config).shards_failed else 0
 
 
 def _dry_run(config: TransformConfig) -> int:
     """The job's plan on stdout, the bad records found on stderr; the job's exit status."""
-    from o2v_batch.dry_run import dry_run
+    from o2v_batch.jobs.dry_run import dry_run
 
     result = dry_run(config)
     for message in result.messages():

@@ -11,9 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from o2v_batch import io
-from o2v_batch.batching import MiniBatch
 from o2v_batch.config import TransformConfig
-from o2v_batch.devices import parse_devices
 from o2v_batch.engines.shard import (
     Meter,
     ShardTask,
@@ -24,14 +22,16 @@ from o2v_batch.engines.shard import (
     serving_options,
     total_bytes,
 )
+from o2v_batch.engines.writer import Committed, WriterThread
 from o2v_batch.errors import ShardFailed
+from o2v_batch.execution.main_module import check_main_module
 from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
 from o2v_batch.execution.protocol import Done, WorkerSpec
 from o2v_batch.execution.worker import Spares, server_factory
-from o2v_batch.formats import Oversize, where
-from o2v_batch.main_module import check_main_module
-from o2v_batch.report import Faults, Progress, batch_failure, recovered, shard_failed
-from o2v_batch.writer import Committed, WriterThread
+from o2v_batch.inputs.batching import MiniBatch
+from o2v_batch.inputs.formats import Oversize, where
+from o2v_batch.model.devices import parse_devices
+from o2v_batch.reporting.report import Faults, Progress, batch_failure, recovered, shard_failed
 
 
 @dataclass(frozen=True, slots=True)

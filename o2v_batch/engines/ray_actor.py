@@ -9,7 +9,6 @@ import time
 
 from o2v_batch import io
 from o2v_batch.artifacts import resolve_model
-from o2v_batch.batching import MiniBatch
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import (
     ShardTask,
@@ -18,12 +17,13 @@ from o2v_batch.engines.shard import (
     served,
     serving_options,
 )
+from o2v_batch.engines.writer import Committed, WriterThread
 from o2v_batch.errors import ShardFailed, WorkerError, describe
 from o2v_batch.execution.protocol import WorkerSpec
 from o2v_batch.execution.worker import server_factory, start_server
-from o2v_batch.formats import Oversize
-from o2v_batch.report import ShardReport, batch_failure
-from o2v_batch.writer import Committed, WriterThread
+from o2v_batch.inputs.batching import MiniBatch
+from o2v_batch.inputs.formats import Oversize
+from o2v_batch.reporting.report import ShardReport, batch_failure
 
 
 class ShardWorker:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from o2v_batch import io
-from o2v_batch.batching import MiniBatch, pack, payload_bytes, split
 from o2v_batch.config import TransformConfig
 from o2v_batch.errors import JsonlinesAsJsonError, ShardFailed
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
-from o2v_batch.formats import (
+from o2v_batch.inputs.batching import MiniBatch, pack, payload_bytes, split
+from o2v_batch.inputs.formats import (
     JSON,
     JSONLINES,
     MAX_RECORD_BYTES,
@@ -23,12 +23,12 @@ from o2v_batch.formats import (
     content_type_for,
     iter_jsonlines,
 )
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.inputs.jsonstream import iter_json_instances
 from o2v_batch.io.compression import decompressed
-from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.report import ShardReport, oversize_problem, read_failure, record_failure
-from o2v_batch.responses import codec_for, error_fragment, output_type
-from o2v_batch.weights import ForwardWork, forward_work
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.weights import ForwardWork, forward_work
+from o2v_batch.outputs.responses import codec_for, error_fragment, output_type
+from o2v_batch.reporting.report import ShardReport, oversize_problem, read_failure, record_failure
 
 
 @dataclass(frozen=True)

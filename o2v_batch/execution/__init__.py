@@ -12,9 +12,12 @@ A worker process's side:
 - `inference`: one mini-batch in, encoded responses out (records, tokens, the
   forward pass, responses); imports torch;
 - `device_loop`: the forward passes on one device, from reused staging buffers;
-  imports torch.
+  imports torch;
+- `records`: a mini-batch's records parsed and checked (numpy only, so that
+  --dry-run checks records in the parent with the same code);
+- `main_module`: refuses a job started where spawned workers cannot re-import the
+  caller (no `__main__` guard, stdin).
 
-It may import the modules below it (formats, jsonpath, records, tokens, responses,
-columnar, artifacts, model, devices, io, errors), never the CLI, the job or the
-engines.
+It may import the packages below it (inputs, outputs, artifacts, model, io, errors),
+never config, the engines, the jobs, serve or the command line.
 """

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from o2v_batch.model import Object2Vec
-from o2v_batch.tokens import TokenIds, device_batch_shape, device_kind
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.model.tokens import TokenIds, device_batch_shape, device_kind
 
 # Padded lengths on a GPU: multiples of SHORT_STEP up to SHORT_LIMIT, then each about 1/8
 # above the last (rounded up to a multiple of SHORT_STEP), then max_seq_len: 16 lengths for

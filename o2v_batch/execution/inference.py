@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from o2v_batch.artifacts import load_network
-from o2v_batch.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
-from o2v_batch.jsonpath import join_input, json_type
-from o2v_batch.records import PAIR, Failed, ParsedRecords, RecordRules, filter_or_none
-from o2v_batch.responses import Codec, TextCodec, codec_for, error_object, position_key
+from o2v_batch.execution.records import PAIR, Failed, ParsedRecords, RecordRules, filter_or_none
+from o2v_batch.inputs.jsonpath import join_input, json_type
+from o2v_batch.outputs.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
+from o2v_batch.outputs.responses import Codec, TextCodec, codec_for, error_object, position_key
 
 
 class Server:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from o2v_batch.devices import GPU_WORKERS_PER_DEVICE
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution import segments
 from o2v_batch.execution.protocol import (
@@ -43,7 +42,8 @@ from o2v_batch.execution.worker import (
     start_process,
 )
 from o2v_batch.execution.worker_loop import PIPELINE_DEPTH
-from o2v_batch.formats import Lines
+from o2v_batch.inputs.formats import Lines
+from o2v_batch.model.devices import GPU_WORKERS_PER_DEVICE
 
 # One single-threaded worker per core, up to this many (then more torch threads each):
 # each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
 from o2v_batch.execution.protocol import Placed, Release, SharedLines, WriteAt, Wrote
-from o2v_batch.formats import Lines
+from o2v_batch.inputs.formats import Lines
 from o2v_batch.io.local import write_at
 
 # Responses smaller than this go through the pipe: a descriptor would save little.

@@ -20,7 +20,6 @@ from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any
 
-from o2v_batch.devices import worker_device
 from o2v_batch.errors import describe
 from o2v_batch.execution import segments, worker_loop
 from o2v_batch.execution.protocol import (
@@ -32,6 +31,7 @@ from o2v_batch.execution.protocol import (
     WorkerSpec,
     WriteAt,
 )
+from o2v_batch.model.devices import worker_device
 
 # How long the interpreter of a worker that could not start may take to show why.
 PROBE_TIMEOUT_S = 30.0

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 
 from o2v_batch.io.base import described, one_line, redacted, shown
-from o2v_batch.io.s3_client import split_s3
 
 BOTOCORE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 # smart_open wraps botocore errors in OSError or ValueError.
@@ -87,7 +86,8 @@ def _describe_client_error(exc: botocore.exceptions.ClientError, uri: str) -> st
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "NoSuchBucket":
-        return f"{uri}: bucket {split_s3(uri)[0]} does not exist (404)"
+        bucket = uri.removeprefix("s3://").partition("/")[0]  # a URI the client took
+        return f"{uri}: bucket {bucket} does not exist (404)"
     if status == 404 or code in ("NoSuchKey", "NotFound", "404"):
         return f"{uri}: not found (404)"
     if status == 403 or code == "AccessDenied":

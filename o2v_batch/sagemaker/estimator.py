@@ -1,5 +1,5 @@
 """An Estimator shaped like the SDK's, for Object2Vec: `fit` trains on this machine
-with `o2v_batch.train.train`, the very call behind `o2v-batch train`."""
+with `o2v_batch.training.train.train`, the very call behind `o2v-batch train`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from o2v_batch import io
-from o2v_batch.devices import parse_device
 from o2v_batch.errors import ConfigError, O2VError
-from o2v_batch.hyperparameters import Hyperparameters
+from o2v_batch.model.devices import parse_device
+from o2v_batch.model.hyperparameters import Hyperparameters
 from o2v_batch.sagemaker.jobs import (
     LocalJob,
     devices_for,
@@ -131,7 +131,7 @@ class Estimator:
         a jsonlines file, or a folder or s3:// prefix holding one. A line per epoch is
         printed when `logs` is true."""
         from o2v_batch.artifacts import check_output
-        from o2v_batch.train import train  # torch, only when training
+        from o2v_batch.training.train import train  # torch, only when training
 
         ignore(Estimator.fit, FIT_AWS_ONLY, **kwargs)
         channels = _channels(inputs)

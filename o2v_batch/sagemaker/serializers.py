@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from o2v_batch.formats import JSON, JSONLINES
+from o2v_batch.inputs.formats import JSON, JSONLINES
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY  # numpy arrays and numbers become JSON lists and numbers
 

@@ -1,14 +1,14 @@
 """A Transformer shaped like the SDK's: its arguments mapped onto a TransformConfig and
-run by `o2v_batch.job.transform`, the very call behind `o2v-batch transform`."""
+run by `o2v_batch.jobs.transform.transform`, the very call behind `o2v-batch transform`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from o2v_batch import job
 from o2v_batch.config import TransformConfig, preferred_mode
 from o2v_batch.errors import ConfigError, JobFailedError
-from o2v_batch.report import JobSummary, stderr_line
+from o2v_batch.jobs import transform as job
+from o2v_batch.reporting.report import JobSummary, stderr_line
 from o2v_batch.sagemaker.jobs import (
     LocalJob,
     devices_for,

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 from o2v_batch.errors import BadRecordError, RequestError
 from o2v_batch.execution.protocol import BatchResult
-from o2v_batch.formats import JSON, JSONLINES, at_record, bare_type, iter_jsonlines, media_type
-from o2v_batch.jsonstream import iter_json_instances
-from o2v_batch.responses import codec_for
+from o2v_batch.inputs.formats import (
+    JSON,
+    JSONLINES,
+    at_record,
+    bare_type,
+    iter_jsonlines,
+    media_type,
+)
+from o2v_batch.inputs.jsonstream import iter_json_instances
+from o2v_batch.outputs.responses import codec_for
 
 SEQLENS_PARAMETER = "infer_max_seqlens"
 MAX_SEQLEN = 5000  # the hosted algorithm's range for infer_max_seqlens

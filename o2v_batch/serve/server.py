@@ -17,13 +17,13 @@ from typing import Any
 
 from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import ServeConfig
-from o2v_batch.devices import parse_devices
 from o2v_batch.errors import O2VError, WorkerError, require_extra
 from o2v_batch.execution.pool import plan_workers
 from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
 from o2v_batch.execution.worker import server_factory
-from o2v_batch.metrics import ServeMetrics
-from o2v_batch.report import stderr_line
+from o2v_batch.model.devices import parse_devices
+from o2v_batch.reporting.metrics import ServeMetrics
+from o2v_batch.reporting.report import stderr_line
 from o2v_batch.serve.app import ROUTES, App
 from o2v_batch.serve.dispatcher import Dispatcher
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from o2v_batch.errors import O2VError
-from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
+from o2v_batch.model.hyperparameters import EncoderConfig, Hyperparameters
 
 
 class PooledEmbedding(nn.Module):

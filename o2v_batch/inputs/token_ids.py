@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from o2v_batch.errors import BadRecordError
-from o2v_batch.formats import Lines
-from o2v_batch.jsonpath import json_type
-from o2v_batch.tokens import TokenIds
+from o2v_batch.inputs.formats import Lines
+from o2v_batch.inputs.jsonpath import json_type
+from o2v_batch.model.tokens import TokenIds
 
 SHOWN_CHARS = 40  # of a bad token id quoted in a message
 

@@ -25,8 +25,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from o2v_batch.codec import PARQUET, Framer
-from o2v_batch.columnar import (
+from o2v_batch.outputs.codec import PARQUET, Framer
+from o2v_batch.outputs.columnar import (
     EMBEDDING,
     ERROR,
     SCORES,

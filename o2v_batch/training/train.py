@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from o2v_batch.artifacts import write_model
 from o2v_batch.errors import HyperparameterError
-from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
-from o2v_batch.model import Object2Vec
-from o2v_batch.token_ids import check_ids
-from o2v_batch.training_data import (
+from o2v_batch.inputs.token_ids import check_ids
+from o2v_batch.model.hyperparameters import EncoderConfig, Hyperparameters
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.training.data import (
     Pair,
     epoch_batches,
     load_pretrained_embeddings,

@@ -18,11 +18,11 @@ import orjson
 import torch
 
 from o2v_batch.errors import BadRecordError, InputError, TrainingDataError
-from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
+from o2v_batch.inputs.token_ids import check_sequence
 from o2v_batch.io import open_read
-from o2v_batch.model import Object2Vec
-from o2v_batch.token_ids import check_sequence
-from o2v_batch.tokens import truncate_sequence
+from o2v_batch.model.hyperparameters import EncoderConfig, Hyperparameters
+from o2v_batch.model.network import Object2Vec
+from o2v_batch.model.tokens import truncate_sequence
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, replace
 import orjson
 
 from o2v_batch import io
-from o2v_batch.batching import pack
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import (
     ShardTask,
@@ -23,12 +22,13 @@ from o2v_batch.engines.shard import (
     serving_options,
 )
 from o2v_batch.errors import ShardFailed
-from o2v_batch.formats import Oversize, Record
+from o2v_batch.execution.records import RecordRules, bad_records
+from o2v_batch.inputs.batching import pack
+from o2v_batch.inputs.formats import Oversize, Record
 from o2v_batch.io.compression import is_compressed
-from o2v_batch.job import checked_engine, checked_model, plan
-from o2v_batch.records import RecordRules, bad_records
-from o2v_batch.report import ShardReport, oversize_problem, record_failure
-from o2v_batch.responses import position_key
+from o2v_batch.jobs.transform import checked_engine, checked_model, plan
+from o2v_batch.outputs.responses import position_key
+from o2v_batch.reporting.report import ShardReport, oversize_problem, record_failure
 
 # Records read and checked at the start of each shard: enough to catch a shard in the
 # wrong format or for another model at once, few enough to preview thousands of shards.

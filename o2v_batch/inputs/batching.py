@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from o2v_batch.formats import Block, Lines, Oversize, Record
+from o2v_batch.inputs.formats import Block, Lines, Oversize, Record
 
 KB = 2**10
 MB = 2**20

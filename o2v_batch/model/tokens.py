@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from o2v_batch.hyperparameters import Hyperparameters
+    from o2v_batch.model.hyperparameters import Hyperparameters
 
 # Device batches are cut by a token budget (rows x padded length), so one long
 # record never forces a huge padded tensor, and sorted by length to cut padding.

@@ -24,7 +24,7 @@ from prometheus_client import (
 
 from o2v_batch import io
 from o2v_batch.errors import ConfigError, O2VError
-from o2v_batch.report import JobSummary
+from o2v_batch.reporting.report import JobSummary
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 # The label of every path that is not a route: the raw path would let clients make

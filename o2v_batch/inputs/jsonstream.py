@@ -11,9 +11,9 @@ from typing import BinaryIO, NoReturn
 
 import orjson
 
-from o2v_batch import formats  # formats.MAX_RECORD_BYTES read at call time: tests lower it
 from o2v_batch.errors import JsonlinesAsJsonError, RequestFormatError
-from o2v_batch.formats import READ_CHUNK, Oversize, Record, strip_bom
+from o2v_batch.inputs import formats  # formats.MAX_RECORD_BYTES read at call time: tests lower it
+from o2v_batch.inputs.formats import READ_CHUNK, Oversize, Record, strip_bom
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
 # A whole string (group 1 is None when it runs past the chunk) or a bracket.

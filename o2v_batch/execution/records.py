@@ -15,10 +15,10 @@ import orjson
 
 from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.jsonpath import compile_filter, json_type
-from o2v_batch.token_ids import check_sequence, fast_ids, plain_ids
-from o2v_batch.tokens import TokenIds
+from o2v_batch.inputs.jsonpath import compile_filter, json_type
+from o2v_batch.inputs.token_ids import check_sequence, fast_ids, plain_ids
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.tokens import TokenIds
 
 INPUT_NAMES = ("in0", "in1")
 PAIR = 2  # record kinds: 0 = in0 only, 1 = in1 only, 2 = both

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from o2v_batch.batching import KB, MB
 from o2v_batch.errors import O2VError
-from o2v_batch.formats import at_record, where
+from o2v_batch.inputs.batching import KB, MB
+from o2v_batch.inputs.formats import at_record, where
 from o2v_batch.io import describe_error, one_line, shown
 
 

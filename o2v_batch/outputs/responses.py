@@ -4,8 +4,8 @@ In a worker, a codec encodes one mini-batch's responses (predictions, error
 objects, or what --join-source and --output-filter made of them) into one
 fragment. In the parent, it frames an output shard's fragments, in input
 order, into the shard's atomic writer. JSON text lives here; the columnar
-formats for vector stores in o2v_batch/columnar.py (.npy, and the rows both
-share) and o2v_batch/parquet.py; their common base classes in o2v_batch/codec.py.
+formats for vector stores in o2v_batch/outputs/columnar.py (.npy, and the rows both
+share) and o2v_batch/outputs/parquet.py; their common base classes in o2v_batch/outputs/codec.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from o2v_batch.codec import (
+from o2v_batch.inputs.formats import JSON, JSONLINES, bare_type, media_type
+from o2v_batch.outputs.codec import (
     COLUMNAR_TYPES,
     NPY,
     PARQUET,
@@ -25,13 +26,12 @@ from o2v_batch.codec import (
     Codec,
     Framer,
 )
-from o2v_batch.formats import JSON, JSONLINES, bare_type, media_type
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from o2v_batch.hyperparameters import Hyperparameters
     from o2v_batch.io import AtomicWriter
+    from o2v_batch.model.hyperparameters import Hyperparameters
 
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -167,11 +167,11 @@ def codec_for(accept: str) -> Codec:
     if codec is not None:
         return codec
     if bare == NPY:
-        from o2v_batch import columnar  # numpy: only a columnar job's
+        from o2v_batch.outputs import columnar  # numpy: only a columnar job's
 
         return columnar.codec_for(accept)
     if bare in (PARQUET, PARQUET_ALIAS):
-        from o2v_batch import parquet  # pyarrow: only a Parquet job's
+        from o2v_batch.outputs import parquet  # pyarrow: only a Parquet job's
 
         return parquet.codec_for(accept)
     raise ValueError(

@@ -5,8 +5,8 @@ the model's files without torch (the weights file is checked, not loaded)."""
 from __future__ import annotations
 
 from o2v_batch.artifacts import check_model, resolve_model
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.weights import parameter_count
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.weights import parameter_count
 
 # What each encoder's description holds: its EncoderConfig's fields of these names.
 ENCODER_FIELDS = (

@@ -3,7 +3,7 @@
 A worker encodes a mini-batch as one binary fragment: a small JSON head (the errors'
 messages, the joined input fields) followed by raw little-endian arrays (positions,
 row kinds, embeddings, scores), so the parent parses no JSON number. The parent's
-framer turns fragments into Parquet row groups (o2v_batch/parquet.py) or `.npy` rows.
+framer turns fragments into Parquet row groups (o2v_batch/outputs/parquet.py) or `.npy` rows.
 
 The accept type's parameters lay a shard out (responses.output_type adds them in the
 parent, from the model's hyperparameters): the workers and the writer read the same widths
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 import numpy as np
 import orjson
 
-from o2v_batch.codec import NPY, PARQUET, Codec, Framer
-from o2v_batch.formats import bare_type
+from o2v_batch.inputs.formats import bare_type
+from o2v_batch.outputs.codec import NPY, PARQUET, Codec, Framer
 
 if TYPE_CHECKING:
     from o2v_batch.io import AtomicWriter

@@ -24,9 +24,10 @@ from o2v_batch.errors import (
     StdoutClosed,
     UnsafePathError,
 )
-from o2v_batch.hyperparameters import Hyperparameters
-from o2v_batch.metrics import check_textfile, job_metrics
-from o2v_batch.report import (
+from o2v_batch.jobs.nodes import assign, summary_name
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.reporting.metrics import check_textfile, job_metrics
+from o2v_batch.reporting.report import (
     Faults,
     JobSummary,
     ShardReport,
@@ -34,7 +35,6 @@ from o2v_batch.report import (
     shard_failed,
     stderr_line,
 )
-from o2v_batch.sharding import assign, summary_name
 
 
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
-from o2v_batch.hyperparameters import EncoderConfig, Hyperparameters
+from o2v_batch.model.hyperparameters import EncoderConfig, Hyperparameters
 
 Shapes = dict[str, tuple[int, ...]]
 # With tied_token_embedding_weight enc1 shares enc0's embedding; the file holds it once.

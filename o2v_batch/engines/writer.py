@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from o2v_batch.errors import O2VError
 from o2v_batch.execution.segments import SharedPayload
 from o2v_batch.io import AtomicWriter, describe_error, open_write, shown
-from o2v_batch.responses import Framer, TextCodec, codec_for
+from o2v_batch.outputs.responses import Framer, TextCodec, codec_for
 
 
 class ShardOutput:
