@@ -116,3 +116,33 @@ def test_serve_names_the_cause_and_exits_1(tmp_path, interpreter):
     assert done.stderr.splitlines()[-1] == (
         f"Error: worker 0 could not start: {expected_cause(interpreter)}"
     )
+
+
+STOPPED_WHILE_LAUNCHING = """
+import multiprocessing, os, signal, sys
+from o2v_batch.execution import worker
+
+seen = []
+signal.signal(signal.SIGTERM, lambda number, frame: seen.append("TERM"))
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job a script starts with &
+with worker._stop_signals_held():
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # the handler would have run by now, were it not held
+        pass
+    held = list(seen)
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+for _ in range(1000):
+    pass
+print(held, ignored, seen)
+"""
+
+
+def test_a_stop_signal_waits_until_a_worker_is_launched() -> None:
+    # Stopped while a worker is launched, a job would leave it without its start-up
+    # data (an EOFError traceback on stderr): the signal is handled once it is launched,
+    # and one that the job ignores stays ignored for the worker to inherit.
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_LAUNCHING], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[] True ['TERM']\n", "")

@@ -16,6 +16,7 @@ import queue
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from typing import Any
@@ -138,9 +139,34 @@ def start_process(ctx: Any, factory: str) -> tuple[mp.Process, Connection]:
     process = ctx.Process(
         target=_worker_main, args=(child, factory), daemon=True, name="o2v-worker"
     )
-    process.start()
+    with _stop_signals_held():
+        process.start()
     child.close()
     return process, parent
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block ends (in the main thread, where their
+    handlers run): a job stopped while a worker is being launched would otherwise
+    leave it without its start-up data, and it would print an EOFError traceback. A
+    signal ignored stays ignored, so that the worker inherits that too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:  # now to the handlers the job set
+            os.kill(os.getpid(), signum)
 
 
 class Spares:
