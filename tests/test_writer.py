@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_columnar import Row, encode
 
-from o2v_batch.engines.writer import ShardOutput
+from o2v_batch.engines.shard_output import ShardOutput
 from o2v_batch.inputs.formats import JSON, JSONLINES
 from o2v_batch.outputs.responses import codec_for
 

@@ -1,8 +1,9 @@
 """Transform engines: `local` (worker processes on this machine) and `ray` (actors on
 a Ray cluster). Each exposes `check(config)` and `run(config, shards, log) -> worker
-restarts`; both serve shards through `engines.shard` and write them through
-`engines.writer` (a shard's parts reordered and framed into its atomic output), and
-neither imports the other.
+restarts` (`local` reads shards on a thread of `engines.reader`); both serve shards
+through `engines.shard` and write them through `engines.writer` (a writer thread)
+into `engines.shard_output` (a shard's parts reordered and framed into its atomic
+output), and neither imports the other.
 
 May import config, reporting, the execution layer and what is below it; never the
 jobs, serve or the command line."""
