@@ -8,7 +8,8 @@ from typing import Any
 from o2v_batch.config import TransformConfig, preferred_mode
 from o2v_batch.errors import ConfigError, JobFailedError
 from o2v_batch.jobs import transform as job
-from o2v_batch.reporting.report import JobSummary, stderr_line
+from o2v_batch.reporting.progress import stderr_line
+from o2v_batch.reporting.report import JobSummary
 from o2v_batch.sagemaker.jobs import (
     LocalJob,
     devices_for,
