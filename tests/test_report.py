@@ -9,11 +9,7 @@ import time
 import pytest
 
 from o2v_batch.errors import InputError
-from o2v_batch.reporting.report import (
-    Faults,
-    JobSummary,
-    Progress,
-    ShardReport,
+from o2v_batch.reporting.messages import (
     count,
     oversize_problem,
     plural,
@@ -22,8 +18,9 @@ from o2v_batch.reporting.report import (
     record_failure,
     recovered,
     size,
-    stderr_line,
 )
+from o2v_batch.reporting.progress import Progress, stderr_line
+from o2v_batch.reporting.report import Faults, JobSummary, ShardReport
 
 
 def _reports() -> list[ShardReport]:

@@ -21,7 +21,9 @@ from o2v_batch.execution.worker import Spares, server_factory
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize, where
 from o2v_batch.model.devices import parse_devices
-from o2v_batch.reporting.report import Faults, Progress, batch_failure, recovered, shard_failed
+from o2v_batch.reporting.messages import batch_failure, recovered, shard_failed
+from o2v_batch.reporting.progress import Progress
+from o2v_batch.reporting.report import Faults
 
 
 def check(config: TransformConfig) -> None:

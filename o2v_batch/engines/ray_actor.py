@@ -23,7 +23,8 @@ from o2v_batch.execution.protocol import WorkerSpec
 from o2v_batch.execution.worker import server_factory, start_server
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize
-from o2v_batch.reporting.report import ShardReport, batch_failure
+from o2v_batch.reporting.messages import batch_failure
+from o2v_batch.reporting.report import ShardReport
 
 
 class ShardWorker:

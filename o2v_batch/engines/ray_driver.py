@@ -14,14 +14,9 @@ from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, total_bytes
 from o2v_batch.errors import ConfigError, WorkerError, describe
 from o2v_batch.model.devices import GPU_WORKERS_PER_DEVICE
-from o2v_batch.reporting.report import (
-    Faults,
-    Progress,
-    ShardReport,
-    batch_failure,
-    recovered,
-    shard_failed,
-)
+from o2v_batch.reporting.messages import batch_failure, recovered, shard_failed
+from o2v_batch.reporting.progress import Progress
+from o2v_batch.reporting.report import Faults, ShardReport
 
 # How often the driver looks at the actors while shards are running.
 POLL_S = 0.5

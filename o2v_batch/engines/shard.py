@@ -28,7 +28,8 @@ from o2v_batch.io.compression import decompressed
 from o2v_batch.model.hyperparameters import Hyperparameters
 from o2v_batch.model.weights import ForwardWork, forward_work
 from o2v_batch.outputs.responses import codec_for, error_fragment, output_type
-from o2v_batch.reporting.report import ShardReport, oversize_problem, read_failure, record_failure
+from o2v_batch.reporting.messages import oversize_problem, read_failure, record_failure
+from o2v_batch.reporting.report import ShardReport
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,8 @@ def iter_jsonlines(
     not counting its line ending, is skipped without being held and yields Oversize.
     With `blocks`, runs of plain lines come as Blocks instead of one Record per line.
     """
+    # One loop, its state in locals rather than passed to and from helpers: this is the
+    # parent's hot path, taken for every chunk of every jsonlines shard and request.
     limit = max_record_bytes or MAX_RECORD_BYTES
     lineno = 0  # lines completed so far
     pieces: list[bytes] = []  # the start of the current line, no newline seen yet

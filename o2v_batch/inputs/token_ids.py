@@ -106,8 +106,17 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
     colons and commas allowed), read straight from the bytes; None when any record is
     anything else, so the JSON parser takes the mini-batch and names the bad record.
     Gives exactly what parsing each record and fast_ids would."""
-    n, k = len(records), len(inputs)
-    keys = [b'"' + name.encode() + b'":[' for name, _ in inputs]
+    body = _plain_body(records, [name for name, _ in inputs])
+    if not body:
+        return None
+    return _read_ids(body, len(records), inputs)
+
+
+def _plain_body(records: Sequence[bytes], names: list[str]) -> bytes | None:
+    """The records' ids, each list's ending with "|" or "\\n" ("1,2|3\\n4,5|6"), when every
+    record is plain; None when one is not."""
+    n = len(records)
+    keys = [b'"' + name.encode() + b'":[' for name in names]
     blob = records.data if isinstance(records, Lines) else b"\n".join(records)
     if b" " in blob:
         blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
@@ -124,12 +133,15 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
         and blob.translate(None, _DIGITS_AND_COMMAS) == b"\n".join([skeleton + b"}"] * n)
     ):
         return None
-    # The ids, each list's ending with "|" or "\n": "1,2|3\n4,5|6"
     for seam in seams[1:]:
         blob = blob.replace(seam, b"|")
-    body = blob.replace(seams[0], b"").translate(None, b"]}")
-    if not body:
-        return None
+    return blob.replace(seams[0], b"").translate(None, b"]}")
+
+
+def _read_ids(body: bytes, n: int, inputs: Sequence[tuple[str, int]]) -> list[TokenIds] | None:
+    """Per input, the ids of `n` records' lists in `body` (see _plain_body); None when a
+    number is not a JSON integer, a list is empty or an id is out of range."""
+    k = len(inputs)
     text = np.frombuffer(body, np.uint8)
     if _leading_zero(text):
         return None

@@ -28,7 +28,8 @@ from o2v_batch.inputs.formats import Oversize, Record
 from o2v_batch.io.compression import is_compressed
 from o2v_batch.jobs.transform import checked_engine, checked_model, plan
 from o2v_batch.outputs.responses import position_key
-from o2v_batch.reporting.report import ShardReport, oversize_problem, record_failure
+from o2v_batch.reporting.messages import oversize_problem, record_failure
+from o2v_batch.reporting.report import ShardReport
 
 # Records read and checked at the start of each shard: enough to catch a shard in the
 # wrong format or for another model at once, few enough to preview thousands of shards.

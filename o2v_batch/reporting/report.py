@@ -1,20 +1,14 @@
-"""Shard reports, the job summary derived from them, the messages both engines
-use, and the progress bar."""
+"""Shard reports, the job summary added up from them, and the line that says how much
+a job had written when its stdout's reader went away."""
 
 from __future__ import annotations
 
-import math
-import sys
-import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import orjson
 
-from o2v_batch.errors import O2VError
-from o2v_batch.inputs.batching import KB, MB
-from o2v_batch.inputs.formats import at_record, where
-from o2v_batch.io import describe_error, one_line, shown
+from o2v_batch.io import one_line, shown
+from o2v_batch.reporting.messages import count, plural, rate
 
 
 @dataclass
@@ -158,71 +152,12 @@ def _named(report: ShardReport) -> dict:
     return {"shard": shown(report.shard), "reason": one_line(report.reason or "")}
 
 
-# -- numbers, written alike in every message -------------------------------------
-
-
-def count(n: int) -> str:
-    """A count with thousands separators: 400,002."""
-    return f"{n:,}"
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """`n` and the word that goes with it: 1 request, 2 requests, 1 mini-batch retry."""
-    return f"{count(n)} {one if n == 1 else many or one + 's'}"
-
-
-def size(nbytes: int) -> str:
-    """A size as --max-payload is given: 6 MB, 500 KB, else in bytes (1,048 bytes)."""
-    for unit, scale in (("MB", MB), ("KB", KB)):
-        if nbytes >= scale and nbytes % scale == 0:
-            return f"{count(nbytes // scale)} {unit}"
-    return plural(nbytes, "byte")
-
-
-def rate(per_second: float) -> str:
-    """A rate: whole numbers with thousands separators from 100 up (27,249), three
-    significant figures below (42.2, 4.2, 0.0513), so that no work done reads as 0."""
-    if per_second >= 100 or per_second <= 0:
-        return f"{per_second:,.0f}"
-    decimals = 2 - math.floor(math.log10(per_second))
-    return f"{per_second:.{decimals}f}".rstrip("0").rstrip(".")
-
-
 def _rounded(per_second: float) -> float:
     """A rate as the JSON summary keeps it: to 0.1 from 100 up, else to three
     significant figures (a slow job's rate is never rounded to 0)."""
     if per_second >= 100 or per_second <= 0:
         return round(per_second, 1)
     return float(f"{per_second:.3g}")
-
-
-# -- messages, worded alike by both engines -------------------------------------
-
-
-def read_failure(shard: str, exc: Exception) -> str:
-    """Why reading a shard failed, naming the shard once."""
-    if isinstance(exc, O2VError):
-        message = str(exc)
-        return message if shown(shard) in message else f"{shown(shard)}: {message}"
-    return describe_error(exc, shard)
-
-
-def record_failure(shard: str, pos: int, content_type: str, problem: str) -> str:
-    """Why a shard failed at one record: `<shard>: line N: <problem>`."""
-    return f"{shown(shard)}: {at_record(pos, content_type, problem)}"
-
-
-def batch_failure(pos: int, content_type: str, reason: str) -> str:
-    """Why a mini-batch could not be served (its worker died, hung or raised)."""
-    return f"mini-batch from {where(pos, content_type)}: {reason}"
-
-
-def oversize_problem(size: int, cap: int, capped: bool) -> str:
-    """What is wrong with a record too big for a mini-batch."""
-    record, limit = plural(size, "byte"), plural(cap, "byte")
-    if capped:
-        return f"record is {record}, over the --max-payload cap of {limit}"
-    return f"record is {record}, over the limit of {limit} for one record"
 
 
 def reader_closed(reports: list[ShardReport]) -> str:
@@ -235,92 +170,3 @@ def reader_closed(reports: list[ShardReport]) -> str:
         f"o2v-batch: stdout's reader closed the pipe after {plural(len(done), 'whole shard')} "
         f"({plural(records, 'record')}); stopped"
     )
-
-
-def shard_failed(reason: str) -> str:
-    """The line logged when a shard fails."""
-    return f"o2v-batch: shard failed: {one_line(reason)}"
-
-
-def recovered(reason: str, restarted: bool, retry: str | None) -> str:
-    """The one line logged when a worker is replaced or a mini-batch is tried again;
-    `retry` says which mini-batch and which attempt."""
-    actions = (["started a new worker"] if restarted else []) + ([retry] if retry else [])
-    return one_line(f"o2v-batch: {reason}; {' and '.join(actions)}")
-
-
-# -- stderr and progress ----------------------------------------------------------
-
-
-def stderr_line(line: str) -> None:
-    """Prints a line on stderr above the progress bar, never onto it."""
-    from tqdm import tqdm  # only a job needs it, not --help
-
-    tqdm.write(line, file=sys.stderr)
-
-
-# Seconds between redraws of the bar while nothing changes: its time keeps moving.
-REDRAW_S = 0.5
-# The bar before any bytes are done: tqdm would write 0 bytes as "0.00".
-_NOTHING_DONE = {
-    True: "{l_bar}{bar}| 0/{total_fmt} [{elapsed}<?{postfix}]",  # a total is known
-    False: "{desc}: 0B [{elapsed}{postfix}]",
-}
-
-
-class Progress:
-    """The input bytes done (a total and an ETA when every shard's size is known) and
-    the records done, on stderr. Bytes are done once the records read from them are
-    written (or their shard has failed), so 100% means written. Drawn from the start
-    and redrawn every REDRAW_S on a thread, so its time and rate move while workers
-    start. Silent when disabled, so callers never test for None; None: on when stderr
-    is a terminal."""
-
-    def __init__(self, enabled: bool | None, total_bytes: int | None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total_bytes = total_bytes
-        self._bar: Any = None
-        self._closing = threading.Event()
-        self._redraws: threading.Thread | None = None
-        if self.enabled:
-            self._start()
-
-    def _start(self) -> None:
-        from tqdm import tqdm  # only a job needs it, not --help
-
-        self._bar = tqdm(
-            total=self.total_bytes,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="o2v-batch",
-            file=sys.stderr,
-            postfix="0 records",
-            bar_format=_NOTHING_DONE[bool(self.total_bytes)],
-        )
-        self._redraws = threading.Thread(
-            target=self._redraw, name="o2v-batch progress", daemon=True
-        )
-        self._redraws.start()
-
-    def _redraw(self) -> None:
-        while not self._closing.wait(REDRAW_S):
-            self._bar.refresh()
-
-    def show(self, nbytes: int, records: int) -> None:
-        """Moves the bar to `nbytes` done and `records` records (both so far, in all)."""
-        if self._bar is None:
-            return
-        self._bar.set_postfix_str(f"{count(records)} records", refresh=False)
-        first = nbytes > 0 and self._bar.bar_format is not None
-        if first:
-            self._bar.bar_format = None  # tqdm's own from now on, with the rate and the ETA
-        self._bar.update(nbytes - self._bar.n)
-        if first:
-            self._bar.refresh()  # at once, not after tqdm's minimum interval
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._closing.set()
-            self._redraws.join()
-            self._bar.close()

@@ -8,7 +8,8 @@ from typing import Any
 from o2v_batch.config import TransformConfig, preferred_mode
 from o2v_batch.errors import ConfigError, JobFailedError
 from o2v_batch.jobs import transform as job
-from o2v_batch.reporting.report import JobSummary, stderr_line
+from o2v_batch.reporting.progress import stderr_line
+from o2v_batch.reporting.report import JobSummary
 from o2v_batch.sagemaker.jobs import (
     LocalJob,
     devices_for,
@@ -116,32 +117,43 @@ class Transformer:
         name = job_name or name_from_base(self.base_transform_job_name)
         if self.output_path is None:
             self.output_path = name  # SageMaker's default is a prefix named after the job
-        given = {
-            "content_type": content_type,
-            "accept": self.accept,
-            "max_payload": self.max_payload,
-            "max_concurrent_transforms": self.max_concurrent_transforms,
-            "join_source": join_source,
-            "input_filter": input_filter,
-            "output_filter": output_filter,
-        }
-        config = TransformConfig(
+        config = self._config(
+            data,
+            DATA_TYPES[data_type],
+            resume,
+            overwrite,
+            content_type=content_type,
+            join_source=join_source,
+            input_filter=input_filter,
+            output_filter=output_filter,
+        )
+        self.latest_transform_job = LocalJob(name, lambda: _run(config, logs), wait)
+        if wait:
+            self.wait()
+
+    def _config(
+        self, data: str, manifest: bool, resume: bool, overwrite: bool, **options: Any
+    ) -> TransformConfig:
+        """The job's TransformConfig, from the transformer's settings and the job's."""
+        options.update(
+            accept=self.accept,
+            max_payload=self.max_payload,
+            max_concurrent_transforms=self.max_concurrent_transforms,
+        )
+        return TransformConfig(
             input=data,
             output=self.output_path,
             model=self.model_data,
             strategy=self.strategy,
             mode=self.mode,
             devices=self.devices,
-            manifest=DATA_TYPES[data_type],
+            manifest=manifest,
             engine=self.engine,
             resume=resume,
             overwrite=overwrite,
             # What is not given keeps transform's default.
-            **{option: value for option, value in given.items() if value is not None},
+            **{option: value for option, value in options.items() if value is not None},
         )
-        self.latest_transform_job = LocalJob(name, lambda: _run(config, logs), wait)
-        if wait:
-            self.wait()
 
     def wait(self, logs: bool = True) -> None:
         """Returns once the latest job has ended; JobFailedError if a shard failed."""

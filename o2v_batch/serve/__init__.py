@@ -7,6 +7,7 @@ pool from one thread; worker.py is the server each worker runs (it imports torch
 the worker process only).
 
 May import the library below the command line (config, artifacts, devices, errors,
-execution, formats, jsonstream, responses, batching, metrics, report), never
-`o2v_batch.cli`. Its configuration, ServeConfig, lives in config.py beside transform's.
+execution, formats, jsonstream, responses, batching, metrics, messages, progress),
+never `o2v_batch.cli`. Its configuration, ServeConfig, lives in config.py beside
+transform's.
 """

@@ -13,8 +13,8 @@ import orjson
 from o2v_batch.config import ServeConfig
 from o2v_batch.errors import RequestError
 from o2v_batch.inputs.batching import payload_bytes
+from o2v_batch.reporting.messages import batch_failure, plural, size
 from o2v_batch.reporting.metrics import CONTENT_TYPE, ServeMetrics
-from o2v_batch.reporting.report import batch_failure, plural, size
 from o2v_batch.serve.dispatcher import Dispatcher
 from o2v_batch.serve.invocations import (
     bad_record,

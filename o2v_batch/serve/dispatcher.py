@@ -23,8 +23,8 @@ from o2v_batch.execution.pool import Recovery, WorkerPool
 from o2v_batch.execution.protocol import BatchResult, Done, Failed, WorkerSpec
 from o2v_batch.execution.segments import SharedPayload
 from o2v_batch.inputs.formats import JSONLINES
+from o2v_batch.reporting.messages import recovered
 from o2v_batch.reporting.metrics import ServeMetrics
-from o2v_batch.reporting.report import recovered
 from o2v_batch.serve.invocations import Invocation, bad_record, invocation
 
 # Seconds between two looks at the intake while mini-batches are in flight: a request

@@ -23,7 +23,7 @@ from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
 from o2v_batch.execution.worker import server_factory
 from o2v_batch.model.devices import parse_devices
 from o2v_batch.reporting.metrics import ServeMetrics
-from o2v_batch.reporting.report import stderr_line
+from o2v_batch.reporting.progress import stderr_line
 from o2v_batch.serve.app import ROUTES, App
 from o2v_batch.serve.dispatcher import Dispatcher
 
