@@ -78,9 +78,6 @@ class TransformConfig:
     invocation_timeout: float = DEFAULT_INVOCATION_TIMEOUT_S
     summary: str | None = None  # None: `<output>/_SUCCESS` when every shard succeeded
     metrics_file: str | None = None  # a Prometheus text file of the job's figures, local
-    # Workers that overlap parsing, the forward pass and encoding (protocol.WorkerSpec);
-    # None: GPU workers do. Tests and benchmarks set it to run them on CPU.
-    pipelined: bool | None = None
     # Of the embeddings in Parquet and .npy outputs: float16 halves their size.
     embedding_dtype: str = "float32"
     precision: str = "fp32"  # the dtype the network runs in; outputs stay float32

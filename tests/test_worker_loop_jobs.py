@@ -19,6 +19,7 @@ from helpers import make_model, random_records
 from test_engine_local import alive, cpu_ticks, finished, wait_until, worker_pids
 
 from o2v_batch.config import TransformConfig
+from o2v_batch.execution import worker
 from o2v_batch.jobs.transform import transform
 
 SHARDS, RECORDS = 3, 400
@@ -49,9 +50,14 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
-def run(data: Path, out: Path, logged: list[str] | None = None, **options):
+def run(
+    data: Path, out: Path, logged: list[str] | None = None, pipelined: bool | None = None, **options
+):
+    """A job whose workers overlap their stages on CPU (`pipelined`), or not."""
     config = TransformConfig(str(data / "in"), str(out), str(data / "model"), **options)
-    return transform(config, log=(logged if logged is not None else []).append)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker, "_pipelined", pipelined)
+        return transform(config, log=(logged if logged is not None else []).append)
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -134,7 +140,8 @@ def test_a_pipelined_worker_killed_mid_job_loses_nothing(big_job, tmp_path):
     config = {"input": str(big_job / "in"), "output": str(out), "model": str(big_job / "model")}
     job = (
         "from o2v_batch.config import TransformConfig; from o2v_batch.jobs.transform import transform; "
-        f"transform(TransformConfig(**{config!r}, pipelined=True, **{BIG_OPTIONS!r}))"
+        "from o2v_batch.execution import worker; worker._pipelined = True; "
+        f"transform(TransformConfig(**{config!r}, **{BIG_OPTIONS!r}))"
     )
     with open(tmp_path / "stderr", "w") as stderr:
         process = subprocess.Popen([sys.executable, "-c", job], stderr=stderr)

@@ -17,7 +17,7 @@ from o2v_batch.errors import ShardFailed
 from o2v_batch.execution.main_module import check_main_module
 from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
 from o2v_batch.execution.protocol import Done, WorkerSpec
-from o2v_batch.execution.worker import Spares, server_factory
+from o2v_batch.execution.worker import Spares, pipelining, server_factory
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize, where
 from o2v_batch.model.devices import parse_devices
@@ -205,7 +205,7 @@ def _specs(config: TransformConfig, model_dir: str) -> list[WorkerSpec]:
             threads,
             options,
             server_factory(),
-            pipelined=config.pipelined,
+            pipelined=pipelining(),
         )
         for device, threads in _plan(config)
     ]

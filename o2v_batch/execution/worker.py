@@ -44,9 +44,19 @@ STDERR_LINES = 3
 _replaced_factory: str | None = None
 
 
+# Whether this process's workers overlap their stages (protocol.WorkerSpec.pipelined):
+# None, GPU workers do. Private, set by the tests' fixtures to run the stages on CPU.
+_pipelined: bool | None = None
+
+
 def server_factory(default: str = DEFAULT_FACTORY) -> str:
     """The factory a WorkerSpec names: `default` (the caller's server), unless replaced."""
     return _replaced_factory or default
+
+
+def pipelining() -> bool | None:
+    """Whether a WorkerSpec's worker overlaps its stages: None, as its device says."""
+    return _pipelined
 
 
 def start_server(spec: WorkerSpec) -> Any:
