@@ -1,8 +1,10 @@
 """The execution layer: worker processes and what runs in them.
 
 The parent's side imports no torch:
-- `pool`: the worker pool (sizing from cores and GPUs, bounded mini-batches in
-  flight, dead and hung workers replaced, retries);
+- `pool`: the worker pool (bounded mini-batches in flight, dead and hung workers
+  replaced, retries);
+- `planning`: how many workers, on which devices, with how many threads (sized
+  from cores and GPUs);
 - `segments`: the shared memory that requests and responses travel through;
 - `protocol`: the messages across the boundary, as plain dataclasses.
 

@@ -43,34 +43,9 @@ from o2v_batch.execution.worker import (
 )
 from o2v_batch.execution.worker_loop import PIPELINE_DEPTH
 from o2v_batch.inputs.formats import Lines
-from o2v_batch.model.devices import GPU_WORKERS_PER_DEVICE
 
-# One single-threaded worker per core, up to this many (then more torch threads each):
-# each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.
-MAX_CPU_WORKERS = 32
 # Stop waiting for a worker that ignores the stop message after this long.
 STOP_GRACE_S = 5.0
-
-
-# -- sizing -----------------------------------------------------------------
-
-
-def plan_workers(
-    devices: list[str], workers: int | None, cpu_count: int | None = None
-) -> list[tuple[str, int]]:
-    """(device, torch threads) per worker, the cores shared out: by default up to
-    GPU_WORKERS_PER_DEVICE per GPU (no more than the cores), spread over the GPUs in
-    turn; on CPU one per core."""
-    cores = cpu_count or os.cpu_count() or 1
-    if devices != ["cpu"]:
-        per_device = max(1, min(GPU_WORKERS_PER_DEVICE, cores // len(devices)))
-        n = workers or len(devices) * per_device
-        return [(devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
-    # One single-threaded worker per core (up to MAX_CPU_WORKERS, then threads per
-    # worker): it keeps every core busy, parsing included, and never leaves torch
-    # threads waiting on a core the parent holds (measured: scripts/bench.py).
-    n = workers or min(cores, MAX_CPU_WORKERS)
-    return [("cpu", max(1, cores // n)) for _ in range(n)]
 
 
 # -- the pool, parent side ------------------------------------------------
