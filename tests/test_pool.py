@@ -11,8 +11,9 @@ from pools import expected, pids, pool_of, run
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution.planning import plan_workers
-from o2v_batch.execution.pool import Recovery, WorkerPool
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.worker import Spares
 
 BATCHES = [[f"rec-{i}-{j}".encode() for j in range(i % 5 + 1)] for i in range(40)]

@@ -3,6 +3,11 @@
 The parent's side imports no torch:
 - `pool`: the worker pool (bounded mini-batches in flight, dead and hung workers
   replaced, retries);
+- `crew`: the pool's workers as a whole (started, spares first; a lost one
+  replaced; waited on; stopped);
+- `handle`: one worker as the parent holds it (its process, pipe, mini-batches in
+  flight and segments);
+- `recovery`: the pool's retries and the `Recovery` events it tells;
 - `planning`: how many workers, on which devices, with how many threads (sized
   from cores and GPUs);
 - `segments`: the shared memory that requests and responses travel through;
