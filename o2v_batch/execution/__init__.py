@@ -20,6 +20,8 @@ A worker process's side:
   forward pass, responses); imports torch;
 - `device_loop`: the forward passes on one device, from reused staging buffers;
   imports torch;
+- `buckets`: the ladder of padded lengths on a GPU and the device batches cut
+  along it (numpy only);
 - `records`: a mini-batch's records parsed and checked (numpy only, so that
   --dry-run checks records in the parent with the same code);
 - `main_module`: refuses a job started where spawned workers cannot re-import the
