@@ -18,6 +18,8 @@ A worker process's side:
 - `worker_loop`: its loop of mini-batches, whole or in three stages on a GPU;
 - `inference`: one mini-batch in, encoded responses out (records, tokens, the
   forward pass, responses); imports torch;
+- `predictions`: a mini-batch's predictions encoded as its responses (joined,
+  filtered, error objects in bad records' places);
 - `device_loop`: the forward passes on one device, from reused staging buffers;
   imports torch;
 - `buckets`: the ladder of padded lengths on a GPU and the device batches cut
