@@ -58,7 +58,7 @@ class TransformConfig:
     max_payload: float = DEFAULT_MAX_PAYLOAD_MB  # MB (2**20 bytes); 0 = no cap
     mode: str = "auto"
     devices: str = "auto"
-    workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
+    workers: int | None = None  # None: execution.planning sizes them from cores and GPUs
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT
     join_source: str = "None"
     input_filter: str = "$"
@@ -122,7 +122,7 @@ class ServeConfig:
     mode: str = "auto"
     devices: str = "auto"
     precision: str = "fp32"  # the dtype the network runs in (artifacts.PRECISIONS)
-    workers: int | None = None  # None: execution.pool.plan_workers sizes them from cores and GPUs
+    workers: int | None = None  # None: execution.planning sizes them from cores and GPUs
     max_concurrent_transforms: int = DEFAULT_MAX_CONCURRENT  # requests in flight per worker
     max_payload: float = DEFAULT_MAX_PAYLOAD_MB  # MB (2**20 bytes, fractions allowed) per body
     # Requests waiting beyond those the workers hold; more get 503, so memory stays bounded.

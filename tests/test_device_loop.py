@@ -12,15 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, build, tiny
 
-from o2v_batch.execution.device_loop import (
+from o2v_batch.execution.buckets import (
     SHORT_LIMIT,
     SHORT_STEP,
-    CpuBackend,
-    DeviceLoop,
     bucket_batches,
     bucket_lengths,
     bucket_rows,
 )
+from o2v_batch.execution.device_loop import CpuBackend, DeviceLoop
 from o2v_batch.model.tokens import TokenIds
 
 NETWORKS = ("hcnn", "bilstm", "pooled_embedding")

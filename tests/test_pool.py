@@ -10,8 +10,10 @@ import pytest
 from pools import expected, pids, pool_of, run
 
 from o2v_batch.errors import WorkerError
-from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
+from o2v_batch.execution.planning import plan_workers
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.worker import Spares
 
 BATCHES = [[f"rec-{i}-{j}".encode() for j in range(i % 5 + 1)] for i in range(40)]
@@ -143,7 +145,10 @@ def test_workers_start_without_torch(tmp_path):
     with pool_of(tmp_path, "Echo", workers=1) as pool:
         events = run(pool, BATCHES[:1])
     assert events[0].result.payload == expected(BATCHES[:1])[0]
-    code = "import o2v_batch.execution.pool, o2v_batch.execution.protocol, sys; print('torch' in sys.modules)"
+    code = (
+        "import o2v_batch.execution.pool, o2v_batch.execution.planning, "
+        "o2v_batch.execution.protocol, sys; print('torch' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
         == "False\n"

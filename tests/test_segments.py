@@ -17,10 +17,9 @@ from pools import expected, pids, pool_of, run
 
 import o2v_batch
 from o2v_batch.config import TransformConfig
-from o2v_batch.execution import pool as worker_pool
 from o2v_batch.execution import segments
-from o2v_batch.execution.pool import Recovery
 from o2v_batch.execution.protocol import Release
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.segments import MIN_SHARED_BYTES, Responses, SharedPayload, Views
 from o2v_batch.inputs.formats import Lines
 from o2v_batch.io import local
@@ -209,7 +208,7 @@ def test_a_request_segment_that_cannot_be_written_sends_the_lines_through_the_pi
     def no_memory(fd, data, offset):
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(worker_pool.os, "pwrite", no_memory)
+    monkeypatch.setattr(segments.os, "pwrite", no_memory)
     lines = Lines(b"a" * MIN_SHARED_BYTES + b"\nb", 2)
     recoveries: list[Recovery] = []
     with pool_of(

@@ -17,8 +17,9 @@ from pools import expected, pids, pool_of, run
 
 from o2v_batch.execution import segments
 from o2v_batch.execution.inference import Server
-from o2v_batch.execution.pool import Recovery, WorkerPool
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, Failed, ServeRequest, ServingOptions, WorkerSpec
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.worker_loop import (
     PIPELINE_DEPTH,
     STAGE_BROKE,

@@ -15,8 +15,10 @@ from o2v_batch.engines.shard import ShardTask, oversize, served, serving_options
 from o2v_batch.engines.writer import Committed, Failed, WriterThread
 from o2v_batch.errors import ShardFailed
 from o2v_batch.execution.main_module import check_main_module
-from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
+from o2v_batch.execution.planning import plan_workers
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, WorkerSpec
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.worker import Spares, pipelining, server_factory
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize, where

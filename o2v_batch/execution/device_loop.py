@@ -1,7 +1,8 @@
 """The device loop: an encoder's forward passes over TokenIds on one device.
 
-Token ids go to the network as int32 in a few fixed shapes, staged in buffers that are
-allocated once per loop and reused by every call. On a GPU the host buffers are pinned
+Token ids go to the network as int32 in a few fixed shapes (on a GPU, those of the bucket
+ladder of buckets.py), staged in buffers that are allocated once per loop and reused by
+every call. On a GPU the host buffers are pinned
 and the copy of the next device batch, the compute of this one and the copy out of the
 last one overlap on two streams; only the end of a call waits for the device. On the CPU
 the same loop runs with nothing to copy: the network reads the staging buffers.
@@ -13,66 +14,16 @@ put a recording backend in and check the schedule on a machine without a GPU.
 from __future__ import annotations
 
 import threading
-from itertools import pairwise
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
+from o2v_batch.execution.buckets import Batch, bucket_batches, bucket_lengths
 from o2v_batch.model.network import Object2Vec
 from o2v_batch.model.tokens import TokenIds, device_batch_shape, device_kind
 
-# Padded lengths on a GPU: multiples of SHORT_STEP up to SHORT_LIMIT, then each about 1/8
-# above the last (rounded up to a multiple of SHORT_STEP), then max_seq_len: 16 lengths for
-# max_seq_len 200. A row's padding is under a step: under 8 columns, or about an eighth
-# of its padded length. The last device batch of a length is rounded up to a power of two
-# rows, so whatever the input a GPU sees a fixed set of shapes: each padded length with
-# its full row count or a power of two below it.
-SHORT_STEP, SHORT_LIMIT = 8, 64
 GPU_SLOTS = 3  # staging slots: one copied in, one computed, one being filled
-
-
-def bucket_lengths(max_len: int) -> np.ndarray:
-    """The ladder of padded lengths for sequences of up to max_len ids, ascending."""
-    ladder = list(range(SHORT_STEP, SHORT_LIMIT + 1, SHORT_STEP))
-    while ladder[-1] < max_len:
-        ladder.append(-(-ladder[-1] * 9 // (8 * SHORT_STEP)) * SHORT_STEP)
-    return np.array([t for t in ladder if t < max_len] + [max_len], dtype=np.int64)
-
-
-def bucket_rows(length: int, token_budget: int, max_rows: int) -> int:
-    """Rows of a full device batch at a padded length: what the budget allows, 1 to max_rows."""
-    return max(1, min(max_rows, token_budget // length))
-
-
-class Batch(NamedTuple):
-    """One device batch: the rows it holds, longest first, and its padded (R, T) shape."""
-
-    rows: np.ndarray
-    shape: tuple[int, int]
-
-
-def bucket_batches(
-    lengths: np.ndarray, ladder: np.ndarray, token_budget: int, max_rows: int
-) -> list[Batch]:
-    """Device batches of sequences of these lengths (none above the ladder's last), longest
-    first: each sequence in the smallest padded length of the ladder that holds it, full
-    batches of bucket_rows rows, and a last one per length rounded up to a power of two
-    rows (the rest empty)."""
-    if not len(lengths):
-        return []
-    order = np.argsort(-lengths, kind="stable")
-    bucket = np.searchsorted(ladder, lengths[order])  # never increases along order
-    bounds = [0, *(np.flatnonzero(np.diff(bucket)) + 1).tolist(), len(order)]
-    batches = []
-    for lo, hi in pairwise(bounds):
-        length = int(ladder[bucket[lo]])
-        size = bucket_rows(length, token_budget, max_rows)
-        for start in range(lo, hi, size):
-            rows = order[start : min(start + size, hi)]
-            padded = min(size, 1 << (len(rows) - 1).bit_length())
-            batches.append(Batch(rows, (padded, length)))
-    return batches
 
 
 class CpuBackend:

@@ -1,26 +1,23 @@
 """One mini-batch in, encoded responses out. Runs inside a worker process.
 
 Reading and checking the records (records.py), tensor building, the forward pass
-and response encoding all happen here, so the parent only moves bytes.
+and response encoding (predictions.py) all happen here, so the parent only moves bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from o2v_batch.artifacts import load_network
-from o2v_batch.errors import BadRecordError, O2VError
 from o2v_batch.execution.device_loop import DeviceLoop
+from o2v_batch.execution.predictions import Predictions
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
-from o2v_batch.execution.records import PAIR, Failed, ParsedRecords, RecordRules, filter_or_none
-from o2v_batch.inputs.jsonpath import join_input, json_type
-from o2v_batch.outputs.columnar import NPY_PAIRS, OUR_COLUMNS, ColumnarCodec
-from o2v_batch.outputs.responses import Codec, TextCodec, codec_for, error_object, position_key
+from o2v_batch.execution.records import PAIR, Failed, RecordRules, filter_or_none
+from o2v_batch.outputs.responses import codec_for, position_key
 
 
 class Server:
@@ -92,7 +89,7 @@ class _Stopped:
         return self.result
 
 
-class _Batch(ParsedRecords):
+class _Batch(Predictions):
     """The state of one mini-batch while it is served."""
 
     def __init__(
@@ -104,16 +101,11 @@ class _Batch(ParsedRecords):
         accept: str,
         max_lens: list[int],
     ):
-        super().__init__(server.rules, positions, records, error_key)
+        rules, join, output_filter = server.rules, server.join, server.output_filter
+        super().__init__(rules, positions, records, error_key, join, output_filter)
         self.server = server
         self.accept = accept
         self.max_lens = max_lens  # this mini-batch's: a serve request may cap its own
-        self.outputs: list[Any] = [None] * len(records)
-        # When every record is one input's, or every one a pair, in order: their
-        # (n, width) embeddings or scores (under `key`), turned into outputs only if the
-        # codec needs them one by one.
-        self.vectors: np.ndarray | None = None
-        self.key = "embeddings"
 
     # -- the forward pass -------------------------------------------------
 
@@ -174,77 +166,6 @@ class _Batch(ParsedRecords):
         with contextlib.suppress(Failed):
             self.result.payload = self.encode(codec_for(self.accept))
         return self.result
-
-    def encode(self, codec: Codec) -> bytes:
-        """The responses, one per record, as one fragment."""
-        plain = not (self.errors or self.sources is not None)
-        if self.vectors is not None:
-            if plain and isinstance(codec, TextCodec):
-                return codec.encode_column(self.key, self.vectors)
-            self.outputs = [{self.key: row} for row in self.vectors]
-        if isinstance(codec, ColumnarCodec):
-            fields = self._columnar_fields(codec)
-            return codec.encode_rows(self.positions, self.outputs, self.errors, fields)
-        if plain:
-            return codec.encode_predictions(self.outputs)
-        return codec.encode(self._responses())
-
-    def _columnar_fields(self, codec: ColumnarCodec) -> dict[int, dict]:
-        """Marks the predictions a columnar format has no place for as bad; with
-        --join-source Input, the fields each record adds as columns."""
-        for i in codec.refused(self.outputs):
-            self.bad(i, NPY_PAIRS)
-        fields: dict[int, dict] = {}
-        if self.server.join:
-            for i, prediction in enumerate(self.outputs):
-                if i not in self.errors and (joined := self._fields(i, prediction)):
-                    fields[i] = joined
-        return fields
-
-    def _fields(self, i: int, prediction: dict) -> dict | None:
-        """The joined input's fields that become columns (the prediction has its own)."""
-        out = join_input(self.sources[i], prediction)
-        try:
-            if self.server.output_filter is not None:
-                out = self.server.output_filter(out)
-            if type(out) is not dict:
-                raise BadRecordError(
-                    f"--output-filter gave {json_type(out)}: columns need a JSON object"
-                )
-        except O2VError as exc:
-            self.bad(i, str(exc))
-            return None
-        out.pop("SageMakerOutput", None)
-        taken = [name for name in OUR_COLUMNS if name in out]
-        if taken:
-            self.bad(
-                i,
-                f'input field "{taken[0]}" has the name of an output column: '
-                "leave it out with --output-filter",
-            )
-            return None
-        return out
-
-    def _responses(self) -> Iterator[Any]:
-        """Each record's response: its prediction (joined, filtered) or its error object."""
-        server = self.server
-        for i, prediction in enumerate(self.outputs):
-            if i in self.errors:
-                yield self._error(i)
-                continue
-            out = join_input(self.sources[i], prediction) if server.join else prediction
-            if server.output_filter is not None:
-                try:
-                    out = server.output_filter(out)
-                except O2VError as exc:
-                    self.bad(i, str(exc))
-                    yield self._error(i)
-                    continue
-            yield out
-
-    def _error(self, i: int) -> dict:
-        """What a bad record's place holds under --on-bad-record emit-error."""
-        return error_object(self.errors[i], self.positions[i], self.error_key)
 
 
 def create_server(model_dir: str, device: str, options: ServingOptions, threads: int) -> Server:

@@ -20,11 +20,18 @@ import mmap
 import os
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
-from o2v_batch.execution.protocol import Placed, Release, SharedLines, WriteAt, Wrote
+from o2v_batch.execution.protocol import (
+    Placed,
+    Release,
+    ServeRequest,
+    SharedLines,
+    WriteAt,
+    Wrote,
+)
 from o2v_batch.inputs.formats import Lines
 from o2v_batch.io.local import write_at
 
@@ -182,3 +189,63 @@ class Views:
         """Closes the descriptors; responses still held stay readable until released."""
         close(self.fds)
         self.fds = []
+
+
+class WorkerSegments:
+    """The parent's side of all one worker's segments: a request segment per
+    mini-batch it may hold (those no mini-batch is in are free), its response
+    segments, and the responses it was asked to write itself, by slot."""
+
+    def __init__(self, requests: int, responses: int):
+        self.requests: list[int] = []
+        self.free: list[int] = []
+        self.views: Views | None = None
+        self.writing: dict[int, RemoteWrite] = {}
+        if requests:
+            self.requests, self.free = create(requests, "request"), list(range(requests))
+            self.views = Views(create(responses))
+
+    @property
+    def fds(self) -> list[int]:
+        """Every descriptor, in the order the worker receives them: requests first."""
+        return [*self.requests, *(self.views.fds if self.views else [])]
+
+    def request(self, request: ServeRequest) -> tuple[ServeRequest, int | None]:
+        """The request as the worker gets it, and the request segment its lines are in:
+        large lines go in a free one."""
+        records = request.records
+        if not (self.free and isinstance(records, Lines)):
+            return request, None
+        if len(records.data) < MIN_SHARED_BYTES:
+            return request, None
+        slot = self.free.pop()
+        try:
+            os.pwrite(self.requests[slot], records.data, 0)
+        except OSError:  # short of memory: the pipe it is (the worker is fine)
+            self.free.append(slot)
+            return request, None
+        shared = SharedLines(slot, len(records.data), records.count)
+        return replace(request, records=shared), slot
+
+    def pass_on(self, message: Release | RemoteWrite) -> Release | WriteAt:
+        """What to tell the worker of what a caller did with one of its responses."""
+        if isinstance(message, RemoteWrite):
+            self.writing[message.payload.slot] = message
+            return message.request()
+        return message
+
+    def wrote(self, message: Wrote) -> None:
+        """The worker wrote a response it was asked to."""
+        self.writing.pop(message.slot).finished(message.error)
+
+    def write_here(self) -> None:
+        """What a lost worker was asked to write, the parent writes."""
+        for write in self.writing.values():
+            write.here()
+        self.writing.clear()
+
+    def close(self) -> None:
+        close(self.requests)
+        self.requests, self.free = [], []
+        if self.views is not None:
+            self.views.close()

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from o2v_batch.errors import describe
-from o2v_batch.execution.pool import Recovery, WorkerPool
+from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import BatchResult, Done, Failed, WorkerSpec
+from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.segments import SharedPayload
 from o2v_batch.inputs.formats import JSONLINES
 from o2v_batch.reporting.messages import recovered

@@ -18,7 +18,7 @@ from typing import Any
 from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import ServeConfig
 from o2v_batch.errors import O2VError, WorkerError, require_extra
-from o2v_batch.execution.pool import plan_workers
+from o2v_batch.execution.planning import plan_workers
 from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
 from o2v_batch.execution.worker import server_factory
 from o2v_batch.model.devices import parse_devices
