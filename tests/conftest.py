@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
 from devservers.local_s3 import OVERRIDDEN_ENV, LocalS3
 
+REPO = Path(__file__).resolve().parents[1]
 # Before anything imports torch: spinning OpenMP threads crawl on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
