@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import examples
 from helpers import make_model, random_records, write_json, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -87,7 +88,7 @@ records_strategy = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     records=records_strategy,
     lines=st.booleans(),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from conftest import examples
 from helpers import TINY, make_model, random_records, read_predictions, write_json, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -403,7 +404,7 @@ junk_records = st.one_of(
 ).map(lambda data: (data.replace(b"\n", b" "), False))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(st.one_of(good_records, junk_records), min_size=1, max_size=12))
 def test_fuzz_server_never_raises_and_keeps_one_output_per_record(server_and_model, records):
     server, model = server_and_model
@@ -427,7 +428,7 @@ def test_fuzz_server_never_raises_and_keeps_one_output_per_record(server_and_mod
     assert result.bad_records == errors
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sequences=st.lists(
         st.tuples(*[st.lists(st.integers(0, V + 2), min_size=1, max_size=30)] * 2), min_size=1
