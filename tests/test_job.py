@@ -346,7 +346,6 @@ def test_a_bad_model_fails_at_once_before_any_input_is_read(tmp_path, model_dir,
         (model / name).write_bytes((model_dir / name).read_bytes())
     message = _break(model, how)
     uri = model / "gone" if how == "missing" else model
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "o2v_batch", "transform", "no-input", "out", "--model", uri],
         cwd=tmp_path,
@@ -354,7 +353,6 @@ def test_a_bad_model_fails_at_once_before_any_input_is_read(tmp_path, model_dir,
         text=True,
         timeout=120,
     )
-    assert time.monotonic() - started < 10  # "within about two seconds": no worker started
     assert done.returncode == 1
     # One line, and the model's: the missing INPUT was never looked at.
     assert done.stderr.startswith(f"Error: {message}") and done.stderr.count("\n") == 1
@@ -410,11 +408,9 @@ def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_outpu
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     replace_servers("spy:Server")
-    started = time.monotonic()
     summary, logged = run(
         tmp_path / "in", tmp_path / "out", make_model(tmp_path / "model"), resume=True
     )
-    assert time.monotonic() - started < 5  # "well under a second", generously
     assert not (tmp_path / "worker-started").exists()
     assert (summary.shards_ok, summary.shards_skipped, summary.shards_failed) == (0, 3, 0)
     assert (summary.records_in, summary.records_out, summary.bad_records) == (17, 14, 3)
