@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 from pools import expected, pids, pool_of, run
+from processes import alive
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution.pool import Recovery, WorkerPool, plan_workers
@@ -51,10 +53,10 @@ def test_worker_killed_from_outside_is_replaced(tmp_path):
     recoveries: list[Recovery] = []
     with pool_of(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
         run(pool, BATCHES[:2])
-        [pid] = pids(pool)
+        [pid] = pids()
         os.kill(pid, signal.SIGKILL)
         events = run(pool, BATCHES)
-        assert pids(pool) != [pid]
+        assert pids() != [pid]
     assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES)
     # A kill by someone else is no sign of the kernel's OOM killer: no guess of one.
     assert [r.reason for r in recoveries] == [f"worker {pid} was killed by SIGKILL"]
@@ -64,14 +66,13 @@ def test_a_worker_found_dead_when_sent_work_says_how_it_died(tmp_path):
     recoveries: list[Recovery] = []
     with pool_of(tmp_path, "Echo", workers=1, on_recovery=recoveries.append) as pool:
         run(pool, BATCHES[:1])
-        [worker] = pool._workers
-        os.kill(worker.process.pid, signal.SIGTERM)
-        worker.process.join()  # gone before the pool looks: sending it work finds out
+        [pid] = pids()
+        worker = psutil.Process(pid)
+        worker.terminate()
+        assert alive([worker]) == []  # gone before the pool looks: sending it work finds out
         events = run(pool, BATCHES[:3])
     assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:3])
-    assert recoveries[0] == Recovery(
-        f"worker {worker.process.pid} was killed by SIGTERM", True, 0, 2
-    )
+    assert recoveries[0] == Recovery(f"worker {pid} was killed by SIGTERM", True, 0, 2)
 
 
 def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
@@ -86,8 +87,8 @@ def test_close_leaves_no_processes(tmp_path):
     pool = pool_of(tmp_path, "Echo")
     with pool:
         run(pool, BATCHES[:4])
-        processes = [w.process for w in pool._workers]
-    assert all(not p.is_alive() for p in processes)
+        assert len(pids()) == 2
+    assert pids() == []
 
 
 def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
@@ -95,20 +96,25 @@ def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
     unused stops when the spares close, and no process outlives the pool."""
     spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
     with Spares(spec.factory, 3) as spares:
-        started = [process for process, _ in spares._started]
+        started = pids()
+        assert len(started) == 3
         with WorkerPool([spec] * 2, spares=spares) as pool:
             events = run(pool, BATCHES[:6])
-            assert pids(pool) == [p.pid for p in started[:2]]
-            assert started[2].is_alive()  # not taken: it waits
+            # No process of its own: its two workers are spares, and the third waits.
+            assert pids() == started
         assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:6])
-    assert not any(p.is_alive() for p in started)
+        assert len(pids()) == 1
+    assert pids() == []
 
 
 def test_spares_of_another_factory_are_not_taken(tmp_path):
     spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
-    with Spares("fake_servers:AlwaysRaise", 1) as spares, WorkerPool([spec], spares=spares) as pool:
-        events = run(pool, BATCHES[:2])
-        assert len(spares._started) == 1
+    with Spares("fake_servers:AlwaysRaise", 1) as spares:
+        [spare] = pids()
+        with WorkerPool([spec], spares=spares) as pool:
+            events = run(pool, BATCHES[:2])
+            # Not taken: the pool started a worker of its own beside it.
+            assert len(pids()) == 2 and spare in pids()
     assert {i: e.result.payload for i, e in events.items()} == expected(BATCHES[:2])
 
 
