@@ -495,9 +495,11 @@ def test_a_resume_after_a_failed_run_counts_the_shards_it_finished(tmp_path, mod
     assert sorted(os.listdir(tmp_path / "out")) == ["_SUCCESS", "a.jsonl.out", "b.jsonl.out"]
 
 
-def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir):
-    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 999]}])
-    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, workers=1)
+def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir, replace_servers):
+    # Its one shard fails: the worker raises on its record, and is not given a retry.
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1], "tag": "boom"}])
+    replace_servers("fake_servers:AlwaysRaise")
+    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, workers=1, max_retries=0)
     assert failed.shards_failed == 1
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
 
@@ -663,17 +665,13 @@ def test_an_input_filter_that_gives_no_object_is_named_in_the_shell(tmp_path, mo
     ) in err.decode()
 
 
-def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir):
+def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir, replace_servers):
     write_jsonl(tmp_path / "in" / "good.jsonl", random_records(6, seed=3))
     write_jsonl(tmp_path / "in" / "bad\\name.jsonl", random_records(4, seed=4))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "o2v_batch", "transform", str(tmp_path / "in"), str(out)]
-    done = subprocess.run(
-        [*command, "--model", str(model_dir), "--workers", "1", "--no-progress"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1, done.stderr
+    replace_servers("fake_servers:Echo")  # the output paths are the point, not the answers
+    done = invoke("transform", tmp_path / "in", out, "--model", model_dir, "--workers", "1")
+    assert done.exit_code == 1, done.output
     reason = f"refusing output path for 'bad\\\\name.jsonl' (backslash): it could escape {out}"
     assert f"o2v-batch: shard failed: {reason}\n" in done.stderr
     assert "o2v-batch: shards: 1 ok, 1 failed, 0 skipped\n" in done.stderr
