@@ -561,6 +561,7 @@ def test_nightly_does_not_start_while_another_run_holds_the_lock(tmp_path):
     assert stderr == f"o2v-nightly: another run holds {lock}; not starting\n"
 
 
+@pytest.mark.slow  # whole jobs
 @pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_an_output_that_cannot_be_written_fails_its_shard_alone(
     request, inputs, model_dir, tmp_path, engine

@@ -257,6 +257,7 @@ def _assert_as_summary(samples: dict, summary: dict) -> None:
     assert value(samples, "o2v_batch_job_duration_seconds") == summary["seconds"]
 
 
+@pytest.mark.slow  # a whole job
 def test_the_metrics_file_holds_the_summary_of_a_job_with_a_bad_record(tmp_path):
     began = time.time()
     status, err, samples, summary = _transform(
@@ -270,6 +271,7 @@ def test_the_metrics_file_holds_the_summary_of_a_job_with_a_bad_record(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["in", "job.prom", "out", "summary.json"]  # no temp file
 
 
+@pytest.mark.slow  # a whole job
 def test_a_job_with_a_failed_shard_writes_success_0(tmp_path):
     status, err, samples, summary = _transform(
         tmp_path, "--model", str(MODEL), records=b'{"in0": "x"}\n'

@@ -175,6 +175,7 @@ def test_a_write_into_an_output_gone_meanwhile_says_why_and_creates_nothing(tmp_
     assert not gone.exists()
 
 
+@pytest.mark.slow  # a whole job of 20,000 records
 def test_the_parent_writes_none_of_the_responses_of_a_local_output(tmp_path, monkeypatch):
     """The workers write the responses into the output themselves: what the job's
     process writes into it is the framing."""
