@@ -207,6 +207,7 @@ def test_a_bad_record_is_named_as_the_job_names_it(
         assert written["bad_records_by_shard"] == {str(shard): 1}
 
 
+@pytest.mark.slow  # a whole job to compare with
 def test_a_shard_fails_at_the_record_the_job_fails_at(tmp_path, model_dir):
     # The workers read every record of a mini-batch before they check token ids: the
     # malformed line 3 fails the shard, not the out-of-range id on line 1.
