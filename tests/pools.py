@@ -52,9 +52,12 @@ def pids() -> list[int]:
                 status, command = child.status(), child.cmdline()
             except psutil.NoSuchProcess:
                 continue
-            # One just forked runs this process's command until its interpreter starts.
-            forked |= command == this.cmdline()
-            if status != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(command):
+            if status == psutil.STATUS_ZOMBIE:
+                continue
+            # One just forked runs this process's command, then none, until its
+            # interpreter starts.
+            forked |= command in ([], this.cmdline())
+            if "spawn_main" in " ".join(command):
                 workers.append(child.pid)
         if not forked or time.monotonic() > deadline:
             return sorted(workers)
