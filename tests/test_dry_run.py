@@ -85,6 +85,7 @@ def _by_status(shards: list[ShardPreview], status: str) -> set[str]:
     return {s.output or s.input for s in shards if s.status == status}
 
 
+@pytest.mark.slow  # a whole job to compare with
 def test_the_plan_is_what_the_job_writes(tmp_path, model_dir):
     inputs, out = _inputs(tmp_path / "in"), tmp_path / "out"
     summary = tmp_path / "plan.json"

@@ -75,9 +75,17 @@ def run(input_path, output_path, model_dir, **options):
     return summary, logged
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("mode", ["auto", "embedding", "classification"])
+# Jsonlines and JSON shards through a whole job: one worker in auto mode stays in the
+# quick run (-m "not slow"), so that a broken pipeline shows there.
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "auto",
+        pytest.param("embedding", marks=pytest.mark.slow),
+        pytest.param("classification", marks=pytest.mark.slow),
+    ],
+)
 def test_outputs_equal_the_model_called_directly(tmp_path, model_dir, reference, mode, workers):
     records = random_records(200, seed=1, pairs=mode != "embedding")
     write_jsonl(tmp_path / "in" / "a.jsonl", records[:100])
