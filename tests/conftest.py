@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from devservers.local_s3 import OVERRIDDEN_ENV, LocalS3
 
@@ -15,6 +16,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Before anything imports torch: spinning OpenMP threads crawl on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Hypothesis: each property test's own number of examples in a whole run (`python -m
+# pytest`, as CI runs it); a tenth of them in a run that leaves the slow tests out
+# (-m "not slow ..."), the quick loop while developing. --hypothesis-profile overrides.
+settings.register_profile("quick", max_examples=10)
+
+
+def pytest_configure(config):
+    if not config.getoption("hypothesis_profile", None) and "not slow" in (
+        config.getoption("markexpr") or ""
+    ):
+        settings.load_profile("quick")
+
+
+def examples(n: int) -> int:
+    """The examples for a property test that asks for `n` in a whole run: scaled as the
+    loaded profile scales Hypothesis's default of 100, and never under 10."""
+    return min(n, max(10, n * settings.default.max_examples // 100))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,7 +4,9 @@ torch, so a worker starts in a fraction of a second."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 
 from o2v_batch.execution.protocol import BatchResult
@@ -48,6 +50,14 @@ class AlwaysRaise(Echo):
         if any(b"boom" in r for r in records):
             raise RuntimeError("the model broke")
         return super().serve(positions, records, content_type, accept)
+
+
+class SaysIfTorch(Echo):
+    """Answers each record with whether its worker process has imported torch."""
+
+    def serve(self, positions, records, content_type, accept) -> BatchResult:
+        answer = b"torch\n" if "torch" in sys.modules else b"no torch\n"
+        return BatchResult(payload=answer * len(records), records=len(records))
 
 
 class FailToLoad(Echo):
@@ -124,3 +134,39 @@ def act(records, phase: bytes, model_dir: str) -> None:
                 raise StageBroke
         else:
             time.sleep(float(what))
+
+
+class Logged(Phased):
+    """Phased, writing a line to `phases` in the model folder as each phase of a
+    mini-batch starts and as it ends ("predict start id:3"; `id:3` is the mini-batch's
+    record that starts with "id:"), in the order it happens: which phases ran side by
+    side, seen without a clock."""
+
+    def prepare(self, positions, records, content_type, accept) -> LoggedBatch:
+        with logged(self.model_dir, "prepare", records):
+            act(records, b"prepare", self.model_dir)
+        return LoggedBatch(self, positions, records)
+
+
+class LoggedBatch(PhasedBatch):
+    def predict(self) -> None:
+        with logged(self.server.model_dir, "predict", self.records):
+            super().predict()
+
+    def finish(self) -> BatchResult:
+        with logged(self.server.model_dir, "finish", self.records):
+            return super().finish()
+
+
+@contextlib.contextmanager
+def logged(model_dir: str, phase: str, records):
+    name = next((bytes(r).decode() for r in records if bytes(r).startswith(b"id:")), "?")
+    path = os.path.join(model_dir, "phases")
+    # One write per line, appended: lines of the worker's threads never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{phase} start {name}\n".encode())
+        yield
+        os.write(fd, f"{phase} end {name}\n".encode())
+    finally:
+        os.close(fd)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
 
@@ -38,8 +40,28 @@ def run(
     return events
 
 
-def pids(pool: WorkerPool) -> list[int]:
-    return [w.process.pid for w in pool._workers]
+def pids() -> list[int]:
+    """The worker processes running under this process, a pool's and spares alike, as
+    the system lists them (an exited one waiting to be collected is not running)."""
+    this = psutil.Process()
+    deadline = time.monotonic() + 10
+    while True:
+        workers, forked = [], False
+        for child in this.children():
+            try:
+                status, command = child.status(), child.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if status == psutil.STATUS_ZOMBIE:
+                continue
+            # One just forked runs this process's command, then none, until its
+            # interpreter starts.
+            forked |= command in ([], this.cmdline())
+            if "spawn_main" in " ".join(command):
+                workers.append(child.pid)
+        if not forked or time.monotonic() > deadline:
+            return sorted(workers)
+        time.sleep(0.01)
 
 
 def expected(batches: list[list[bytes]]) -> dict[int, bytes]:

@@ -6,6 +6,7 @@ import io
 import math
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +113,7 @@ items_strategy = st.lists(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     items=items_strategy,
     cap=st.sampled_from([0, 1, 5, 17, 40, 100]),
@@ -165,7 +166,7 @@ line_kinds = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     lines=st.lists(line_kinds, max_size=40),
     plain_share=st.integers(0, 3),

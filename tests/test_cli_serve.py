@@ -155,11 +155,24 @@ def test_the_dockerfiles_entry_point_runs_serve():
     assert run.returncode == 0 and "SageMaker inference container" in run.stdout
 
 
-def test_precision_reaches_the_workers(configs):
+class _Given(Exception):
+    """What serve() hands its dispatcher: the workers' specs."""
+
+
+def _dispatcher(specs, *args, **kwargs):
+    raise _Given(specs)
+
+
+def test_precision_reaches_the_workers(configs, monkeypatch):
     assert CliRunner().invoke(main, ["serve", "--precision", "bf16"]).exit_code == 0
     (config,) = configs
     assert config.precision == "bf16"
-    [spec] = server._specs(replace(config, model=MODEL, devices="cpu", workers=1), MODEL)
+    monkeypatch.undo()  # the real serve(), which stops once it has the workers' specs
+    monkeypatch.setattr(server, "Dispatcher", _dispatcher)
+    config = replace(config, model=MODEL, host="127.0.0.1", port=0, devices="cpu", workers=1)
+    with pytest.raises(_Given) as given:
+        server.serve(config)
+    [[spec]] = given.value.args
     assert spec.options.precision == "bf16"
     with pytest.raises(
         ConfigError, match="--precision must be one of fp32, tf32, bf16, fp16; got 'fp8'"

@@ -4,12 +4,14 @@ as one."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import examples
 from helpers import make_model, random_records, write_json, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,10 +31,11 @@ HEAVY = HEAVY_HYPERPARAMETERS  # the benchmark's heavy model
 LIGHT = json.loads((REPO / "examples" / "model" / "hyperparameters.json").read_text())
 
 
-def bench_like(n: int, seed: int = 0) -> list[bytes]:
+@functools.cache  # drawn once for the tests that share them
+def bench_like(n: int, seed: int = 0) -> tuple[bytes, ...]:
     """The benchmark's own records: log-normal lengths (median 24), Zipf-like ids."""
     rng = np.random.default_rng(seed)
-    return record_lines(rng, n, ("in0",), zipf_cdf(VOCAB)).splitlines()
+    return tuple(record_lines(rng, n, ("in0",), zipf_cdf(VOCAB)).splitlines())
 
 
 def as_lines(records: list[bytes], first: int = 1) -> MiniBatch:
@@ -87,7 +90,7 @@ records_strategy = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     records=records_strategy,
     lines=st.booleans(),

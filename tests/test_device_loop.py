@@ -8,6 +8,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, build, tiny
@@ -170,7 +171,7 @@ def test_no_sequences_no_embeddings(buckets: bool, backend: type) -> None:
     assert loop.host_embeddings(nothing, 0).shape == (0, 8)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(max_len=st.integers(1, 600))
 def test_the_ladder_grows_by_steps_of_8_then_by_about_an_eighth(max_len: int) -> None:
     ladder = bucket_lengths(max_len).tolist()
@@ -180,7 +181,7 @@ def test_the_ladder_grows_by_steps_of_8_then_by_about_an_eighth(max_len: int) ->
     assert len(ladder) <= 8 + 2 + 20
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     lengths=st.lists(st.integers(0, 200), max_size=80),
     budget=st.integers(1, 3000),

@@ -145,9 +145,11 @@ def test_counting_gpus_never_imports_torch(tmp_path):
         "import sys\n"
         "import o2v_batch.model.devices as d\n"
         f"d.DEVICE_NODES = {str(tmp_path)!r}\n"
-        "from o2v_batch.engines import local\n"
+        "import o2v_batch.engines.local  # the engine's own imports too\n"
         "from o2v_batch.config import TransformConfig\n"
-        "plan = local._plan(TransformConfig(input='in/', output='out/', model='m/'))\n"
+        "from o2v_batch.execution.planning import plan_workers\n"
+        "config = TransformConfig(input='in/', output='out/', model='m/')\n"
+        "plan = plan_workers(d.parse_devices(config.devices), config.workers)\n"
         "print(plan, 'torch' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}

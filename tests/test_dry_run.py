@@ -85,11 +85,12 @@ def _by_status(shards: list[ShardPreview], status: str) -> set[str]:
     return {s.output or s.input for s in shards if s.status == status}
 
 
+@pytest.mark.slow  # a whole job to compare with
 def test_the_plan_is_what_the_job_writes(tmp_path, model_dir):
     inputs, out = _inputs(tmp_path / "in"), tmp_path / "out"
     summary = tmp_path / "plan.json"
     before = _files(tmp_path)
-    options = ["--model", model_dir, "--max-payload", "1KB", "--summary", summary]
+    options = ["--model", model_dir, "--max-payload", "1KB", "--summary", summary, "--workers", "1"]
     done = _cli(inputs, out, *options, "--dry-run")
     assert done.returncode == 0, done.stderr
     assert _files(tmp_path) == before | {"plan.json"}, "the summary is all it writes"
@@ -130,6 +131,7 @@ def test_the_json_form_has_its_documented_schema(tmp_path, model_dir):
     assert plan["totals"]["process"] + plan["totals"]["other-node"] == 3
 
 
+@pytest.mark.slow  # whole jobs to compare with
 def test_resume_skips_what_the_job_skips(tmp_path, model_dir):
     inputs, out = _inputs(tmp_path / "in"), tmp_path / "out"
     _job(inputs / "a.jsonl", out, model_dir)
@@ -148,6 +150,7 @@ def test_resume_skips_what_the_job_skips(tmp_path, model_dir):
     assert summary.shards_ok == 1
 
 
+@pytest.mark.slow  # whole jobs to compare with
 def test_each_array_node_is_planned_as_it_runs(tmp_path, model_dir):
     inputs = tmp_path / "in"
     for i, n in enumerate((50, 5, 20, 20, 8)):
@@ -166,6 +169,7 @@ def test_each_array_node_is_planned_as_it_runs(tmp_path, model_dir):
     assert all(planned), "both nodes have shards"
 
 
+@pytest.mark.slow  # whole jobs to compare with
 @pytest.mark.parametrize(
     "name, content, place",
     [
@@ -204,6 +208,7 @@ def test_a_bad_record_is_named_as_the_job_names_it(
         assert written["bad_records_by_shard"] == {str(shard): 1}
 
 
+@pytest.mark.slow  # a whole job to compare with
 def test_a_shard_fails_at_the_record_the_job_fails_at(tmp_path, model_dir):
     # The workers read every record of a mini-batch before they check token ids: the
     # malformed line 3 fails the shard, not the out-of-range id on line 1.
@@ -262,6 +267,7 @@ def test_it_starts_no_worker_and_imports_no_torch(
     assert done.stdout.splitlines()[-1] == "False 0", done.stderr
 
 
+@pytest.mark.slow  # whole jobs to compare with
 def test_a_large_shards_mini_batches_are_estimated(tmp_path, model_dir):
     inputs = tmp_path / "in"
     write_jsonl(inputs / "big.jsonl", random_records(4 * PREVIEW_RECORDS, seed=5, pairs=False))

@@ -562,12 +562,15 @@ def test_nightly_does_not_start_while_another_run_holds_the_lock(tmp_path):
     assert stderr == f"o2v-nightly: another run holds {lock}; not starting\n"
 
 
-@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.slow  # whole jobs
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_an_output_that_cannot_be_written_fails_its_shard_alone(
-    ray_instance, inputs, model_dir, tmp_path, engine
+    request, inputs, model_dir, tmp_path, engine
 ):
     """Both engines write a shard's output through the same writer: a folder that is a
     file fails that shard, named by its output, and the others are written."""
+    if engine == "ray":
+        request.getfixturevalue("ray_instance")
     out = tmp_path / "out"
     out.mkdir()
     (out / "sub").write_text("a file where the shard's folder goes")

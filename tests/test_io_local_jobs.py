@@ -19,6 +19,13 @@ def model_dir(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("model") / "m")
 
 
+@pytest.fixture(autouse=True)
+def echoing_workers(replace_servers):
+    """Storage is what these jobs show: their workers are tests' servers, which answer
+    each record with its own bytes and start without torch."""
+    replace_servers("fake_servers:Echo")
+
+
 def invoke(*args: str | Path):
     return CliRunner().invoke(main, [str(a) for a in args])
 

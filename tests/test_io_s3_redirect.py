@@ -4,14 +4,14 @@ proxy at AWS_ENDPOINT_URL, say): one line naming the endpoint and the redirect."
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from o2v_batch.cli import main
 
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "model"
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
@@ -37,24 +37,31 @@ def redirecting_server(status: int, location: str | None) -> http.server.Threadi
 @pytest.fixture
 def endpoint(request) -> Iterator[str]:
     server = redirecting_server(*request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled often: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
-def transform(endpoint: str, *args: str | Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "AKIAREDIRECTTEST",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    command = [sys.executable, "-m", "o2v_batch", "transform", *map(str, args)]
-    command += ["--model", str(EXAMPLE_MODEL)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def transform(replace_servers):
+    """transform ENDPOINT ARGS... as the command runs it, against the endpoint. The job
+    never gets to serve: its workers start as tests' servers, without torch."""
+    replace_servers("fake_servers:Echo")
+
+    def run(endpoint: str, *args: str | Path):
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "AKIAREDIRECTTEST",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        args = ["transform", *map(str, args), "--model", str(EXAMPLE_MODEL)]
+        return CliRunner().invoke(main, args, env=env)
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -69,10 +76,12 @@ def transform(endpoint: str, *args: str | Path) -> subprocess.CompletedProcess:
     ],
     indirect=["endpoint"],
 )
-def test_a_redirect_naming_no_region_is_one_line_while_listing(tmp_path, endpoint, redirect):
+def test_a_redirect_naming_no_region_is_one_line_while_listing(
+    tmp_path, endpoint, redirect, transform
+):
     done = transform(endpoint, "s3://b/in/", tmp_path / "out")
 
-    assert done.returncode == 1
+    assert done.exit_code == 1
     assert done.stderr == (
         f"Error: the S3 endpoint {endpoint} answered with a redirect that an S3 client "
         f"cannot follow (check AWS_ENDPOINT_URL): {redirect}\n"
@@ -81,13 +90,13 @@ def test_a_redirect_naming_no_region_is_one_line_while_listing(tmp_path, endpoin
 
 
 @pytest.mark.parametrize("endpoint", [(301, None)], indirect=True)
-def test_a_redirect_naming_no_region_is_one_line_when_writing(tmp_path, endpoint):
+def test_a_redirect_naming_no_region_is_one_line_when_writing(tmp_path, endpoint, transform):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl").write_text('{"in0": [1, 2, 3]}\n')
 
     done = transform(endpoint, tmp_path / "in", "s3://b/out/")
 
-    assert done.returncode == 1
+    assert done.exit_code == 1
     assert done.stderr.splitlines() == [
         f"Error: the S3 endpoint {endpoint} answered with a redirect that an S3 client "
         "cannot follow (check AWS_ENDPOINT_URL): 301 with no Location"

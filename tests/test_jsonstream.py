@@ -208,8 +208,12 @@ def test_json_hard_limit_applies_without_max(monkeypatch: pytest.MonkeyPatch) ->
     assert instances_of(b'{"instances": [1234, 12345]}') == [Record(0, b"1234"), Oversize(1, 5)]
 
 
-def test_json_many_elements_across_chunks() -> None:
-    elements = [b'{"in0": [%d, 1], "id": "r\\"%d"}' % (i, i) for i in range(100_000)]
+def test_json_many_elements_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "o2v_batch.inputs.jsonscanner.READ_CHUNK", 2**16
+    )  # more chunks, fewer elements
+    monkeypatch.setattr(formats, "READ_CHUNK", 2**16)
+    elements = [b'{"in0": [%d, 1], "id": "r\\"%d"}' % (i, i) for i in range(8_000)]
     elements[500] = b'{"in0": [1], "meta": {"nested": [[1]]}}'
     data = b'{"instances": [' + b", ".join(elements) + b"]}"
     assert len(data) > 3 * formats.READ_CHUNK

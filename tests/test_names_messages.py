@@ -78,6 +78,7 @@ def test_an_echoed_authorization_header_loses_its_signature_and_key_id():
 # ---------------------------------------------------------------- control characters
 
 
+@pytest.mark.slow  # a whole job
 def test_a_newline_in_a_shard_name_forges_no_log_line(tmp_path, model_dir):
     forged = "o2v-batch: shards: 99 ok"
     write_jsonl(tmp_path / "in" / f"a\n{forged}.jsonl", [{"in0": "not ids"}])
@@ -93,6 +94,7 @@ def test_a_newline_in_a_shard_name_forges_no_log_line(tmp_path, model_dir):
     assert "o2v-batch: shards: 1 ok, 1 failed, 0 skipped" in result.stderr
 
 
+@pytest.mark.slow  # a whole job
 def test_names_in_the_summary_are_shown(tmp_path, model_dir):
     bad = tmp_path / "in" / "tab\there\x1b[2J.jsonl"
     write_jsonl(bad, [{"in0": "not ids"}])

@@ -139,6 +139,7 @@ def test_api_matches_the_network_fed_without_zeros(model_dir):
 # ---------------------------------------------------------------- transform and serve
 
 
+@pytest.mark.slow  # a whole job
 def test_transform_outputs_ignore_padding_ids_on_both_reading_paths(model_dir, tmp_path):
     inputs = tmp_path / "in"
     write_jsonl(inputs / "clean.jsonl", records(None))
@@ -170,6 +171,12 @@ def test_transform_outputs_ignore_padding_ids_on_both_reading_paths(model_dir, t
     )
 
 
+@pytest.mark.parametrize(
+    "model_dir",
+    [NETWORKS[0], pytest.param(NETWORKS[1], marks=pytest.mark.slow)],  # a server each
+    ids=lambda n: "+".join(n),
+    indirect=True,
+)
 def test_serve_answers_ignore_padding_ids(model_dir, tmp_path):
     from test_serve import Served, invoke, serve_command
 

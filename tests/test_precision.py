@@ -41,6 +41,7 @@ def restore_math():
     set_float32_math(tf32=before == {"tf32"})
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_pytorch_defaults_are_not_ieee_float32(restore_math):
     """Why loading sets the math at all: in a fresh interpreter, some float32 kernels
     may use TF32."""
@@ -67,6 +68,7 @@ def test_low_precisions_leave_float32_math_ieee(tmp_path, restore_math):
     assert float32_math() == {"ieee"}
 
 
+@pytest.mark.slow  # two whole jobs
 def test_tf32_on_cpu_is_float32_byte_for_byte(tmp_path):
     model = make_model(tmp_path / "model")
     write_jsonl(tmp_path / "in" / "a.jsonl", random_records(40, seed=2))

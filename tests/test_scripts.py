@@ -213,6 +213,7 @@ def make_example_model(*args: str, script: Path = MAKE_EXAMPLE_MODEL):
     )
 
 
+@pytest.mark.slow  # the script imports torch first
 def test_make_example_model_refuses_to_replace_the_shipped_model(tmp_path):
     """Run without arguments, from a copy of the checkout: its examples/ exist."""
     script = tmp_path / "scripts" / "make_example_model.py"
@@ -284,7 +285,17 @@ def test_scripts_name_the_extra_they_need(script, module, args):
     assert run.stderr == f"scripts/{script} needs {module}: pip install -e '.[bench]'\n"
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
+# Those that import torch before they parse their arguments take a second each.
+TORCH_FIRST = {"gpu_check.py", "make_example_model.py"}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if name in TORCH_FIRST else [])
+        for name in sorted(p.name for p in (REPO / "scripts").glob("*.py"))
+    ],
+)
 def test_help_cites_only_what_the_repository_holds(script):
     """A script's --help sends its reader to files and README sections that exist."""
     run = subprocess.run(
@@ -303,6 +314,7 @@ def test_help_cites_only_what_the_repository_holds(script):
         assert "the README's Performance section" in run.stdout
 
 
+@pytest.mark.slow  # six models twice over, and two whole jobs
 def test_gpu_check_runs_on_the_cpu_and_holds_fp32_to_the_cpu(tmp_path):
     """scripts/gpu_check.py as a session lent a GPU runs it, here with --devices cpu:
     every fp32 row (the CPU against itself) is exact, the lower precisions are not."""

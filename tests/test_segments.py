@@ -85,10 +85,10 @@ def test_a_held_segment_is_never_overwritten_and_the_pipe_takes_over(tmp_path):
 def test_a_response_outlives_the_worker_that_wrote_it(tmp_path):
     with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
         [kept] = run(pool, BIG[:1]).values()
-        [pid] = pids(pool)
+        [pid] = pids()
         os.kill(pid, signal.SIGKILL)
         later = run(pool, BIG[1:3])
-        assert pids(pool) != [pid]
+        assert pids() != [pid]
         # The lost worker's segment stays readable until let go; the new one has its own.
         assert bytes(kept.result.payload.view) == expected(BIG)[0]
         kept.result.payload.release()
@@ -158,7 +158,7 @@ def test_a_lost_workers_response_is_written_by_the_parent(tmp_path):
     target.write_bytes(b"")
     with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
         [kept] = run(pool, BIG[:1]).values()
-        [pid] = pids(pool)
+        [pid] = pids()
         os.kill(pid, signal.SIGKILL)
         run(pool, BIG[1:2])  # the pool has replaced it
         assert _written_elsewhere(pool, kept.result.payload, target, 0) is None
@@ -175,6 +175,7 @@ def test_a_write_into_an_output_gone_meanwhile_says_why_and_creates_nothing(tmp_
     assert not gone.exists()
 
 
+@pytest.mark.slow  # a whole job of 20,000 records
 def test_the_parent_writes_none_of_the_responses_of_a_local_output(tmp_path, monkeypatch):
     """The workers write the responses into the output themselves: what the job's
     process writes into it is the framing."""

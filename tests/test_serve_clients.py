@@ -77,10 +77,9 @@ def _closed(sock: socket.socket) -> bool:
 def test_refusals_the_headers_decide_come_before_the_body(server, head, status, message):
     with _connect(server.port) as sock:
         sock.sendall(head)  # and no body
-        started = time.monotonic()
         response = _response(sock)
+        # The refusal, not the 408 of a body that never came.
         assert (response.status, response.read()) == (status, f"{message}\n".encode())
-        assert time.monotonic() - started < 0.9  # not the body time-out's 408
 
 
 def test_after_an_early_refusal_the_body_sent_anyway_leaves_the_connection_usable(server):
@@ -134,7 +133,10 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes(
                     f"the request body did not arrive within {BODY_TIMEOUT} s (--body-timeout)\n"
                 ).encode()
             )
-            assert float(BODY_TIMEOUT) <= waited < float(BODY_TIMEOUT) + 5
+            # The whole body's time, not the time between its pieces (0.2 s): a body
+            # trickling in forever would keep the connection open (the socket's own
+            # time-out would fail the test).
+            assert waited >= float(BODY_TIMEOUT)
             assert _closed(sock)
         finally:
             stop.set()
@@ -176,13 +178,12 @@ def test_stalled_bodies_take_no_place_in_the_queue_and_sigterm_does_not_wait_for
     time.sleep(0.5)  # each is reading its body by now
     status, answered_type, _ = invoke(served.port, RECORD, JSONLINES)
     assert (status, answered_type) == (200, JSONLINES)
-    started = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
     for sock in stalled:
         response = _response(sock)
         assert (response.status, response.read()) == (503, b"the server is stopping\n")
         sock.close()
+    # Well before the stalled bodies' time-out (60 s by default).
     assert served.process.wait(10) == 0, served.log.read_text()
-    assert time.monotonic() - started < 5
     log = served.log.read_text()
     assert "Traceback" not in log and "CancelledError" not in log, log

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import tiny
@@ -103,7 +104,7 @@ tokens = st.one_of(
 sequences = st.one_of(st.lists(tokens, max_size=5), st.integers(), st.text(max_size=3))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(batch=st.lists(sequences, max_size=4))
 def test_the_batch_check_and_the_exact_check_agree(batch: list) -> None:
     exact_ok = True
@@ -170,7 +171,7 @@ def test_device_kind(device: object, kind: str) -> None:
 lengths_lists = st.lists(st.integers(1, 40), max_size=60)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(lengths=lengths_lists, budget=st.integers(1, 200), max_rows=st.integers(1, 16))
 def test_device_batches_longest_first_within_the_budget(
     lengths: list[int], budget: int, max_rows: int
@@ -238,7 +239,7 @@ def _same(a: TokenIds, b: TokenIds) -> bool:
 plain_sequences = st.lists(st.lists(st.integers(0, 999), min_size=1, max_size=8), min_size=1)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     sequences=plain_sequences,
     name=st.sampled_from(["in0", "in1"]),
@@ -275,7 +276,7 @@ def _edited(record: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     sequences=plain_sequences,
     edits=edit_lists.filter(bool),
@@ -330,7 +331,7 @@ def _parsed_pairs(records: list[bytes], vocabs: tuple[int, int]) -> list[TokenId
     return None if None in checked else checked
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     pairs=st.lists(
         st.tuples(plain_sequences.map(lambda s: s[0]), plain_sequences.map(lambda s: s[0])),

@@ -23,6 +23,9 @@ from o2v_batch.execution import worker
 from o2v_batch.jobs.transform import transform
 
 SHARDS, RECORDS = 3, 400
+# Whole jobs, each against another.
+pytestmark = pytest.mark.slow
+
 # Bad in shards a and b; c is all good, so that it is written under --on-bad-record fail.
 BAD_LINES = {
     7: '{"in0": [1, 2',
@@ -134,7 +137,6 @@ def big_job(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.slow
 def test_a_pipelined_worker_killed_mid_job_loses_nothing(big_job, tmp_path):
     out = tmp_path / "out"
     config = {"input": str(big_job / "in"), "output": str(out), "model": str(big_job / "model")}
