@@ -315,6 +315,22 @@ def test_plain_ids_decline(record):
     assert plain_ids([b'{"in0":[3,4]}', record, b'{"in0":[0]}'], [("in0", 1000)]) is None
 
 
+@pytest.mark.parametrize(
+    ("records", "declined"),
+    [
+        ([b'{"in0":[01,2]}', b'{"in0":[3]}'], True),  # the very first id
+        ([b'{"in0":[3]}', b'{"in0":[2,007]}'], True),  # the last one
+        ([b'{"in0":[3,0]}', b'{"in0":[0,10,100,0]}'], False),  # zeros that are ids
+        ([b'{"in0":[3,0]}', b'{"in0":[0,10,100,0]}', b'{"in0":[0]}'], False),
+    ],
+)
+def test_plain_ids_and_leading_zeros(records: list[bytes], declined: bool) -> None:
+    got = plain_ids(records, [("in0", 1000)])
+    assert (got is None) == declined
+    if not declined:
+        assert _same(got[0], _parsed(records, "in0", 1000))
+
+
 def _parsed_pairs(records: list[bytes], vocabs: tuple[int, int]) -> list[TokenIds] | None:
     """What the JSON parser and fast_ids make of records that are in0-in1 pairs."""
     seqs: tuple[list, list] = ([], [])

@@ -168,10 +168,13 @@ def _read_ids(body: bytes, n: int, inputs: Sequence[tuple[str, int]]) -> list[To
 
 def _leading_zero(text: np.ndarray) -> bool:
     """Whether a number among digits and separators starts with a 0 followed by a digit:
-    JSON numbers have none ("01" is not an id; the parser says so)."""
-    digit = np.append((text >= 48) & (text <= 57), False)
-    starts = np.append(0, np.flatnonzero(digit[1:-1] & ~digit[:-2]) + 1)
-    return bool(((text[starts] == 48) & digit[starts + 1]).any())
+    JSON numbers have none ("01" is not an id; the parser says so). Looks at the zeros
+    only: one pass over the text, the rest on the few zeros that are followed by a digit."""
+    zeros = np.flatnonzero(text[:-1] == 48)  # a last 0 has no digit after it
+    after = text[zeros + 1]
+    zeros = zeros[(after >= 48) & (after <= 57)]
+    before = text[zeros - 1]  # text[-1] for a 0 in front: not read then
+    return bool(((zeros == 0) | (before < 48) | (before > 57)).any())
 
 
 def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:
