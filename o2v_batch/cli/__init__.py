@@ -18,6 +18,7 @@ from o2v_batch.cli.inspect import inspect_command
 from o2v_batch.cli.serve import serve_command
 from o2v_batch.cli.train import train_command
 from o2v_batch.cli.transform import transform_command
+from o2v_batch.execution import allocator
 
 
 @click.group("o2v-batch", context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,7 @@ def main() -> None:
 
         o2v-batch transform examples/requests/ out/ --model examples/model
     """
+    allocator.keep_freed_memory()  # the parent reads and writes mini-batches too
 
 
 for command in (transform_command, train_command, inspect_command, serve_command):

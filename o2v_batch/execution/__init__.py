@@ -26,6 +26,8 @@ A worker process's side:
   along it (numpy only);
 - `records`: a mini-batch's records parsed and checked (numpy only, so that
   --dry-run checks records in the parent with the same code);
+- `allocator`: glibc's malloc told to keep what mini-batches free (the command's
+  process asks for it too);
 - `main_module`: refuses a job started where spawned workers cannot re-import the
   caller (no `__main__` guard, stdin).
 

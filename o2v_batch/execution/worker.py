@@ -1,9 +1,7 @@
 """A worker process: its start-up (start_server, shared with Ray actors), its reader and
 its loop of mini-batches (worker_loop.py), Spares, worker processes started before their
 model is known, and how one ended (its exit, the kernel's OOM killer, an interpreter
-that could not start).
-
-Nothing here imports torch: the factory's module does, in the worker.
+that could not start). Nothing here imports torch: the factory's module does, in the worker.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from o2v_batch.errors import describe
-from o2v_batch.execution import segments, worker_loop
+from o2v_batch.execution import allocator, segments, worker_loop
 from o2v_batch.execution.protocol import (
     DEFAULT_FACTORY,
     Fatal,
@@ -70,9 +68,10 @@ def start_server(spec: WorkerSpec) -> Any:
 
 def _prepare_imports() -> None:
     # Spinning OpenMP threads stall whenever the parent or another worker takes the
-    # core (measured on 2 cores: 2 threads fell from 160,000 to 7,000 records/s).
-    # Read once, when torch loads: so set before the factory's module imports it.
+    # core (measured on 2 cores: 2 threads fell from 160,000 to 7,000 records/s). Read
+    # once, when torch loads: so set before the factory's module imports it; malloc too.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    allocator.keep_freed_memory()
 
 
 def _worker_main(conn: Connection, factory: str) -> None:
