@@ -215,6 +215,25 @@ def test_fill_writes_rows_left_aligned_into_a_bigger_buffer_in_its_dtype() -> No
         ids.fill(np.array([1]), np.zeros((4, 3), np.int32))
 
 
+@settings(max_examples=examples(200), deadline=None)
+@given(lengths=lengths_lists, data=st.data())
+def test_runs_of_reordered_rows_fill_as_their_rows_do(lengths: list[int], data) -> None:
+    """A device loop reorders a call's rows once and fills each batch from a run of them."""
+    ids = TokenIds(np.arange(1, sum(lengths) + 1, dtype=np.int64), np.array(lengths, np.int64))
+    order = np.array(data.draw(st.permutations(range(len(lengths)))), np.int64)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(lengths)), max_size=4)))
+    reordered = ids.reordered(order)
+    assert reordered.lengths.tolist() == [lengths[i] for i in order]
+    for lo, hi in zip([0, *cuts], [*cuts, len(lengths)], strict=True):
+        width = max([lengths[i] for i in order[lo:hi]], default=0) + 1
+        got, expected = np.full((hi - lo + 1, width), 7), np.zeros((hi - lo + 1, width), int)
+        reordered.fill_run(lo, hi, got)
+        for r, i in enumerate(order[lo:hi].tolist()):
+            start = sum(lengths[:i])
+            expected[r, : lengths[i]] = range(start + 1, start + lengths[i] + 1)
+        assert got.tolist() == expected.tolist()
+
+
 # ---------------------------------------------------------------- plain records
 
 

@@ -201,13 +201,16 @@ class DeviceLoop:
         that raised (the device out of memory) leaves the loop as usable as before."""
         try:
             slots = self.slots
+            # The rows in batch order, their ids gathered once: each batch is a run of them.
             if batches:
-                self._stage(ids, batches[0], slots[0])
+                ids = ids.reordered(np.concatenate([batch.rows for batch in batches]))
+                self._stage(ids, 0, batches[0], slots[0])
             pending = None  # the batch computed last: its output still to copy out
             done = 0
             for k, batch in enumerate(batches):
                 if k + 1 < len(batches):
-                    self._stage(ids, batches[k + 1], slots[(k + 1) % len(slots)])
+                    nxt = done + len(batch.rows)
+                    self._stage(ids, nxt, batches[k + 1], slots[(k + 1) % len(slots)])
                 slot = slots[k % len(slots)]
                 result = self._compute(slot, batch, encoder, out)
                 if staged is not None:
@@ -222,16 +225,16 @@ class DeviceLoop:
             for slot in self.slots:  # nothing in flight: none has anything to wait for
                 slot.staged, slot.copied, slot.released = False, None, None
 
-    def _stage(self, ids: TokenIds, batch: Batch, slot: _Slot) -> None:
-        """Fill a slot with a batch and start its copy to the device, once the slot's last
-        batch is computed."""
+    def _stage(self, ids: TokenIds, first: int, batch: Batch, slot: _Slot) -> None:
+        """Fill a slot with a batch, rows `first`.. of `ids` (the call's rows in batch
+        order), and start its copy to the device, once the slot's last batch is computed."""
         assert not slot.staged, "a slot is refilled before its batch was computed"
         self.backend.wait(slot.released)
         (R, T), B = batch.shape, len(batch.rows)
         tokens, rows, lengths = slot.views
-        ids.fill(batch.rows, tokens[: R * T].reshape(R, T))
+        ids.fill_run(first, first + B, tokens[: R * T].reshape(R, T))
         rows[:B] = batch.rows
-        lengths[:B] = ids.lengths[batch.rows]
+        lengths[:B] = ids.lengths[first : first + B]
         lengths[B:R] = 0
         slot.copied = self.backend.copy_in(
             [

@@ -136,16 +136,28 @@ class TokenIds:
     def fill(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Write the ids of `rows` into the first rows of `out` (R, T), left-aligned and
         zero-padded, in place and in out's dtype; the rows after them become padding only."""
-        starts, lengths = self.starts[rows], self.lengths[rows]
-        B, T = len(rows), out.shape[1]
-        assert out.shape[0] >= B and lengths.max(initial=0) <= T, (
-            f"{B} rows of up to {lengths.max(initial=0)} ids do not fit in {out.shape}"
-        )
-        out[...] = 0
+        self.reordered(rows).fill_run(0, len(rows), out)
+
+    def reordered(self, rows: np.ndarray) -> TokenIds:
+        """The sequences of `rows`, in that order: one gather of their ids."""
+        lengths = self.lengths[rows]
         before = np.cumsum(lengths) - lengths  # each row's first id among the rows' ids
-        where = np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)
+        where = np.arange(int(lengths.sum())) + np.repeat(self.starts[rows] - before, lengths)
+        return TokenIds(self.ids[where], lengths)
+
+    def fill_run(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """fill() for the consecutive rows lo..hi-1: their ids are one slice of `ids`, so
+        a device loop that reorders a call's rows once (reordered) stages each device
+        batch in a few vectorised steps."""
+        lengths, T = self.lengths[lo:hi], out.shape[1]
+        assert out.shape[0] >= hi - lo and lengths.max(initial=0) <= T, (
+            f"{hi - lo} rows of up to {lengths.max(initial=0)} ids do not fit in {out.shape}"
+        )
+        first = int(self.starts[lo]) if lo < len(self) else self.ids.size
+        end = int(self.starts[hi]) if hi < len(self) else self.ids.size
+        out[...] = 0
         # A boolean mask fills row after row, left to right: the rows' ids in order.
-        out[:B][np.arange(T) < lengths[:, None]] = self.ids[where]
+        out[: hi - lo][np.arange(T) < lengths[:, None]] = self.ids[first:end]
 
     def device_batch_rows(self, token_budget: int, max_rows: int) -> Iterator[np.ndarray]:
         """The rows of each device batch, longest sequences first: as many rows as the
