@@ -363,3 +363,50 @@ def test_the_first_bad_record_of_a_shared_mini_batch_fails_the_shard(
     assert len(requests) > 1
     assert reasons[0] == reasons[1]
     assert "line 700, column 14: malformed JSON" in reasons[1]
+
+
+# -- the reader: whole mini-batches while the input after them keeps the workers busy --
+
+
+def read_parts(tmp_path: Path, model: Path, sizes: list[int], stdin: bool = False) -> list[int]:
+    """The parts (requests) each shard's one mini-batch goes to two workers in, every
+    mini-batch worth sharing; `stdin`: the first shard's size unknown, as stdin's is."""
+    from o2v_batch import io
+    from o2v_batch.engines.reader import DONE, Item, Reader
+    from o2v_batch.engines.shard import shard_task
+
+    for k, n in enumerate(sizes):
+        write_jsonl(tmp_path / "in" / f"part-{k}.jsonl", random_records(n, seed=k))
+    config = TransformConfig(
+        input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(model), workers=2
+    )
+    hp = Hyperparameters.from_dict(json.loads((model / "hyperparameters.json").read_text()))
+    shards = io.list_shards(config.input, config.output)
+    if stdin:
+        shards[0] = io.Shard(shards[0].uri, shards[0].rel, -1)
+    reader = Reader(config, [shard_task(shard, config, hp) for shard in shards], set())
+    reader.start(maxsize=1000, workers=2)
+    parts = [0] * len(sizes)
+    while (message := reader.messages.get(timeout=60)) is not DONE:
+        if isinstance(message, Item):
+            parts[message.idx] += 1
+    return parts
+
+
+def test_mini_batches_go_whole_while_the_input_after_them_feeds_the_workers(
+    tmp_path, model, monkeypatch
+) -> None:
+    monkeypatch.setattr(batching, "_PIECE_WORK", 1e6)  # every mini-batch is worth sharing
+    # Two workers: a mini-batch with two like it still to read goes whole; the last two
+    # are shared in pieces, so that neither worker idles at the end.
+    parts = read_parts(tmp_path, model, [400, 400, 400, 400])
+    assert parts[:2] == [1, 1] and min(parts[2:]) > 1
+    # A large last shard is the tail: the small ones before it go whole, and it is shared.
+    parts = read_parts(tmp_path / "big-last", model, [200, 200, 1600])
+    assert parts[:2] == [1, 1] and parts[2] > 1
+
+
+def test_mini_batches_of_an_input_of_unknown_size_are_shared(tmp_path, model, monkeypatch) -> None:
+    monkeypatch.setattr(batching, "_PIECE_WORK", 1e6)
+    parts = read_parts(tmp_path, model, [400, 400, 400, 400], stdin=True)
+    assert parts[0] > 1 and parts[1] == 1

@@ -88,6 +88,13 @@ class Reader:
         self.workers = 1  # that share each mini-batch's pieces
         self.meter = Meter()  # stored bytes read
         self._stop = threading.Event()
+        # Per shard, the stored bytes of the shards after it; sizes are unknown (< 0)
+        # up to the last shard before _unknown_from.
+        sizes = [task.shard.size for task in tasks]
+        self._after = [0] * len(tasks)
+        for idx in range(len(tasks) - 2, -1, -1):
+            self._after[idx] = self._after[idx + 1] + max(sizes[idx + 1], 0)
+        self._unknown_from = max((i + 1 for i, size in enumerate(sizes) if size < 0), default=0)
         self._thread = threading.Thread(target=self._read, daemon=True)
 
     def start(self, maxsize: int, workers: int) -> None:
@@ -104,7 +111,7 @@ class Reader:
             if self._stop.is_set():
                 break
             self._put(Start(idx))
-            seq, shares = 0, _Shares(self.meter)
+            seq, shares, begun = 0, _Shares(self.meter), self.meter.nbytes
             try:
                 for item in mini_batches(task, self.config, self.meter):
                     if idx in self.failed or self._stop.is_set():
@@ -114,7 +121,8 @@ class Reader:
                         seq += 1
                         continue
                     counted = (len(item.records), item.nbytes)
-                    for piece in pieces(task, item, self.workers):
+                    left = self._left_after(idx, self.meter.nbytes - begun)
+                    for piece in pieces(task, item, self.workers, left):
                         stored = shares.take(piece.nbytes + len(piece.records))
                         self._put(Item(idx, seq, piece, counted, stored))
                         seq, counted = seq + 1, None
@@ -123,6 +131,14 @@ class Reader:
                 continue
             self._put(End(idx, seq, shares.rest()))
         self._put(DONE)
+
+    def _left_after(self, idx: int, read: int) -> int | None:
+        """Stored bytes of input still to read once shard `idx` has had `read` of its
+        bytes read; None when a shard's size is unknown (stdin). Compressed shards count
+        their stored bytes, fewer than their records': they look nearer the end."""
+        if self._unknown_from > idx:
+            return None
+        return max(0, self.tasks[idx].shard.size - read) + self._after[idx]
 
     def _put(self, message: object) -> None:
         while not self._stop.is_set():

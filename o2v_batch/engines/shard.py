@@ -139,10 +139,21 @@ def mini_batches(
         raise ShardFailed(read_failure(uri, exc) + _content_type_hint(task, looks_like)) from None
 
 
-def pieces(task: ShardTask, batch: MiniBatch, workers: int | None = None) -> list[MiniBatch]:
+def pieces(
+    task: ShardTask, batch: MiniBatch, workers: int | None = None, input_left: int | None = None
+) -> list[MiniBatch]:
     """The requests a mini-batch goes to the workers as: itself, or, when it holds more
     of the model's work than one worker should do alone, consecutive pieces of it, a
-    few per worker of the `workers` that share them."""
+    few per worker of the `workers` that share them.
+
+    With `input_left` (the stored bytes of input still to read after it) of at least a
+    mini-batch like it per worker, it goes whole: the other workers have the input after
+    it to serve, and a worker sorts a whole mini-batch's sequences by length into device
+    batches with less padding than its pieces' (a heavy model's 3,000 pairs: 1.03x the
+    real tokens whole, 1.10x in five pieces). The last mini-batches of a job, and any
+    of an input whose size is unknown, are shared in pieces so that no worker idles."""
+    if workers and input_left is not None and input_left >= workers * batch.nbytes:
+        return [batch]
     return split(batch, task.work.per_token, task.work.per_record, workers)
 
 
