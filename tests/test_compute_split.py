@@ -51,7 +51,11 @@ def as_list(records: list[bytes], first: int = 1) -> MiniBatch:
 
 
 def check_pieces(
-    batch: MiniBatch, pieces: list[MiniBatch], token_work: float, workers: int | None = None
+    batch: MiniBatch,
+    pieces: list[MiniBatch],
+    token_work: float,
+    workers: int | None = None,
+    tail: bool = False,
 ) -> None:
     """Every record exactly once, in order, at its position; each piece's bytes right,
     Lines cut at newlines; each piece within its share of the work or one record."""
@@ -70,7 +74,8 @@ def check_pieces(
         assert pieces == [batch]
         return
     work = batch.nbytes * batching._tokens_per_byte(batch.records) * token_work
-    share = max(batching._PIECE_WORK, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
+    floor = batching._TAIL_PIECE_WORK if tail else batching._PIECE_WORK
+    share = max(floor, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
     if workers:
         share = max(share, work / (batching.PIECES_PER_WORKER * workers))
     rate = work / batch.nbytes
@@ -144,6 +149,12 @@ def test_the_light_model_keeps_a_full_mini_batch_whole(mode: str) -> None:
         size += len(record)
     for batch in (as_lines(records), as_list(records)):
         assert split(batch, work.per_token, work.per_record)[0] is batch
+        # Among a job's last mini-batches it is shared, so no worker waits long for it:
+        # in a few pieces per worker, or in pieces of the tail's smaller floor.
+        for workers in (2, 16):
+            pieces = split(batch, work.per_token, work.per_record, workers, tail=True)
+            check_pieces(batch, pieces, work.per_token, workers, tail=True)
+            assert 2 <= len(pieces) <= batching.PIECES_PER_WORKER * workers + 1
 
 
 def test_a_line_longer_than_a_share_is_a_piece_alone(monkeypatch) -> None:
@@ -231,6 +242,7 @@ def job(
     (spy / f"piece_spy_{out}.py").write_text(SPY.format(folder=str(spy)))
     monkeypatch.syspath_prepend(str(spy))
     monkeypatch.setattr(batching, "_PIECE_WORK", 1e6 if split else batching._PIECE_WORK)
+    monkeypatch.setattr(batching, "_TAIL_PIECE_WORK", 1e6 if split else batching._PIECE_WORK)
     if split:  # many pieces, though two workers would share it in a few
         monkeypatch.setattr(batching, "PIECES_PER_WORKER", 64)
     replace_servers(f"piece_spy_{out}:Server")
@@ -396,7 +408,9 @@ def read_parts(tmp_path: Path, model: Path, sizes: list[int], stdin: bool = Fals
 def test_mini_batches_go_whole_while_the_input_after_them_feeds_the_workers(
     tmp_path, model, monkeypatch
 ) -> None:
-    monkeypatch.setattr(batching, "_PIECE_WORK", 1e6)  # every mini-batch is worth sharing
+    # Every mini-batch is worth sharing, the last ones in smaller pieces.
+    monkeypatch.setattr(batching, "_PIECE_WORK", 1e6)
+    monkeypatch.setattr(batching, "_TAIL_PIECE_WORK", 1e5)
     # Two workers: a mini-batch with two like it still to read goes whole; the last two
     # are shared in pieces, so that neither worker idles at the end.
     parts = read_parts(tmp_path, model, [400, 400, 400, 400])
@@ -408,5 +422,6 @@ def test_mini_batches_go_whole_while_the_input_after_them_feeds_the_workers(
 
 def test_mini_batches_of_an_input_of_unknown_size_are_shared(tmp_path, model, monkeypatch) -> None:
     monkeypatch.setattr(batching, "_PIECE_WORK", 1e6)
+    monkeypatch.setattr(batching, "_TAIL_PIECE_WORK", 1e5)
     parts = read_parts(tmp_path, model, [400, 400, 400, 400], stdin=True)
     assert parts[0] > 1 and parts[1] == 1

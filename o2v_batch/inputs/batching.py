@@ -27,6 +27,11 @@ _PIECE_WORK = 5e10
 # one core, CPU time, forward passes: the heavy model's 8,000-pair mini-batch ran 0.86x
 # the speed of the whole in 14 pieces and 0.96x in 5, as two workers now cut it.)
 PIECES_PER_WORKER = 2
+# The last mini-batches of a job (see engines/shard.pieces) are cut finer, down to about
+# this much work: there a worker left waiting for another's last mini-batch idles, and
+# the light example model's mini-batches (about 9e9 each) are shared too. Read when a
+# mini-batch is split, as _PIECE_WORK is.
+_TAIL_PIECE_WORK = 2e9
 MAX_PIECES = 256  # of one mini-batch: the parent's cost per mini-batch stays bounded
 MIN_PIECE_RECORDS = 16  # a smaller share of a mini-batch is not worth a request
 SAMPLE_BYTES = 2**16  # of a mini-batch, read to estimate its tokens per byte
@@ -187,26 +192,32 @@ def _line_end(data: bytes, start: int) -> int:
 
 
 def split(
-    batch: MiniBatch, token_work: float, record_work: float = 0.0, workers: int | None = None
+    batch: MiniBatch,
+    token_work: float,
+    record_work: float = 0.0,
+    workers: int | None = None,
+    tail: bool = False,
 ) -> list[MiniBatch]:
     """The pieces, in order, that `batch` goes to the workers in: itself when it holds
-    less than _PIECE_WORK multiply-adds (`token_work` per token, `record_work` per
-    record), else consecutive runs of its records of about that much work each, their
-    work told by their bytes at the mini-batch's rate. Lines are cut at newlines.
+    less than _PIECE_WORK (among a job's last mini-batches, `tail`, _TAIL_PIECE_WORK)
+    multiply-adds (`token_work` per token, `record_work` per record), else consecutive
+    runs of its records of about that much work each, their work told by their bytes at
+    the mini-batch's rate. Lines are cut at newlines.
 
-    Each piece holds at most its share of the work (the largest of _PIECE_WORK, the
+    Each piece holds at most its share of the work (the largest of that floor, the
     mini-batch's over MAX_PIECES, its share among PIECES_PER_WORKER pieces per worker
     when the `workers` sharing it are known, and that of MIN_PIECE_RECORDS records) or
     one record.
     """
+    floor = _TAIL_PIECE_WORK if tail else _PIECE_WORK
     n, nbytes = len(batch.records), batch.nbytes
     if n < 2 * MIN_PIECE_RECORDS or not nbytes:
         return [batch]
     # Ids are written with a comma or bracket after each: 2 bytes a token at least.
-    if (nbytes / 2 * token_work + n * record_work) <= _PIECE_WORK:
+    if (nbytes / 2 * token_work + n * record_work) <= floor:
         return [batch]
     work = nbytes * _tokens_per_byte(batch.records) * token_work + n * record_work
-    share = max(_PIECE_WORK, work / MAX_PIECES, work * MIN_PIECE_RECORDS / n)
+    share = max(floor, work / MAX_PIECES, work * MIN_PIECE_RECORDS / n)
     if workers:
         share = max(share, work / (PIECES_PER_WORKER * workers))
     if work <= share:
