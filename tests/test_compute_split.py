@@ -78,12 +78,14 @@ def check_pieces(
     share = max(floor, work / batching.MAX_PIECES, work * MIN_PIECE_RECORDS / n)
     if workers:
         share = max(share, work / (batching.PIECES_PER_WORKER * workers))
-    rate = work / batch.nbytes
+    rate, longest = work / batch.nbytes, max(map(len, records))
     for piece in pieces:
-        assert piece.nbytes * rate <= share * (1 + 1e-9) or len(piece.records) == 1
-    if len(pieces) > 1:
-        # Shared out evenly: no more pieces than twice the work's shares.
-        assert len(pieces) <= 2 * math.ceil(work / share)
+        # Its share of the bytes, up to one record more (the cut is at a record's end).
+        assert piece.nbytes <= (share / rate) * (1 + 1e-9) + longest or len(piece.records) == 1
+    # As many pieces as shares, fewer only where records longer than a share stand alone.
+    assert len(pieces) <= max(1, math.ceil(work / share - 1e-9))
+    if longest * rate <= share / 2:
+        assert len(pieces) == max(1, math.ceil(work / share - 1e-9))
 
 
 records_strategy = st.lists(

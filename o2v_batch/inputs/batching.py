@@ -204,10 +204,11 @@ def split(
     runs of its records of about that much work each, their work told by their bytes at
     the mini-batch's rate. Lines are cut at newlines.
 
-    Each piece holds at most its share of the work (the largest of that floor, the
+    There are as many pieces as the work has shares (the largest of that floor, the
     mini-batch's over MAX_PIECES, its share among PIECES_PER_WORKER pieces per worker
-    when the `workers` sharing it are known, and that of MIN_PIECE_RECORDS records) or
-    one record.
+    when the `workers` sharing it are known, and that of MIN_PIECE_RECORDS records), of
+    about equal bytes: each holds at most its share and one record more, or one record.
+    So two workers get four pieces, not five, the last of which one would serve alone.
     """
     floor = _TAIL_PIECE_WORK if tail else _PIECE_WORK
     n, nbytes = len(batch.records), batch.nbytes
@@ -222,10 +223,10 @@ def split(
         share = max(share, work / (PIECES_PER_WORKER * workers))
     if work <= share:
         return [batch]
-    piece_bytes = nbytes * share / work
+    count = math.ceil(work / share - 1e-9)
     if isinstance(batch.records, Lines):
-        return _split_lines(batch, piece_bytes)
-    return _split_records(batch, piece_bytes)
+        return _split_lines(batch, count)
+    return _split_records(batch, count)
 
 
 def _tokens_per_byte(records: Sequence[bytes]) -> float:
@@ -244,34 +245,37 @@ def _tokens_per_byte(records: Sequence[bytes]) -> float:
     return (sample.count(b",") + sample.count(b"\n") + 1) / max(1, len(sample))
 
 
-def _split_lines(batch: MiniBatch, piece_bytes: float) -> list[MiniBatch]:
-    """Lines cut at the last newline within each piece's bytes (at least one line)."""
+def _split_lines(batch: MiniBatch, count: int) -> list[MiniBatch]:
+    """Lines cut into `count` runs, each ending at the last newline before its even
+    share of the bytes ends (a line longer than that is a piece alone)."""
     data, positions = batch.records.data, batch.positions
     pieces, start, first = [], 0, 0
-    while start < len(data):
-        left = len(data) - start
-        goal = int(left / math.ceil(left / piece_bytes))  # the rest in even shares
-        end = len(data) if goal >= left else data.rfind(b"\n", start, start + goal + 1)
-        if end <= start:  # the first line alone is over the share
-            end = data.find(b"\n", start)
-            end = len(data) if end < 0 else end
-        count = data.count(b"\n", start, end) + 1
+    for k in range(1, count + 1):
+        if start >= len(data):
+            break
+        target = len(data) * k // count
+        end = len(data) if k == count else data.rfind(b"\n", start, target + 1)
+        if end <= start:  # no newline after `start` before the target: one line alone
+            end = _line_end(data, start)
+        lines = data.count(b"\n", start, end) + 1
         piece = data[start:end]
         pieces.append(
-            MiniBatch(positions[first : first + count], Lines(piece, count), len(piece) - count + 1)
+            MiniBatch(positions[first : first + lines], Lines(piece, lines), len(piece) - lines + 1)
         )
-        start, first = end + 1, first + count
+        start, first = end + 1, first + lines
     return pieces
 
 
-def _split_records(batch: MiniBatch, piece_bytes: float) -> list[MiniBatch]:
-    """Runs of records of at most piece_bytes record bytes each (at least one record)."""
+def _split_records(batch: MiniBatch, count: int) -> list[MiniBatch]:
+    """Records cut into `count` runs, each ending with the last record that ends within
+    its even share of the bytes (at least one record)."""
     ends = list(accumulate(map(len, batch.records)))
     pieces, first, before = [], 0, 0
-    while first < len(ends):
-        left = ends[-1] - before
-        goal = left / math.ceil(left / piece_bytes) if left else 0
-        end = max(first + 1, bisect_right(ends, before + goal, first))
+    for k in range(1, count + 1):
+        if first >= len(ends):
+            break
+        end = len(ends) if k == count else bisect_right(ends, ends[-1] * k / count, first)
+        end = max(first + 1, end)
         pieces.append(
             MiniBatch(batch.positions[first:end], batch.records[first:end], ends[end - 1] - before)
         )
