@@ -88,13 +88,15 @@ class Reader:
         self.workers = 1  # that share each mini-batch's pieces
         self.meter = Meter()  # stored bytes read
         self._stop = threading.Event()
-        # Per shard, the stored bytes of the shards after it; sizes are unknown (< 0)
-        # up to the last shard before _unknown_from.
-        sizes = [task.shard.size for task in tasks]
-        self._after = [0] * len(tasks)
-        for idx in range(len(tasks) - 2, -1, -1):
-            self._after[idx] = self._after[idx + 1] + max(sizes[idx + 1], 0)
-        self._unknown_from = max((i + 1 for i, size in enumerate(sizes) if size < 0), default=0)
+        # Per shard, the stored bytes of the shards after it; None when a size among them
+        # is unknown (< 0, stdin).
+        self._after: list[int | None] = []
+        after: int | None = 0
+        for task in reversed(tasks):
+            self._after.append(after)
+            size = task.shard.size
+            after = None if after is None or size < 0 else after + size
+        self._after.reverse()
         self._thread = threading.Thread(target=self._read, daemon=True)
 
     def start(self, maxsize: int, workers: int) -> None:
@@ -136,9 +138,10 @@ class Reader:
         """Stored bytes of input still to read once shard `idx` has had `read` of its
         bytes read; None when a shard's size is unknown (stdin). Compressed shards count
         their stored bytes, fewer than their records': they look nearer the end."""
-        if self._unknown_from > idx:
+        size, after = self.tasks[idx].shard.size, self._after[idx]
+        if size < 0 or after is None:
             return None
-        return max(0, self.tasks[idx].shard.size - read) + self._after[idx]
+        return max(0, size - read) + after
 
     def _put(self, message: object) -> None:
         while not self._stop.is_set():

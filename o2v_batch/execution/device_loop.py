@@ -182,9 +182,8 @@ class DeviceLoop:
         out = np.empty((len(ids), self.network.hp.enc_dim), np.float32)
         with self.lock:
             staged = self._host_out(len(ids))  # rows in batch order
-            self._run(ids, encoder, batches, None, staged)
-            if batches:
-                out[np.concatenate([batch.rows for batch in batches])] = staged.numpy()
+            order = self._run(ids, encoder, batches, None, staged)
+            out[order] = staged.numpy()
         return out
 
     def _run(
@@ -194,23 +193,25 @@ class DeviceLoop:
         batches: list[Batch],
         out: torch.Tensor | None,
         staged: torch.Tensor | None,
-    ) -> None:
+    ) -> np.ndarray:
         """Batch k computes between the copy in of batch k + 1 and the copy out of batch
         k - 1; rows go to `out` on the device, or, in batch order, to `staged` on the host.
         However it ends, nothing is left in flight and every slot is free again: a call
-        that raised (the device out of memory) leaves the loop as usable as before."""
+        that raised (the device out of memory) leaves the loop as usable as before.
+        Returns the rows in batch order."""
+        # The rows in batch order, their ids gathered once: each batch is a run of them.
+        order = np.concatenate([batch.rows for batch in batches]) if batches else ids.lengths[:0]
         try:
             slots = self.slots
-            # The rows in batch order, their ids gathered once: each batch is a run of them.
             if batches:
-                ids = ids.reordered(np.concatenate([batch.rows for batch in batches]))
+                ids = ids.reordered(order)
                 self._stage(ids, 0, batches[0], slots[0])
             pending = None  # the batch computed last: its output still to copy out
             done = 0
             for k, batch in enumerate(batches):
                 if k + 1 < len(batches):
-                    nxt = done + len(batch.rows)
-                    self._stage(ids, nxt, batches[k + 1], slots[(k + 1) % len(slots)])
+                    first = done + len(batch.rows)
+                    self._stage(ids, first, batches[k + 1], slots[(k + 1) % len(slots)])
                 slot = slots[k % len(slots)]
                 result = self._compute(slot, batch, encoder, out)
                 if staged is not None:
@@ -224,6 +225,7 @@ class DeviceLoop:
             self.backend.synchronize()  # a failed call's copies too
             for slot in self.slots:  # nothing in flight: none has anything to wait for
                 slot.staged, slot.copied, slot.released = False, None, None
+        return order
 
     def _stage(self, ids: TokenIds, first: int, batch: Batch, slot: _Slot) -> None:
         """Fill a slot with a batch, rows `first`.. of `ids` (the call's rows in batch
