@@ -13,7 +13,15 @@ from processes import alive
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution.planning import plan_workers
 from o2v_batch.execution.pool import WorkerPool
-from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
+from o2v_batch.execution.protocol import (
+    DEVICE,
+    HOST,
+    WHOLE,
+    Done,
+    Failed,
+    ServingOptions,
+    WorkerSpec,
+)
 from o2v_batch.execution.recovery import Recovery
 from o2v_batch.execution.worker import Spares
 
@@ -102,7 +110,7 @@ def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
     """Spares started before the model is known serve as the pool's workers; one left
     unused stops when the spares close, and no process outlives the pool."""
     spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
-    with Spares(spec.factory, 3) as spares:
+    with Spares([spec.factory] * 3) as spares:
         started = pids()
         assert len(started) == 3
         with WorkerPool([spec] * 2, spares=spares) as pool:
@@ -116,7 +124,7 @@ def test_a_pool_takes_its_workers_from_spares_first(tmp_path):
 
 def test_spares_of_another_factory_are_not_taken(tmp_path):
     spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), "fake_servers:Echo")
-    with Spares("fake_servers:AlwaysRaise", 1) as spares:
+    with Spares(["fake_servers:AlwaysRaise"]) as spares:
         [spare] = pids()
         with WorkerPool([spec], spares=spares) as pool:
             events = run(pool, BATCHES[:2])
@@ -126,22 +134,45 @@ def test_spares_of_another_factory_are_not_taken(tmp_path):
 
 
 def test_worker_plan_on_cpu():
-    assert plan_workers(["cpu"], None, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
-    assert plan_workers(["cpu"], None, cpu_count=32) == [("cpu", 1)] * 32
-    assert plan_workers(["cpu"], None, cpu_count=128) == [("cpu", 4)] * 32
-    assert plan_workers(["cpu"], 1, cpu_count=2) == [("cpu", 2)]
-    assert plan_workers(["cpu"], 2, cpu_count=2) == [("cpu", 1), ("cpu", 1)]
+    """Whole workers, one single-threaded per core (up to 32, then threads each)."""
+
+    def plan(workers, cores):
+        return [
+            (device, threads)
+            for _, device, threads in plan_workers(["cpu"], workers, cpu_count=cores)
+        ]
+
+    assert {role for role, _, _ in plan_workers(["cpu"], None, 8)} == {WHOLE}
+    assert plan(None, 2) == [("cpu", 1), ("cpu", 1)]
+    assert plan(None, 32) == [("cpu", 1)] * 32
+    assert plan(None, 128) == [("cpu", 4)] * 32
+    assert plan(1, 2) == [("cpu", 2)]
+    assert plan(2, 2) == [("cpu", 1), ("cpu", 1)]
 
 
 def test_worker_plan_on_gpus():
-    """Up to four workers share a GPU by default, as the cores allow, spread over the
-    GPUs in turn; --workers sets the count."""
+    """A device process per GPU, then host workers (no torch), one per core left by
+    default, spread over the GPUs in turn; --workers sets how many host workers."""
     two = ["cuda:0", "cuda:1"]
-    assert plan_workers(two, None, cpu_count=16) == [("cuda:0", 2), ("cuda:1", 2)] * 4
-    assert plan_workers(two, None, cpu_count=4) == [("cuda:0", 1), ("cuda:1", 1)] * 2
-    assert plan_workers(two, None, cpu_count=1) == [("cuda:0", 1), ("cuda:1", 1)]
-    assert plan_workers(["cuda:0"], None, cpu_count=16) == [("cuda:0", 4)] * 4
-    assert plan_workers(two, 2, cpu_count=16) == [("cuda:0", 8), ("cuda:1", 8)]
+    devices = [(DEVICE, "cuda:0", 1), (DEVICE, "cuda:1", 1)]
+    assert (
+        plan_workers(two, None, cpu_count=16)
+        == devices + [(HOST, "cuda:0", 1), (HOST, "cuda:1", 1)] * 7
+    )
+    assert plan_workers(two, None, cpu_count=1) == [*devices, (HOST, "cuda:0", 1)]
+    assert (
+        plan_workers(["cuda:0"], None, cpu_count=16)
+        == [(DEVICE, "cuda:0", 1)] + [(HOST, "cuda:0", 1)] * 15
+    )
+    assert plan_workers(["cuda:0"], None, cpu_count=64)[1:] == [(HOST, "cuda:0", 1)] * 32
+    hosts = [(HOST, "cuda:0", 1), (HOST, "cuda:1", 1), (HOST, "cuda:0", 1)]
+    assert plan_workers(two, 3, cpu_count=16) == devices + hosts
+    # Tests run the same roles on the CPU.
+    assert plan_workers(["cpu"], 2, cpu_count=2, split=True) == [
+        (DEVICE, "cpu", 1),
+        (HOST, "cpu", 1),
+        (HOST, "cpu", 1),
+    ]
 
 
 def test_workers_start_without_torch(tmp_path):

@@ -19,7 +19,7 @@ from o2v_batch.execution.planning import plan_workers
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, WorkerSpec
 from o2v_batch.execution.recovery import Recovery
-from o2v_batch.execution.worker import Spares, pipelining, server_factory
+from o2v_batch.execution.worker import Spares, pipelining, server_factory, splitting
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize, where
 from o2v_batch.model.devices import parse_devices
@@ -36,11 +36,11 @@ def check(config: TransformConfig) -> None:
 def prestart(config: TransformConfig) -> Spares:
     """The job's worker processes, started before the model is checked and the inputs
     listed: their torch import (most of a second) overlaps both."""
-    return Spares(server_factory(), len(_plan(config)))
+    return Spares([server_factory(role=role) for role, _, _ in _plan(config)])
 
 
-def _plan(config: TransformConfig) -> list[tuple[str, int]]:
-    return plan_workers(parse_devices(config.devices), config.workers)
+def _plan(config: TransformConfig) -> list[tuple[str, str, int]]:
+    return plan_workers(parse_devices(config.devices), config.workers, split=splitting())
 
 
 def run(
@@ -101,7 +101,8 @@ class _Run:
             ):
                 # Bounded by the workers' capacity: memory stays flat whatever the input
                 # size; the workers share each mini-batch's pieces.
-                self.reader.start(pool.capacity + 2, len(specs))
+                takers = sum(spec.takes_mini_batches for spec in specs)
+                self.reader.start(pool.capacity + 2, takers)
                 self._loop(pool)
                 # Workers write responses into outputs: the pool passes on their answers.
                 self.writer.finish(lambda: pool.poll(0.01))
@@ -191,7 +192,7 @@ class _Run:
                 f"{where(batch.positions[0], task.content_type)} "
                 f"(attempt {event.attempt} of {self.config.max_retries + 1})"
             )
-        self.log(recovered(event.reason, event.restarted, retry))
+        self.log(recovered(event.reason, event.restarted, retry, event.process))
 
     def _fail(self, idx: int, reason: str) -> None:
         self.shards.fail(idx, reason)
@@ -206,10 +207,11 @@ def _specs(config: TransformConfig, model_dir: str) -> list[WorkerSpec]:
             device,
             threads,
             options,
-            server_factory(),
+            server_factory(role=role),
             pipelined=pipelining(),
+            role=role,
         )
-        for device, threads in _plan(config)
+        for role, device, threads in _plan(config)
     ]
 
 

@@ -1,20 +1,24 @@
 """The pool's workers as a whole: one per spec, started (spares taken first), a lost
-one's place taken by a new one, waited on together, and all stopped at the end.
+one's place taken by a new one, waited on together, and all stopped at the end. A GPU's
+host workers are linked to its device process as they start (device_link.py).
 
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue
+import socket
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
+from multiprocessing.reduction import send_handle
 
 from o2v_batch.execution import segments
 from o2v_batch.execution.handle import WorkerHandle
-from o2v_batch.execution.protocol import WorkerSpec
+from o2v_batch.execution.protocol import DEVICE, HOST, Attach, WorkerSpec
 from o2v_batch.execution.worker import Spares
 
 # Stop waiting for a worker that ignores the stop message after this long.
@@ -41,11 +45,34 @@ class Crew:
         return w in self.workers
 
     def start(self) -> None:
-        self.workers = [self._start(index) for index in range(len(self.specs))]
+        """Every spec's worker, in order: device processes come before their host workers."""
+        self.workers = []
+        for index in range(len(self.specs)):
+            self.workers.append(self._start(index))
 
     def _start(self, index: int) -> WorkerHandle:
         spec = self.specs[index]
-        return WorkerHandle.start(self._ctx, index, spec, self._spares, self._counts)
+        counts = self._counts if spec.takes_mini_batches else (0, 0)
+        w = WorkerHandle.start(self._ctx, index, spec, self._spares, counts)
+        if spec.role == HOST:
+            self._link(w, self.device_process(spec.device))
+        return w
+
+    def _link(self, host: WorkerHandle, device: WorkerHandle | None) -> None:
+        """A socket pair between a host worker and its device process, an end to each. A
+        device process already gone never gets its end: the host worker finds its link
+        closed at its first call and exits (protocol.DEVICE_LOST)."""
+        ours, theirs = socket.socketpair()
+        with ours, theirs, contextlib.suppress(OSError):
+            send_handle(host.conn, ours.fileno(), host.process.pid)
+            if device is not None:
+                device.conn.send(Attach())
+                send_handle(device.conn, theirs.fileno(), device.process.pid)
+
+    def device_process(self, device: str) -> WorkerHandle | None:
+        """The device process of `device` (None where the job has none)."""
+        found = (w for w in self.workers if w.spec.role == DEVICE and w.spec.device == device)
+        return next(found, None)
 
     def remove(self, w: WorkerHandle) -> None:
         """A lost worker leaves: its pipe and segments closed, what it was asked to
@@ -61,7 +88,11 @@ class Crew:
     def least_busy(self, max_concurrent: int) -> WorkerHandle | None:
         """The ready worker holding the fewest mini-batches, if one holds fewer than
         max_concurrent."""
-        ready = [w for w in self.workers if w.ready and len(w.in_flight) < max_concurrent]
+        ready = [
+            w
+            for w in self.workers
+            if w.ready and w.spec.takes_mini_batches and len(w.in_flight) < max_concurrent
+        ]
         return min(ready, key=lambda w: len(w.in_flight)) if ready else None
 
     def in_flight(self) -> int:
@@ -103,10 +134,13 @@ class Crew:
                 died(w)
 
     def close(self, graceful: bool) -> None:
-        for w in self.workers:
-            w.stop(graceful)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for w in self.workers:
-            w.join(deadline)
-            w.close()
+        """Stops the workers, device processes last: host workers finish what they hold."""
+        for last in (False, True):
+            stopping = [w for w in self.workers if (w.spec.role == DEVICE) == last]
+            for w in stopping:
+                w.stop(graceful)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for w in stopping:
+                w.join(deadline)
+                w.close()
         self.workers = []

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution import segments
+from o2v_batch.execution.exits import exit_reason, oom_killed_since, oom_kills
 from o2v_batch.execution.protocol import (
     BatchResult,
     Done,
@@ -30,13 +31,7 @@ from o2v_batch.execution.protocol import (
     WorkerSpec,
     Wrote,
 )
-from o2v_batch.execution.worker import (
-    Spares,
-    exit_reason,
-    oom_killed_since,
-    oom_kills,
-    start_process,
-)
+from o2v_batch.execution.worker import Spares, start_process
 
 
 @dataclass

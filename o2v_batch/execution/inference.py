@@ -1,50 +1,60 @@
 """One mini-batch in, encoded responses out. Runs inside a worker process.
 
-Reading and checking the records (records.py), tensor building, the forward pass
-and response encoding (predictions.py) all happen here, so the parent only moves bytes.
+Reading and checking the records (records.py), the forward pass (`Forward` in,
+`Forwarded` out, run by the server's forward: forward.py's in this process, or a
+device process's through device_link.py) and response encoding (predictions.py) all
+happen here, so the parent only moves bytes. Numpy only: a GPU's host workers serve
+with it and never import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
-from o2v_batch.artifacts import load_network
-from o2v_batch.execution.device_loop import DeviceLoop
+from o2v_batch.execution.forward_work import Forward, Forwarded
 from o2v_batch.execution.predictions import Predictions
 from o2v_batch.execution.protocol import BatchResult, ServingOptions
 from o2v_batch.execution.records import PAIR, Failed, RecordRules, filter_or_none
+from o2v_batch.model.hyperparameters import Hyperparameters
+from o2v_batch.model.tokens import TokenIds
 from o2v_batch.outputs.responses import codec_for, position_key
 
 
 class Server:
-    """Serves mini-batches with one model on one device."""
+    """Serves mini-batches with one model: `forward` runs its forward passes (by default
+    forward.LocalForward, on `device` in this process)."""
 
-    def __init__(self, model_dir: str, device: str, options: ServingOptions):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str,
+        options: ServingOptions,
+        forward: Callable[[Forward], Forwarded] | None = None,
+    ):
+        if forward is None:
+            from o2v_batch.execution.forward import LocalForward  # torch
+
+            forward = LocalForward(model_dir, device, options)
+        self.forward = forward
         self.options = options
-        self.device = torch.device(device)
-        self.network = load_network(
-            model_dir,
-            device,
-            encoders_only=options.mode == "embedding",
-            precision=options.precision,
-        )
-        # Embeddings come back as float32; the head takes them in the network's dtype.
-        self.dtype = next(self.network.parameters()).dtype
-        hp = self.network.hp
+        hp: Hyperparameters = forward.hp
         self.enc_dim = hp.enc_dim
         self.max_lens = [hp.encoder(i).max_seq_len for i in (0, 1)]
         if options.infer_max_seqlens:
             self.max_lens = [
                 min(m, c) for m, c in zip(self.max_lens, options.infer_max_seqlens, strict=True)
             ]
-        self.loop = DeviceLoop(self.network, self.device)
         self.rules = RecordRules.of(hp, options)
         self.output_filter = filter_or_none(options.output_filter)
         self.join = options.join_source == "Input"
+
+    @property
+    def loop(self):
+        """The device loop of a forward in this process."""
+        return self.forward.loop
 
     def serve(
         self, positions: Sequence[int], records: Sequence[bytes], content_type: str, accept: str
@@ -109,25 +119,20 @@ class _Batch(Predictions):
 
     # -- the forward pass -------------------------------------------------
 
-    @torch.inference_mode()
     def predict(self) -> None:
-        # The head takes pairs' embeddings on the device; without pairs they go to the host.
-        on_host = PAIR not in self.kinds
-        embeddings = [self._embed(enc, on_host) for enc in (0, 1)]
-        kinds = np.array(self.kinds, dtype=np.int64)  # bad ids found while embedding are out
+        ids = [self._ids(enc) for enc in (0, 1)]
+        kinds = np.array(self.kinds, dtype=np.int64)  # bad ids found while checking are out
         pairs = np.flatnonzero(kinds == PAIR)
         where = []
         for enc in (0, 1):
             index = np.full(len(self.records), -1, dtype=np.int64)
             index[self.rows[enc]] = np.arange(len(self.rows[enc]))
             where.append(index)
+        singles = (bool((kinds == 0).any()), bool((kinds == 1).any()))
+        paired = (where[0][pairs], where[1][pairs]) if len(pairs) else None
+        forwarded = self.server.forward(Forward(ids, paired, singles))
         if len(pairs):
-            u, v = (
-                embeddings[enc][torch.from_numpy(where[enc][pairs]).to(self.server.device)]
-                for enc in (0, 1)
-            )
-            head, dtype = self.server.network.predict_from_embeddings, self.server.dtype
-            scores = head(u.to(dtype), v.to(dtype)).float().cpu().numpy()
+            scores = forwarded.scores
             # Exactly the hosted algorithm's response: classification and regression
             # alike carry "scores" only (predicted_label belongs to other algorithms).
             if len(pairs) == len(self.records):  # pairs and scores in the same order
@@ -139,24 +144,21 @@ class _Batch(Predictions):
             rows = np.flatnonzero(kinds == enc)
             if not len(rows):
                 continue
-            vectors = embeddings[enc] if on_host else embeddings[enc].cpu().numpy()
+            vectors = forwarded.embeddings[enc]
             if len(rows) == len(self.records):  # rows and embeddings in the same order
                 self.vectors = vectors
                 continue
             for i, j in zip(rows.tolist(), where[enc][rows].tolist(), strict=True):
                 self.outputs[i] = {"embeddings": vectors[j]}
 
-    def _embed(self, enc: int, on_host: bool) -> torch.Tensor | np.ndarray | None:
-        """Embeddings of one encoder's inputs in row order, on the device or the host."""
-        server = self.server
+    def _ids(self, enc: int) -> TokenIds | None:
+        """One encoder input's checked ids cut to this mini-batch's caps, or None without rows."""
         checked = self.checked_ids(enc)
         if not self.rows[enc]:
             return None
         checked, truncated = checked.truncate(self.max_lens[enc])
         self.result.truncated += truncated
-        if on_host:
-            return server.loop.host_embeddings(checked, enc)
-        return server.loop.embeddings(checked, enc)
+        return checked
 
     # -- responses --------------------------------------------------------
 
@@ -166,9 +168,3 @@ class _Batch(Predictions):
         with contextlib.suppress(Failed):
             self.result.payload = self.encode(codec_for(self.accept))
         return self.result
-
-
-def create_server(model_dir: str, device: str, options: ServingOptions, threads: int) -> Server:
-    """The worker factory (protocol.DEFAULT_FACTORY): torch's threads, then the model."""
-    torch.set_num_threads(threads)
-    return Server(model_dir, device, options)

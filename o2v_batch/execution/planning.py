@@ -1,11 +1,12 @@
-"""How many workers a job runs, on which devices, with how many torch threads each.
-Nothing here imports torch: the parent plans its workers before any of them starts."""
+"""How many workers a job runs, in which roles, on which devices, with how many torch
+threads each. Nothing here imports torch: the parent plans its workers before any of
+them starts."""
 
 from __future__ import annotations
 
 import os
 
-from o2v_batch.model.devices import GPU_WORKERS_PER_DEVICE
+from o2v_batch.execution.protocol import DEVICE, HOST, WHOLE
 
 # One single-threaded worker per core, up to this many (then more torch threads each):
 # each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.
@@ -13,18 +14,25 @@ MAX_CPU_WORKERS = 32
 
 
 def plan_workers(
-    devices: list[str], workers: int | None, cpu_count: int | None = None
-) -> list[tuple[str, int]]:
-    """(device, torch threads) per worker, the cores shared out: by default up to
-    GPU_WORKERS_PER_DEVICE per GPU (no more than the cores), spread over the GPUs in
-    turn; on CPU one per core."""
+    devices: list[str],
+    workers: int | None,
+    cpu_count: int | None = None,
+    split: bool = False,
+) -> list[tuple[str, str, int]]:
+    """(role, device, torch threads) per worker, the cores shared out.
+
+    On GPUs (and on CPU where `split` says: tests run it so), host work and device work are apart: a device
+    process per device first (protocol.DEVICE), then `workers` host workers (default:
+    one per core left, up to MAX_CPU_WORKERS), spread over the devices in turn, which
+    read, check and encode without torch while the device processes run the forward
+    passes. On CPU, whole workers: one single-threaded worker per core (up to
+    MAX_CPU_WORKERS, then threads per worker), which keeps every core busy, parsing
+    included, and never leaves torch threads waiting on a core the parent holds
+    (measured: scripts/bench.py)."""
     cores = cpu_count or os.cpu_count() or 1
-    if devices != ["cpu"]:
-        per_device = max(1, min(GPU_WORKERS_PER_DEVICE, cores // len(devices)))
-        n = workers or len(devices) * per_device
-        return [(devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
-    # One single-threaded worker per core (up to MAX_CPU_WORKERS, then threads per
-    # worker): it keeps every core busy, parsing included, and never leaves torch
-    # threads waiting on a core the parent holds (measured: scripts/bench.py).
+    if split or devices != ["cpu"]:
+        n = workers or min(max(1, cores - len(devices)), MAX_CPU_WORKERS)
+        hosts = [(HOST, devices[i % len(devices)], 1) for i in range(n)]
+        return [(DEVICE, device, 1) for device in devices] + hosts
     n = workers or min(cores, MAX_CPU_WORKERS)
-    return [("cpu", max(1, cores // n)) for _ in range(n)]
+    return [(WHOLE, devices[i % len(devices)], max(1, cores // n)) for i in range(n)]

@@ -15,11 +15,24 @@ from collections.abc import Callable, Sequence
 from o2v_batch.errors import WorkerError
 from o2v_batch.execution import segments
 from o2v_batch.execution.crew import Crew
+from o2v_batch.execution.exits import start_failure
 from o2v_batch.execution.handle import Task, WorkerHandle
-from o2v_batch.execution.protocol import Done, Failed, ServeRequest, WorkerSpec
+from o2v_batch.execution.protocol import (
+    DEVICE,
+    DEVICE_LOST,
+    HOST,
+    Done,
+    Failed,
+    ServeRequest,
+    WorkerSpec,
+)
 from o2v_batch.execution.recovery import Recovery, Retries
-from o2v_batch.execution.worker import Spares, start_failure
+from o2v_batch.execution.worker import Spares
 from o2v_batch.execution.worker_loop import PIPELINE_DEPTH
+
+# How long a host worker that lost its device process waits for that process's end
+# to be seen, before the host worker's successor is linked.
+DEVICE_GONE_S = 5.0
 
 
 class WorkerPool:
@@ -70,7 +83,8 @@ class WorkerPool:
 
     @property
     def capacity(self) -> int:
-        return len(self._workers.specs) * self.max_concurrent
+        takers = [spec for spec in self._workers.specs if spec.takes_mini_batches]
+        return len(takers) * self.max_concurrent
 
     def in_flight(self) -> int:
         return self._workers.in_flight() + len(self._retries.waiting)
@@ -153,11 +167,20 @@ class WorkerPool:
             self._lost(w, f"timed out after {self.invocation_timeout:g} s (--invocation-timeout)")
 
     def _lost(self, w: WorkerHandle, reason: str) -> None:
-        """A worker died or hung: replace it and retry what it held."""
+        """A worker died or hung: replace it and retry what it held. A host worker's
+        device process, if gone too, is replaced first, so the new one links to its
+        successor."""
         if not w.ready:
             self._retries.loading_failed(w.spec.device, reason)
         self._workers.remove(w)
-        what = f"worker {w.process.pid} {reason}" + ("" if w.ready else " while loading the model")
-        recovery = self._retries.lost(w.in_flight, what)
+        device = self._workers.device_process(w.spec.device) if w.spec.role == HOST else None
+        if device is not None:
+            if w.process.exitcode == DEVICE_LOST:  # it is on its way out, if not gone yet
+                device.process.join(DEVICE_GONE_S)
+            if not device.process.is_alive():
+                self._died(device)
+        name = "device process" if w.spec.role == DEVICE else "worker"
+        what = f"{name} {w.process.pid} {reason}" + ("" if w.ready else " while loading the model")
+        recovery = self._retries.lost(w.in_flight, what, name)
         self._workers.replace(w)
         self._retries.tell(recovery)

@@ -13,7 +13,20 @@ from dataclasses import dataclass
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
 # It may split serve in phases: prepare(the same arguments) -> a batch whose predict()
 # runs the forward pass and finish() -> BatchResult encodes (worker_loop.py).
-DEFAULT_FACTORY = "o2v_batch.execution.inference:create_server"
+DEFAULT_FACTORY = "o2v_batch.execution.factories:create_server"
+# A GPU's host workers and its device process (device_link.py): the host workers' server
+# runs its forward passes in the device process, whose server runs them on the device.
+HOST_FACTORY = "o2v_batch.execution.device_link:create_host_server"
+DEVICE_FACTORY = "o2v_batch.execution.factories:create_device_server"
+
+# What a worker does (WorkerSpec.role): the whole of each mini-batch it takes; the host
+# work of them (reading, checking, encoding; no torch), its forward passes sent to its
+# device's device process; or the forward passes of its device's host workers (it takes
+# no mini-batches itself).
+WHOLE, HOST, DEVICE = "whole", "host", "device"
+# How a host worker exits when its device process is gone: the pool retries what it
+# held on the host worker that takes its place.
+DEVICE_LOST = 71
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,17 @@ class WorkerSpec:
     # threads (worker_loop.py). None: on a GPU only (on CPU one single-threaded worker
     # per core does better); tests run it on CPU.
     pipelined: bool | None = None
+    role: str = WHOLE  # WHOLE, HOST or DEVICE
 
     @property
     def pipelines(self) -> bool:
+        if self.role != WHOLE:  # a host worker's pipe waits on its device in its stead
+            return False
         return self.device.startswith("cuda") if self.pipelined is None else self.pipelined
+
+    @property
+    def takes_mini_batches(self) -> bool:
+        return self.role != DEVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +142,35 @@ class Wrote:
 
     slot: int
     error: str | None
+
+
+# -- a GPU's host workers and its device process (device_link.py) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attach:
+    """The parent to a device process: a host worker's link follows (its handle)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCall:
+    """A host worker to its device process: a Forward's arrays are in the host's ids
+    file where `layout` says (device_link.ArrayFile); `singles` as Forward's."""
+
+    layout: list
+    singles: tuple[bool, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardDone:
+    """The answer: scores, in0's and in1's embeddings in the host's output file."""
+
+    layout: list
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardFailed:
+    reason: str
 
 
 # -- what a worker answers ------------------------------------------------------

@@ -23,6 +23,7 @@ class Recovery:
     restarted: bool  # a new worker took the lost one's place
     task_id: int | None = None  # the mini-batch tried again, if any
     attempt: int = 0  # its attempt about to start: 2 is the first retry
+    process: str = "worker"  # what was lost and replaced: a worker or a device process
 
 
 class Retries:
@@ -51,7 +52,7 @@ class Retries:
         if self._load_failures > self.max_retries:
             raise WorkerError(f"worker on {device} {reason} while loading the model")
 
-    def lost(self, held: deque[Task], what: str) -> Recovery:
+    def lost(self, held: deque[Task], what: str, process: str = "worker") -> Recovery:
         """What a lost worker held goes back: the tasks it never started without using
         a retry, the one it ran (if any) for another attempt if one is left. Returns the
         Recovery to tell once a new worker took its place."""
@@ -59,8 +60,8 @@ class Retries:
         self.waiting.extendleft(reversed(rest))
         # Only a ready worker holds tasks: one that was loading has no head.
         if head is not None and self.retry_or_fail(head, what):
-            return Recovery(what, True, head.task_id, head.attempts + 1)
-        return Recovery(what, True)
+            return Recovery(what, True, head.task_id, head.attempts + 1, process)
+        return Recovery(what, True, process=process)
 
     def retry_or_fail(self, task: Task, reason: str) -> bool:
         """True when the task goes back for another attempt; False when it failed for good."""

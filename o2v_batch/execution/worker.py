@@ -1,7 +1,7 @@
 """A worker process: its start-up (start_server, shared with Ray actors), its reader and
-its loop of mini-batches (worker_loop.py), Spares, worker processes started before their
-model is known, and how one ended (its exit, the kernel's OOM killer, an interpreter
-that could not start). Nothing here imports torch: the factory's module does, in the worker.
+its loop of mini-batches (worker_loop.py), and Spares, worker processes started before
+their model is known (how one ended: exits.py). Nothing here imports torch: the
+factory's module does, in the worker.
 """
 
 from __future__ import annotations
@@ -12,17 +12,22 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
-from multiprocessing import spawn
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle
 from typing import Any
 
 from o2v_batch.errors import describe
 from o2v_batch.execution import allocator, segments, worker_loop
 from o2v_batch.execution.protocol import (
     DEFAULT_FACTORY,
+    DEVICE,
+    DEVICE_FACTORY,
+    HOST,
+    HOST_FACTORY,
+    WHOLE,
+    Attach,
     Fatal,
     Ready,
     Release,
@@ -32,10 +37,6 @@ from o2v_batch.execution.protocol import (
 )
 from o2v_batch.model.devices import worker_device
 
-# How long the interpreter of a worker that could not start may take to show why.
-PROBE_TIMEOUT_S = 30.0
-# The last lines of its stderr that a start-up failure quotes.
-STDERR_LINES = 3
 # A "module:function" every worker of this process builds its server with instead of
 # the product's: tests' servers that hang, crash or fail to load. Private, set by the
 # tests' fixtures; None: the product's own.
@@ -45,11 +46,24 @@ _replaced_factory: str | None = None
 # Whether this process's workers overlap their stages (protocol.WorkerSpec.pipelined):
 # None, GPU workers do. Private, set by the tests' fixtures to run the stages on CPU.
 _pipelined: bool | None = None
+# Whether this process's jobs on CPU run host workers and a device process, as on a GPU
+# (planning.plan_workers' split). Private, set by the tests' fixtures.
+_split: bool = False
+
+_ROLE_FACTORIES = {HOST: HOST_FACTORY, DEVICE: DEVICE_FACTORY}
 
 
-def server_factory(default: str = DEFAULT_FACTORY) -> str:
-    """The factory a WorkerSpec names: `default` (the caller's server), unless replaced."""
+def server_factory(default: str = DEFAULT_FACTORY, role: str = WHOLE) -> str:
+    """The factory a WorkerSpec of `role` names: a whole worker's is `default` (the
+    caller's server) unless replaced; a host worker's and a device process's are theirs."""
+    if role != WHOLE:
+        return _ROLE_FACTORIES[role]
     return _replaced_factory or default
+
+
+def splitting() -> bool:
+    """Whether jobs on CPU run host workers and a device process (tests only)."""
+    return _split
 
 
 def pipelining() -> bool | None:
@@ -57,13 +71,15 @@ def pipelining() -> bool | None:
     return _pipelined
 
 
-def start_server(spec: WorkerSpec) -> Any:
-    """Builds a worker's server: the one start-up path of pool workers and Ray actors."""
+def start_server(spec: WorkerSpec, link: int | None = None) -> Any:
+    """Builds a worker's server: the one start-up path of pool workers and Ray actors. A
+    host worker's factory also takes its `link` to its device process (device_link.py)."""
     _prepare_imports()
     device = worker_device(spec.device)
     module, _, name = spec.factory.partition(":")
     factory = getattr(importlib.import_module(module), name)
-    return factory(spec.model_dir, device, spec.options, spec.threads)
+    extra = {} if link is None else {"link": link}
+    return factory(spec.model_dir, device, spec.options, spec.threads, **extra)
 
 
 def _prepare_imports() -> None:
@@ -91,18 +107,20 @@ def _worker_main(conn: Connection, factory: str) -> None:
             os._exit(0)
         requests_in = segments.receive(conn, spec.request_segments)
         responses = segments.Responses(segments.receive(conn, spec.segments))
+        link = recv_handle(conn) if spec.role == HOST else None
     except (EOFError, OSError):
         os._exit(0)
     try:
-        server = start_server(spec)
+        server = start_server(spec, link)
     except Exception as exc:  # reported as plain text: the parent makes it the job's error
         conn.send(Fatal(describe(exc)))
         return
     conn.send(Ready(os.getpid()))
     requests: queue.SimpleQueue = queue.SimpleQueue()
     endpoint = worker_loop.Endpoint(conn, threading.Lock(), requests_in, responses)
+    attach = getattr(server, "attach", None)  # a device process's: its host workers' links
     reader = threading.Thread(
-        target=_receive, args=(conn, requests, responses, endpoint.sending), daemon=True
+        target=_receive, args=(conn, requests, responses, endpoint.sending, attach), daemon=True
     )
     reader.start()
     pipelined = spec.pipelines and worker_loop.has_phases(server)
@@ -119,9 +137,10 @@ def _receive(
     requests: queue.SimpleQueue,
     responses: segments.Responses,
     sending: threading.Lock,
+    attach: Callable[[int], None] | None = None,
 ) -> None:
     """The worker's reader: requests queue up for its loop; segments come back, and
-    responses are written into outputs, at once."""
+    responses are written into outputs, at once; a device process's links come in."""
     while True:
         try:
             message = conn.recv()
@@ -133,6 +152,8 @@ def _receive(
             wrote = responses.write(message)
             with sending:
                 conn.send(wrote)
+        elif isinstance(message, Attach) and attach is not None:
+            attach(recv_handle(conn))
         else:
             requests.put(message)
             if message is None:
@@ -183,15 +204,17 @@ class Spares:
     step (importing torch) overlaps the parent's model check and listing. A WorkerPool
     given them takes them before starting new ones; `close` ends those left unused."""
 
-    def __init__(self, factory: str, count: int):
+    def __init__(self, factories: list[str]):
+        """A process for each of `factories` (one per worker, in the pool's order)."""
         ctx = mp.get_context("spawn")
-        self._factory = factory
-        self._started = [start_process(ctx, factory) for _ in range(count)]
+        self._started = [(factory, start_process(ctx, factory)) for factory in factories]
 
     def take(self, factory: str) -> tuple[mp.Process, Connection] | None:
-        if factory != self._factory or not self._started:
-            return None
-        return self._started.pop(0)
+        for i, (loaded, started) in enumerate(self._started):
+            if loaded == factory:
+                del self._started[i]
+                return started
+        return None
 
     def __enter__(self) -> Spares:
         return self
@@ -201,99 +224,8 @@ class Spares:
 
     def close(self) -> None:
         """Unused spares hold nothing: they stop at once."""
-        for process, conn in self._started:
+        for _, (process, conn) in self._started:
             process.kill()
             process.join()
             conn.close()
         self._started = []
-
-
-# -- how a worker process ended -------------------------------------------
-
-
-def exit_reason(code: int | None, oom_killed: bool = False) -> str:
-    """How a worker process ended, as the end of a sentence naming it."""
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        name = signal.Signals(-code).name
-        cause = " (out of memory: the kernel's OOM killer)" if oom_killed else ""
-        return f"was killed by {name}{cause}"
-    return f"exited with status {code}"
-
-
-# Where this process's cgroup counts the processes the kernel's OOM killer killed in it.
-_OOM_COUNTERS = {
-    "": ("/sys/fs/cgroup", "memory.events"),  # cgroup v2: the line "0::<path>"
-    "memory": ("/sys/fs/cgroup/memory", "memory.oom_control"),  # v1's memory controller
-}
-
-
-def oom_kills() -> int | None:
-    """How many processes of this process's cgroup (its workers' too) the kernel's OOM
-    killer has killed, or None where no cgroup counts them or they cannot be read."""
-    for path in _oom_counter_files():
-        count = _oom_kill_count(path)
-        if count is not None:
-            return count
-    return None
-
-
-def _oom_counter_files() -> list[str]:
-    try:
-        with open("/proc/self/cgroup") as lines:
-            cgroups = [line.rstrip("\n").split(":", 2) for line in lines]
-    except OSError:
-        return []
-    files = []
-    for _, controllers, path in (cgroup for cgroup in cgroups if len(cgroup) == 3):
-        for controller in controllers.split(","):
-            if controller in _OOM_COUNTERS:
-                root, name = _OOM_COUNTERS[controller]
-                files.append(f"{root}{path.rstrip('/')}/{name}")
-    return files
-
-
-def _oom_kill_count(path: str) -> int | None:
-    try:
-        with open(path) as counters:
-            for line in counters:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def oom_killed_since(before: int | None) -> bool:
-    """The OOM killer has killed in this cgroup since it counted `before` (from oom_kills)."""
-    now = oom_kills()
-    return now is not None and before is not None and now > before
-
-
-def start_failure(code: int | None) -> str:
-    """Why a worker ended before its own code ran. Its interpreter (the one
-    multiprocessing spawns) is run once more with its output captured, for the exec
-    error or the last lines it wrote; when that one runs fine, the worker's exit says it."""
-    executable = os.fsdecode(spawn.get_executable())
-    try:
-        probe = subprocess.run(
-            [executable, "-c", "import multiprocessing.spawn"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROBE_TIMEOUT_S,
-        )
-    except OSError as exc:
-        return f"cannot run {executable}: {exc.strerror or exc}"
-    except subprocess.TimeoutExpired:
-        return exit_reason(code)
-    if probe.returncode == 0:
-        return exit_reason(code)
-    return f"{executable} {exit_reason(probe.returncode)}{_last_lines(probe.stderr)}"
-
-
-def _last_lines(stderr: bytes) -> str:
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
-    last = [line for line in lines if line][-STDERR_LINES:]
-    return f": {' | '.join(last)}" if last else ""

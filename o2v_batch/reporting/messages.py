@@ -74,8 +74,8 @@ def shard_failed(reason: str) -> str:
     return f"o2v-batch: shard failed: {one_line(reason)}"
 
 
-def recovered(reason: str, restarted: bool, retry: str | None) -> str:
-    """The one line logged when a worker is replaced or a mini-batch is tried again;
-    `retry` says which mini-batch and which attempt."""
-    actions = (["started a new worker"] if restarted else []) + ([retry] if retry else [])
+def recovered(reason: str, restarted: bool, retry: str | None, process: str = "worker") -> str:
+    """The one line logged when a worker (or another `process`) is replaced or a
+    mini-batch is tried again; `retry` says which mini-batch and which attempt."""
+    actions = ([f"started a new {process}"] if restarted else []) + ([retry] if retry else [])
     return one_line(f"o2v-batch: {reason}; {' and '.join(actions)}")

@@ -193,7 +193,7 @@ class Dispatcher(threading.Thread):
         retry = None
         if retried:
             retry = f"retrying a request (attempt {event.attempt} of {self._pool.max_retries + 1})"
-        self._log(recovered(event.reason, event.restarted, retry))
+        self._log(recovered(event.reason, event.restarted, retry, event.process))
 
 
 def _own_payload(result: BatchResult) -> None:

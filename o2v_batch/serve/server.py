@@ -19,7 +19,7 @@ from o2v_batch.artifacts import check_model, resolve_model
 from o2v_batch.config import ServeConfig
 from o2v_batch.errors import O2VError, WorkerError, require_extra
 from o2v_batch.execution.planning import plan_workers
-from o2v_batch.execution.protocol import ServingOptions, WorkerSpec
+from o2v_batch.execution.protocol import HOST, ServingOptions, WorkerSpec
 from o2v_batch.execution.worker import server_factory
 from o2v_batch.model.devices import parse_devices
 from o2v_batch.reporting.metrics import ServeMetrics
@@ -29,6 +29,7 @@ from o2v_batch.serve.dispatcher import Dispatcher
 
 # The worker server: transform's, honouring each request's infer_max_seqlens.
 WORKER_FACTORY = "o2v_batch.serve.worker:create_server"
+HOST_FACTORY = "o2v_batch.serve.worker:create_host_server"  # a GPU's host workers'
 # Seconds a SIGTERM leaves in-flight requests to finish before they are cut off.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -136,6 +137,11 @@ def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
     # A bad record fails its request (a 400), as it fails a shard in transform.
     options = ServingOptions(mode=config.mode, precision=config.precision)
     return [
-        WorkerSpec(model_dir, device, threads, options, server_factory(WORKER_FACTORY))
-        for device, threads in plan_workers(parse_devices(config.devices), config.workers)
+        WorkerSpec(model_dir, device, threads, options, _factory(role), role=role)
+        for role, device, threads in plan_workers(parse_devices(config.devices), config.workers)
     ]
+
+
+def _factory(role: str) -> str:
+    """A worker's factory: serve's own server where it takes requests."""
+    return HOST_FACTORY if role == HOST else server_factory(WORKER_FACTORY, role)

@@ -1,9 +1,11 @@
 """The worker server of `o2v-batch serve`: transform's server, plus the one thing a
 request may ask per call, `infer_max_seqlens` in its content type. Runs inside a
-worker process (it imports torch)."""
+worker process: a whole worker's (create_server imports torch) or, on a GPU, a host
+worker's (create_host_server, no torch: its device process runs the forward passes)."""
 
 from __future__ import annotations
 
+from o2v_batch.execution.device_link import RemoteForward
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import ServingOptions
 from o2v_batch.serve.invocations import seqlens_of
@@ -29,3 +31,11 @@ def create_server(
 
     torch.set_num_threads(threads)
     return InvocationServer(model_dir, device, options)
+
+
+def create_host_server(
+    model_dir: str, device: str, options: ServingOptions, threads: int, link: int
+) -> InvocationServer:
+    """The host worker factory of `serve` (server.HOST_FACTORY): the forward passes in
+    the device process at the other end of `link`."""
+    return InvocationServer(model_dir, device, options, RemoteForward(model_dir, link))

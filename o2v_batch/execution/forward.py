@@ -1,0 +1,52 @@
+"""A mini-batch's forward pass on one device: its encoders over checked token ids, the
+head over its pairs. The torch side of serving, in the worker that serves mini-batches
+whole or in the device process that runs the forward passes of a GPU's host workers
+(factories.py). Imports torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from o2v_batch.artifacts import load_network
+from o2v_batch.execution.device_loop import DeviceLoop
+from o2v_batch.execution.forward_work import Forward, Forwarded
+from o2v_batch.execution.protocol import ServingOptions
+
+
+class LocalForward:
+    """Forward passes with one model on one device, in this process."""
+
+    def __init__(self, model_dir: str, device: str, options: ServingOptions):
+        self.device = torch.device(device)
+        self.network = load_network(
+            model_dir,
+            device,
+            encoders_only=options.mode == "embedding",
+            precision=options.precision,
+        )
+        self.hp = self.network.hp
+        # Embeddings come back as float32; the head takes them in the network's dtype.
+        self.dtype = next(self.network.parameters()).dtype
+        self.loop = DeviceLoop(self.network, self.device)
+
+    @torch.inference_mode()
+    def __call__(self, work: Forward) -> Forwarded:
+        # The head takes pairs' embeddings on the device; without pairs they go to the host.
+        on_host = work.pairs is None
+        embed = self.loop.host_embeddings if on_host else self.loop.embeddings
+        embeddings = [None if ids is None else embed(ids, enc) for enc, ids in enumerate(work.ids)]
+        scores = None
+        if work.pairs is not None:
+            u, v = (
+                embeddings[enc][torch.from_numpy(work.pairs[enc]).to(self.device)] for enc in (0, 1)
+            )
+            head = self.network.predict_from_embeddings
+            scores = head(u.to(self.dtype), v.to(self.dtype)).float().cpu().numpy()
+        singles: list[np.ndarray | None] = [None, None]
+        for enc in (0, 1):
+            if work.singles[enc] and embeddings[enc] is not None:
+                found = embeddings[enc]
+                singles[enc] = found if on_host else found.cpu().numpy()
+        return Forwarded(scores, singles)

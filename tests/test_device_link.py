@@ -1,0 +1,204 @@
+"""A GPU's host workers and its device process, run on the CPU: arrays through memory
+files, the same bytes as whole workers, host workers that never load torch, and
+killed processes or a stopped job that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_model, random_records
+from pools import run
+from processes import default_sigint
+from test_engine_local import alive, cpu_ticks, finished, wait_until, worker_pids
+
+from o2v_batch.execution import segments
+from o2v_batch.execution.device_link import ArrayFile
+from o2v_batch.execution.pool import WorkerPool
+from o2v_batch.execution.protocol import (
+    DEFAULT_FACTORY,
+    DEVICE,
+    DEVICE_FACTORY,
+    HOST,
+    HOST_FACTORY,
+    ServingOptions,
+    WorkerSpec,
+)
+
+EXAMPLE_MODEL = str(Path(__file__).parents[1] / "examples" / "model")
+
+
+def test_arrays_travel_through_a_memory_file_as_they_were():
+    """Any dtype and shape, None kept in its place, the file grown when a call is larger
+    than the last; the other side reads them from its own descriptor."""
+    fd = segments.create(1, "test")[0]
+    writer, reader = ArrayFile(fd), ArrayFile(os.dup(fd))
+    rng = np.random.default_rng(0)
+    for size in (3, 5000, 10, 200_000, 0):
+        arrays = [
+            rng.integers(1, 1000, size, dtype=np.int64),
+            None,
+            rng.random((size, 7), dtype=np.float32),
+            np.arange(size % 5, dtype=np.int32),
+        ]
+        layout = writer.put(arrays)
+        got = reader.get(layout)
+        assert got[1] is None
+        for want, have in zip(arrays, got, strict=True):
+            if want is not None:
+                assert have.dtype == want.dtype and have.shape == want.shape
+                assert np.array_equal(have, want)
+    segments.close([fd])
+
+
+def _records(seed: int, n: int) -> list[bytes]:
+    """in0 alone, pairs and in1 alone, mixed; some bad (an id past the vocabulary)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a = rng.integers(1, 50, rng.integers(1, 30)).tolist()
+        b = rng.integers(1, 50, rng.integers(1, 30)).tolist()
+        record = [{"in0": a}, {"in0": a, "in1": b}, {"in1": b}][i % 3]
+        if i % 97 == 5:
+            record = {"in0": [*a, 10**6]}
+        out.append(json.dumps(record).encode())
+    return out
+
+
+def _payloads(events) -> dict[int, bytes]:
+    def payload(event) -> bytes:
+        got = event.result.payload
+        return bytes(got.view) if hasattr(got, "view") else bytes(got)
+
+    return {i: payload(event) for i, event in events.items()}
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_host_workers_answer_as_whole_workers_and_never_load_torch():
+    """The example model, mixed records under emit-error, mini-batches small and large:
+    the same responses byte for byte; the device process loads torch, host workers not."""
+    batches = [_records(seed, 300) for seed in range(10)]
+    batches += [[b'{"in0": [1, 2]}'] * 5000, [b'{"in0": [3], "in1": [4, 5]}'] * 3000]
+    options = ServingOptions(on_bad_record="emit-error")
+    whole = [WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, DEFAULT_FACTORY)] * 2
+    with WorkerPool(whole, shared_memory=True) as pool:
+        expected = _payloads(run(pool, batches))
+    split = [WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, DEVICE_FACTORY, role=DEVICE)]
+    split += [WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, HOST_FACTORY, role=HOST)] * 2
+    with WorkerPool(split, shared_memory=True) as pool:
+        assert pool.capacity == 2 * pool.max_concurrent  # the device process takes none
+        got = _payloads(run(pool, batches))
+        roles = {w.spec.role: w.process.pid for w in pool._workers}
+        assert _maps_torch(roles[DEVICE]) and not _maps_torch(roles[HOST])
+    assert got == expected
+    assert b'"error"' in got[0] and b'"scores"' in got[0] and b'"embeddings"' in got[0]
+
+
+# -- whole jobs --------------------------------------------------------------------
+
+SHARDS, RECORDS = 8, 10_000
+JOB_OPTIONS = ("--max-payload", "0.01", "--workers", "2", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> Path:
+    """Eight shards, the model, and `reference/` from whole workers."""
+    data = tmp_path_factory.mktemp("split-job")
+    make_model(data / "model")
+    (data / "in").mkdir()
+    for i in range(SHARDS):
+        lines = [json.dumps(r) for r in random_records(RECORDS, seed=40 + i)]
+        (data / "in" / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
+    assert start(data, data / "reference", split=False).wait(timeout=300) == 0
+    return data
+
+
+def start(data: Path, out: Path, *extra: str, split: bool = True) -> subprocess.Popen:
+    """The command, its workers split into host workers and a device process on CPU."""
+    code = (
+        f"import sys; from o2v_batch.execution import worker; worker._split = {split}; "
+        "from o2v_batch.cli import main; main(prog_name='o2v-batch')"
+    )
+    command = [sys.executable, "-c", code, "transform", str(data / "in"), str(out)]
+    with open(out.parent / f"{out.name}.stderr", "w") as log:
+        return subprocess.Popen(
+            [*command, "--model", str(data / "model"), *JOB_OPTIONS, *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=default_sigint,
+        )
+
+
+def stderr_of(out: Path) -> str:
+    return (out.parent / f"{out.name}.stderr").read_text()
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.out"))}
+
+
+def roles(pid: int) -> tuple[int, list[int]]:
+    """The job's device process and host workers, told apart by what they load."""
+    workers = worker_pids(pid)
+    device = [w for w in workers if _maps_torch(w)]
+    assert len(device) == 1 and len(workers) == 3, workers
+    return device[0], [w for w in workers if w != device[0]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [DEVICE, HOST])
+def test_a_killed_device_process_or_host_worker_loses_nothing(job, tmp_path, victim):
+    """kill -9 of the device process: it is replaced, its host workers too (they exit
+    when their link closes) and what they held is retried; of a host worker: it alone.
+    The outputs are those of whole workers, byte for byte."""
+    out = tmp_path / "out"
+    process = start(job, out)
+    try:
+        wait_until(lambda: finished(out), 120, "the first output shard")
+        device, hosts = roles(process.pid)
+        pid = device if victim == DEVICE else max(hosts, key=cpu_ticks)
+        os.kill(pid, signal.SIGKILL)
+        assert process.wait(timeout=300) == 0, stderr_of(out)
+    finally:
+        process.kill()
+    assert not alive(pid)
+    assert outputs(out) == outputs(job / "reference")
+    assert len(outputs(out)) == SHARDS
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert summary["records_in"] == summary["records_out"] == SHARDS * RECORDS
+    if victim == DEVICE:
+        assert f"device process {pid} was killed by SIGKILL" in stderr_of(out)
+        assert summary["worker_restarts"] >= 1
+    else:
+        assert summary["worker_restarts"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_split_job_cleanly_and_resume_finishes_it(job, tmp_path):
+    out = tmp_path / "out"
+    process = start(job, out)
+    try:
+        wait_until(lambda: finished(out), 120, "the first output shard")
+        workers = worker_pids(process.pid)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert code == 143, stderr_of(out)
+    done = finished(out)
+    assert 0 < len(done) < SHARDS
+    for name in done:
+        assert (out / name).read_bytes() == (job / "reference" / name).read_bytes()
+    assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
+    wait_until(lambda: not any(map(alive, workers)), 5, f"workers {workers} to exit")
+    assert start(job, out, "--resume").wait(timeout=300) == 0, stderr_of(out)
+    assert outputs(out) == outputs(job / "reference")
