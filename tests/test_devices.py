@@ -138,7 +138,8 @@ def test_gpus_are_counted_from_the_driver_and_cuda_visible_devices(
 
 
 def test_counting_gpus_never_imports_torch(tmp_path):
-    """The parent plans one worker per GPU without loading torch, GPUs or not."""
+    """The parent plans a device process per GPU, and host workers feeding each,
+    without loading torch."""
     (tmp_path / "nvidia0").touch()
     (tmp_path / "nvidia1").touch()
     probe = (
@@ -150,10 +151,12 @@ def test_counting_gpus_never_imports_torch(tmp_path):
         "from o2v_batch.execution.planning import plan_workers\n"
         "config = TransformConfig(input='in/', output='out/', model='m/')\n"
         "plan = plan_workers(d.parse_devices(config.devices), config.workers)\n"
-        "print(plan, 'torch' in sys.modules)\n"
+        "fed = sorted({device for role, device, _ in plan if role == 'host'})\n"
+        "print(plan[:2], fed, 'torch' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
-    assert done.stdout == "[('cuda:0', 1), ('cuda:1', 1)] False\n", done.stderr
+    devices = "[('device', 'cuda:0', 1), ('device', 'cuda:1', 1)]"
+    assert done.stdout == f"{devices} ['cuda:0', 'cuda:1'] False\n", done.stderr

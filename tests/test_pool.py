@@ -155,17 +155,18 @@ def test_worker_plan_on_gpus():
     default, spread over the GPUs in turn; --workers sets how many host workers."""
     two = ["cuda:0", "cuda:1"]
     devices = [(DEVICE, "cuda:0", 1), (DEVICE, "cuda:1", 1)]
+    hosts = [(HOST, "cuda:0", 1), (HOST, "cuda:1", 1), (HOST, "cuda:0", 1)]
     assert (
         plan_workers(two, None, cpu_count=16)
         == devices + [(HOST, "cuda:0", 1), (HOST, "cuda:1", 1)] * 7
     )
-    assert plan_workers(two, None, cpu_count=1) == [*devices, (HOST, "cuda:0", 1)]
+    assert plan_workers(two, None, cpu_count=1) == devices + hosts[:2]  # one per GPU
+    assert plan_workers(two, 1, cpu_count=16) == [devices[0], (HOST, "cuda:0", 1)]
     assert (
         plan_workers(["cuda:0"], None, cpu_count=16)
         == [(DEVICE, "cuda:0", 1)] + [(HOST, "cuda:0", 1)] * 15
     )
     assert plan_workers(["cuda:0"], None, cpu_count=64)[1:] == [(HOST, "cuda:0", 1)] * 32
-    hosts = [(HOST, "cuda:0", 1), (HOST, "cuda:1", 1), (HOST, "cuda:0", 1)]
     assert plan_workers(two, 3, cpu_count=16) == devices + hosts
     # Tests run the same roles on the CPU.
     assert plan_workers(["cpu"], 2, cpu_count=2, split=True) == [

@@ -8,8 +8,12 @@ import json
 import pytest
 from helpers import make_model, random_records
 
+from o2v_batch.config import ServeConfig
+from o2v_batch.execution import worker
 from o2v_batch.execution.inference import Server
-from o2v_batch.execution.protocol import ServingOptions
+from o2v_batch.execution.pool import WorkerPool
+from o2v_batch.execution.protocol import DEVICE, HOST, Done, ServingOptions
+from o2v_batch.serve import server
 from o2v_batch.serve.worker import create_server
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
@@ -51,3 +55,23 @@ def test_caps_above_the_models_lengths_change_nothing(model):
     server = create_server(model, "cpu", ServingOptions(), 1)
     wide = server.serve(positions, records, f"{JSONLINES};infer_max_seqlens=5000,5000", JSON)
     assert wide == Server(model, "cpu", ServingOptions()).serve(positions, records, JSONLINES, JSON)
+
+
+def test_a_gpu_hosts_host_workers_cap_a_request_as_whole_workers_do(model, monkeypatch):
+    """On GPUs serve runs host workers and a device process (here on CPU, as tests may):
+    the host workers' server is serve's own, so a request's caps hold there too."""
+    monkeypatch.setattr(worker, "_split", True)
+    specs = server._specs(ServeConfig(model=model, devices="cpu", workers=1), model)
+    assert [spec.role for spec in specs] == [DEVICE, HOST]
+    positions, records = _batch()
+    with WorkerPool(specs, shared_memory=True) as pool:
+        pool.submit(0, positions, records, f"{JSONLINES};infer_max_seqlens=5,3", JSON)
+        events = []
+        for _ in range(240):
+            events += pool.poll(0.5)
+            if events:
+                break
+    assert len(events) == 1 and isinstance(events[0], Done)
+    job = Server(model, "cpu", ServingOptions(infer_max_seqlens=(5, 3)))
+    expected = job.serve(positions, records, JSONLINES, JSON)
+    assert events[0].result == expected and expected.truncated > 0

@@ -115,8 +115,9 @@ def worker_options(unit: Unit) -> Callable[[Command], Command]:
         click.option(
             "--workers",
             type=click.IntRange(min=1),
-            help="Worker processes. [default: up to 4 per GPU as the cores allow; on CPU, one "
-            "per core up to 32]",
+            help="Worker processes that take mini-batches: on GPUs, host workers (no torch) "
+            "feeding one device process per GPU; on CPU, whole workers. [default: on GPUs "
+            "one per core left, on CPU one per core; up to 32]",
         ),
         click.option(
             "--max-concurrent-transforms",

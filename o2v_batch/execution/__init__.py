@@ -8,16 +8,26 @@ The parent's side imports no torch:
 - `handle`: one worker as the parent holds it (its process, pipe, mini-batches in
   flight and segments);
 - `recovery`: the pool's retries and the `Recovery` events it tells;
-- `planning`: how many workers, on which devices, with how many threads (sized
+- `planning`: how many workers, in which roles (whole workers; on a GPU, host workers
+  and a device process per GPU), on which devices, with how many threads (sized
   from cores and GPUs);
+- `exits`: how a worker ended (its exit, the kernel's OOM killer, an interpreter
+  that could not start);
 - `segments`: the shared memory that requests and responses travel through;
 - `protocol`: the messages across the boundary, as plain dataclasses.
 
 A worker process's side:
 - `worker`: its start-up and its end (`Spares`, exit reasons);
-- `worker_loop`: its loop of mini-batches, whole or in three stages on a GPU;
+- `worker_loop`: its loop of mini-batches, whole or in three stages;
 - `inference`: one mini-batch in, encoded responses out (records, tokens, the
-  forward pass, responses); imports torch;
+  forward pass handed to the server's forward, responses); numpy only;
+- `forward_work`: what a forward pass takes (checked token ids, pairs) and gives
+  (scores, embeddings), as plain arrays;
+- `forward`: the forward pass in this process (encoders, head); imports torch;
+- `device_link`: a GPU's host workers and its device process: the link and memory
+  files between them, each side's server; numpy only;
+- `factories`: the servers of workers that load the model (whole workers, device
+  processes); imports torch;
 - `predictions`: a mini-batch's predictions encoded as its responses (joined,
   filtered, error objects in bad records' places);
 - `device_loop`: the forward passes on one device, from reused staging buffers;

@@ -23,7 +23,8 @@ def plan_workers(
 
     On GPUs (and on CPU where `split` says: tests run it so), host work and device work are apart: a device
     process per device first (protocol.DEVICE), then `workers` host workers (default:
-    one per core left, up to MAX_CPU_WORKERS), spread over the devices in turn, which
+    one per core left, up to MAX_CPU_WORKERS, at least one per device), spread over
+    the devices in turn (a device no host worker feeds gets no process), which
     read, check and encode without torch while the device processes run the forward
     passes. On CPU, whole workers: one single-threaded worker per core (up to
     MAX_CPU_WORKERS, then threads per worker), which keeps every core busy, parsing
@@ -31,8 +32,9 @@ def plan_workers(
     (measured: scripts/bench.py)."""
     cores = cpu_count or os.cpu_count() or 1
     if split or devices != ["cpu"]:
-        n = workers or min(max(1, cores - len(devices)), MAX_CPU_WORKERS)
-        hosts = [(HOST, devices[i % len(devices)], 1) for i in range(n)]
-        return [(DEVICE, device, 1) for device in devices] + hosts
+        n = workers or max(len(devices), min(cores - len(devices), MAX_CPU_WORKERS))
+        fed = devices[:n]  # --workers below the GPUs' count leaves the last ones out
+        hosts = [(HOST, fed[i % len(fed)], 1) for i in range(n)]
+        return [(DEVICE, device, 1) for device in fed] + hosts
     n = workers or min(cores, MAX_CPU_WORKERS)
     return [(WHOLE, devices[i % len(devices)], max(1, cores // n)) for i in range(n)]

@@ -11,10 +11,11 @@ from o2v_batch.errors import ConfigError, O2VError
 # folder each under /proc (hosts whose containers see no device nodes of their own).
 DEVICE_NODES = "/dev"
 DRIVER_GPUS = "/proc/driver/nvidia/gpus"
-# Worker processes (or Ray actors) sharing one GPU by default, when the cores allow: each
-# parses, pads and encodes on its own cores while the others' batches are on the device
-# (measured on one H200 with 16 cores: 4 workers ran the heavy model 1.6x as fast as
-# one, the light one 1.14x).
+# Ray actors sharing one GPU by default, when the cores allow: each parses, pads and
+# encodes on its own cores while the others' batches are on the device (measured on
+# one H200 with 16 cores: 4 workers ran the heavy model 1.6x as fast as one, the
+# light one 1.14x). The local engine feeds a GPU from host workers instead
+# (execution/planning.py).
 GPU_WORKERS_PER_DEVICE = 4
 
 

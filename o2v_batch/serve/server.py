@@ -20,7 +20,7 @@ from o2v_batch.config import ServeConfig
 from o2v_batch.errors import O2VError, WorkerError, require_extra
 from o2v_batch.execution.planning import plan_workers
 from o2v_batch.execution.protocol import HOST, ServingOptions, WorkerSpec
-from o2v_batch.execution.worker import server_factory
+from o2v_batch.execution.worker import server_factory, splitting
 from o2v_batch.model.devices import parse_devices
 from o2v_batch.reporting.metrics import ServeMetrics
 from o2v_batch.reporting.progress import stderr_line
@@ -138,7 +138,9 @@ def _specs(config: ServeConfig, model_dir: str) -> list[WorkerSpec]:
     options = ServingOptions(mode=config.mode, precision=config.precision)
     return [
         WorkerSpec(model_dir, device, threads, options, _factory(role), role=role)
-        for role, device, threads in plan_workers(parse_devices(config.devices), config.workers)
+        for role, device, threads in plan_workers(
+            parse_devices(config.devices), config.workers, split=splitting()
+        )
     ]
 
 
