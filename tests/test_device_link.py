@@ -36,7 +36,8 @@ EXAMPLE_MODEL = str(Path(__file__).parents[1] / "examples" / "model")
 
 def test_arrays_travel_through_a_memory_file_as_they_were():
     """Any dtype and shape, None kept in its place, the file grown when a call is larger
-    than the last; the other side reads them from its own descriptor."""
+    than the last, a dtype changed where asked; the other side reads them from its own
+    descriptor."""
     fd = segments.create(1, "test")[0]
     writer, reader = ArrayFile(fd), ArrayFile(os.dup(fd))
     rng = np.random.default_rng(0)
@@ -54,6 +55,10 @@ def test_arrays_travel_through_a_memory_file_as_they_were():
             if want is not None:
                 assert have.dtype == want.dtype and have.shape == want.shape
                 assert np.array_equal(have, want)
+    # Token ids go as int32: the same values in half the bytes.
+    ids = rng.integers(1, 3_000_000, 1000, dtype=np.int64)
+    (got,) = reader.get(writer.put([ids], [np.int32]))
+    assert got.dtype == np.int32 and np.array_equal(got, ids)
     segments.close([fd])
 
 

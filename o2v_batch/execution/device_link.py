@@ -55,24 +55,28 @@ class ArrayFile:
         self.fd = fd
         self._mapping: mmap.mmap | None = None
 
-    def put(self, arrays: Sequence[np.ndarray | None]) -> list[tuple | None]:
-        """Copies `arrays` in; their layout: (offset, dtype, shape), None for None."""
+    def put(
+        self, arrays: Sequence[np.ndarray | None], dtypes: Sequence[Any] | None = None
+    ) -> list[tuple | None]:
+        """Copies `arrays` in, each as its dtype in `dtypes` (default: its own); their
+        layout: (offset, dtype, shape), None for None."""
         layout: list[tuple | None] = []
         end = 0
-        for array in arrays:
+        for array, dtype in zip(arrays, dtypes or [None] * len(arrays), strict=True):
             if array is None:
                 layout.append(None)
                 continue
-            layout.append((end, array.dtype.str, array.shape))
-            end += -(-array.nbytes // _ALIGN) * _ALIGN
+            dtype = np.dtype(dtype or array.dtype)
+            layout.append((end, dtype.str, array.shape))
+            end += -(-array.size * dtype.itemsize // _ALIGN) * _ALIGN
         size = os.fstat(self.fd).st_size
         if size < end:
             os.ftruncate(self.fd, -(-max(end, 2 * size) // _PAGE) * _PAGE)
         mapping = self._map(end)
         for array, where in zip(arrays, layout, strict=True):
             if where is not None and array.size:
-                target = np.frombuffer(mapping, array.dtype, array.size, where[0])
-                target[:] = array.reshape(-1)
+                target = np.frombuffer(mapping, where[1], array.size, where[0])
+                target[:] = array.reshape(-1)  # converted on the way where asked
         return layout
 
     def get(self, layout: Sequence[tuple | None]) -> list[np.ndarray | None]:
@@ -105,6 +109,11 @@ def _arrays(work: Forward) -> list[np.ndarray | None]:
     return arrays
 
 
+# Token ids travel as int32, as the device loop stages them (checked ids are below the
+# vocabulary size, which fits): half the bytes of the host's int64.
+_DTYPES = (np.int32, None, np.int32, None, None, None)
+
+
 def _work(arrays: list[np.ndarray | None], singles: tuple[bool, bool]) -> Forward:
     ids = [None if arrays[i] is None else TokenIds(arrays[i], arrays[i + 1]) for i in (0, 2)]
     pairs = None if arrays[4] is None else (arrays[4], arrays[5])
@@ -122,7 +131,7 @@ class RemoteForward:
         self.sent = False  # the files go over the link with the first call
 
     def __call__(self, work: Forward) -> Forwarded:
-        layout = self.ids.put(_arrays(work))
+        layout = self.ids.put(_arrays(work), _DTYPES)
         try:
             if not self.sent:
                 for fd in self.fds:
