@@ -7,16 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_model, random_records
 from pools import run
-from processes import default_sigint
-from test_engine_local import alive, cpu_ticks, finished, wait_until, worker_pids
+from test_engine_local import (
+    RECORDS,
+    SHARDS,
+    alive,
+    cpu_ticks,
+    finished,
+    start,
+    stderr_of,
+    wait_until,
+    worker_pids,
+    write_big_job,
+)
 
 from o2v_batch.execution import segments
 from o2v_batch.execution.device_link import ArrayFile
@@ -108,43 +115,20 @@ def test_host_workers_answer_as_whole_workers_and_never_load_torch():
     assert b'"error"' in got[0] and b'"scores"' in got[0] and b'"embeddings"' in got[0]
 
 
-# -- whole jobs --------------------------------------------------------------------
+# -- whole jobs (test_engine_local's: eight shards, the reference from whole workers) --
 
-SHARDS, RECORDS = 8, 10_000
-JOB_OPTIONS = ("--max-payload", "0.01", "--workers", "2", "--no-progress")
+# The command, its workers split into host workers and a device process on CPU.
+SPLIT = (
+    "-c",
+    "from o2v_batch.execution import worker; worker._split = True; "
+    "from o2v_batch.cli import main; main(prog_name='o2v-batch')",
+)
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> Path:
-    """Eight shards, the model, and `reference/` from whole workers."""
-    data = tmp_path_factory.mktemp("split-job")
-    make_model(data / "model")
-    (data / "in").mkdir()
-    for i in range(SHARDS):
-        lines = [json.dumps(r) for r in random_records(RECORDS, seed=40 + i)]
-        (data / "in" / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
-    assert start(data, data / "reference", split=False).wait(timeout=300) == 0
-    return data
-
-
-def start(data: Path, out: Path, *extra: str, split: bool = True) -> subprocess.Popen:
-    """The command, its workers split into host workers and a device process on CPU."""
-    code = (
-        f"import sys; from o2v_batch.execution import worker; worker._split = {split}; "
-        "from o2v_batch.cli import main; main(prog_name='o2v-batch')"
-    )
-    command = [sys.executable, "-c", code, "transform", str(data / "in"), str(out)]
-    with open(out.parent / f"{out.name}.stderr", "w") as log:
-        return subprocess.Popen(
-            [*command, "--model", str(data / "model"), *JOB_OPTIONS, *extra],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            preexec_fn=default_sigint,
-        )
-
-
-def stderr_of(out: Path) -> str:
-    return (out.parent / f"{out.name}.stderr").read_text()
+def engine_job(tmp_path_factory) -> Path:
+    """test_engine_local's job: eight shards, the model, `reference/` from whole workers."""
+    return write_big_job(tmp_path_factory.mktemp("split-job"))
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -161,12 +145,12 @@ def roles(pid: int) -> tuple[int, list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [DEVICE, HOST])
-def test_a_killed_device_process_or_host_worker_loses_nothing(job, tmp_path, victim):
+def test_a_killed_device_process_or_host_worker_loses_nothing(engine_job, tmp_path, victim):
     """kill -9 of the device process: it is replaced, its host workers too (they exit
     when their link closes) and what they held is retried; of a host worker: it alone.
     The outputs are those of whole workers, byte for byte."""
     out = tmp_path / "out"
-    process = start(job, out)
+    process = start(engine_job, out, program=SPLIT)
     try:
         wait_until(lambda: finished(out), 120, "the first output shard")
         device, hosts = roles(process.pid)
@@ -176,7 +160,7 @@ def test_a_killed_device_process_or_host_worker_loses_nothing(job, tmp_path, vic
     finally:
         process.kill()
     assert not alive(pid)
-    assert outputs(out) == outputs(job / "reference")
+    assert outputs(out) == outputs(engine_job / "reference")
     assert len(outputs(out)) == SHARDS
     summary = json.loads((out / "_SUCCESS").read_text())
     assert summary["records_in"] == summary["records_out"] == SHARDS * RECORDS
@@ -188,9 +172,9 @@ def test_a_killed_device_process_or_host_worker_loses_nothing(job, tmp_path, vic
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_split_job_cleanly_and_resume_finishes_it(job, tmp_path):
+def test_sigterm_stops_a_split_job_cleanly_and_resume_finishes_it(engine_job, tmp_path):
     out = tmp_path / "out"
-    process = start(job, out)
+    process = start(engine_job, out, program=SPLIT)
     try:
         wait_until(lambda: finished(out), 120, "the first output shard")
         workers = worker_pids(process.pid)
@@ -202,8 +186,8 @@ def test_sigterm_stops_a_split_job_cleanly_and_resume_finishes_it(job, tmp_path)
     done = finished(out)
     assert 0 < len(done) < SHARDS
     for name in done:
-        assert (out / name).read_bytes() == (job / "reference" / name).read_bytes()
+        assert (out / name).read_bytes() == (engine_job / "reference" / name).read_bytes()
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
     wait_until(lambda: not any(map(alive, workers)), 5, f"workers {workers} to exit")
-    assert start(job, out, "--resume").wait(timeout=300) == 0, stderr_of(out)
-    assert outputs(out) == outputs(job / "reference")
+    assert start(engine_job, out, "--resume", program=SPLIT).wait(timeout=300) == 0, stderr_of(out)
+    assert outputs(out) == outputs(engine_job / "reference")

@@ -82,8 +82,12 @@ def finished(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("*.out") if not p.name.startswith("."))
 
 
-def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "o2v_batch", "transform", str(data / "in"), str(out)]
+def start(
+    data: Path, out: Path, *extra: str, program: tuple[str, ...] = ("-m", "o2v_batch")
+) -> subprocess.Popen:
+    """The command on the job, its stderr kept beside `out`; `program` runs it (Python
+    code that calls the command's main, to set a private switch first)."""
+    command = [sys.executable, *program, "transform", str(data / "in"), str(out)]
     with open(out.parent / f"{out.name}.stderr", "w") as log:  # the child keeps its own copy
         return subprocess.Popen(
             [*command, "--model", str(data / "model"), *JOB_OPTIONS, *extra],
@@ -106,8 +110,11 @@ def run_to_end(data: Path, out: Path, *extra: str) -> None:
 
 @pytest.fixture(scope="module")
 def big_job(tmp_path_factory) -> Path:
+    return write_big_job(tmp_path_factory.mktemp("big-job"))
+
+
+def write_big_job(data: Path) -> Path:
     """8 shards x 10,000 records, the model, and `reference/`: the outputs of an unfaulted run."""
-    data = tmp_path_factory.mktemp("big-job")
     make_model(data / "model")
     for i in range(SHARDS):
         write_jsonl(data / "in" / f"part-{i}.jsonl", random_records(RECORDS, seed=i))
