@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from o2v_batch.execution.device_link import DeviceServer
 from o2v_batch.execution.inference import Server
 
 MARKER = b"boom"
@@ -76,3 +77,29 @@ class RaiseInPredict(Server):
 def _broken_forward() -> None:
     thread = threading.current_thread().name
     raise RuntimeError(f"the model broke on a marked record (thread {thread})")
+
+
+# A token id that makes HangOnceDevice hang (below the example model's vocabulary).
+HANG_ID = 4242
+
+
+class _HangOnce:
+    """A forward that hangs the first time its in0 ids hold HANG_ID."""
+
+    def __init__(self, forward, marker: Path) -> None:
+        self.forward, self.hp, self.marker = forward, forward.hp, marker
+
+    def __call__(self, work):
+        ids = work.ids[0]
+        if ids is not None and (ids.ids == HANG_ID).any() and not self.marker.exists():
+            self.marker.touch()
+            time.sleep(3600)
+        return self.forward(work)
+
+
+def hang_once_device(model_dir: str, device: str, options, threads: int) -> DeviceServer:
+    """A device process whose forward pass hangs once, on a mini-batch holding HANG_ID."""
+    from o2v_batch.execution.forward import LocalForward
+
+    marker = Path(model_dir) / MISBEHAVED
+    return DeviceServer(_HangOnce(LocalForward(model_dir, device, options), marker))

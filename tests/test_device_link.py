@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from faulty_servers import HANG_ID, MISBEHAVED
 from pools import run
 from test_engine_local import (
     RECORDS,
@@ -113,6 +115,31 @@ def test_host_workers_answer_as_whole_workers_and_never_load_torch():
         assert _maps_torch(roles[DEVICE]) and not _maps_torch(roles[HOST])
     assert got == expected
     assert b'"error"' in got[0] and b'"scores"' in got[0] and b'"embeddings"' in got[0]
+
+
+def test_a_mini_batch_hung_in_the_device_process_is_retried_on_a_new_one(tmp_path):
+    """A host worker's overdue mini-batch: the host worker and its device process are
+    replaced (the forward pass is where it hung), and every mini-batch is answered as
+    whole workers answer it."""
+    model = shutil.copytree(EXAMPLE_MODEL, tmp_path / "model")
+    batches = [_records(seed, 200) for seed in range(6)]
+    batches[3] = [*batches[3][:50], json.dumps({"in0": [HANG_ID, 7]}).encode()]
+    options = ServingOptions(on_bad_record="emit-error")
+    whole = [WorkerSpec(str(model), "cpu", 1, options, DEFAULT_FACTORY)]
+    with WorkerPool(whole, shared_memory=True) as pool:
+        expected = _payloads(run(pool, batches))
+    told = []
+    split = [
+        WorkerSpec(str(model), "cpu", 1, options, "faulty_servers:hang_once_device", role=DEVICE),
+        WorkerSpec(str(model), "cpu", 1, options, HOST_FACTORY, role=HOST),
+    ]
+    with WorkerPool(split, invocation_timeout=3, on_recovery=told.append) as pool:
+        got = _payloads(run(pool, batches, deadline=120))
+    assert got == expected
+    assert (model / MISBEHAVED).exists()  # it did hang
+    reasons = [r.reason for r in told]
+    assert any("timed out after 3 s" in r for r in reasons), reasons
+    assert any(r.startswith("device process") for r in reasons), reasons
 
 
 # -- whole jobs (test_engine_local's: eight shards, the reference from whole workers) --

@@ -162,8 +162,13 @@ class WorkerPool:
 
     def _check_hung(self) -> None:
         for w in self._workers.overdue(self.invocation_timeout):
-            w.process.kill()
-            w.process.join()
+            # A host worker's mini-batch hangs where its forward pass runs: its device
+            # process goes too (its other host workers' mini-batches are retried).
+            device = self._workers.device_process(w.spec.device) if w.spec.role == HOST else None
+            for process in (w.process, device.process if device else None):
+                if process is not None:
+                    process.kill()
+                    process.join()
             self._lost(w, f"timed out after {self.invocation_timeout:g} s (--invocation-timeout)")
 
     def _lost(self, w: WorkerHandle, reason: str) -> None:
