@@ -79,27 +79,41 @@ def _broken_forward() -> None:
     raise RuntimeError(f"the model broke on a marked record (thread {thread})")
 
 
-# A token id that makes HangOnceDevice hang (below the example model's vocabulary).
-HANG_ID = 4242
+# A token id that makes a misbehaving device process's forward pass misbehave (below
+# the example model's vocabulary).
+MARKED_ID = 4242
 
 
-class _HangOnce:
-    """A forward that hangs the first time its in0 ids hold HANG_ID."""
+class _MarkedForward:
+    """A forward that misbehaves on a mini-batch whose in0 ids hold MARKED_ID: hangs the
+    first time (`hang`), or raises every time."""
 
-    def __init__(self, forward, marker: Path) -> None:
-        self.forward, self.hp, self.marker = forward, forward.hp, marker
+    def __init__(self, forward, marker: Path, hang: bool) -> None:
+        self.forward, self.hp, self.marker, self.hang = forward, forward.hp, marker, hang
 
     def __call__(self, work):
         ids = work.ids[0]
-        if ids is not None and (ids.ids == HANG_ID).any() and not self.marker.exists():
-            self.marker.touch()
-            time.sleep(3600)
+        if ids is not None and (ids.ids == MARKED_ID).any():
+            if not self.hang:
+                raise RuntimeError("the device broke on a marked record")
+            if not self.marker.exists():
+                self.marker.touch()
+                time.sleep(3600)
         return self.forward(work)
 
 
-def hang_once_device(model_dir: str, device: str, options, threads: int) -> DeviceServer:
-    """A device process whose forward pass hangs once, on a mini-batch holding HANG_ID."""
+def _marked_device(model_dir: str, device: str, options, hang: bool) -> DeviceServer:
     from o2v_batch.execution.forward import LocalForward
 
-    marker = Path(model_dir) / MISBEHAVED
-    return DeviceServer(_HangOnce(LocalForward(model_dir, device, options), marker))
+    forward = LocalForward(model_dir, device, options)
+    return DeviceServer(_MarkedForward(forward, Path(model_dir) / MISBEHAVED, hang))
+
+
+def hang_once_device(model_dir: str, device: str, options, threads: int) -> DeviceServer:
+    """A device process whose forward pass hangs once, on a mini-batch holding MARKED_ID."""
+    return _marked_device(model_dir, device, options, hang=True)
+
+
+def raising_device(model_dir: str, device: str, options, threads: int) -> DeviceServer:
+    """A device process whose forward pass raises on every mini-batch holding MARKED_ID."""
+    return _marked_device(model_dir, device, options, hang=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faulty_servers import HANG_ID, MISBEHAVED
+from faulty_servers import MARKED_ID, MISBEHAVED
 from pools import run
 from test_engine_local import (
     RECORDS,
@@ -36,6 +36,7 @@ from o2v_batch.execution.protocol import (
     DEVICE_FACTORY,
     HOST,
     HOST_FACTORY,
+    Failed,
     ServingOptions,
     WorkerSpec,
 )
@@ -123,7 +124,7 @@ def test_a_mini_batch_hung_in_the_device_process_is_retried_on_a_new_one(tmp_pat
     whole workers answer it."""
     model = shutil.copytree(EXAMPLE_MODEL, tmp_path / "model")
     batches = [_records(seed, 200) for seed in range(6)]
-    batches[3] = [*batches[3][:50], json.dumps({"in0": [HANG_ID, 7]}).encode()]
+    batches[3] = [*batches[3][:50], json.dumps({"in0": [MARKED_ID, 7]}).encode()]
     options = ServingOptions(on_bad_record="emit-error")
     whole = [WorkerSpec(str(model), "cpu", 1, options, DEFAULT_FACTORY)]
     with WorkerPool(whole, shared_memory=True) as pool:
@@ -140,6 +141,27 @@ def test_a_mini_batch_hung_in_the_device_process_is_retried_on_a_new_one(tmp_pat
     reasons = [r.reason for r in told]
     assert any("timed out after 3 s" in r for r in reasons), reasons
     assert any(r.startswith("device process") for r in reasons), reasons
+
+
+def test_a_forward_pass_failing_in_the_device_process_fails_its_mini_batch_alone(tmp_path):
+    """The device process's error comes back as the worker's, its mini-batch is retried
+    and then fails; every other mini-batch is answered, the processes kept."""
+    batches = [_records(seed, 100) for seed in range(5)]
+    batches[2] = [json.dumps({"in0": [MARKED_ID]}).encode()]
+    options = ServingOptions()
+    split = [
+        WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, "faulty_servers:raising_device", role=DEVICE),
+        WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, HOST_FACTORY, role=HOST),
+    ]
+    told = []
+    with WorkerPool(split, max_retries=1, on_recovery=told.append) as pool:
+        events = run(pool, batches)
+    failed = {i: e.reason for i, e in events.items() if isinstance(e, Failed)}
+    assert failed == {
+        2: "the worker raised RuntimeError: the device broke on a marked record; "
+        "gave up after 2 attempts"
+    }
+    assert [r.restarted for r in told] == [False]  # one retry, no process lost
 
 
 # -- whole jobs (test_engine_local's: eight shards, the reference from whole workers) --
