@@ -106,7 +106,7 @@ def _marked_device(model_dir: str, device: str, options, hang: bool) -> DeviceSe
     from o2v_batch.execution.forward import LocalForward
 
     forward = LocalForward(model_dir, device, options)
-    return DeviceServer(_MarkedForward(forward, Path(model_dir) / MISBEHAVED, hang))
+    return DeviceServer([_MarkedForward(forward, Path(model_dir) / MISBEHAVED, hang)])
 
 
 def hang_once_device(model_dir: str, device: str, options, threads: int) -> DeviceServer:

@@ -44,6 +44,8 @@ from o2v_batch.model.tokens import TokenIds
 
 _PAGE = mmap.PAGESIZE
 _ALIGN = 64  # each array starts on a cache line
+# Threads of a device process running calls side by side (not measured on a GPU yet).
+DEVICE_THREADS = 2
 
 
 class ArrayFile:
@@ -156,14 +158,17 @@ def create_host_server(
 
 
 class DeviceServer:
-    """The device process's side: every linked host worker's calls, one at a time, in
-    the order they came, on one forward (forward.LocalForward)."""
+    """The device process's side: every linked host worker's calls, in the order they
+    came, each run by one of `forwards` (forward.LocalForward and its siblings, a thread
+    each: while one thread stages a call's device batches, another's are computed)."""
 
-    def __init__(self, forward: Any):
-        self.forward = forward
-        self.hp = forward.hp
+    def __init__(self, forwards: list[Any]):
+        self.hp = forwards[0].hp
         self.calls: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="o2v-device", daemon=True).start()
+        for forward in forwards:
+            threading.Thread(
+                target=self._run, args=(forward,), name="o2v-device", daemon=True
+            ).start()
 
     def attach(self, link: int) -> None:
         """A host worker's end of a new link (worker.py passes it on)."""
@@ -181,11 +186,11 @@ class DeviceServer:
         except (EOFError, OSError):  # the host worker is gone: so is the link
             return
 
-    def _run(self) -> None:
+    def _run(self, forward: Any) -> None:
         while True:
             link, (ids, out), call = self.calls.get()
             try:
-                done = self.forward(_work(ids.get(call.layout), call.singles))
+                done = forward(_work(ids.get(call.layout), call.singles))
                 answer: ForwardDone | ForwardFailed = ForwardDone(
                     out.put([done.scores, *done.embeddings])
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from o2v_batch.execution.device_link import DeviceServer
+from o2v_batch.execution.device_link import DEVICE_THREADS, DeviceServer
 from o2v_batch.execution.forward import LocalForward
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import ServingOptions
@@ -24,4 +24,5 @@ def create_device_server(
     """The device process's factory (protocol.DEVICE_FACTORY): the model on its device,
     serving the forward passes its host workers send."""
     torch.set_num_threads(threads)
-    return DeviceServer(LocalForward(model_dir, device, options))
+    forward = LocalForward(model_dir, device, options)
+    return DeviceServer([forward] + [forward.sibling() for _ in range(DEVICE_THREADS - 1)])

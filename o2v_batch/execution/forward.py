@@ -19,20 +19,41 @@ class LocalForward:
     """Forward passes with one model on one device, in this process."""
 
     def __init__(self, model_dir: str, device: str, options: ServingOptions):
-        self.device = torch.device(device)
-        self.network = load_network(
+        network = load_network(
             model_dir,
             device,
             encoders_only=options.mode == "embedding",
             precision=options.precision,
         )
-        self.hp = self.network.hp
+        self._start(network, torch.device(device))
+
+    def _start(self, network, device: torch.device) -> None:
+        self.device = device
+        self.network = network
+        self.hp = network.hp
         # Embeddings come back as float32; the head takes them in the network's dtype.
-        self.dtype = next(self.network.parameters()).dtype
-        self.loop = DeviceLoop(self.network, self.device)
+        self.dtype = next(network.parameters()).dtype
+        self.loop = DeviceLoop(network, device)
+        # On a GPU each forward computes on a stream of its own, so that siblings' calls
+        # overlap and each waits for its own work alone.
+        gpu = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if gpu else None
+
+    def sibling(self) -> LocalForward:
+        """Another forward on the same network, with staging buffers of its own: two
+        threads may run calls side by side, one staging while the other computes."""
+        twin = object.__new__(LocalForward)
+        twin._start(self.network, self.device)
+        return twin
+
+    def __call__(self, work: Forward) -> Forwarded:
+        if self.stream is None:
+            return self._forward(work)
+        with torch.cuda.stream(self.stream):
+            return self._forward(work)
 
     @torch.inference_mode()
-    def __call__(self, work: Forward) -> Forwarded:
+    def _forward(self, work: Forward) -> Forwarded:
         # The head takes pairs' embeddings on the device; without pairs they go to the host.
         on_host = work.pairs is None
         embed = self.loop.host_embeddings if on_host else self.loop.embeddings
