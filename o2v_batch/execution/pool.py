@@ -1,5 +1,5 @@
-"""The worker pool: worker processes on the devices (several per GPU, or CPU
-workers), bounded mini-batches in flight, plain-data results, and dead or hung
+"""The worker pool: worker processes on the devices (on GPUs, host workers feeding
+a device process per GPU; on CPU, whole workers), bounded mini-batches in flight, plain-data results, and dead or hung
 worker detection with retries. The workers' side is worker.py. The pool's parts:
 its workers as a whole (crew.py), each as the parent holds it (handle.py), and
 its bookkeeping of retries (recovery.py).

@@ -1,6 +1,6 @@
 """A worker's loop over its mini-batches: whole, one after another, or pipelined.
 
-Pipelined (a GPU worker's loop), a server's three phases run in three threads joined
+Pipelined (a whole worker's loop on a GPU: a Ray actor's), a server's three phases run in three threads joined
 by queues of one: while mini-batch k is on the device, k+1 is parsed and checked and
 k-1 encoded and answered. Torch releases the GIL in its kernels and while it waits
 for the GPU, so the host's work and the device's overlap. Every mini-batch goes
