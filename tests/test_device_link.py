@@ -36,6 +36,7 @@ from o2v_batch.execution.protocol import (
     DEVICE_FACTORY,
     HOST,
     HOST_FACTORY,
+    Done,
     Failed,
     ServingOptions,
     WorkerSpec,
@@ -148,7 +149,7 @@ def test_a_forward_pass_failing_in_the_device_process_fails_its_mini_batch_alone
     and then fails; every other mini-batch is answered, the processes kept."""
     batches = [_records(seed, 100) for seed in range(5)]
     batches[2] = [json.dumps({"in0": [MARKED_ID]}).encode()]
-    options = ServingOptions()
+    options = ServingOptions(on_bad_record="emit-error")  # every mini-batch is forwarded
     split = [
         WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, "faulty_servers:raising_device", role=DEVICE),
         WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, HOST_FACTORY, role=HOST),
@@ -161,7 +162,31 @@ def test_a_forward_pass_failing_in_the_device_process_fails_its_mini_batch_alone
         2: "the worker raised RuntimeError: the device broke on a marked record; "
         "gave up after 2 attempts"
     }
+    assert all(isinstance(e, Done) for i, e in events.items() if i != 2)
     assert [r.restarted for r in told] == [False]  # one retry, no process lost
+
+
+def test_a_lost_host_workers_link_and_files_close_in_the_device_process():
+    """Host workers killed and replaced, three times: the device process holds no more
+    descriptors than before (each link's socket and memory files close with it)."""
+    batches = [_records(seed, 100) for seed in range(8)]
+    options = ServingOptions(on_bad_record="emit-error")  # every mini-batch is forwarded
+    split = [WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, DEVICE_FACTORY, role=DEVICE)]
+    split += [WorkerSpec(EXAMPLE_MODEL, "cpu", 1, options, HOST_FACTORY, role=HOST)] * 2
+    with WorkerPool(split, shared_memory=True) as pool:
+        expected = _payloads(run(pool, batches))
+        device = next(w for w in pool._workers if w.spec.role == DEVICE)
+        held = f"/proc/{device.process.pid}/fd"
+        before = len(os.listdir(held))
+        assert sum(
+            "memfd:o2v-batch-forward" in os.readlink(f"{held}/{fd}") for fd in os.listdir(held)
+        )
+        for _ in range(3):
+            host = next(w for w in pool._workers if w.spec.role == HOST)
+            os.kill(host.process.pid, signal.SIGKILL)
+            assert _payloads(run(pool, batches)) == expected
+        wait_until(lambda: len(os.listdir(held)) <= before, 10, "the links to close")
+        assert device.process.is_alive()
 
 
 # -- whole jobs (test_engine_local's: eight shards, the reference from whole workers) --

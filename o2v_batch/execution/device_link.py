@@ -95,6 +95,11 @@ class ArrayFile:
             out.append(np.frombuffer(mapping, dtype, count, offset).reshape(shape))
         return out
 
+    def close(self) -> None:
+        """Closes the descriptor; the mapping goes once no view holds it."""
+        os.close(self.fd)
+        self._mapping = None
+
     def _map(self, needed: int) -> mmap.mmap | bytes:
         if needed == 0:
             return b""
@@ -178,23 +183,48 @@ class DeviceServer:
     def serve(self, positions, records, content_type, accept):
         raise WorkerError("a device process serves its host workers' forward passes only")
 
-    def _receive(self, link: Connection) -> None:
+    def _receive(self, connection: Connection) -> None:
+        link = _Link(connection)
         try:
-            files = (ArrayFile(recv_handle(link)), ArrayFile(recv_handle(link)))
+            link.files += [ArrayFile(recv_handle(connection)), ArrayFile(recv_handle(connection))]
             while True:
-                self.calls.put((link, files, link.recv()))
+                self.calls.put((link, connection.recv()))
         except (EOFError, OSError):  # the host worker is gone: so is the link
-            return
+            pass
+        link.close()
 
     def _run(self, forward: Any) -> None:
         while True:
-            link, (ids, out), call = self.calls.get()
-            try:
-                done = forward(_work(ids.get(call.layout), call.singles))
-                answer: ForwardDone | ForwardFailed = ForwardDone(
-                    out.put([done.scores, *done.embeddings])
-                )
-            except Exception as exc:  # this call's alone: its host worker fails its mini-batch
-                answer = ForwardFailed(describe(exc))
-            with contextlib.suppress(OSError):  # the host worker is gone
-                link.send(answer)
+            link, call = self.calls.get()
+            with link.lock:
+                if link.closed:  # its host worker is gone: nobody waits for the answer
+                    continue
+                ids, out = link.files
+                try:
+                    done = forward(_work(ids.get(call.layout), call.singles))
+                    answer: ForwardDone | ForwardFailed = ForwardDone(
+                        out.put([done.scores, *done.embeddings])
+                    )
+                except Exception as exc:  # this call's alone: its host fails its mini-batch
+                    answer = ForwardFailed(describe(exc))
+                with contextlib.suppress(OSError):  # the host worker is gone
+                    link.connection.send(answer)
+
+
+class _Link:
+    """A device process's end of one host worker's link and its memory files. Closed
+    (files and socket) once the host worker is gone, never while a call uses them: a
+    descriptor number closed could be another link's soon."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.files: list[ArrayFile] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for file in self.files:
+                file.close()
+            self.connection.close()
