@@ -1,7 +1,8 @@
 """A GPU's host workers and its device process. On a GPU host the pool's workers are
 host workers: they read, check and encode mini-batches on every core and never import
 torch; one device process per GPU (a pool worker that takes no mini-batches) runs the
-forward passes of them all, one call after another, from its device loop.
+forward passes of them all, in the order they come, two calls side by side (each
+thread with a device loop of its own: one stages while the other computes).
 
 A link is a socket pair between a host worker and its device process, made by the
 parent (crew.py) when it starts the host worker, one end passed to each. Arrays travel
