@@ -147,6 +147,9 @@ def measure(
     """Runs cmd to its end; wall time, the tree's peak RSS and CPU, if asked when `watch`
     appeared, and with `gpu` the GPUs' mean utilisation meanwhile."""
     gpus = GpuMonitor()
+    # The runs before wrote their outputs (hundreds of MB): to disk with them first, so
+    # that their writeback does not take this run's CPU (it showed as others' load).
+    os.sync()
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
