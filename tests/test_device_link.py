@@ -133,8 +133,9 @@ def test_a_mini_batch_hung_in_the_device_process_is_retried_on_a_new_one(tmp_pat
     told = []
     split = [
         WorkerSpec(str(model), "cpu", 1, options, "faulty_servers:hang_once_device", role=DEVICE),
-        WorkerSpec(str(model), "cpu", 1, options, HOST_FACTORY, role=HOST),
+        *[WorkerSpec(str(model), "cpu", 1, options, HOST_FACTORY, role=HOST)] * 2,
     ]
+    # Both host workers' mini-batches wait behind the hung one: both go overdue.
     with WorkerPool(split, invocation_timeout=3, on_recovery=told.append) as pool:
         got = _payloads(run(pool, batches, deadline=120))
     assert got == expected

@@ -162,10 +162,13 @@ class WorkerPool:
 
     def _check_hung(self) -> None:
         for w in self._workers.overdue(self.invocation_timeout):
+            if w not in self._workers:  # lost with a device process before it, this pass
+                continue
             # A host worker's mini-batch hangs where its forward pass runs: its device
-            # process goes too (its other host workers' mini-batches are retried).
+            # process goes too (its other host workers' mini-batches are retried), unless
+            # it is a new one, still loading, that took a hung one's place this pass.
             device = self._workers.device_process(w.spec.device) if w.spec.role == HOST else None
-            for process in (w.process, device.process if device else None):
+            for process in (w.process, device.process if device and device.ready else None):
                 if process is not None:
                     process.kill()
                     process.join()
