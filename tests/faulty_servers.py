@@ -105,7 +105,7 @@ class _MarkedForward:
 def _marked_device(model_dir: str, device: str, options, hang: bool) -> DeviceServer:
     from o2v_batch.execution.forward import LocalForward
 
-    forward = LocalForward(model_dir, device, options)
+    forward = LocalForward.load(model_dir, device, options)
     return DeviceServer([_MarkedForward(forward, Path(model_dir) / MISBEHAVED, hang)])
 
 

@@ -15,7 +15,7 @@ from o2v_batch.execution.protocol import ServingOptions
 def create_server(model_dir: str, device: str, options: ServingOptions, threads: int) -> Server:
     """The worker factory (protocol.DEFAULT_FACTORY): torch's threads, then the model."""
     torch.set_num_threads(threads)
-    return Server(model_dir, device, options, LocalForward(model_dir, device, options))
+    return Server(model_dir, device, options, LocalForward.load(model_dir, device, options))
 
 
 def create_device_server(
@@ -24,5 +24,5 @@ def create_device_server(
     """The device process's factory (protocol.DEVICE_FACTORY): the model on its device,
     serving the forward passes its host workers send."""
     torch.set_num_threads(threads)
-    forward = LocalForward(model_dir, device, options)
+    forward = LocalForward.load(model_dir, device, options)
     return DeviceServer([forward] + [forward.sibling() for _ in range(DEVICE_THREADS - 1)])

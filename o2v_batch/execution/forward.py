@@ -13,21 +13,13 @@ from o2v_batch.artifacts import load_network
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.execution.forward_work import Forward, Forwarded
 from o2v_batch.execution.protocol import ServingOptions
+from o2v_batch.model.network import Object2Vec
 
 
 class LocalForward:
     """Forward passes with one model on one device, in this process."""
 
-    def __init__(self, model_dir: str, device: str, options: ServingOptions):
-        network = load_network(
-            model_dir,
-            device,
-            encoders_only=options.mode == "embedding",
-            precision=options.precision,
-        )
-        self._start(network, torch.device(device))
-
-    def _start(self, network, device: torch.device) -> None:
+    def __init__(self, network: Object2Vec, device: torch.device):
         self.device = device
         self.network = network
         self.hp = network.hp
@@ -36,15 +28,23 @@ class LocalForward:
         self.loop = DeviceLoop(network, device)
         # On a GPU each forward computes on a stream of its own, so that siblings' calls
         # overlap and each waits for its own work alone.
-        gpu = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if gpu else None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    @classmethod
+    def load(cls, model_dir: str, device: str, options: ServingOptions) -> LocalForward:
+        """The model of `model_dir` on `device`, as `options` asks (mode, precision)."""
+        network = load_network(
+            model_dir,
+            device,
+            encoders_only=options.mode == "embedding",
+            precision=options.precision,
+        )
+        return cls(network, torch.device(device))
 
     def sibling(self) -> LocalForward:
         """Another forward on the same network, with staging buffers of its own: two
         threads may run calls side by side, one staging while the other computes."""
-        twin = object.__new__(LocalForward)
-        twin._start(self.network, self.device)
-        return twin
+        return LocalForward(self.network, self.device)
 
     def __call__(self, work: Forward) -> Forwarded:
         if self.stream is None:

@@ -37,7 +37,7 @@ class Server:
         if forward is None:
             from o2v_batch.execution.forward import LocalForward  # torch
 
-            forward = LocalForward(model_dir, device, options)
+            forward = LocalForward.load(model_dir, device, options)
         self.forward = forward
         self.options = options
         hp: Hyperparameters = forward.hp
