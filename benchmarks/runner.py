@@ -55,7 +55,7 @@ class Bench:
             str(result),
             output,
         ]
-        return self.run(label, workload, cmd, out, device, output, result)
+        return self.run(label, workload, cmd, out, device, output, result, self.data[workload.name])
 
     def run(
         self,
@@ -66,12 +66,13 @@ class Bench:
         device: str,
         output: str,
         result: Path | None = None,
+        data: Path | None = None,
     ) -> Row:
-        """Runs cmd on the workload; its row, with the seconds the system reported in
-        `result` where it times itself."""
+        """Runs cmd on the workload, its input `data` read through first (measure); its
+        row, with the seconds the system reported in `result` where it times itself."""
         log = self.folder("logs") / f"{workload.name}-{slug(label)}.log"
         print(f"  {workload.name}: {label} ...", end="", flush=True, file=sys.stderr)
-        run = measure(cmd, log, self.env, gpu=self.cuda)
+        run = measure(cmd, log, self.env, gpu=self.cuda, data=data)
         row = Row(label, workload.name, device, output, shlex.join(cmd))
         row.records = self.counts[workload.name]
         row.process_seconds, row.peak_rss_mb = run.seconds, run.peak_rss_mb

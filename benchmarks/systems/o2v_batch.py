@@ -49,7 +49,7 @@ def run(
         "--no-progress",
         *shlex.split(f"{flags} {devices}"),
     ]
-    return bench.run(label, workload, cmd, out, device, output_format(flags))
+    return bench.run(label, workload, cmd, out, device, output_format(flags), data=data)
 
 
 def after_startup(

@@ -25,7 +25,8 @@ def run(bench: Bench) -> Row:
         if bench.cuda:
             cmd += ["--devices", "cpu"]
         log = bench.folder("logs") / f"startup-{i}.log"
-        measured = measure(cmd, log, bench.env, watch=out / (TINY_INPUT.name + ".out"))
+        watch = out / (TINY_INPUT.name + ".out")
+        measured = measure(cmd, log, bench.env, watch=watch, data=TINY_INPUT)
         if measured.returncode != 0 or measured.first_output_s is None:
             error = f"exit status {measured.returncode}: {tail(log)}"
             return Row("o2v-batch start-up", STARTUP_WORKLOAD, error=error)
