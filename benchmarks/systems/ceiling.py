@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from benchmarks.measure import RUN_TIMEOUT_S
-from benchmarks.workloads import shards
+from benchmarks.workloads import count_lines, shards
 
 # The ceiling is the best of a few passes: the first pays one-off allocations, and on a
 # shared machine a pass can lose its cores for a while.
@@ -21,17 +22,30 @@ CEILING_PASSES = 3
 CEILING_BUDGETS = (0.25, 1.0, 4.0)
 
 
-def read_requests(data: Path, mode: str) -> list[list[list[int]]]:
-    """Per encoder input, every record's sequence (pairs have both)."""
+def read_ids(data: Path, mode: str, hp: Any) -> list[Any]:
+    """Per encoder input, every record's ids (pairs have both) as the product checks and
+    truncates them (tokens.TokenIds), read shard by shard: only one shard's records are
+    ever Python lists, which take several times the memory of the arrays."""
+    from o2v_batch.inputs.token_ids import check_ids
+    from o2v_batch.model.tokens import TokenIds
+
     names = ("in0", "in1") if mode == "classification" else ("in0",)
-    seqs: list[list[list[int]]] = [[] for _ in names]
+    parts: list[list[TokenIds]] = [[] for _ in names]
     for shard in shards(data):
+        seqs: list[list[list[int]]] = [[] for _ in names]
         with open(shard, "rb") as f:
             for line in f:
                 record = orjson.loads(line)
                 for k, name in enumerate(names):
                     seqs[k].append(record[name])
-    return seqs
+        for k, name in enumerate(names):
+            config = hp.encoder(k)
+            checked = check_ids(seqs[k], config.vocab_size, name)
+            parts[k].append(checked.truncate(config.max_seq_len)[0])
+    return [
+        TokenIds(np.concatenate([p.ids for p in ps]), np.concatenate([p.lengths for p in ps]))
+        for ps in parts
+    ]
 
 
 def run(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
@@ -40,7 +54,7 @@ def run(data: Path, out: Path, model_dir: str, mode: str, device: str) -> dict:
     one process with a torch thread per core and, on CPU, one single-threaded process
     per core side by side (records/s added up); each at its best token budget."""
     cores = os.cpu_count() or 1
-    n = len(read_requests(data, mode)[0])
+    n = count_lines(data)
     variants = {f"1 process x {cores} threads": ceiling_rates(data, model_dir, mode, device, cores)}
     if device == "cpu":
         variants[f"{cores} processes x 1 thread"] = side_by_side_rates(data, model_dir, mode, cores)
@@ -69,18 +83,13 @@ def ceiling_rates(
     import torch
 
     from o2v_batch.artifacts import load_network
-    from o2v_batch.inputs.token_ids import check_ids
     from o2v_batch.model.tokens import MAX_ROWS, device_kind, token_budget
 
     torch.set_num_threads(threads)
     kind = device_kind(device)
     network = load_network(model_dir, device, encoders_only=mode == "embedding")
     hp = network.hp
-    ids = []
-    for enc, seqs in enumerate(read_requests(data, mode)):
-        # The product's checks, truncation, order and cuts: only the budget varies.
-        config = hp.encoder(enc)
-        ids.append(check_ids(seqs, config.vocab_size, f"in{enc}").truncate(config.max_seq_len)[0])
+    ids = read_ids(data, mode, hp)  # the product's checks and truncation, order and cuts
     rates = {}
     for factor in CEILING_BUDGETS:
         budget = max(1, int(factor * token_budget(hp, kind)))
@@ -105,6 +114,7 @@ def ceiling_rates(
                 synchronize(device)
                 passes.append(time.perf_counter() - start)
         rates[budget] = len(ids[0]) / min(passes)
+        del batches  # before the next budget's are built: one set in memory at a time
     return rates
 
 
