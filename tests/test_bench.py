@@ -16,12 +16,14 @@ import pytest
 from benchmarks import workloads
 from benchmarks.cli import parse_args
 from benchmarks.measure import measure
+from benchmarks.paths import LIGHT_MODEL
 from benchmarks.records import MAX_TOKENS, MIN_TOKENS, VOCAB
 from benchmarks.rows import NPY, Row, slug
-from benchmarks.systems.ceiling import CEILING_BUDGETS
+from benchmarks.systems.ceiling import CEILING_BUDGETS, read_ids, side_by_side_rates
 from benchmarks.systems.io_floor import range_lines, split_input
 from benchmarks.systems.serve import SERVE_CLIENTS, SERVE_REQUESTS, SERVE_SIZES
 from benchmarks.targets import bound, fill_ratios, targets
+from o2v_batch.artifacts import read_hyperparameters
 
 # Runs the benchmark's systems as processes.
 pytestmark = pytest.mark.slow
@@ -125,6 +127,29 @@ def test_the_ceiling_is_its_best_variant_at_its_best_token_budget(run, workload)
     best = max(rate for rates in by_budget.values() for rate in rates.values())
     assert by_budget[row["extra"]["variant"]][str(row["extra"]["token_budget"])] == best
     assert row["records_per_s"] == pytest.approx(best, abs=0.5)  # the rates are rounded
+
+
+def test_the_ceiling_reads_every_shards_ids_as_the_product_checks_and_cuts_them(tmp_path):
+    hp = read_hyperparameters(str(LIGHT_MODEL))
+    longest = max(hp.encoder(enc).max_seq_len for enc in (0, 1))
+    shards = [[[5, 3], [7] * (longest + 4)], [[1], [2, 9, 4]]]  # one over max_seq_len
+    for k, records in enumerate(shards):
+        lines = b"".join(orjson.dumps({"in0": seq, "in1": seq[::-1]}) + b"\n" for seq in records)
+        (tmp_path / f"part-{k:05d}.jsonl").write_bytes(lines)
+    every = [seq for records in shards for seq in records]
+    for enc, ids in enumerate(read_ids(tmp_path, "classification", hp)):
+        cut = hp.encoder(enc).max_seq_len
+        seqs = [(seq if enc == 0 else seq[::-1])[:cut] for seq in every]
+        assert ids.lengths.tolist() == [len(seq) for seq in seqs]
+        assert ids.ids.tolist() == [token for seq in seqs for token in seq]
+
+
+def test_a_side_by_side_ceiling_process_that_dies_fails_the_ceiling(tmp_path):
+    # Without the model the processes raise before the barrier; the survivors of a
+    # process killed for memory would otherwise wait there for it until the run's end.
+    workloads.write_workload(tmp_path / "data", 20, False, 0, shards=1)
+    with pytest.raises(RuntimeError, match="a ceiling process exited with status 1"):
+        side_by_side_rates(tmp_path / "data", str(tmp_path / "no-model"), "embedding", 2)
 
 
 def test_stdout_has_the_machine_and_a_markdown_table(run):

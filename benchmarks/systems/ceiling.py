@@ -4,6 +4,7 @@ length-sorted, zero-padded tensors, no JSON, no I/O, every core busy."""
 from __future__ import annotations
 
 import os
+import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,33 @@ def side_by_side_rates(data: Path, model_dir: str, mode: str, cores: int) -> dic
     ]
     for process in processes:
         process.start()
-    rates = [results.get(timeout=RUN_TIMEOUT_S) for _ in processes]
-    for process in processes:
-        process.join()
+    try:
+        rates = [_result(results, processes) for _ in processes]
+    except BaseException:
+        for process in processes:  # the others wait at the barrier for the dead one
+            process.kill()
+        raise
+    finally:
+        for process in processes:
+            process.join()
     return {budget: sum(r[budget] for r in rates) for budget in rates[0]}
+
+
+def _result(results: Any, processes: list) -> dict[int, float]:
+    """The next process's rates; RuntimeError as soon as one of them has died (the
+    others would wait at the barrier for it)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=1)
+        except queue.Empty:
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(
+                    f"a ceiling process exited with status {dead[0]}"
+                    + (" (killed: out of memory?)" if dead[0] == -9 else "")
+                ) from None
+    raise RuntimeError(f"the ceiling processes gave no rates in {RUN_TIMEOUT_S} s")
 
 
 def forward(network: Any, batches: list, n: int, head_rows: int) -> None:
