@@ -141,14 +141,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--records",
         type=int,
-        help="records of each light-model workload (default: light embedding 5,000,000, "
-        "light classification 3,000,000; --gpu 1,000,000; --quick 5,000)",
+        help="records of each light-model workload (default: light embedding "
+        f"{DEFAULT_RECORDS['light-embedding']:,}, light classification "
+        f"{DEFAULT_RECORDS['light-classification']:,}; --gpu "
+        f"{GPU_RECORDS['light-embedding']:,}; --quick {QUICK_RECORDS['light']:,})",
     )
     p.add_argument(
         "--heavy-records",
         type=int,
-        help="records of each heavy-model workload (default: embedding 64,000, "
-        "classification 32,000; --gpu 60,000 and 30,000; --quick 300)",
+        help="records of each heavy-model workload (default: embedding "
+        f"{DEFAULT_RECORDS['heavy-embedding']:,}, classification "
+        f"{DEFAULT_RECORDS['heavy-classification']:,}; --gpu "
+        f"{GPU_RECORDS['heavy-embedding']:,} and {GPU_RECORDS['heavy-classification']:,}; "
+        f"--quick {QUICK_RECORDS['heavy']:,})",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes, no Ray Data unless asked")
