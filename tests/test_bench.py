@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from benchmarks import measure as bench_measure
 from benchmarks import workloads
 from benchmarks.cli import parse_args
 from benchmarks.measure import measure
@@ -290,6 +291,29 @@ def test_the_gpu_busy_figure_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeyp
     sleep = [sys.executable, "-c", "import time; time.sleep(0.6)"]
     assert measure(sleep, tmp_path / "log", dict(os.environ), gpu=True).gpu_busy_percent == 50
     assert measure(sleep, tmp_path / "log", dict(os.environ)).gpu_busy_percent is None
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["folder", "file"])
+def test_a_run_reads_its_input_through_before_it_starts(tmp_path, monkeypatch, nested):
+    data = tmp_path / "data"
+    (data / "inner").mkdir(parents=True)
+    for name in ("part-0.jsonl", "inner/part-1.jsonl"):
+        (data / name).write_bytes(b'{"in0":[1]}\n' * 1000)
+    read: list[str] = []  # the files opened for reading before the command ran
+    started = tmp_path / "started"
+
+    def spying_open(path, mode="r", *args, **kwargs):
+        if "r" in mode and not started.exists():
+            read.append(Path(path).relative_to(data).as_posix())
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(bench_measure, "open", spying_open, raising=False)
+    given = data if nested else data / "part-0.jsonl"
+    command = [sys.executable, "-c", f"open({str(started)!r}, 'w')"]
+    assert measure(command, tmp_path / "log", dict(os.environ), data=given).returncode == 0
+    expected = ["inner/part-1.jsonl", "part-0.jsonl"] if nested else ["part-0.jsonl"]
+    assert read == expected
+    assert started.exists()
 
 
 @pytest.mark.parametrize(("files", "parts"), [(1, 4), (1, 2), (8, 2), (3, 16), (2, 1)])
