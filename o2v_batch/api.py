@@ -57,7 +57,7 @@ class Model:
             v = self.loop.embeddings(self._ids(in1_sequences, 1), 1)
             out = torch.empty((len(u), width), dtype=torch.float32, device=self.device)
             # The head in slices too, so its activations stay as small as the encoders'.
-            step = self.loop.max_rows
+            step = self.loop.planner.max_rows
             for lo in range(0, len(u), step):
                 rows = slice(lo, lo + step)
                 pair = u[rows].to(self.dtype), v[rows].to(self.dtype)

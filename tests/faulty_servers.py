@@ -90,10 +90,11 @@ class _MarkedForward:
 
     def __init__(self, forward, marker: Path, hang: bool) -> None:
         self.forward, self.hp, self.marker, self.hang = forward, forward.hp, marker, hang
+        self.planner = forward.planner
 
     def __call__(self, work):
-        ids = work.ids[0]
-        if ids is not None and (ids.ids == MARKED_ID).any():
+        ids = work.ids[0]  # as the host worker prepared them
+        if ids is not None and (ids.tokens == MARKED_ID).any():
             if not self.hang:
                 raise RuntimeError("the device broke on a marked record")
             if not self.marker.exists():

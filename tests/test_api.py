@@ -65,10 +65,14 @@ def test_model_takes_the_device_batch_limits_of_serving(tmp_path: Path, monkeypa
     saved(tmp_path)
     model = load_model(str(tmp_path))
     server = Server(str(tmp_path), "cpu", ServingOptions())
-    limits = model.loop.token_budget, model.loop.max_rows
-    assert limits == (server.loop.token_budget, server.loop.max_rows) == (2**18 // 8, 8192)
+    limits = model.loop.planner.token_budget, model.loop.planner.max_rows
+    assert (
+        limits
+        == (server.loop.planner.token_budget, server.loop.planner.max_rows)
+        == (2**18 // 8, 8192)
+    )
     monkeypatch.setenv("O2V_DEVICE_BATCH_TOKENS", "300")
-    assert load_model(str(tmp_path)).loop.token_budget == 300
+    assert load_model(str(tmp_path)).loop.planner.token_budget == 300
 
 
 def test_model_truncates_to_max_seq_len_and_counts(tmp_path: Path) -> None:

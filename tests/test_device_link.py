@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,10 @@ from test_engine_local import (
 )
 
 from o2v_batch.execution import segments
-from o2v_batch.execution.device_link import ArrayFile
+from o2v_batch.execution.buckets import Prepared
+from o2v_batch.execution.device_link import ArrayFile, DeviceServer, RemoteForward
+from o2v_batch.execution.forward import LocalForward
+from o2v_batch.execution.forward_work import Forward
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import (
     DEFAULT_FACTORY,
@@ -41,6 +45,7 @@ from o2v_batch.execution.protocol import (
     ServingOptions,
     WorkerSpec,
 )
+from o2v_batch.model.tokens import TokenIds
 
 EXAMPLE_MODEL = str(Path(__file__).parents[1] / "examples" / "model")
 
@@ -266,3 +271,40 @@ def test_sigterm_stops_a_split_job_cleanly_and_resume_finishes_it(engine_job, tm
     wait_until(lambda: not any(map(alive, workers)), 5, f"workers {workers} to exit")
     assert start(engine_job, out, "--resume", program=SPLIT).wait(timeout=300) == 0, stderr_of(out)
     assert outputs(out) == outputs(engine_job / "reference")
+
+
+def test_the_host_worker_cuts_and_pads_its_calls_with_the_device_planner():
+    """The device process sends its loop's planner over a new link first; the host
+    worker's calls reach its forward cut into those device batches and padded, and
+    come back as the same forward gives them for the ids themselves."""
+    forward = LocalForward.load(EXAMPLE_MODEL, "cpu", ServingOptions())
+    received = []
+
+    class Recorded:
+        hp, planner = forward.hp, forward.planner
+
+        def __call__(self, work):
+            received.append(work.ids)
+            return forward(work)
+
+    device_end, host_end = socket.socketpair()
+    DeviceServer([Recorded()]).attach(device_end.detach())
+    remote = RemoteForward(EXAMPLE_MODEL, host_end.detach())
+    rng = np.random.default_rng(3)
+    for n in (500, 7):
+        ids = [
+            TokenIds(rng.integers(1, 300, int(lengths.sum())), lengths)
+            for lengths in (rng.integers(1, 60, n), rng.integers(1, 60, n))
+        ]
+        pairs = (rng.permutation(n)[: n // 2], rng.permutation(n)[: n // 2])
+        work = Forward(ids, pairs, (True, False))
+        got, want = remote(work), forward(work)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.embeddings[0], want.embeddings[0])
+        assert got.embeddings[1] is None and want.embeddings[1] is None
+        for encoder, prepared in enumerate(received[-1]):
+            assert isinstance(prepared, Prepared)
+            expected = forward.planner.prepare(ids[encoder], encoder)
+            for name in ("tokens", "lengths", "order", "shapes"):
+                assert np.array_equal(getattr(prepared, name), getattr(expected, name))
+    assert remote.planner == forward.planner

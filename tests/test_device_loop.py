@@ -16,6 +16,7 @@ from tiny_models import VOCAB, build, tiny
 from o2v_batch.execution.buckets import (
     SHORT_LIMIT,
     SHORT_STEP,
+    Planner,
     bucket_batches,
     bucket_lengths,
     bucket_rows,
@@ -279,3 +280,54 @@ def test_a_call_that_raises_leaves_the_loop_usable(backend: type) -> None:
     np.testing.assert_allclose(
         loop.host_embeddings(ids, 0), one_by_one(network, ids, 0), rtol=1e-5, atol=1e-6
     )
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(
+    n=st.integers(3, 200) | st.just(0),
+    seed=st.integers(0, 2**16),
+    budget=st.integers(1, 600),
+    max_rows=st.integers(1, 40),
+    buckets=st.booleans(),
+)
+def test_a_prepared_call_holds_each_batch_padded_as_its_rows_alone(
+    n: int, seed: int, budget: int, max_rows: int, buckets: bool
+) -> None:
+    """What a host worker sends its device process: every row once, each batch's ids
+    left-aligned and zero-padded to its shape, its lengths (0 past its rows), int32."""
+    planner = Planner(budget, max_rows, MAX_LENS, buckets)
+    ids = (
+        token_ids(n, MAX_LENS[1], seed)
+        if n
+        else TokenIds(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    )
+    prepared = planner.prepare(ids, 1)
+    assert prepared.tokens.dtype == np.int32 and len(prepared) == n
+    plan = planner.plan(ids, 1)
+    assert [tuple(shape) for shape in prepared.shapes.tolist()] == [
+        (*batch.shape, len(batch.rows)) for batch in plan
+    ]
+    seen = []
+    for (block, lengths, rows), batch in zip(prepared.batches(), plan, strict=True):
+        R, T = block.shape
+        assert np.array_equal(rows, batch.rows) and planner.tokens >= R * T
+        alone = ids.padded(rows)  # each row's ids, zero-padded to the longest of them
+        assert np.array_equal(block[: len(rows), : alone.shape[1]], alone)
+        assert not block[: len(rows), alone.shape[1] :].any() and not block[len(rows) :].any()
+        assert np.array_equal(lengths[: len(rows)], ids.lengths[rows])
+        assert not lengths[len(rows) :].any()
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(n)) and seen == prepared.order.tolist()
+
+
+@pytest.mark.parametrize("backend", [CpuBackend, Recording])
+def test_a_call_prepared_elsewhere_gives_the_same_embeddings(backend: type) -> None:
+    """A host worker prepares with its device loop's planner; a sibling loop cuts alike."""
+    network = network_for("bilstm")
+    loop = DeviceLoop(network, "cpu", 256, 16, buckets=True, backend=backend())
+    assert loop.sibling().planner == loop.planner
+    ids = token_ids(130, MAX_LENS[0], 8)
+    prepared = Planner(256, 16, MAX_LENS, True).prepare(ids, 0)
+    np.testing.assert_array_equal(loop.host_embeddings(prepared, 0), loop.host_embeddings(ids, 0))
+    expected = one_by_one(network, ids, 0)
+    torch.testing.assert_close(loop.embeddings(prepared, 0), expected, rtol=1e-5, atol=1e-6)

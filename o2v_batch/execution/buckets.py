@@ -1,14 +1,20 @@
-"""Device batches in a fixed set of shapes: the ladder of padded lengths a GPU's
-device loop (device_loop.py) pads to, and the batches of a mini-batch's sequences cut
-along it. numpy only.
+"""Device batches: how a call's sequences are cut into them (on a GPU, in the fixed
+shapes of a ladder of padded lengths), and their ids padded, ready to stage (Prepared).
+A device loop (device_loop.py) runs them; a GPU's host workers prepare them on their
+own cores, with the Planner their device process sends (device_link.py). numpy only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
+
+from o2v_batch.model.tokens import TokenIds
 
 # Padded lengths on a GPU: multiples of SHORT_STEP up to SHORT_LIMIT, then each about 1/8
 # above the last (rounded up to a multiple of SHORT_STEP), then max_seq_len: 16 lengths for
@@ -60,3 +66,85 @@ def bucket_batches(
             padded = min(size, 1 << (len(rows) - 1).bit_length())
             batches.append(Batch(rows, (padded, length)))
     return batches
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
+class Prepared:
+    """A call's device batches, padded and ready to stage, in the order they run: every
+    batch's (R, T) int32 ids one after another, flat, left-aligned and zero-padded; every
+    batch's R lengths (0 for its rows of padding only); the call's rows in batch order;
+    each batch's (R, T, rows it holds)."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    order: np.ndarray
+    shapes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each batch's (R, T) ids, its R lengths and the rows it holds, as views."""
+        token, row, done = 0, 0, 0
+        for R, T, B in self.shapes.tolist():
+            yield (
+                self.tokens[token : token + R * T].reshape(R, T),
+                self.lengths[row : row + R],
+                self.order[done : done + B],
+            )
+            token, row, done = token + R * T, row + R, done + B
+        assert token == self.tokens.size and row == self.lengths.size, "a torn Prepared"
+
+
+@dataclass(frozen=True)
+class Planner:
+    """How a device loop cuts a call's sequences into device batches: `token_budget`
+    tokens and `max_rows` rows a batch, and on `buckets` the ladder's shapes (otherwise
+    each batch is as long as its longest row), for encoders of these `max_lens`. Plain
+    values, so that a device process sends its loop's to the host workers that prepare
+    its calls."""
+
+    token_budget: int
+    max_rows: int
+    max_lens: tuple[int, int]
+    buckets: bool
+
+    @cached_property
+    def ladders(self) -> list[np.ndarray] | None:
+        return [bucket_lengths(m) for m in self.max_lens] if self.buckets else None
+
+    @property
+    def tokens(self) -> int:
+        """The most tokens a batch takes: max_rows rows or the budget, at least one row."""
+        longest = max(self.max_lens)
+        return max(min(self.token_budget, self.max_rows * longest), longest)
+
+    def plan(self, ids: TokenIds, encoder: int) -> list[Batch]:
+        """The device batches of `ids`, longest first."""
+        longest, max_len = int(ids.lengths.max(initial=0)), self.max_lens[encoder]
+        assert longest <= max_len, f"{longest} ids, over max_seq_len {max_len}: truncate first"
+        if self.ladders is not None:
+            ladder = self.ladders[encoder]
+            return bucket_batches(ids.lengths, ladder, self.token_budget, self.max_rows)
+        return [
+            Batch(rows, (len(rows), max(int(ids.lengths[rows[0]]), 1)))
+            for rows in ids.device_batch_rows(self.token_budget, self.max_rows)
+        ]
+
+    def prepare(self, ids: TokenIds, encoder: int) -> Prepared:
+        """`ids` cut into device batches and padded: one gather of the rows into batch
+        order, then each batch filled in place."""
+        batches = self.plan(ids, encoder)
+        shapes = np.array([(*b.shape, len(b.rows)) for b in batches], np.int64).reshape(-1, 3)
+        R, T = shapes[:, 0], shapes[:, 1]
+        tokens = np.empty(int((R * T).sum()), np.int32)
+        lengths = np.zeros(int(R.sum()), np.int64)
+        order = np.concatenate([b.rows for b in batches]) if batches else ids.lengths[:0]
+        ordered = ids.reordered(order)
+        prepared = Prepared(tokens, lengths, order, shapes)
+        done = 0
+        for block, batch_lengths, rows in prepared.batches():
+            ordered.fill_run(done, done + len(rows), block)
+            batch_lengths[: len(rows)] = ordered.lengths[done : done + len(rows)]
+            done += len(rows)
+        return prepared

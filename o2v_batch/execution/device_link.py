@@ -7,10 +7,12 @@ thread with a device loop of its own: one stages while the other computes).
 A link is a socket pair between a host worker and its device process, made by the
 parent (crew.py) when it starts the host worker, one end passed to each. Arrays travel
 through two memory files of the host worker's (memfd, passed over the link once, so
-none outlives the processes that map them): the host writes a call's token ids into
-one, the device process its scores and embeddings into the other; the link carries
-only where they are. A host worker whose device process is lost exits (DEVICE_LOST):
-the pool retries what it held on the host worker that takes its place, linked to the
+none outlives the processes that map them): the host writes a call's device batches
+into one, the device process its scores and embeddings into the other; the link
+carries only where they are. The host worker cuts each call into the device's batches
+and pads them (buckets.Planner: the device process sends its own over the link first),
+so that the device process only stages and computes them. A host worker whose device
+process is lost exits (DEVICE_LOST): the pool retries what it held on the host worker that takes its place, linked to the
 device process that took the lost one's. Numpy only: the device process's forward
 (forward.py) brings torch.
 """
@@ -32,6 +34,7 @@ import numpy as np
 from o2v_batch.artifacts import read_hyperparameters
 from o2v_batch.errors import WorkerError, describe
 from o2v_batch.execution import segments
+from o2v_batch.execution.buckets import Planner, Prepared
 from o2v_batch.execution.forward_work import Forward, Forwarded
 from o2v_batch.execution.inference import Server
 from o2v_batch.execution.protocol import (
@@ -41,7 +44,6 @@ from o2v_batch.execution.protocol import (
     ForwardFailed,
     ServingOptions,
 )
-from o2v_batch.model.tokens import TokenIds
 
 _PAGE = mmap.PAGESIZE
 _ALIGN = 64  # each array starts on a cache line
@@ -112,39 +114,41 @@ class ArrayFile:
 def _arrays(work: Forward) -> list[np.ndarray | None]:
     arrays: list[np.ndarray | None] = []
     for ids in work.ids:
-        arrays += [None, None] if ids is None else [ids.ids, ids.lengths]
+        assert ids is None or isinstance(ids, Prepared), "a host worker prepares its calls"
+        arrays += [None] * 4 if ids is None else [ids.tokens, ids.lengths, ids.order, ids.shapes]
     arrays += [None, None] if work.pairs is None else list(work.pairs)
     return arrays
 
 
-# Token ids travel as int32, as the device loop stages them (checked ids are below the
-# vocabulary size, which fits): half the bytes of the host's int64.
-_DTYPES = (np.int32, None, np.int32, None, None, None)
-
-
 def _work(arrays: list[np.ndarray | None], singles: tuple[bool, bool]) -> Forward:
-    ids = [None if arrays[i] is None else TokenIds(arrays[i], arrays[i + 1]) for i in (0, 2)]
-    pairs = None if arrays[4] is None else (arrays[4], arrays[5])
+    ids = [None if arrays[i] is None else Prepared(*arrays[i : i + 4]) for i in (0, 4)]
+    pairs = None if arrays[8] is None else (arrays[8], arrays[9])
     return Forward(ids, pairs, singles)
 
 
 class RemoteForward:
-    """A host worker's forward: its device process's, over their link."""
+    """A host worker's forward: its device process's, over their link. The host cuts
+    each call into the device's batches and pads them (the device process's planner,
+    sent over the link), so that the device process only stages and computes them."""
 
     def __init__(self, model_dir: str, link: int):
         self.hp = read_hyperparameters(model_dir)
         self.link = Connection(link)
         self.fds = segments.create(2, "forward")
         self.ids, self.out = ArrayFile(self.fds[0]), ArrayFile(self.fds[1])
-        self.sent = False  # the files go over the link with the first call
+        self.planner: Planner | None = None  # the device's: it comes with the first call
 
     def __call__(self, work: Forward) -> Forwarded:
-        layout = self.ids.put(_arrays(work), _DTYPES)
         try:
-            if not self.sent:
+            if self.planner is None:
                 for fd in self.fds:
                     send_handle(self.link, fd, 0)
-                self.sent = True
+                self.planner = self.link.recv()
+            prepared = [
+                None if ids is None else self.planner.prepare(ids, encoder)
+                for encoder, ids in enumerate(work.ids)
+            ]
+            layout = self.ids.put(_arrays(Forward(prepared, work.pairs, work.singles)))
             self.link.send(ForwardCall(layout, work.singles))
             answer = self.link.recv()
         except (EOFError, OSError):
@@ -170,6 +174,7 @@ class DeviceServer:
 
     def __init__(self, forwards: list[Any]):
         self.hp = forwards[0].hp
+        self.planner = forwards[0].planner  # the same for every forward (LocalForward.sibling)
         self.calls: queue.SimpleQueue = queue.SimpleQueue()
         for forward in forwards:
             threading.Thread(
@@ -177,8 +182,11 @@ class DeviceServer:
             ).start()
 
     def attach(self, link: int) -> None:
-        """A host worker's end of a new link (worker.py passes it on)."""
+        """A host worker's end of a new link (worker.py passes it on): the planner goes
+        first, for the host worker to take with its first call."""
         connection = Connection(link)
+        with contextlib.suppress(OSError):  # the host worker is gone: so is the link
+            connection.send(self.planner)
         threading.Thread(target=self._receive, args=(connection,), daemon=True).start()
 
     def serve(self, positions, records, content_type, accept):

@@ -1,11 +1,13 @@
 """The device loop: an encoder's forward passes over TokenIds on one device.
 
-Token ids go to the network as int32 in a few fixed shapes (on a GPU, those of the bucket
-ladder of buckets.py), staged in buffers that are allocated once per loop and reused by
-every call. On a GPU the host buffers are pinned
-and the copy of the next device batch, the compute of this one and the copy out of the
-last one overlap on two streams; only the end of a call waits for the device. On the CPU
-the same loop runs with nothing to copy: the network reads the staging buffers.
+A call's ids are cut into device batches and padded first (buckets.Planner: by the
+loop itself, or on a GPU by the host worker that sends the call, on its own core). They
+go to the network as int32 in a few fixed shapes (on a GPU, those of the bucket ladder),
+staged in buffers that are allocated once per loop and reused by every call. On a GPU
+the host buffers are pinned and the copy of the next device batch, the compute of this
+one and the copy out of the last one overlap on two streams; only the end of a call
+waits for the device. On the CPU the same loop runs with nothing to copy: the network
+reads the prepared ids themselves.
 
 The few stream, event and pinned-memory operations are a backend's, so that a test can
 put a recording backend in and check the schedule on a machine without a GPU.
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from o2v_batch.execution.buckets import Batch, bucket_batches, bucket_lengths
+from o2v_batch.execution.buckets import Planner, Prepared
 from o2v_batch.model.network import Object2Vec
 from o2v_batch.model.tokens import TokenIds, device_batch_shape, device_kind
 
@@ -27,28 +29,10 @@ GPU_SLOTS = 3  # staging slots: one copied in, one computed, one being filled
 
 
 class CpuBackend:
-    """The CPU: the network reads the host buffers themselves, and nothing runs ahead."""
+    """The CPU: the network reads a call's prepared ids themselves; nothing is staged,
+    copied or run ahead."""
 
-    slots = 2  # the next batch is staged before this one is computed
-    separate = False  # host and device memory are one: nothing is copied out
-
-    def buffers(self, size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """A host buffer and the device buffer it is copied to (here the same one)."""
-        buffer = self.host(size, dtype)
-        return buffer, buffer
-
-    def host(self, size: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(size, dtype=dtype)
-
-    def copy_in(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-        return None
-
-    def compute_after(self, event: Any) -> None: ...
-
-    def computed(self) -> Any:
-        return None
-
-    def wait(self, event: Any) -> None: ...
+    separate = False  # host and device memory are one
 
     def synchronize(self) -> None: ...
 
@@ -116,9 +100,15 @@ class _Slot:
         self.staged = False  # holds a batch not computed yet
 
 
+# A device batch as the network takes it: (R, T) int32 ids and the rows they are, on
+# the device, and R lengths on the host.
+Staged = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class DeviceLoop:
-    """Forward passes of one network's encoders on one device, over TokenIds; its staging
-    buffers serve every call."""
+    """Forward passes of one network's encoders on one device, over TokenIds (or calls
+    already cut and padded as its planner does: Prepared); its staging buffers serve
+    every call."""
 
     def __init__(
         self,
@@ -137,107 +127,114 @@ class DeviceLoop:
         self.device = torch.device(device)
         gpu = device_kind(self.device) == "cuda"
         budget, rows = device_batch_shape(network.hp, self.device)
-        self.token_budget = budget if token_budget is None else token_budget
-        self.max_rows = rows if max_rows is None else max_rows
+        self.planner = Planner(
+            budget if token_budget is None else token_budget,
+            rows if max_rows is None else max_rows,
+            (network.hp.encoder(0).max_seq_len, network.hp.encoder(1).max_seq_len),
+            gpu if buckets is None else buckets,
+        )
         self.backend = (
             backend if backend is not None else CudaBackend(self.device) if gpu else CpuBackend()
         )
-        self.max_lens = [network.hp.encoder(i).max_seq_len for i in (0, 1)]
-        use_buckets = gpu if buckets is None else buckets
-        self.ladders = [bucket_lengths(m) for m in self.max_lens] if use_buckets else None
-        # No cut gives a batch more tokens: max_rows rows or the budget, at least one row.
-        longest = max(self.max_lens)
-        tokens = max(min(self.token_budget, self.max_rows * longest), longest)
-        self.slots = [_Slot(self.backend, tokens, self.max_rows) for _ in range(self.backend.slots)]
+        # On the CPU the network reads each call's prepared ids: there is nothing to stage.
+        slots = self.backend.slots if self.backend.separate else 0
+        self.slots = [
+            _Slot(self.backend, self.planner.tokens, self.planner.max_rows) for _ in range(slots)
+        ]
         self.host_out: torch.Tensor | None = None  # grown to the largest call, then reused
         self.lock = threading.Lock()  # one call at a time uses the buffers
 
-    def plan(self, ids: TokenIds, encoder: int) -> list[Batch]:
-        """The device batches of `ids`, longest first."""
-        longest, max_len = int(ids.lengths.max(initial=0)), self.max_lens[encoder]
-        assert longest <= max_len, f"{longest} ids, over max_seq_len {max_len}: truncate first"
-        if self.ladders is not None:
-            ladder = self.ladders[encoder]
-            return bucket_batches(ids.lengths, ladder, self.token_budget, self.max_rows)
-        return [
-            Batch(rows, (len(rows), max(int(ids.lengths[rows[0]]), 1)))
-            for rows in ids.device_batch_rows(self.token_budget, self.max_rows)
-        ]
+    def sibling(self) -> DeviceLoop:
+        """Another loop on the same network and device, cutting calls as this one does,
+        with staging buffers of its own."""
+        planner = self.planner
+        return DeviceLoop(
+            self.network,
+            self.device,
+            planner.token_budget,
+            planner.max_rows,
+            buckets=planner.buckets,
+        )
+
+    def prepare(self, ids: TokenIds | Prepared, encoder: int) -> Prepared:
+        """`ids` cut into this loop's device batches and padded (as they are, if so)."""
+        return ids if isinstance(ids, Prepared) else self.planner.prepare(ids, encoder)
 
     @torch.inference_mode()
-    def embeddings(self, ids: TokenIds, encoder: int) -> torch.Tensor:
+    def embeddings(self, ids: TokenIds | Prepared, encoder: int) -> torch.Tensor:
         """(n, enc_dim) float32 embeddings by `encoder` on the device, in row order."""
+        prepared = self.prepare(ids, encoder)
         width = self.network.hp.enc_dim
-        out = torch.empty((len(ids), width), dtype=torch.float32, device=self.device)
+        out = torch.empty((len(prepared), width), dtype=torch.float32, device=self.device)
         with self.lock:
-            self._run(ids, encoder, self.plan(ids, encoder), out, None)
+            self._run(prepared, encoder, out, None)
         return out
 
     @torch.inference_mode()
-    def host_embeddings(self, ids: TokenIds, encoder: int) -> np.ndarray:
+    def host_embeddings(self, ids: TokenIds | Prepared, encoder: int) -> np.ndarray:
         """The same embeddings as a float32 array in host memory."""
         if not self.backend.separate:
             return self.embeddings(ids, encoder).numpy()
-        batches = self.plan(ids, encoder)
-        out = np.empty((len(ids), self.network.hp.enc_dim), np.float32)
+        prepared = self.prepare(ids, encoder)
+        out = np.empty((len(prepared), self.network.hp.enc_dim), np.float32)
         with self.lock:
-            staged = self._host_out(len(ids))  # rows in batch order
-            order = self._run(ids, encoder, batches, None, staged)
-            out[order] = staged.numpy()
+            staged = self._host_out(len(prepared))  # rows in batch order
+            self._run(prepared, encoder, None, staged)
+            out[prepared.order] = staged.numpy()
         return out
 
     def _run(
         self,
-        ids: TokenIds,
+        prepared: Prepared,
         encoder: int,
-        batches: list[Batch],
         out: torch.Tensor | None,
         staged: torch.Tensor | None,
-    ) -> np.ndarray:
+    ) -> None:
         """Batch k computes between the copy in of batch k + 1 and the copy out of batch
         k - 1; rows go to `out` on the device, or, in batch order, to `staged` on the host.
         However it ends, nothing is left in flight and every slot is free again: a call
-        that raised (the device out of memory) leaves the loop as usable as before.
-        Returns the rows in batch order."""
-        # The rows in batch order, their ids gathered once: each batch is a run of them.
-        order = np.concatenate([batch.rows for batch in batches]) if batches else ids.lengths[:0]
+        that raised (the device out of memory) leaves the loop as usable as before."""
+        batches = list(prepared.batches())
+        slots = self.slots
+
+        def slot(k: int) -> _Slot | None:
+            return slots[k % len(slots)] if slots else None
+
         try:
-            slots = self.slots
-            if batches:
-                ids = ids.reordered(order)
-                self._stage(ids, 0, batches[0], slots[0])
+            following = self._stage(batches[0], slot(0)) if batches else None
             pending = None  # the batch computed last: its output still to copy out
             done = 0
-            for k, batch in enumerate(batches):
+            for k in range(len(batches)):
+                ready = following
                 if k + 1 < len(batches):
-                    first = done + len(batch.rows)
-                    self._stage(ids, first, batches[k + 1], slots[(k + 1) % len(slots)])
-                slot = slots[k % len(slots)]
-                result = self._compute(slot, batch, encoder, out)
+                    following = self._stage(batches[k + 1], slot(k + 1))
+                result = self._compute(slot(k), ready, encoder, out)
                 if staged is not None:
                     if pending is not None:
                         self.backend.copy_out(*pending)
-                    pending = staged[done : done + len(batch.rows)], result, slot.released
-                done += len(batch.rows)
+                    pending = staged[done : done + len(result)], result, slot(k).released
+                done += len(result)
             if pending is not None:
                 self.backend.copy_out(*pending)
         finally:
             self.backend.synchronize()  # a failed call's copies too
             for slot in self.slots:  # nothing in flight: none has anything to wait for
                 slot.staged, slot.copied, slot.released = False, None, None
-        return order
 
-    def _stage(self, ids: TokenIds, first: int, batch: Batch, slot: _Slot) -> None:
-        """Fill a slot with a batch, rows `first`.. of `ids` (the call's rows in batch
-        order), and start its copy to the device, once the slot's last batch is computed."""
+    def _stage(self, batch: tuple[np.ndarray, ...], slot: _Slot | None) -> Staged:
+        """A batch as the network takes it. With separate device memory: its slot
+        filled, once the slot's last batch is computed, and its copy to the device
+        started. On the CPU: the prepared arrays themselves."""
+        tokens, lengths, rows = batch
+        if slot is None:
+            return torch.from_numpy(tokens), torch.from_numpy(rows), torch.from_numpy(lengths)
         assert not slot.staged, "a slot is refilled before its batch was computed"
         self.backend.wait(slot.released)
-        (R, T), B = batch.shape, len(batch.rows)
-        tokens, rows, lengths = slot.views
-        ids.fill_run(first, first + B, tokens[: R * T].reshape(R, T))
-        rows[:B] = batch.rows
-        lengths[:B] = ids.lengths[first : first + B]
-        lengths[B:R] = 0
+        (R, T), B = tokens.shape, len(rows)
+        host_tokens, host_rows, host_lengths = slot.views
+        host_tokens[: R * T] = tokens.reshape(-1)
+        host_rows[:B] = rows
+        host_lengths[:R] = lengths
         slot.copied = self.backend.copy_in(
             [
                 (slot.device_tokens[: R * T], slot.tokens[: R * T]),
@@ -245,21 +242,23 @@ class DeviceLoop:
             ]
         )
         slot.staged = True
+        return slot.device_tokens[: R * T].view(R, T), slot.device_rows[:B], slot.lengths[:R]
 
     def _compute(
-        self, slot: _Slot, batch: Batch, encoder: int, out: torch.Tensor | None
+        self, slot: _Slot | None, staged: Staged, encoder: int, out: torch.Tensor | None
     ) -> torch.Tensor:
         """The batch's (B, enc_dim) float32 embeddings, once its copy is done; into `out`
         at its rows too, when given."""
-        (R, T), B = batch.shape, len(batch.rows)
-        self.backend.compute_after(slot.copied)
-        tokens = slot.device_tokens[: R * T].view(R, T)
+        tokens, rows, lengths = staged
+        if slot is not None:
+            self.backend.compute_after(slot.copied)
         # Rows are left-aligned and no row is longer than T: encode need not look.
-        result = self.network.encode(tokens, encoder, slot.lengths[:R])[:B].float()
+        result = self.network.encode(tokens, encoder, lengths)[: len(rows)].float()
         if out is not None:
-            out.index_copy_(0, slot.device_rows[:B], result)
-        slot.released = self.backend.computed()
-        slot.staged = False
+            out.index_copy_(0, rows, result)
+        if slot is not None:
+            slot.released = self.backend.computed()
+            slot.staged = False
         return result
 
     def _host_out(self, n: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from o2v_batch.artifacts import load_network
+from o2v_batch.execution.buckets import Planner
 from o2v_batch.execution.device_loop import DeviceLoop
 from o2v_batch.execution.forward_work import Forward, Forwarded
 from o2v_batch.execution.protocol import ServingOptions
@@ -19,13 +20,13 @@ from o2v_batch.model.network import Object2Vec
 class LocalForward:
     """Forward passes with one model on one device, in this process."""
 
-    def __init__(self, network: Object2Vec, device: torch.device):
+    def __init__(self, network: Object2Vec, device: torch.device, loop: DeviceLoop | None = None):
         self.device = device
         self.network = network
         self.hp = network.hp
         # Embeddings come back as float32; the head takes them in the network's dtype.
         self.dtype = next(network.parameters()).dtype
-        self.loop = DeviceLoop(network, device)
+        self.loop = DeviceLoop(network, device) if loop is None else loop
         # On a GPU each forward computes on a stream of its own, so that siblings' calls
         # overlap and each waits for its own work alone.
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -41,10 +42,16 @@ class LocalForward:
         )
         return cls(network, torch.device(device))
 
+    @property
+    def planner(self) -> Planner:
+        """How this forward cuts calls into device batches (device_link.py sends it)."""
+        return self.loop.planner
+
     def sibling(self) -> LocalForward:
-        """Another forward on the same network, with staging buffers of its own: two
-        threads may run calls side by side, one staging while the other computes."""
-        return LocalForward(self.network, self.device)
+        """Another forward on the same network, cutting calls into the same device batches,
+        with staging buffers of its own: two threads may run calls side by side, one
+        staging while the other computes."""
+        return LocalForward(self.network, self.device, self.loop.sibling())
 
     def __call__(self, work: Forward) -> Forwarded:
         if self.stream is None:
