@@ -40,12 +40,15 @@ class TreeMonitor(threading.Thread):
     others' CPU says how much a shared machine disturbed the run.
     """
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, torch_processes: bool = False):
+        """With `torch_processes`, also which of the processes have loaded torch."""
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
         self.peak = 0
         self.cpu: dict[int, float] = {}  # CPU seconds per live process of the tree, last sample
         self.parent_cpu = 0.0  # the top process's own CPU seconds, last sample
+        self.watch_torch = torch_processes
+        self.torch: dict[int, float] = {}  # CPU seconds of each process that loaded torch
         self.busy_start = busy_seconds()
         self.others = 0.0
         self.done = threading.Event()
@@ -83,9 +86,20 @@ class TreeMonitor(threading.Thread):
             cpu[proc.pid] = own + process_children_cpu(times)
             if proc.pid == self.root.pid:
                 self.parent_cpu = own
+            elif self.watch_torch and (proc.pid in self.torch or loaded_torch(proc.pid)):
+                self.torch[proc.pid] = own
         if cpu:
             self.cpu = cpu
         self.peak = max(self.peak, rss)
+
+
+def loaded_torch(pid: int) -> bool:
+    """Whether the process has torch's library mapped (False where that cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            return any(b"libtorch" in line for line in maps)
+    except OSError:
+        return False
 
 
 def process_children_cpu(times: Any) -> float:
@@ -140,6 +154,11 @@ class Run:
     first_output_s: float | None = None
     parent_cpu_share: float | None = None
     gpu_busy_percent: float | None = None
+    # With `torch_processes`: the CPU of the processes below the top one that loaded
+    # torch, in cores over the run. In a GPU job these are its device processes (host
+    # workers never load torch): near a core, a device process's own work may be what
+    # keeps its GPU waiting.
+    torch_cores: float | None = None
 
 
 def measure(
@@ -149,9 +168,11 @@ def measure(
     watch: Path | None = None,
     gpu: bool = False,
     data: Path | None = None,
+    torch_processes: bool = False,
 ) -> Run:
     """Runs cmd to its end; wall time, the tree's peak RSS and CPU, if asked when `watch`
-    appeared, and with `gpu` the GPUs' mean utilisation meanwhile. The input, `data` (a
+    appeared, with `gpu` the GPUs' mean utilisation meanwhile, and with `torch_processes`
+    the CPU of the processes that loaded torch (Run.torch_cores). The input, `data` (a
     file or a folder), is read once first, so that every run starts with it in memory."""
     gpus = GpuMonitor()
     if data is not None:
@@ -162,7 +183,7 @@ def measure(
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        monitor = TreeMonitor(proc.pid)
+        monitor = TreeMonitor(proc.pid, torch_processes)
         monitor.start()
         if gpu:
             gpus.start()
@@ -183,7 +204,17 @@ def measure(
             if thread.is_alive():
                 thread.join()
     others = max(0.0, monitor.others) / seconds
-    return Run(seconds, monitor.peak / 2**20, others, code, first, monitor.parent_share, gpus.mean)
+    torch_cores = sum(monitor.torch.values()) / seconds if torch_processes else None
+    return Run(
+        seconds,
+        monitor.peak / 2**20,
+        others,
+        code,
+        first,
+        monitor.parent_share,
+        gpus.mean,
+        torch_cores,
+    )
 
 
 def read_through(data: Path) -> None:

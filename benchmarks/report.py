@@ -19,7 +19,7 @@ from benchmarks.workloads import WORKLOADS
 COLUMNS = (
     "system", "workload", "records/s", "after start-up", "start-up s", "bound", "x bound",
     "x bound after start-up", "x o2v-batch", "x ceiling", "parent's CPU", "GPU busy",
-    "seconds", "peak MB", "others' CPU", "output B/record",
+    "device process cores", "seconds", "peak MB", "others' CPU", "output B/record",
 )  # fmt: skip
 
 
@@ -86,6 +86,7 @@ def markdown(rows: list[Row]) -> str:
             fmt(r.ratio_to_ceiling, ".2f"),
             fmt(r.parent_cpu_share, ".1%"),
             "" if r.gpu_busy_percent is None else f"{r.gpu_busy_percent:.1f}%",
+            fmt(r.device_process_cores, ".2f"),
             fmt(r.seconds, ".2f"),
             fmt(r.peak_rss_mb, ",.0f"),
             fmt(r.others_cores, ".2f"),

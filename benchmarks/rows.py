@@ -29,6 +29,8 @@ class Row:
     others_cores: float | None = None  # CPU used outside the run, in cores: the noise
     parent_cpu_share: float | None = None  # the top process's CPU over its whole tree's
     gpu_busy_percent: float | None = None  # nvidia-smi's utilization.gpu, mean over the run
+    # On a GPU: the CPU of the job's device processes, in cores over the run (measure.Run)
+    device_process_cores: float | None = None
     bound: float | None = None  # records/s, for o2v-batch rows (README, Performance)
     ratio_to_bound: float | None = None
     ratio_to_o2v: float | None = None

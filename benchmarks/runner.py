@@ -72,13 +72,18 @@ class Bench:
         row, with the seconds the system reported in `result` where it times itself."""
         log = self.folder("logs") / f"{workload.name}-{slug(label)}.log"
         print(f"  {workload.name}: {label} ...", end="", flush=True, file=sys.stderr)
-        run = measure(cmd, log, self.env, gpu=self.cuda, data=data)
+        o2v = label.startswith("o2v-batch")
+        # On a GPU the job's device processes are the ones that load torch.
+        device_processes = o2v and device != "cpu"
+        run = measure(
+            cmd, log, self.env, gpu=self.cuda, data=data, torch_processes=device_processes
+        )
         row = Row(label, workload.name, device, output, shlex.join(cmd))
         row.records = self.counts[workload.name]
         row.process_seconds, row.peak_rss_mb = run.seconds, run.peak_rss_mb
         row.others_cores, row.gpu_busy_percent = run.others_cores, run.gpu_busy_percent
-        if label.startswith("o2v-batch"):
-            row.parent_cpu_share = run.parent_cpu_share
+        if o2v:
+            row.parent_cpu_share, row.device_process_cores = run.parent_cpu_share, run.torch_cores
         if run.returncode != 0:
             row.error = f"exit status {run.returncode}: {tail(log)}"
             print(f" failed (see {log})", file=sys.stderr)

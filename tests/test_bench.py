@@ -293,6 +293,30 @@ def test_the_gpu_busy_figure_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeyp
     assert measure(sleep, tmp_path / "log", dict(os.environ)).gpu_busy_percent is None
 
 
+def test_device_process_cores_are_the_cpu_of_the_processes_that_loaded_torch(tmp_path):
+    """One child loads torch and burns, another burns without it: only the first
+    counts, as much as it says it used itself."""
+    said = tmp_path / "torch-cpu"
+    with_torch = (
+        "import time, torch\n"
+        "end = time.process_time() + 1.0\n"
+        "while time.process_time() < end: pass\n"
+        f"open({str(said)!r}, 'w').write(str(time.process_time()))\n"
+        "time.sleep(0.4)\n"  # sampled once more before it ends
+    )
+    script = (
+        "import subprocess, sys\n"
+        f"a = subprocess.Popen([sys.executable, '-c', {with_torch!r}])\n"
+        f"b = subprocess.Popen([sys.executable, '-c', {_BURN!r}])\n"
+        "a.wait(); b.wait()\n"
+    )
+    cmd = [sys.executable, "-c", script]
+    run = measure(cmd, tmp_path / "log", dict(os.environ), torch_processes=True)
+    assert run.returncode == 0
+    assert abs(run.torch_cores * run.seconds - float(said.read_text())) < 0.25
+    assert measure(cmd, tmp_path / "log", dict(os.environ)).torch_cores is None
+
+
 @pytest.mark.parametrize("nested", [True, False], ids=["folder", "file"])
 def test_a_run_reads_its_input_through_before_it_starts(tmp_path, monkeypatch, nested):
     data = tmp_path / "data"

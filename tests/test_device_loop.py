@@ -331,3 +331,18 @@ def test_a_call_prepared_elsewhere_gives_the_same_embeddings(backend: type) -> N
     np.testing.assert_array_equal(loop.host_embeddings(prepared, 0), loop.host_embeddings(ids, 0))
     expected = one_by_one(network, ids, 0)
     torch.testing.assert_close(loop.embeddings(prepared, 0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_on_the_cpu_the_network_reads_the_prepared_ids_in_place() -> None:
+    """Nothing is staged on the CPU: each device batch the network gets is a view of the
+    call's prepared ids, and the loop holds no staging buffers."""
+    network = network_for("hcnn")
+    loop = DeviceLoop(network, "cpu", 64, 8)
+    prepared = loop.prepare(token_ids(40, MAX_LENS[0], 9), 0)
+    start = prepared.tokens.ctypes.data
+    end = start + prepared.tokens.nbytes
+    seen = []
+    network.enc0.register_forward_pre_hook(lambda _, args: seen.append(args[0].data_ptr()))
+    loop.embeddings(prepared, 0)
+    assert loop.slots == [] and len(seen) == len(prepared.shapes) > 1
+    assert all(start <= pointer < end for pointer in seen)
