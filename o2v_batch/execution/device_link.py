@@ -12,9 +12,9 @@ into one, the device process its scores and embeddings into the other; the link
 carries only where they are. The host worker cuts each call into the device's batches
 and pads them (buckets.Planner: the device process sends its own over the link first),
 so that the device process only stages and computes them. A host worker whose device
-process is lost exits (DEVICE_LOST): the pool retries what it held on the host worker that takes its place, linked to the
-device process that took the lost one's. Numpy only: the device process's forward
-(forward.py) brings torch.
+process is lost exits (DEVICE_LOST): the pool retries what it held on the host worker
+that takes its place, linked to the device process that took the lost one's. Numpy
+only: the device process's forward (forward.py) brings torch.
 """
 
 from __future__ import annotations
