@@ -24,6 +24,7 @@ except ModuleNotFoundError as exc:
 
 SAMPLE_S = 0.05  # memory and CPU sampling period
 GPU_SAMPLE_S = 0.2  # nvidia-smi sampling period
+TORCH_LOOK_S = 1.0  # how often a process not known to have loaded torch is looked at
 READ_CHUNK = 2**22  # bytes read at a time when an input is read through
 RUN_TIMEOUT_S = 1800  # a run that has not ended by then is stuck (Ray can hang)
 
@@ -49,6 +50,7 @@ class TreeMonitor(threading.Thread):
         self.parent_cpu = 0.0  # the top process's own CPU seconds, last sample
         self.watch_torch = torch_processes
         self.torch: dict[int, float] = {}  # CPU seconds of each process that loaded torch
+        self.looked: dict[int, float] = {}  # when each other process was last looked at
         self.busy_start = busy_seconds()
         self.others = 0.0
         self.done = threading.Event()
@@ -86,11 +88,22 @@ class TreeMonitor(threading.Thread):
             cpu[proc.pid] = own + process_children_cpu(times)
             if proc.pid == self.root.pid:
                 self.parent_cpu = own
-            elif self.watch_torch and (proc.pid in self.torch or loaded_torch(proc.pid)):
+            elif self.watch_torch and self._loaded_torch(proc.pid):
                 self.torch[proc.pid] = own
         if cpu:
             self.cpu = cpu
         self.peak = max(self.peak, rss)
+
+    def _loaded_torch(self, pid: int) -> bool:
+        """Whether the process has loaded torch, its memory map read at most once every
+        TORCH_LOOK_S (a host worker never does: its map is not read every sample)."""
+        if pid in self.torch:
+            return True
+        now = time.monotonic()
+        if now - self.looked.get(pid, -TORCH_LOOK_S) < TORCH_LOOK_S:
+            return False
+        self.looked[pid] = now
+        return loaded_torch(pid)
 
 
 def loaded_torch(pid: int) -> bool:
