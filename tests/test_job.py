@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from helpers import make_model, random_records, read_predictions, write_json, wr
 from o2v_batch import load_model
 from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
+from o2v_batch.engines.shard_output import ShardOutput
 from o2v_batch.errors import OutputExistsError
 from o2v_batch.jobs.transform import transform
 
@@ -685,3 +687,30 @@ def test_a_backslash_in_one_file_name_fails_that_shard_alone(tmp_path, model_dir
     assert "o2v-batch: shards: 1 ok, 1 failed, 0 skipped\n" in done.stderr
     assert sorted(os.listdir(out)) == ["_PROGRESS", "good.jsonl.out"]
     assert len(read_predictions(out / "good.jsonl.out")) == 6
+
+
+def test_a_shard_committed_as_the_job_stops_is_counted_for_resume(tmp_path, model_dir, monkeypatch):
+    """The job is interrupted (SIGINT, as SIGTERM unwinds it) just as the writer commits
+    a shard, before the job has heard of it: that output exists, so `_PROGRESS` counts
+    it, and --resume skips it counted."""
+    for i in range(2):
+        write_jsonl(tmp_path / "in" / f"part-{i}.jsonl", random_records(30, seed=i))
+    commit = ShardOutput.commit
+
+    def commit_then_stop(self):
+        commit(self)
+        monkeypatch.setattr(ShardOutput, "commit", commit)  # the first commit only
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the job unwinds before this commit is reported
+
+    monkeypatch.setattr(ShardOutput, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "in", tmp_path / "out", model_dir, workers=1)
+    written = sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".out"))
+    assert len(written) == 1
+    progress = json.loads((tmp_path / "out" / "_PROGRESS").read_text())
+    shard = str(tmp_path / "in" / written[0].removesuffix(".out"))
+    assert progress["records_out_by_shard"] == {shard: 30}
+    summary, logged = run(tmp_path / "in", tmp_path / "out", model_dir, resume=True)
+    assert (summary.shards_ok, summary.shards_skipped, summary.records_out) == (1, 1, 60)
+    assert not any("not counted" in line for line in logged)

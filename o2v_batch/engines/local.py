@@ -108,6 +108,10 @@ class _Run:
                 self.writer.finish(lambda: pool.poll(0.01))
                 self.shards.outcomes(self.writer.outcomes())
         finally:
+            if hasattr(self, "writer"):
+                # A job stopped (SIGTERM, Ctrl-C) while the writer committed a shard: its
+                # output exists, so its report says so, for the progress --resume reads.
+                self.shards.outcomes(self.writer.outcomes(errors=False))
             self.reader.stop()
             self.shards.progress.close()
 

@@ -197,9 +197,10 @@ class WriterThread:
                 poll()
             self._thread.join(0.001 if poll is not None else None)
 
-    def outcomes(self) -> list[Committed | Failed]:
+    def outcomes(self, errors: bool = True) -> list[Committed | Failed]:
         """What became of shards since the last call; raises the error that stopped the
-        writing, if one did."""
+        writing, if one did (without `errors`, leaves it out: once a stopped job's
+        writer has ended, what it committed meanwhile still counts)."""
         found = []
         while True:
             try:
@@ -207,7 +208,9 @@ class WriterThread:
             except queue.Empty:
                 return found
             if isinstance(outcome, BaseException):
-                raise outcome
+                if errors:
+                    raise outcome
+                continue
             found.append(outcome)
 
     # -- the thread ---------------------------------------------------------
