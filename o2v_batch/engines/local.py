@@ -76,7 +76,7 @@ class _Run:
         self.in_flight: dict[int, tuple[int, int, MiniBatch]] = {}  # task id -> idx, seq, batch
         self.shards = _Shards(tasks, log, Progress(config.progress, total_bytes(tasks)))
         self.reader = Reader(config, tasks, self.shards.failed)
-        self.writer: WriterThread  # sized to the pool
+        self.writer: WriterThread  # sized to the pool, made in run
         self.task_ids = itertools.count()
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
 
@@ -84,34 +84,36 @@ class _Run:
         try:
             io.discard_partial([t.report.output for t in self.tasks])
             specs = _specs(self.config, self.model_dir)
-            with (
-                WorkerPool(
-                    specs,
-                    self.config.max_concurrent_transforms,
-                    self.config.max_retries,
-                    self.config.invocation_timeout,
-                    on_recovery=self._recovered,
-                    spares=spares,
-                    # Mini-batches and their responses travel through shared memory.
-                    shared_memory=True,
-                ) as pool,
+            with WorkerPool(
+                specs,
+                self.config.max_concurrent_transforms,
+                self.config.max_retries,
+                self.config.invocation_timeout,
+                on_recovery=self._recovered,
+                spares=spares,
+                # Mini-batches and their responses travel through shared memory.
+                shared_memory=True,
+            ) as pool:
                 # Interrupted or broken, the writer aborts whatever is half written, and
                 # --resume redoes it; stdout shows shards in input order.
-                WriterThread(pool.capacity, self.config.output == io.STDIO) as self.writer,
-            ):
-                # Bounded by the workers' capacity: memory stays flat whatever the input
-                # size; the workers share each mini-batch's pieces.
-                takers = sum(spec.takes_mini_batches for spec in specs)
-                self.reader.start(pool.capacity + 2, takers)
-                self._loop(pool)
-                # Workers write responses into outputs: the pool passes on their answers.
-                self.writer.finish(lambda: pool.poll(0.01))
-                self.shards.outcomes(self.writer.outcomes())
+                self.writer = WriterThread(pool.capacity, self.config.output == io.STDIO)
+                try:
+                    with self.writer:
+                        # Bounded by the workers' capacity: memory stays flat whatever the
+                        # input size; the workers share each mini-batch's pieces.
+                        takers = sum(spec.takes_mini_batches for spec in specs)
+                        self.reader.start(pool.capacity + 2, takers)
+                        self._loop(pool)
+                        # Workers write responses into outputs: the pool passes on their
+                        # answers.
+                        self.writer.finish(lambda: pool.poll(0.01))
+                        self.shards.outcomes(self.writer.outcomes())
+                finally:
+                    # A shard the writer committed as the job stopped (SIGTERM, Ctrl-C):
+                    # its output exists, so its report says so, for the progress
+                    # --resume reads.
+                    self.shards.outcomes(self.writer.outcomes(errors=False))
         finally:
-            if hasattr(self, "writer"):
-                # A job stopped (SIGTERM, Ctrl-C) while the writer committed a shard: its
-                # output exists, so its report says so, for the progress --resume reads.
-                self.shards.outcomes(self.writer.outcomes(errors=False))
             self.reader.stop()
             self.shards.progress.close()
 
