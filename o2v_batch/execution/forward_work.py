@@ -16,9 +16,10 @@ from o2v_batch.model.tokens import TokenIds
 class Forward:
     """What a mini-batch asks of the device: each encoder input's checked, truncated ids
     (None without rows), in row order, or already cut into the device's batches and
-    padded (a GPU's host workers prepare them); the rows of each pair, (in0 rows, in1 rows), for
-    the head, or None without pairs (then the embeddings stay on the host); and whether
-    each encoder's embeddings come back (some of its records are that input alone)."""
+    padded (a GPU's host workers prepare them); the rows of each pair, (in0 rows, in1
+    rows), for the head, or None without pairs (then the embeddings stay on the host);
+    and whether each encoder's embeddings come back (some of its records are that input
+    alone)."""
 
     ids: list[TokenIds | Prepared | None]
     pairs: tuple[np.ndarray, np.ndarray] | None
