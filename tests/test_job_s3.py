@@ -118,6 +118,31 @@ def test_a_failed_shard_leaves_no_object_and_no_upload(
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
 
+def test_resume_aborts_an_upload_left_open_to_a_finished_output(
+    s3_server, s3_bucket, inputs, model
+):
+    """A server killed as it completed an upload can keep the object and the upload
+    both: --resume skips that shard as done, and still aborts the upload (its parts
+    would stay billed). Uploads to other keys are not the job's to touch."""
+    client = s3_server.client()
+    _upload(client, s3_bucket, "in/", inputs)
+    source, target = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
+    assert _run(source, target, model).shards_ok == 3
+    before = _download(client, s3_bucket, "out/")
+    for key in ("out/x/b.json.out", "out/notes.txt"):
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"old"
+        )
+
+    summary = _run(source, target, model, resume=True)
+
+    assert (summary.shards_skipped, summary.shards_ok, summary.shards_failed) == (3, 0, 0)
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["out/notes.txt"]
+    assert _without_summary(_download(client, s3_bucket, "out/")) == _without_summary(before)
+
+
 def test_large_output_is_written_in_several_parts(
     s3_server, s3_bucket, model, tmp_path, monkeypatch
 ):

@@ -45,6 +45,10 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         for report in unserved:
             if report.status == "failed":
                 log(shard_failed(report.reason or ""))
+        # A shard --resume skips is done, yet a run that died as it committed one can
+        # leave an upload to it open (the server finished the object, not the cleanup):
+        # its parts would stay billed. The engines sweep the outputs they serve.
+        io.discard_partial([r.output for r in unserved if r.status == "skipped"])
         faults, complete, quiet = Faults(), False, False
         try:
             if tasks:  # a resume with nothing left serves nothing: its spares stop
