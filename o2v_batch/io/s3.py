@@ -6,7 +6,7 @@ first S3 call."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +27,8 @@ from o2v_batch.io.s3_upload import S3Writer
 
 SCHEME = "s3"
 REMOTE = True
+
+logger = logging.getLogger(__name__)
 
 
 def describe_error(exc: BaseException, uri: str) -> str:
@@ -141,7 +143,8 @@ def delete(uri: str) -> None:
 
 
 def discard_partial(uris: Sequence[str]) -> None:
-    """Aborts the in-progress multipart uploads to these objects."""
+    """Aborts the in-progress multipart uploads to these objects. One that cannot be
+    listed or aborted fails no job, but is said: its parts stay stored, and billed."""
     from o2v_batch.io.s3_errors import S3_FAILURES
 
     uploads: dict[str, set[str]] = {}
@@ -150,7 +153,7 @@ def discard_partial(uris: Sequence[str]) -> None:
         uploads.setdefault(bucket, set()).add(key)
     for bucket, keys in uploads.items():
         prefix = os.path.commonprefix(sorted(keys))  # noqa: RUF071 (S3 prefixes are strings)
-        with contextlib.suppress(*S3_FAILURES):
+        try:
             client = s3_client()
             pages = client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=bucket, Prefix=prefix
@@ -160,6 +163,15 @@ def discard_partial(uris: Sequence[str]) -> None:
                     client.abort_multipart_upload(
                         Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
+        except S3_FAILURES as exc:
+            where = f"s3://{bucket}/{prefix}"
+            reason = describe_error(exc, where)
+            logger.warning(
+                "o2v-batch: could not abort the uploads a stopped run may have left open, "
+                "whose parts stay stored (and billed) until a later run or an S3 lifecycle "
+                "rule aborts them: %s",
+                reason if reason.startswith(where) else f"{where}: {reason}",
+            )
 
 
 register_transport(sys.modules[__name__])
