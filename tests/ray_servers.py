@@ -19,7 +19,7 @@ SERVERS = "servers.txt"  # "module:function", in the model folder
 class ShardWorkerWithServers(ShardWorker):
     """A ShardWorker whose server is the one its model folder names, if any."""
 
-    def __init__(self, config, model: str, device: str, threads: int):
+    def __init__(self, config, model: str, device: str, threads: int, node=None):
         named = Path(model) / SERVERS
         worker._replaced_factory = named.read_text().strip() if named.exists() else None
-        super().__init__(config, model, device, threads)
+        super().__init__(config, model, device, threads, node)

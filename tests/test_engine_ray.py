@@ -3,6 +3,7 @@ local engine on the same inputs, with local folders and with S3."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import gzip
@@ -13,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,12 @@ from helpers import make_model, random_records, write_json, write_jsonl
 
 from o2v_batch.cli import main
 from o2v_batch.config import TransformConfig
-from o2v_batch.engines import ray_actor
+from o2v_batch.engines import ray_actor, ray_driver
 from o2v_batch.engines.ray import MISSING_RAY
 from o2v_batch.engines.ray_driver import ActorPlan, plan_actors
 from o2v_batch.errors import ConfigError, O2VError
+from o2v_batch.execution import worker
+from o2v_batch.execution.protocol import DEVICE, HOST
 from o2v_batch.io import discard_partial
 from o2v_batch.jobs.transform import transform
 
@@ -184,6 +189,86 @@ def test_outputs_are_byte_identical_to_the_local_engine(
     assert (tmp_path / "ray" / "_SUCCESS").exists() == (not failing)
     assert progress(tmp_path / "ray") == progress(local_out)
     assert (progress(local_out) is not None) == bool(failing)
+
+
+@pytest.fixture
+def node_actors(monkeypatch) -> list:
+    """Jobs on CPU split as on a GPU (the tests' switch): the Ray engine runs a node of
+    the local engine in its actor. Yields the actor plans the driver made."""
+    monkeypatch.setattr(worker, "_split", True)
+    plans = []
+
+    def plan(*args, **kwargs):
+        plans.append(plan_actors(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(ray_driver, "plan_actors", plan)
+    return plans
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("case", ["small-mini-batches", "join-classification-no-cap"])
+def test_a_gpu_actor_runs_a_node_of_the_local_engine(
+    ray_instance, inputs, model_dir, reference, tmp_path, node_actors, case
+):
+    """Host workers on the actor's cores and a device process, kept from one shard to
+    the next: the same bytes and summary as the local engine."""
+    local_out, local = reference(case)
+    summary, _ = run(inputs, tmp_path / "ray", model_dir, engine="ray", **CASES[case])
+
+    assert [plan.node for plan in node_actors] == [((DEVICE, "cpu", 1), (HOST, "cpu", 1))]
+    assert tree(tmp_path / "ray") == tree(local_out)
+    assert_same_summary(summary, local)
+    assert progress(tmp_path / "ray") == progress(local_out)
+
+
+@pytest.mark.ray
+def test_a_node_actor_restarts_its_lost_device_process_and_says_so(
+    ray_instance, model_dir, tmp_path, node_actors
+):
+    """kill -9 of the device process in a GPU's actor: its pool starts another and
+    retries what was lost; the driver counts the restart and logs it, the bytes are
+    those of an undisturbed run."""
+    for i in range(6):
+        write_jsonl(tmp_path / "in" / f"part-{i}.jsonl", random_records(2000, seed=i))
+    options = {"max_payload": 0.002, "engine": "ray"}
+    clean, _ = run(tmp_path / "in", tmp_path / "clean", model_dir, **options)
+    assert clean.worker_restarts == 0
+
+    killed = []
+    killer = threading.Thread(target=lambda: killed.append(_kill_device_process()))
+    killer.start()
+    summary, logged = run(tmp_path / "in", tmp_path / "out", model_dir, **options)
+    killer.join()
+
+    assert killed == [True]
+    assert summary.worker_restarts >= 1
+    assert any("lost its device process; started a new worker" in line for line in logged), logged
+    assert tree(tmp_path / "out") == tree(tmp_path / "clean")
+    assert summary.shards_ok == 6
+
+
+def _kill_device_process(timeout: float = 60.0) -> bool:
+    """SIGKILL the first worker a ShardWorker actor started (its device process: the
+    crew starts device processes first), once it has loaded the model."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for actor in psutil.process_iter(["cmdline"]):
+            if not any("ShardWorker" in part for part in actor.info["cmdline"] or []):
+                continue
+            with contextlib.suppress(psutil.Error):
+                workers = [
+                    child for child in actor.children() if "spawn_main" in " ".join(child.cmdline())
+                ]
+                workers.sort(key=lambda child: child.create_time())
+                # Loaded: torch's library is mapped (a host worker never maps it).
+                if workers and any("libtorch" in m.path for m in workers[0].memory_maps()):
+                    workers[0].kill()
+                    return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.ray
@@ -378,6 +463,11 @@ def test_stdin_and_stdout_are_refused(inputs, tmp_path, model_dir, stdio):
     )
 
 
+def gpu_actors(count: int, cores: int, hosts: int) -> ActorPlan:
+    node = ((DEVICE, "cuda:0", 1),) + ((HOST, "cuda:0", 1),) * hosts
+    return ActorPlan(count, "cuda:0", 1, {"num_gpus": 1, "num_cpus": cores}, node)
+
+
 def config_with(**options) -> TransformConfig:
     return TransformConfig(input="in", output="out", model="m", engine="ray", **options)
 
@@ -394,29 +484,16 @@ def config_with(**options) -> TransformConfig:
         ({"workers": 4}, 10, (2, 2, 0), ActorPlan(4, "cpu", 1, {"num_cpus": 0.5})),
         ({"workers": 1}, 10, (16, 4, 0), ActorPlan(1, "cpu", 4, {"num_cpus": 4.0})),
         ({"devices": "cpu"}, 10, (16, 8, 2), ActorPlan(8, "cpu", 2, {"num_cpus": 2.0})),
-        # Up to 4 actors share a GPU, as the cluster's cores allow; --workers spreads its
-        # count over the GPUs, so that every actor can start.
-        ({}, 10, (16, 8, 2), ActorPlan(8, "cuda:0", 1, {"num_gpus": 0.25, "num_cpus": 1})),
-        ({}, 10, (4, 4, 2), ActorPlan(4, "cuda:0", 1, {"num_gpus": 0.5, "num_cpus": 1})),
-        ({}, 10, (1, 1, 2), ActorPlan(2, "cuda:0", 1, {"num_gpus": 1.0, "num_cpus": 1})),
-        (
-            {"devices": "cuda"},
-            1,
-            (16, 8, 4),
-            ActorPlan(1, "cuda:0", 1, {"num_gpus": 0.25, "num_cpus": 1}),
-        ),
-        (
-            {"workers": 3},
-            10,
-            (16, 8, 2),
-            ActorPlan(3, "cuda:0", 1, {"num_gpus": 0.5, "num_cpus": 1}),
-        ),
-        (
-            {"workers": 2},
-            10,
-            (16, 8, 2),
-            ActorPlan(2, "cuda:0", 1, {"num_gpus": 1.0, "num_cpus": 1}),
-        ),
+        # An actor per GPU, each a node of the local engine on its share of the cores: a
+        # device process and host workers (one per core left, or --workers in all).
+        ({}, 10, (16, 8, 2), gpu_actors(2, cores=8, hosts=7)),
+        ({}, 10, (4, 4, 2), gpu_actors(2, cores=2, hosts=1)),
+        ({}, 10, (1, 1, 2), gpu_actors(2, cores=1, hosts=1)),
+        ({"devices": "cuda"}, 1, (16, 8, 4), gpu_actors(1, cores=4, hosts=3)),
+        ({"workers": 3}, 10, (16, 8, 2), gpu_actors(2, cores=8, hosts=2)),
+        ({"workers": 2}, 10, (16, 8, 2), gpu_actors(2, cores=8, hosts=1)),
+        # The GPU nodes' fewest cores per GPU, where the driver found some.
+        ({}, 10, (40, 32, 2, 4), gpu_actors(2, cores=4, hosts=3)),
     ],
 )
 def test_plan_actors(options, shards, cluster, expected):

@@ -81,38 +81,36 @@ class _Run:
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
 
     def run(self, spares: Spares | None) -> None:
+        io.discard_partial([t.report.output for t in self.tasks])
+        specs = _specs(self.config, self.model_dir, _plan(self.config))
         try:
-            io.discard_partial([t.report.output for t in self.tasks])
-            specs = _specs(self.config, self.model_dir)
-            with WorkerPool(
-                specs,
-                self.config.max_concurrent_transforms,
-                self.config.max_retries,
-                self.config.invocation_timeout,
-                on_recovery=self._recovered,
-                spares=spares,
-                # Mini-batches and their responses travel through shared memory.
-                shared_memory=True,
-            ) as pool:
-                # Interrupted or broken, the writer aborts whatever is half written, and
-                # --resume redoes it; stdout shows shards in input order.
-                self.writer = WriterThread(pool.capacity, self.config.output == io.STDIO)
-                try:
-                    with self.writer:
-                        # Bounded by the workers' capacity: memory stays flat whatever the
-                        # input size; the workers share each mini-batch's pieces.
-                        takers = sum(spec.takes_mini_batches for spec in specs)
-                        self.reader.start(pool.capacity + 2, takers)
-                        self._loop(pool)
-                        # Workers write responses into outputs: the pool passes on their
-                        # answers.
-                        self.writer.finish(lambda: pool.poll(0.01))
-                        self.shards.outcomes(self.writer.outcomes())
-                finally:
-                    # A shard the writer committed as the job stopped (SIGTERM, Ctrl-C):
-                    # its output exists, so its report says so, for the progress
-                    # --resume reads.
-                    self.shards.outcomes(self.writer.outcomes(errors=False))
+            with _pool(self.config, specs, self._recovered, spares) as pool:
+                self.serve(pool)
+        finally:
+            self.reader.stop()  # once more: the pool may not have started
+            self.shards.progress.close()
+
+    def serve(self, pool: WorkerPool) -> None:
+        """Serves the shards on `pool`'s workers, started already (by run, or a Node's)."""
+        try:
+            # Interrupted or broken, the writer aborts whatever is half written, and
+            # --resume redoes it; stdout shows shards in input order.
+            self.writer = WriterThread(pool.capacity, self.config.output == io.STDIO)
+            try:
+                with self.writer:
+                    # Bounded by the workers' capacity: memory stays flat whatever the
+                    # input size; the workers share each mini-batch's pieces.
+                    self.reader.start(pool.capacity + 2, pool.takers)
+                    self._loop(pool)
+                    # Workers write responses into outputs: the pool passes on their
+                    # answers.
+                    self.writer.finish(lambda: pool.poll(0.01))
+                    self.shards.outcomes(self.writer.outcomes())
+            finally:
+                # A shard the writer committed as the job stopped (SIGTERM, Ctrl-C):
+                # its output exists, so its report says so, for the progress
+                # --resume reads.
+                self.shards.outcomes(self.writer.outcomes(errors=False))
         finally:
             self.reader.stop()
             self.shards.progress.close()
@@ -205,7 +203,57 @@ class _Run:
         self.writer.abort(idx)
 
 
-def _specs(config: TransformConfig, model_dir: str) -> list[WorkerSpec]:
+class Node:
+    """The local engine's pipeline on one node, kept from one call to the next: a GPU's
+    Ray actor serves the shards it is handed one after another on its workers, host
+    workers on its cores feeding a device process on its GPU, as the local engine does."""
+
+    def __init__(
+        self, config: TransformConfig, model_dir: str, plan: list[tuple[str, str, int]]
+    ) -> None:
+        self.config = config
+        self.model_dir = model_dir
+        self.current: _Run | None = None
+        specs = _specs(config, model_dir, plan)
+        self.pool = _pool(config, specs, self._recovered, None).__enter__()
+
+    def serve(self, tasks: list[ShardTask], log: Callable[[str], None], faults: Faults) -> None:
+        """Serves `tasks` as the local engine would, their reports and `faults` kept."""
+        self.current = _Run(self.config, tasks, self.model_dir, log, faults)
+        try:
+            self.current.serve(self.pool)
+        finally:
+            self.current = None
+
+    def close(self, graceful: bool = True) -> None:
+        self.pool.close(graceful)
+
+    def _recovered(self, event: Recovery) -> None:
+        if self.current is not None:
+            self.current._recovered(event)
+
+
+def _pool(
+    config: TransformConfig,
+    specs: list[WorkerSpec],
+    on_recovery: Callable[[Recovery], None],
+    spares: Spares | None,
+) -> WorkerPool:
+    return WorkerPool(
+        specs,
+        config.max_concurrent_transforms,
+        config.max_retries,
+        config.invocation_timeout,
+        on_recovery=on_recovery,
+        spares=spares,
+        # Mini-batches and their responses travel through shared memory.
+        shared_memory=True,
+    )
+
+
+def _specs(
+    config: TransformConfig, model_dir: str, plan: list[tuple[str, str, int]]
+) -> list[WorkerSpec]:
     options = serving_options(config)
     return [
         WorkerSpec(
@@ -217,7 +265,7 @@ def _specs(config: TransformConfig, model_dir: str) -> list[WorkerSpec]:
             pipelined=pipelining(),
             role=role,
         )
-        for role, device, threads in _plan(config)
+        for role, device, threads in plan
     ]
 
 

@@ -2,9 +2,11 @@
 
 The driver gets the shards planned exactly as the local engine does (same shards,
 same skip and clobber rules, same array-job share). A pool of Ray actors
-(engines/ray_actor.py), each holding one model, serves whole shards, handed out by the
-driver (engines/ray_driver.py). Ray restarts a lost actor and retries the shard it
-held; a shard whose retries run out fails alone.
+(engines/ray_actor.py) serves whole shards, handed out by the driver
+(engines/ray_driver.py): one per GPU, running the local engine's pipeline there
+(host workers feeding a device process), or CPU actors holding one model each. Ray
+restarts a lost actor and retries the shard it held; a shard whose retries run out
+fails alone.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.shard import ShardTask, total_bytes
 from o2v_batch.errors import ConfigError, WorkerError, describe
-from o2v_batch.model.devices import GPU_WORKERS_PER_DEVICE
+from o2v_batch.execution.planning import plan_workers
+from o2v_batch.execution.worker import splitting
 from o2v_batch.reporting.messages import batch_failure, recovered, shard_failed
 from o2v_batch.reporting.progress import Progress
 from o2v_batch.reporting.report import Faults, ShardReport
@@ -38,12 +39,19 @@ def start_actors(ray: Any, config: TransformConfig, shards: int, model: str) -> 
     from o2v_batch.engines.ray_actor import ShardWorker
 
     resources = ray.cluster_resources()
-    node_cpus = max(
-        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
-        default=0.0,
-    )
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    node_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    # A GPU's actor asks for its share of its node's cores: the smallest share of any
+    # GPU node, so that every GPU's actor can start.
+    shares = [node.get("CPU", 0.0) // node["GPU"] for node in nodes if node.get("GPU")]
     actors = plan_actors(
-        config, shards, resources.get("CPU", 0.0), node_cpus, int(resources.get("GPU", 0))
+        config,
+        shards,
+        resources.get("CPU", 0.0),
+        node_cpus,
+        int(resources.get("GPU", 0)),
+        cores_per_gpu=min(shares, default=None),
+        split=splitting(),
     )
     remote = ray.remote(ShardWorker).options(
         **actors.resources,
@@ -54,7 +62,10 @@ def start_actors(ray: Any, config: TransformConfig, shards: int, model: str) -> 
         max_task_retries=config.max_retries,
     )
     return [
-        _Slot(remote.remote(config, model, actors.device, actors.threads), actors.device)
+        _Slot(
+            remote.remote(config, model, actors.device, actors.threads, actors.node),
+            actors.device,
+        )
         for _ in range(actors.count)
     ]
 
@@ -131,7 +142,7 @@ class Driver:
         exceptions = self.ray.exceptions
         gave_up = f"gave up after {self.config.max_retries + 1} attempts"
         try:
-            pid, result = self.ray.get(ref)
+            pid, result, faults, lines = self.ray.get(ref)
         except exceptions.RayTaskError as exc:
             cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
             self._fail(report, f"{io.shown(report.shard)}: {cause}; {gave_up}")
@@ -146,6 +157,11 @@ class Driver:
             self._fail(report, f"{io.shown(report.shard)}: {_describe_ray_error(exc)}")
             return
         self._saw(slot, pid)
+        # A node's pool restarts its workers and retries mini-batches itself.
+        self.faults.worker_restarts += faults.worker_restarts
+        self.faults.mini_batch_retries += faults.mini_batch_retries
+        for line in lines:
+            self.log(line)
         report.take(result)
         self._show(slot.shard, report.records_in)
         if report.status == "failed":
@@ -210,19 +226,31 @@ CPUS_PER_ACTOR = 2
 
 @dataclass(frozen=True)
 class ActorPlan:
-    """How many actors, the device each sees, its torch threads and its Ray resources."""
+    """How many actors, the device each sees, its torch threads and its Ray resources;
+    and for an actor that runs a node of the local engine (a GPU's), its workers' plan
+    (planning.plan_workers: role, device, torch threads)."""
 
     count: int
     device: str
     threads: int
     resources: dict[str, float]
+    node: tuple[tuple[str, str, int], ...] | None = None
 
 
 def plan_actors(
-    config: TransformConfig, shards: int, cluster_cpus: float, node_cpus: float, gpus: int
+    config: TransformConfig,
+    shards: int,
+    cluster_cpus: float,
+    node_cpus: float,
+    gpus: int,
+    cores_per_gpu: float | None = None,
+    split: bool = False,
 ) -> ActorPlan:
-    """Up to GPU_WORKERS_PER_DEVICE actors per GPU (a share of it each, as the cores
-    allow), or CPU actors of CPUS_PER_ACTOR cores each; never more than shards.
+    """One actor per GPU, each running the local engine's pipeline there: host workers
+    on its share of the node's cores (`cores_per_gpu`: the fewest any GPU node has per
+    GPU) feeding a device process on the GPU. Without GPUs, CPU actors of
+    CPUS_PER_ACTOR cores each (and where `split` says, tests', one node actor on CPU).
+    Never more actors than shards.
 
     `node_cpus` is the largest node's: an actor asking for more could never start.
     """
@@ -232,18 +260,14 @@ def plan_actors(
             f"--devices {config.devices}: with --engine ray, Ray assigns the GPUs "
             "(use auto, cuda or cpu)"
         )
+    if devices == "cuda" and not gpus:
+        raise ConfigError(f"--devices {config.devices}: the Ray cluster has no GPUs")
     if devices == "cuda" or (devices == "auto" and gpus):
-        if not gpus:
-            raise ConfigError(f"--devices {config.devices}: the Ray cluster has no GPUs")
-        # As the local engine's workers: up to GPU_WORKERS_PER_DEVICE actors share each
-        # GPU (a fraction of it each), as the cluster's cores allow.
-        per_gpu = max(1, min(GPU_WORKERS_PER_DEVICE, int(cluster_cpus // gpus)))
-        if config.workers is not None:
-            per_gpu = -(-config.workers // gpus)
-        count = min(config.workers or gpus * per_gpu, shards)
+        cores = min(node_cpus, cluster_cpus // gpus) if cores_per_gpu is None else cores_per_gpu
         # Ray sets CUDA_VISIBLE_DEVICES per actor: its one GPU is cuda:0.
-        share = round(1 / per_gpu, 4)  # Ray counts GPUs to 4 decimals
-        return ActorPlan(count, "cuda:0", 1, {"num_gpus": share, "num_cpus": 1})
+        return _node_actors(config, shards, gpus, "cuda:0", cores, {"num_gpus": 1})
+    if split:
+        return _node_actors(config, shards, 1, "cpu", node_cpus, {})
     node_cpus = max(node_cpus, 1.0)
     if config.workers is None:
         per_actor = min(float(CPUS_PER_ACTOR), node_cpus)
@@ -252,3 +276,21 @@ def plan_actors(
         count = config.workers
         per_actor = min(node_cpus, max(cluster_cpus, 1.0) / count)
     return ActorPlan(min(count, shards), "cpu", max(1, int(per_actor)), {"num_cpus": per_actor})
+
+
+def _node_actors(
+    config: TransformConfig,
+    shards: int,
+    devices: int,
+    device: str,
+    cores: float,
+    resources: dict[str, float],
+) -> ActorPlan:
+    """An actor per device, each a node of the local engine on `cores` cores: --workers
+    host workers in all, shared among them (by default one per core left after the
+    device process)."""
+    count = min(devices, shards)
+    cores = max(1, int(cores))
+    hosts = -(-config.workers // count) if config.workers else None
+    node = plan_workers([device], hosts, cpu_count=cores, split=True)
+    return ActorPlan(count, device, 1, {**resources, "num_cpus": cores}, tuple(node))

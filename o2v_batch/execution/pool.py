@@ -82,9 +82,13 @@ class WorkerPool:
     # work
 
     @property
+    def takers(self) -> int:
+        """Workers that take mini-batches (not a GPU's device process)."""
+        return sum(spec.takes_mini_batches for spec in self._workers.specs)
+
+    @property
     def capacity(self) -> int:
-        takers = [spec for spec in self._workers.specs if spec.takes_mini_batches]
-        return len(takers) * self.max_concurrent
+        return self.takers * self.max_concurrent
 
     def in_flight(self) -> int:
         return self._workers.in_flight() + len(self._retries.waiting)
@@ -103,6 +107,13 @@ class WorkerPool:
         request = ServeRequest(task_id, positions, records, content_type, accept)
         self._retries.waiting.append(Task(task_id, request))
         self._dispatch()
+
+    def wait_ready(self) -> None:
+        """Returns once every worker has loaded its model; raises as poll does when one
+        cannot (WorkerError), before any mini-batch is asked for."""
+        assert not self.in_flight(), "wait_ready is for a pool that holds nothing yet"
+        while not all(w.ready for w in self._workers):
+            self.poll(0.1)
 
     def poll(self, timeout: float) -> list[Done | Failed]:
         """Waits up to `timeout` for results; detects dead and hung workers meanwhile.

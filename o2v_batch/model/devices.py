@@ -11,12 +11,6 @@ from o2v_batch.errors import ConfigError, O2VError
 # folder each under /proc (hosts whose containers see no device nodes of their own).
 DEVICE_NODES = "/dev"
 DRIVER_GPUS = "/proc/driver/nvidia/gpus"
-# Ray actors sharing one GPU by default, when the cores allow: each parses, pads and
-# encodes on its own cores while the others' batches are on the device (measured on
-# one H200 with 16 cores: 4 workers ran the heavy model 1.6x as fast as one, the
-# light one 1.14x). The local engine feeds a GPU from host workers instead
-# (execution/planning.py).
-GPU_WORKERS_PER_DEVICE = 4
 
 
 def visible_gpus() -> int:

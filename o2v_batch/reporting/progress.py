@@ -77,7 +77,9 @@ class Progress:
             self._bar.refresh()  # at once, not after tqdm's minimum interval
 
     def close(self) -> None:
+        """Stops the bar; once closed, closing again does nothing."""
         if self._bar is not None:
             self._closing.set()
             self._redraws.join()
             self._bar.close()
+            self._bar = None
