@@ -98,6 +98,18 @@ def test_a_worker_that_cannot_load_fails_the_job(tmp_path):
         run(pool, BATCHES[:1])
 
 
+def test_wait_ready_returns_once_every_worker_loaded_or_raises_before_any_work(tmp_path):
+    with pool_of(tmp_path, "Echo") as pool:
+        assert not any(w.ready for w in pool._workers)  # started, not loaded yet
+        pool.wait_ready()
+        assert all(w.ready for w in pool._workers)
+    with (
+        pytest.raises(WorkerError, match="cannot load the model on cpu: ValueError: no such model"),
+        pool_of(tmp_path, "FailToLoad") as pool,
+    ):
+        pool.wait_ready()
+
+
 def test_close_leaves_no_processes(tmp_path):
     pool = pool_of(tmp_path, "Echo")
     with pool:

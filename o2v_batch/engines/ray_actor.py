@@ -80,8 +80,9 @@ class ShardWorker:
         seconds spent on it): measured here, so the nodes' clocks need not agree. A
         node's pool times its own mini-batches out (--invocation-timeout): it says 0 s."""
         idx, records, pos, started = self.now
-        if self.serving is not None:
-            return self.pid, idx, self.serving.report.records_in, pos, 0.0
+        serving = self.serving  # once: the serving thread may end the shard meanwhile
+        if serving is not None:
+            return self.pid, idx, serving.report.records_in, pos, 0.0
         return self.pid, idx, records, pos, time.monotonic() - started
 
     def serve_shard(self, idx: int, task: ShardTask) -> tuple[int, ShardReport, Faults, list]:
