@@ -124,8 +124,7 @@ def worker_options(unit: Unit) -> Callable[[Command], Command]:
             type=click.IntRange(min=1),
             default=DEFAULT_MAX_CONCURRENT,
             show_default=True,
-            help=f"{unit.many} in flight per worker (at least 3 for a Ray actor on a GPU: one "
-            "per stage).",
+            help=f"{unit.many} in flight per worker.",
         ),
     )
     return lambda command: _applied(options, command)
