@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -498,6 +499,26 @@ def config_with(**options) -> TransformConfig:
 )
 def test_plan_actors(options, shards, cluster, expected):
     assert plan_actors(config_with(**options), shards, *cluster) == expected
+
+
+def test_a_gpu_actor_takes_shards_enough_for_its_host_workers_within_a_fair_share():
+    """A GPU's actor serves several shards at once (its host workers would idle on one
+    small shard): up to every host worker's mini-batches in flight, but no more than an
+    even share of what is left among the actors. A CPU actor takes one at a time."""
+    MiB, KiB = 2**20, 2**10
+    config = config_with(max_payload=1, max_concurrent_transforms=2)
+    gpu = gpu_actors(2, cores=4, hosts=3)  # 6 mini-batches in flight: 6 shards, 6 MiB
+
+    def groups(plan: ActorPlan, sizes: list[int]) -> list[list[int]]:
+        take, todo = ray_driver._taker(config, plan, sizes), deque(range(len(sizes)))
+        return [take(todo) for _ in iter(lambda: bool(todo), False)]
+
+    sizes = [10 * MiB, 2 * MiB, 2 * MiB] + [1 * MiB] * 7
+    assert groups(gpu, sizes) == [[0], [1, 2, 3], [4, 5, 6], [7], [8], [9]]
+    tiny = [KiB] * 20
+    assert [len(g) for g in groups(gpu, tiny)] == [6, 6, 4, 2, 1, 1]
+    cpu = plan_actors(config, 20, 8, 8, 0)
+    assert groups(cpu, tiny) == [[i] for i in range(20)]
 
 
 @pytest.mark.parametrize(

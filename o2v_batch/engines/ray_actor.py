@@ -1,5 +1,6 @@
-"""The Ray engine's actor: one model on one device, serving whole shards one at a
-time: read, pack, serve every mini-batch, write the mirrored output atomically."""
+"""The Ray engine's actor: serves the whole shards the driver hands it (read, pack,
+serve every mini-batch, write the mirrored output atomically), a GPU's on a node of the
+local engine, a CPU actor in its own process with one model."""
 
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ from o2v_batch.reporting.report import Faults, ShardReport
 
 
 class ShardWorker:
-    """A Ray actor. Runs with two threads, so progress() answers while serve_shard() works.
+    """A Ray actor. Runs with two threads, so progress() answers while serve_shards() works.
 
     A GPU's actor runs a node of the local engine (engines/local.Node): host workers on
-    its cores, a device process on its GPU, kept from one shard to the next. Others
-    serve in their own process, one mini-batch after another.
+    its cores, a device process on its GPU, kept from one call to the next, serving the
+    shards of a call together. Others serve in their own process, one shard and one
+    mini-batch after another.
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class ShardWorker:
         self.sweep = ray.get_runtime_context().was_current_actor_reconstructed
         self.fatal: str | None = None
         self.node: Node | None = None
-        self.serving: ShardTask | None = None  # the shard its node serves
+        self.serving: list[tuple[int, ShardTask]] | None = None  # the shards its node serves
         try:
             if node is not None:
                 # Its workers show no bar: the driver draws the job's.
@@ -75,55 +77,61 @@ class ShardWorker:
     def ready(self) -> tuple[int, str | None]:
         return self.pid, self.fatal
 
-    def progress(self) -> tuple[int, int, int, int, float]:
-        """(pid, shard index, records read, first record of the mini-batch at hand,
-        seconds spent on it): measured here, so the nodes' clocks need not agree. A
+    def progress(self) -> tuple[int, dict[int, int], int, float]:
+        """(pid, records read of each shard it serves, first record of the mini-batch at
+        hand, seconds spent on it): measured here, so the nodes' clocks need not agree. A
         node's pool times its own mini-batches out (--invocation-timeout): it says 0 s."""
-        idx, records, pos, started = self.now
-        serving = self.serving  # once: the serving thread may end the shard meanwhile
+        serving = self.serving  # once: the serving thread may end its shards meanwhile
         if serving is not None:
-            return self.pid, idx, serving.report.records_in, pos, 0.0
-        return self.pid, idx, records, pos, time.monotonic() - started
+            return self.pid, {idx: task.report.records_in for idx, task in serving}, 0, 0.0
+        idx, records, pos, started = self.now
+        return self.pid, {idx: records} if idx >= 0 else {}, pos, time.monotonic() - started
 
-    def serve_shard(self, idx: int, task: ShardTask) -> tuple[int, ShardReport, Faults, list]:
-        """Serves one shard into its output, committed only when every record is written:
-        (pid, its report, the workers restarted and mini-batches retried, lines to log).
-        The output's lifecycle is the local engine's: a writer thread (writer.py) writes
-        parts while the next mini-batch is served.
+    def serve_shards(
+        self, shards: list[tuple[int, ShardTask]]
+    ) -> tuple[int, list[ShardReport], Faults, list[str]]:
+        """Serves shards (index, task) into their outputs, each committed only when every
+        record is written: (pid, their reports, the workers restarted and mini-batches
+        retried, lines to log). The output's lifecycle is the local engine's: a writer
+        thread (writer.py) writes parts while the next mini-batch is served.
 
-        A model that raises or a process that dies makes Ray retry the whole shard; on a
-        node, its pool first restarts a lost worker and retries the mini-batch.
+        A model that raises or a process that dies makes Ray retry the call; on a node,
+        its pool first restarts a lost worker and retries the mini-batch.
         """
         if self.fatal:
             raise WorkerError(self.fatal)
-        report = task.report
         if self.sweep:
             self.sweep = False
-            io.discard_partial([report.output])
-        self.now = (idx, 0, 0, time.monotonic())
+            io.discard_partial([task.report.output for _, task in shards])
         if self.node is not None:
-            return self._serve_on_node(task)
-        return (*self._serve_here(idx, task), Faults(), [])
+            return self._serve_on_node(shards)
+        reports = [self._serve_here(idx, task) for idx, task in shards]
+        return self.pid, reports, Faults(), []
 
-    def _serve_on_node(self, task: ShardTask) -> tuple[int, ShardReport, Faults, list]:
+    def _serve_on_node(
+        self, shards: list[tuple[int, ShardTask]]
+    ) -> tuple[int, list[ShardReport], Faults, list[str]]:
         faults, lines = Faults(), []
-        self.serving = task
+        tasks = [task for _, task in shards]
+        self.serving = shards
         try:
-            self.node.serve([task], lines.append, faults)
+            self.node.serve(tasks, lines.append, faults)
         except WorkerError:
             # Its pool cannot go on (a worker that took a lost one's place failed to
             # start): Ray restarts this actor, with a node of its own, and retries.
             self.node.close(graceful=False)
             os._exit(1)
-        except Exception as exc:  # the output could not be opened or written
-            if task.report.status != "failed":
-                self._failed(task.report, io.describe_error(exc, task.report.output))
+        except Exception as exc:  # an output could not be opened or written
+            for task in tasks:
+                if task.report.status not in ("ok", "failed"):
+                    self._failed(task.report, io.describe_error(exc, task.report.output))
         finally:
             self.serving = None
-        return self.pid, task.report, faults, lines
+        return self.pid, [task.report for task in tasks], faults, lines
 
-    def _serve_here(self, idx: int, task: ShardTask) -> tuple[int, ShardReport]:
+    def _serve_here(self, idx: int, task: ShardTask) -> ShardReport:
         report = task.report
+        self.now = (idx, 0, 0, time.monotonic())
         # Holds two parts: a slow write (an S3 part) overlaps serving, memory stays flat.
         with WriterThread(2, in_order=False) as writer:
             try:
@@ -138,7 +146,7 @@ class ShardWorker:
         outcome = outcomes[0]
         if isinstance(outcome, Committed):
             report.status, report.records_out = "ok", outcome.records
-            return self.pid, report
+            return report
         return self._failed(report, outcome.reason)
 
     def _serve(self, idx: int, task: ShardTask, writer: WriterThread) -> list:
@@ -178,6 +186,6 @@ class ShardWorker:
             ) from None
         return served(task, result, batch)
 
-    def _failed(self, report: ShardReport, reason: str) -> tuple[int, ShardReport]:
+    def _failed(self, report: ShardReport, reason: str) -> ShardReport:
         report.status, report.reason = "failed", reason
-        return self.pid, report
+        return report

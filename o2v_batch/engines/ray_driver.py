@@ -1,6 +1,6 @@
 """The driver of an `--engine ray` job: actors started as the plan says, shards handed
-to them as they free up (largest first), progress polled, an actor stuck past
---invocation-timeout restarted, and each shard's report kept."""
+to them as they free up (largest first; a GPU's actor takes several), progress polled,
+an actor stuck past --invocation-timeout restarted, and each shard's report kept."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 
 from o2v_batch import io
 from o2v_batch.config import TransformConfig
-from o2v_batch.engines.shard import ShardTask, total_bytes
+from o2v_batch.engines.shard import ShardTask, mini_batch_cap, total_bytes
 from o2v_batch.errors import ConfigError, WorkerError, describe
 from o2v_batch.execution.planning import plan_workers
+from o2v_batch.execution.protocol import HOST
 from o2v_batch.execution.worker import splitting
 from o2v_batch.reporting.messages import batch_failure, recovered, shard_failed
 from o2v_batch.reporting.progress import Progress
@@ -30,11 +31,13 @@ class _Slot:
     actor: Any
     device: str
     pids: set[int] = field(default_factory=set)
-    shard: int | None = None  # the shard it is serving
+    shards: list[int] = field(default_factory=list)  # the shards it is serving
     hung: str | None = None  # why the driver last restarted it, while that shard runs
 
 
-def start_actors(ray: Any, config: TransformConfig, shards: int, model: str) -> list[_Slot]:
+def start_actors(
+    ray: Any, config: TransformConfig, shards: int, model: str
+) -> tuple[ActorPlan, list[_Slot]]:
     """The actors plan_actors sizes for the cluster, each loading `model`, started."""
     from o2v_batch.engines.ray_actor import ShardWorker
 
@@ -61,7 +64,7 @@ def start_actors(ray: Any, config: TransformConfig, shards: int, model: str) -> 
         max_restarts=(config.max_retries + 1) * shards,
         max_task_retries=config.max_retries,
     )
-    return [
+    return actors, [
         _Slot(
             remote.remote(config, model, actors.device, actors.threads, actors.node),
             actors.device,
@@ -87,7 +90,8 @@ class Driver:
 
     def run(self, model: str) -> None:
         ray = self.ray
-        slots = start_actors(ray, self.config, len(self.tasks), model)
+        plan, slots = start_actors(ray, self.config, len(self.tasks), model)
+        take = _taker(self.config, plan, [max(0, task.shard.size) for task in self.tasks])
         # Drawn from here on (the actors start in the loop below), closed in the finally.
         self.progress = Progress(self.config.progress, total_bytes(self.tasks))
         starting = {slot.actor.ready.remote(): slot for slot in slots}
@@ -99,7 +103,7 @@ class Driver:
             while todo or running:
                 while todo and idle:
                     slot = idle.pop()
-                    slot.shard = todo.popleft()
+                    slot.shards = take(todo)
                     running[self._submit(slot)] = slot
                 done, _ = ray.wait([*starting, *running], num_returns=1, timeout=POLL_S)
                 for ref in done:
@@ -108,14 +112,16 @@ class Driver:
                     else:
                         slot = running.pop(ref)
                         self._finished(ref, slot)
-                        slot.shard, slot.hung = None, None
+                        slot.shards, slot.hung = [], None
                         idle.append(slot)
                 self._poll(running.values(), pings)
         finally:
             for slot in slots:
                 ray.kill(slot.actor, no_restart=True)
             # Interrupted: the killed actors' half-written outputs go, --resume redoes them.
-            io.discard_partial([self.tasks[slot.shard].report.output for slot in running.values()])
+            io.discard_partial(
+                [self.tasks[i].report.output for slot in running.values() for i in slot.shards]
+            )
             self.progress.close()
 
     def _ready(self, ref: Any, slot: _Slot) -> _Slot:
@@ -133,28 +139,28 @@ class Driver:
     def _submit(self, slot: _Slot) -> Any:
         # retry_exceptions: a model that raises is retried like a process that died,
         # as the local engine does.
-        method = slot.actor.serve_shard.options(retry_exceptions=True)
-        return method.remote(slot.shard, self.tasks[slot.shard])
+        method = slot.actor.serve_shards.options(retry_exceptions=True)
+        return method.remote([(i, self.tasks[i]) for i in slot.shards])
 
     def _finished(self, ref: Any, slot: _Slot) -> None:
-        report = self.tasks[slot.shard].report
-        self.read_bytes += max(0, self.tasks[slot.shard].shard.size)
+        reports = [self.tasks[i].report for i in slot.shards]
+        self.read_bytes += sum(max(0, self.tasks[i].shard.size) for i in slot.shards)
         exceptions = self.ray.exceptions
         gave_up = f"gave up after {self.config.max_retries + 1} attempts"
         try:
-            pid, result, faults, lines = self.ray.get(ref)
+            pid, results, faults, lines = self.ray.get(ref)
         except exceptions.RayTaskError as exc:
             cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
-            self._fail(report, f"{io.shown(report.shard)}: {cause}; {gave_up}")
+            self._fail(reports, f"{cause}; {gave_up}")
             return
         except exceptions.RayActorError as exc:
             # The actor died each time: whatever it had written is still there.
-            io.discard_partial([report.output])
+            io.discard_partial([report.output for report in reports])
             reason = slot.hung or f"its Ray actor died ({type(exc).__name__}; Ray's logs say why)"
-            self._fail(report, f"{io.shown(report.shard)}: {reason}; {gave_up}")
+            self._fail(reports, f"{reason}; {gave_up}")
             return
         except exceptions.RayError as exc:
-            self._fail(report, f"{io.shown(report.shard)}: {_describe_ray_error(exc)}")
+            self._fail(reports, _describe_ray_error(exc))
             return
         self._saw(slot, pid)
         # A node's pool restarts its workers and retries mini-batches itself.
@@ -162,14 +168,17 @@ class Driver:
         self.faults.mini_batch_retries += faults.mini_batch_retries
         for line in lines:
             self.log(line)
-        report.take(result)
-        self._show(slot.shard, report.records_in)
-        if report.status == "failed":
-            self.log(shard_failed(report.reason))
+        for idx, report, result in zip(slot.shards, reports, results, strict=True):
+            report.take(result)
+            self._show(idx, report.records_in)
+            if report.status == "failed":
+                self.log(shard_failed(report.reason))
 
-    def _fail(self, report: ShardReport, reason: str) -> None:
-        report.status, report.reason = "failed", reason
-        self.log(shard_failed(reason))
+    def _fail(self, reports: list[ShardReport], reason: str) -> None:
+        """Shards an actor could not serve, each failed with `reason` after its name."""
+        for report in reports:
+            report.status, report.reason = "failed", f"{io.shown(report.shard)}: {reason}"
+            self.log(shard_failed(report.reason))
 
     def _poll(self, busy, pings: dict[Any, _Slot]) -> None:
         """Asks the busy actors how far they are: moves the bar, and restarts an actor stuck
@@ -180,13 +189,14 @@ class Driver:
             for ref in answered:
                 slot = pings.pop(ref)
                 try:
-                    pid, idx, records, pos, seconds = ray.get(ref)
+                    pid, records, pos, seconds = ray.get(ref)
                 except ray.exceptions.RayError:  # asked just before it died: Ray restarts it
                     continue
                 self._saw(slot, pid)
-                if idx != slot.shard:
+                if not records or not records.keys() <= set(slot.shards):  # asked earlier
                     continue
-                self._show(idx, records)
+                for idx, count in records.items():
+                    self._show(idx, count)
                 if seconds > self.config.invocation_timeout:
                     self._restart_hung(slot, pid, pos)
         asked = set(pings.values())
@@ -197,7 +207,7 @@ class Driver:
     def _restart_hung(self, slot: _Slot, pid: int, pos: int) -> None:
         """Worded as the local engine words a hung worker, for when the retries run out."""
         timeout = f"{self.config.invocation_timeout:g} s (--invocation-timeout)"
-        content_type = self.tasks[slot.shard].content_type
+        content_type = self.tasks[slot.shards[0]].content_type  # an actor of one shard
         slot.hung = batch_failure(pos, content_type, f"worker {pid} timed out after {timeout}")
         self.ray.kill(slot.actor, no_restart=False)
 
@@ -212,6 +222,35 @@ class Driver:
         # A retried shard starts again from 0: the bar only ever moves forward.
         self.shown[idx] = max(self.shown[idx], records)
         self.progress.show(self.read_bytes, sum(self.shown))
+
+
+def _taker(
+    config: TransformConfig, plan: ActorPlan, sizes: list[int]
+) -> Callable[[deque[int]], list[int]]:
+    """How an actor takes its next shards from the front of the queue (largest first):
+    a CPU actor one at a time. A node actor (a GPU's) serves several at once, as the
+    local engine does, so that small shards keep its host workers busy too: enough for
+    every host worker's mini-batches in flight, but within an even share of what is
+    left among the actors."""
+    if plan.node is None:
+        return lambda todo: [todo.popleft()]
+    hosts = sum(role == HOST for role, _, _ in plan.node)
+    most = max(1, hosts * config.max_concurrent_transforms)
+    fill = most * mini_batch_cap(config)
+    left = sum(sizes)
+
+    def take(todo: deque[int]) -> list[int]:
+        nonlocal left
+        share = left / plan.count
+        group = [todo.popleft()]
+        size = sizes[group[0]]
+        while todo and len(group) < most and size < fill and size + sizes[todo[0]] <= share:
+            group.append(todo.popleft())
+            size += sizes[group[-1]]
+        left -= size
+        return group
+
+    return take
 
 
 def _describe_ray_error(exc: Exception) -> str:
