@@ -318,3 +318,56 @@ def test_a_retried_mini_batch_is_one_line_on_stderr_and_in_the_summary(small_job
     ]
     assert "o2v-batch: faults: 0 worker restarts, 1 mini-batch retry" in lines
     assert not [line for line in lines if not line.startswith("o2v-batch: ")]  # no traceback
+
+
+# -- a node kept from call to call (a GPU's Ray actor's) ------------------------------
+
+
+def test_a_node_serves_call_after_call_even_after_one_ended_early(tmp_path):
+    """A call that ends with mini-batches in flight (here its log raises at a shard's
+    failure) leaves nothing for the next: that one's outputs are a fresh job's."""
+    from o2v_batch.engines.local import Node
+    from o2v_batch.execution.planning import plan_workers
+    from o2v_batch.jobs.transform import checked_model, plan
+    from o2v_batch.reporting.report import Faults
+
+    model = make_model(tmp_path / "model")
+    write_jsonl(tmp_path / "first" / "bad.jsonl", [{"in0": [1, 999]}])
+    for i in range(3):
+        write_jsonl(tmp_path / "first" / f"ok-{i}.jsonl", random_records(3000, seed=i))
+        write_jsonl(tmp_path / "second" / f"part-{i}.jsonl", random_records(2000, seed=9 + i))
+    options = {"model": str(model), "max_payload": 0.01, "progress": False}
+    fresh = TransformConfig(
+        input=str(tmp_path / "second"), output=str(tmp_path / "fresh"), **options
+    )
+    transform(fresh, log=lambda line: None)
+
+    def tasks(source: str, target: str) -> list:
+        config = TransformConfig(
+            input=str(tmp_path / source), output=str(tmp_path / target), **options
+        )
+        model_dir, hp = checked_model(config)
+        return config, model_dir, plan(config, hp).tasks
+
+    config, model_dir, first = tasks("first", "out-1")
+    node = Node(config, model_dir, plan_workers(["cpu"], 2))
+    try:
+
+        def log(line: str) -> None:
+            raise RuntimeError(line)
+
+        with pytest.raises(RuntimeError, match=r"bad\.jsonl"):
+            node.serve(first, log, Faults())
+        _, _, second = tasks("second", "out-2")
+        lines: list[str] = []
+        node.serve(second, lines.append, Faults())
+    finally:
+        node.close()
+    assert lines == []
+    assert [t.report.status for t in second] == ["ok"] * 3
+    out, expected = tmp_path / "out-2", tmp_path / "fresh"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in expected.iterdir() if p.name != "_SUCCESS"
+    )
+    for path in out.iterdir():
+        assert path.read_bytes() == (expected / path.name).read_bytes()

@@ -205,8 +205,8 @@ class _Run:
 
 class Node:
     """The local engine's pipeline on one node, kept from one call to the next: a GPU's
-    Ray actor serves the shards it is handed one after another on its workers, host
-    workers on its cores feeding a device process on its GPU, as the local engine does."""
+    Ray actor serves the shards it is handed on its workers, host workers on its cores
+    feeding a device process on its GPU, as the local engine does."""
 
     def __init__(
         self, config: TransformConfig, model_dir: str, plan: list[tuple[str, str, int]]
@@ -224,6 +224,10 @@ class Node:
             self.current.serve(self.pool)
         finally:
             self.current = None
+            # A call that ended early leaves mini-batches in flight: their answers are
+            # nobody's now, and must not reach the next call's run (its task ids).
+            while self.pool.in_flight():
+                self.pool.poll(0.1)
 
     def close(self, graceful: bool = True) -> None:
         self.pool.close(graceful)

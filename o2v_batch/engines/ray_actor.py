@@ -69,10 +69,12 @@ class ShardWorker:
                 options = serving_options(config)
                 spec = WorkerSpec(resolve_model(model), device, threads, options, server_factory())
                 self.server = start_server(spec)
+        except WorkerError as exc:  # a node's pool says which worker, and why
+            self.fatal = describe(exc)
+            if self.node is not None:
+                self.node.close(graceful=False)
         except Exception as exc:  # plain text: the driver makes it the job's error
             self.fatal = f"cannot load the model on {device}: {describe(exc)}"
-            if self.node is not None:
-                self.node.close()
 
     def ready(self) -> tuple[int, str | None]:
         return self.pid, self.fatal
