@@ -182,7 +182,8 @@ class Driver:
 
     def _poll(self, busy, pings: dict[Any, _Slot]) -> None:
         """Asks the busy actors how far they are: moves the bar, and restarts an actor stuck
-        on one mini-batch past --invocation-timeout (Ray then retries its shard)."""
+        on one mini-batch past --invocation-timeout (Ray then retries its shard; a node
+        actor's pool times its mini-batches out itself)."""
         ray = self.ray
         if pings:
             answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=0)
