@@ -45,6 +45,17 @@ class HangOnce(_Once):
         time.sleep(3600)
 
 
+class CrashOnLoadOnce(Echo):
+    """Dies as it loads, the first time only (a marker file in the model folder remembers)."""
+
+    def __init__(self, model_dir: str, device: str, options, threads: int) -> None:
+        marker = os.path.join(model_dir, "crashed")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        super().__init__(model_dir, device, options, threads)
+
+
 class AlwaysRaise(Echo):
     def serve(self, positions, records, content_type, accept) -> BatchResult:
         if any(b"boom" in r for r in records):

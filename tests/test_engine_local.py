@@ -371,3 +371,38 @@ def test_a_node_serves_call_after_call_even_after_one_ended_early(tmp_path):
     )
     for path in out.iterdir():
         assert path.read_bytes() == (expected / path.name).read_bytes()
+
+
+def test_a_worker_a_node_restarted_before_its_first_call_is_counted_in_that_call(
+    tmp_path, replace_servers
+):
+    """A worker lost as the node starts (here: it dies loading, once) is replaced; the
+    next call's faults and log say so, as a job's would."""
+    from o2v_batch.engines.local import Node
+    from o2v_batch.execution.planning import plan_workers
+    from o2v_batch.jobs.transform import checked_model, plan
+    from o2v_batch.reporting.report import Faults
+
+    model = make_model(tmp_path / "model")
+    write_jsonl(tmp_path / "in" / "a.jsonl", random_records(50, seed=1))
+    config = TransformConfig(
+        input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(model), progress=False
+    )
+    model_dir, hp = checked_model(config)
+    tasks = plan(config, hp).tasks
+    replace_servers("fake_servers:CrashOnLoadOnce")
+    node = Node(config, model_dir, plan_workers(["cpu"], 1))
+    try:
+        node.pool.wait_ready()
+        faults, lines = Faults(), []
+        node.serve(tasks, lines.append, faults)
+    finally:
+        node.close()
+    assert (model / "crashed").exists()  # it did die once
+    assert (faults.worker_restarts, faults.mini_batch_retries) == (1, 0)
+    [line] = lines
+    assert re.fullmatch(
+        r"o2v-batch: worker \d+ exited with status 3 while loading the model; started a new worker",
+        line,
+    ), line
+    assert tasks[0].report.status == "ok"

@@ -214,12 +214,17 @@ class Node:
         self.config = config
         self.model_dir = model_dir
         self.current: _Run | None = None
+        # Workers restarted between calls (as the node starts, say): the next call's.
+        self.pending: list[Recovery] = []
         specs = _specs(config, model_dir, plan)
         self.pool = _pool(config, specs, self._recovered, None).__enter__()
 
     def serve(self, tasks: list[ShardTask], log: Callable[[str], None], faults: Faults) -> None:
         """Serves `tasks` as the local engine would, their reports and `faults` kept."""
         self.current = _Run(self.config, tasks, self.model_dir, log, faults)
+        for event in self.pending:
+            self.current._recovered(event)
+        self.pending.clear()
         try:
             self.current.serve(self.pool)
         finally:
@@ -235,6 +240,8 @@ class Node:
     def _recovered(self, event: Recovery) -> None:
         if self.current is not None:
             self.current._recovered(event)
+        elif event.task_id is None:  # a retry between calls is of a call already ended
+            self.pending.append(event)
 
 
 def _pool(
