@@ -299,6 +299,8 @@ def test_s3_in_s3_out_with_an_s3_model_equals_the_local_engine(
     for name in ("hyperparameters.json", "model.safetensors"):
         body = (model_dir / name).read_bytes()
         client.put_object(Bucket=s3_bucket, Key=f"model/{name}", Body=body)
+    # An upload an earlier, killed run left open to an output: the job aborts it.
+    client.create_multipart_upload(Bucket=s3_bucket, Key="out/a.jsonl.out")
     base = f"s3://{s3_bucket}"
     args = ["transform", f"{base}/in/", f"{base}/out/", "--model", f"{base}/model/"]
     result = CliRunner().invoke(main, [*args, "--max-payload", "0.001", "--engine", "ray"])

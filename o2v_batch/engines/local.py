@@ -81,7 +81,6 @@ class _Run:
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
 
     def run(self, spares: Spares | None) -> None:
-        io.discard_partial([t.report.output for t in self.tasks])
         specs = _specs(self.config, self.model_dir, _plan(self.config))
         try:
             with _pool(self.config, specs, self._recovered, spares) as pool:

@@ -45,10 +45,12 @@ def transform(config: TransformConfig, log: Callable[[str], None] | None = None)
         for report in unserved:
             if report.status == "failed":
                 log(shard_failed(report.reason or ""))
-        # A shard --resume skips is done, yet a run that died as it committed one can
-        # leave an upload to it open (the server finished the object, not the cleanup):
-        # its parts would stay billed. The engines sweep the outputs they serve.
-        io.discard_partial([r.output for r in unserved if r.status == "skipped"])
+        # What killed writers of an earlier run left (temp files, open uploads) goes
+        # first, for either engine: of the shards to serve, and of those --resume skips
+        # as done (a run that died as it committed one can leave its upload open: the
+        # server finished the object, not the cleanup), whose parts would stay billed.
+        skipped = [r.output for r in unserved if r.status == "skipped"]
+        io.discard_partial([t.report.output for t in tasks] + skipped)
         faults, complete, quiet = Faults(), False, False
         try:
             if tasks:  # a resume with nothing left serves nothing: its spares stop
