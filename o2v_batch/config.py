@@ -26,8 +26,7 @@ ENGINES = ("local", "ray")
 # InvocationsTimeoutInSeconds default), and its invocation retries.
 DEFAULT_INVOCATION_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 3
-# Two mini-batches per worker: one computing while the next is already waiting. A
-# pipelined (GPU) worker holds at least three, one per stage (execution.pool.WorkerPool).
+# Two mini-batches per worker: one computing while the next is already waiting.
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_MAX_QUEUED = 64  # o2v-batch serve: requests waiting for a worker
 # o2v-batch serve: seconds a request's whole body may take to arrive; a slower one is a

@@ -4,7 +4,6 @@ torch, so a worker starts in a fraction of a second."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -95,89 +94,3 @@ class SlowStart(Echo):
 
 
 SLOW_START_S, SLOW_SERVE_S = 2.5, 0.25
-
-
-class Phased(Echo):
-    """Echo in the real server's three phases (prepare, then the batch's predict and
-    finish), so that a pipelined worker runs them side by side. A record
-    `<phase>:<seconds>` makes that phase sleep, `<phase>:fail` makes it raise, and
-    `<phase>:break` breaks the stage running it, the first time only (a marker file
-    in the model folder remembers)."""
-
-    def prepare(self, positions, records, content_type, accept) -> PhasedBatch:
-        act(records, b"prepare", self.model_dir)
-        return PhasedBatch(self, positions, records)
-
-    def serve(self, positions, records, content_type, accept) -> BatchResult:
-        batch = self.prepare(positions, records, content_type, accept)
-        batch.predict()
-        return batch.finish()
-
-
-class PhasedBatch:
-    def __init__(self, server: Phased, positions, records) -> None:
-        self.server, self.positions, self.records = server, positions, records
-
-    def predict(self) -> None:
-        act(self.records, b"predict", self.server.model_dir)
-
-    def finish(self) -> BatchResult:
-        act(self.records, b"finish", self.server.model_dir)
-        return Echo.serve(self.server, self.positions, self.records, "", "")
-
-
-class StageBroke(BaseException):
-    """Escapes a phase's error handling, as a fault of the worker's loop itself would."""
-
-
-def act(records, phase: bytes, model_dir: str) -> None:
-    """What the records ask of `phase`: sleep, fail or break."""
-    for record in records:
-        name, _, what = bytes(record).partition(b":")
-        if name != phase:
-            continue
-        if what == b"fail":
-            raise RuntimeError(f"{phase.decode()} broke")
-        if what == b"break":
-            marker = os.path.join(model_dir, "broke")
-            if not os.path.exists(marker):
-                open(marker, "w").close()
-                raise StageBroke
-        else:
-            time.sleep(float(what))
-
-
-class Logged(Phased):
-    """Phased, writing a line to `phases` in the model folder as each phase of a
-    mini-batch starts and as it ends ("predict start id:3"; `id:3` is the mini-batch's
-    record that starts with "id:"), in the order it happens: which phases ran side by
-    side, seen without a clock."""
-
-    def prepare(self, positions, records, content_type, accept) -> LoggedBatch:
-        with logged(self.model_dir, "prepare", records):
-            act(records, b"prepare", self.model_dir)
-        return LoggedBatch(self, positions, records)
-
-
-class LoggedBatch(PhasedBatch):
-    def predict(self) -> None:
-        with logged(self.server.model_dir, "predict", self.records):
-            super().predict()
-
-    def finish(self) -> BatchResult:
-        with logged(self.server.model_dir, "finish", self.records):
-            return super().finish()
-
-
-@contextlib.contextmanager
-def logged(model_dir: str, phase: str, records):
-    name = next((bytes(r).decode() for r in records if bytes(r).startswith(b"id:")), "?")
-    path = os.path.join(model_dir, "phases")
-    # One write per line, appended: lines of the worker's threads never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{phase} start {name}\n".encode())
-        yield
-        os.write(fd, f"{phase} end {name}\n".encode())
-    finally:
-        os.close(fd)

@@ -5,7 +5,6 @@ processes and Ray actors by "module:function" name."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -58,25 +57,6 @@ class AlwaysHang(_Faulty):
 class AlwaysRaise(_Faulty):
     def misbehave(self) -> None:
         raise RuntimeError("the model broke on a marked record")
-
-
-class RaiseInPredict(Server):
-    """The real server in its phases, whose forward pass fails on a mini-batch holding a
-    marked record; the error names the thread it ran in."""
-
-    def __init__(self, model_dir: str, device: str, options, threads: int) -> None:
-        super().__init__(model_dir, device, options)
-
-    def prepare(self, positions, records, content_type, accept):
-        batch = super().prepare(positions, records, content_type, accept)
-        if any(MARKER in r for r in records):
-            batch.predict = _broken_forward
-        return batch
-
-
-def _broken_forward() -> None:
-    thread = threading.current_thread().name
-    raise RuntimeError(f"the model broke on a marked record (thread {thread})")
 
 
 # A token id that makes a misbehaving device process's forward pass misbehave (below

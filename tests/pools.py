@@ -10,10 +10,8 @@ from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, Failed, ServingOptions, WorkerSpec
 
 
-def pool_of(tmp_path, factory, workers=2, pipelined=None, **kwargs) -> WorkerPool:
-    spec = WorkerSpec(
-        str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}", pipelined=pipelined
-    )
+def pool_of(tmp_path, factory, workers=2, **kwargs) -> WorkerPool:
+    spec = WorkerSpec(str(tmp_path), "cpu", 1, ServingOptions(), f"fake_servers:{factory}")
     return WorkerPool([spec] * workers, **kwargs)
 
 

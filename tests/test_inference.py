@@ -79,23 +79,6 @@ BATCHES = [
 ]
 
 
-def test_phases_of_consecutive_mini_batches_side_by_side_answer_as_serve_does(
-    server_and_model,
-):
-    """A pipelined worker prepares a mini-batch while the one before runs on the device
-    and the one before that is encoded: each answers as if served alone."""
-    server, _ = server_and_model
-    alone = [server.serve(p, r, JSONL, JSONL) for p, r in BATCHES]
-    first, second, third = [server.prepare(p, r, JSONL, JSONL) for p, r in BATCHES]
-    first.predict()
-    second.predict()
-    answered_first = first.finish()
-    third.predict()
-    answered_third = third.finish()
-    assert [answered_first, second.finish(), answered_third] == alone
-    assert [a.bad_records for a in alone] == [0, 1, 0]
-
-
 def test_under_fail_a_bad_record_stops_its_mini_batch_when_prepared(tmp_path):
     """Prepared, a mini-batch with a bad record has nothing left to run: its predict()
     does nothing and its finish() gives the bad record, as serve() does."""

@@ -19,7 +19,7 @@ from o2v_batch.execution.planning import plan_workers
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import Done, WorkerSpec
 from o2v_batch.execution.recovery import Recovery
-from o2v_batch.execution.worker import Spares, pipelining, server_factory, splitting
+from o2v_batch.execution.worker import Spares, server_factory, splitting
 from o2v_batch.inputs.batching import MiniBatch
 from o2v_batch.inputs.formats import Oversize, where
 from o2v_batch.model.devices import parse_devices
@@ -272,7 +272,6 @@ def _specs(
             threads,
             options,
             server_factory(role=role),
-            pipelined=pipelining(),
             role=role,
         )
         for role, device, threads in plan

@@ -18,7 +18,7 @@ The parent's side imports no torch:
 
 A worker process's side:
 - `worker`: its start-up and its end (`Spares`, exit reasons);
-- `worker_loop`: its loop of mini-batches, whole or in three stages;
+- `worker_loop`: its loop of mini-batches, one after another;
 - `inference`: one mini-batch in, encoded responses out (records, tokens, the
   forward pass handed to the server's forward, responses); numpy only;
 - `forward_work`: what a forward pass takes (checked token ids, pairs) and gives

@@ -69,8 +69,7 @@ class Server:
     ) -> _Batch | _Stopped:
         """The host work before the forward pass: the records parsed and checked, their
         token ids read. Then the batch's predict() runs the forward pass on the device
-        and its finish() encodes the responses; a pipelined worker runs the three phases
-        of consecutive mini-batches side by side (worker_loop.py)."""
+        and its finish() encodes the responses."""
         error_key = position_key(content_type)
         batch = _Batch(self, positions, records, error_key, accept, self.max_lens_for(content_type))
         try:

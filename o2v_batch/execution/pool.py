@@ -28,7 +28,6 @@ from o2v_batch.execution.protocol import (
 )
 from o2v_batch.execution.recovery import Recovery, Retries
 from o2v_batch.execution.worker import Spares
-from o2v_batch.execution.worker_loop import PIPELINE_DEPTH
 
 # How long a host worker that lost its device process waits for that process's end
 # to be seen, before the host worker's successor is linked.
@@ -48,9 +47,6 @@ class WorkerPool:
         spares: Spares | None = None,
         shared_memory: bool = False,
     ):
-        # A pipelined worker (a GPU's) holds a mini-batch for each of its stages.
-        if any(spec.pipelines for spec in specs):
-            max_concurrent = max(max_concurrent, PIPELINE_DEPTH)
         # Each worker gets a request segment per mini-batch it may hold, and puts large
         # responses in segments of its own (segments.py): a few more than it may hold,
         # as the caller keeps some until written.

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 # "module:function" building a worker's server: factory(model_dir, device, options, threads)
 # returns an object with serve(positions, records, content_type, accept) -> BatchResult.
-# It may split serve in phases: prepare(the same arguments) -> a batch whose predict()
-# runs the forward pass and finish() -> BatchResult encodes (worker_loop.py).
 DEFAULT_FACTORY = "o2v_batch.execution.factories:create_server"
 # A GPU's host workers and its device process (device_link.py): the host workers' server
 # runs its forward passes in the device process, whose server runs them on the device.
@@ -56,17 +54,7 @@ class WorkerSpec:
     # the worker's pipe, requests' first.
     request_segments: int = 0
     segments: int = 0
-    # Its loop runs a server's phases of consecutive mini-batches side by side, in three
-    # threads (worker_loop.py). None: on a GPU only (on CPU one single-threaded worker
-    # per core does better); tests run it on CPU.
-    pipelined: bool | None = None
     role: str = WHOLE  # WHOLE, HOST or DEVICE
-
-    @property
-    def pipelines(self) -> bool:
-        if self.role != WHOLE:  # a host worker's pipe waits on its device in its stead
-            return False
-        return self.device.startswith("cuda") if self.pipelined is None else self.pipelined
 
     @property
     def takes_mini_batches(self) -> bool:

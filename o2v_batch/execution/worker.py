@@ -43,9 +43,6 @@ from o2v_batch.model.devices import worker_device
 _replaced_factory: str | None = None
 
 
-# Whether this process's workers overlap their stages (protocol.WorkerSpec.pipelined):
-# None, GPU workers do. Private, set by the tests' fixtures to run the stages on CPU.
-_pipelined: bool | None = None
 # Whether this process's jobs on CPU run host workers and a device process, as on a GPU
 # (planning.plan_workers' split). Private, set by the tests' fixtures.
 _split: bool = False
@@ -64,11 +61,6 @@ def server_factory(default: str = DEFAULT_FACTORY, role: str = WHOLE) -> str:
 def splitting() -> bool:
     """Whether jobs on CPU run host workers and a device process (tests only)."""
     return _split
-
-
-def pipelining() -> bool | None:
-    """Whether a WorkerSpec's worker overlaps its stages: None, as its device says."""
-    return _pipelined
 
 
 def start_server(spec: WorkerSpec, link: int | None = None) -> Any:
@@ -123,9 +115,7 @@ def _worker_main(conn: Connection, factory: str) -> None:
         target=_receive, args=(conn, requests, responses, endpoint.sending, attach), daemon=True
     )
     reader.start()
-    pipelined = spec.pipelines and worker_loop.has_phases(server)
-    loop = worker_loop.serve_pipelined if pipelined else worker_loop.serve_in_turn
-    loop(server, requests, endpoint)
+    worker_loop.serve_in_turn(server, requests, endpoint)
     reader.join()  # writes asked for before the stop are done
     # Every answer is sent: skip the interpreter's teardown (torch's takes most of a
     # second), which the whole command would otherwise wait for.
