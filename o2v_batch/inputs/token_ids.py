@@ -96,8 +96,12 @@ def fast_ids(sequences: Sequence[Any], vocab_size: int) -> TokenIds | None:
 # Records that are exactly {"in0":[ids]}, {"in1":[ids]} or {"in0":[ids],"in1":[ids]}, as
 # json.dumps, orjson and most writers give them, are read without a JSON parser: see
 # plain_ids.
-_DIGITS_AND_COMMAS = b"0123456789,"
-_SEPARATORS_TO_COMMAS = bytes.maketrans(b"\n|", b",,")
+_DIGITS = b"0123456789"
+_DIGITS_AND_COMMAS = _DIGITS + b","
+# What is left of a plain mini-batch's bytes once its keys' letters, quotes, colons and
+# braces are gone: every list's opening bracket and every record's end a comma, so
+# that one numpy parse reads each key's number and each list's ids, in order.
+_TO_COMMAS = bytes.maketrans(b"[\n", b",,")
 
 
 def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> list[TokenIds] | None:
@@ -106,75 +110,96 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
     colons and commas allowed), read straight from the bytes; None when any record is
     anything else, so the JSON parser takes the mini-batch and names the bad record.
     Gives exactly what parsing each record and fast_ids would."""
-    body = _plain_body(records, [name for name, _ in inputs])
-    if not body:
+    keys = [name.encode() for name, _ in inputs]
+    n, k = len(records), len(keys)
+    # Each key gives the parse one number of its own ("in0": 0), read and left out.
+    if not n or not all(map(_one_number, keys)):
         return None
-    return _read_ids(body, len(records), inputs)
-
-
-def _plain_body(records: Sequence[bytes], names: list[str]) -> bytes | None:
-    """The records' ids, each list's ending with "|" or "\\n" ("1,2|3\\n4,5|6"), when every
-    record is plain; None when one is not."""
-    n = len(records)
-    keys = [b'"' + name.encode() + b'":[' for name in names]
     blob = records.data if isinstance(records, Lines) else b"\n".join(records)
     if b" " in blob:
         blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
-    # Each record begins with the first key and ends with "]}", has each other key once,
-    # in order, and between its brackets digits and commas only.
-    seams = [b"{" + keys[0]] + [b"]," + key for key in keys[1:]]
-    skeleton = b"{" + b"".join(key.translate(None, _DIGITS_AND_COMMAS) + b"]" for key in keys)
-    if not (
-        blob.startswith(seams[0])
-        and blob.endswith(b"]}")
-        and blob.count(b"\n" + seams[0]) == n - 1
-        and blob.count(b"]}\n") == n - 1
-        and all(blob.count(seam) == n for seam in seams[1:])
-        and blob.translate(None, _DIGITS_AND_COMMAS) == b"\n".join([skeleton + b"}"] * n)
-    ):
+    text = np.frombuffer(blob, np.uint8)
+    opens = _plain_lists(blob, text, n, keys)  # where each list's "[" is
+    if opens is None:
         return None
-    for seam in seams[1:]:
-        blob = blob.replace(seam, b"|")
-    return blob.replace(seams[0], b"").translate(None, b"]}")
-
-
-def _read_ids(body: bytes, n: int, inputs: Sequence[tuple[str, int]]) -> list[TokenIds] | None:
-    """Per input, the ids of `n` records' lists in `body` (see _plain_body); None when a
-    number is not a JSON integer, a list is empty or an id is out of range."""
-    k = len(inputs)
-    text = np.frombuffer(body, np.uint8)
-    if _leading_zero(text):
+    # From here on the bytes are records of this form: between the brackets of each
+    # list, digits and commas only.
+    dropped = bytes(set(_skeleton(keys)) - set(_DIGITS_AND_COMMAS + b"["))
+    numbers_text = blob.translate(_TO_COMMAS, dropped)
+    if _leading_zero(np.frombuffer(numbers_text, np.uint8)):
         return None
-    commas = np.flatnonzero(text == 44)
-    ends = np.flatnonzero((text == 10) | (text == 124))  # of every list but the last
-    try:
-        ids = np.fromstring(body.translate(_SEPARATORS_TO_COMMAS), dtype=np.int64, sep=",")
+    try:  # per record, each key's number then its list's ids
+        numbers = np.fromstring(numbers_text, dtype=np.int64, sep=",")
     except ValueError:  # an empty list or an empty place between commas
         return None
-    # An empty place may also end the parse early: then fewer ids than places.
-    if ids.size != commas.size + n * k:
+    commas = np.flatnonzero(text == 44)
+    # Commas from each list's "[" to the next one's: its own, and the one after it when
+    # another list follows in the record.
+    lengths = np.diff(np.searchsorted(commas, opens), append=commas.size) + 1
+    lengths.reshape(n, k)[:, :-1] -= 1
+    # An empty place may also end the parse early: then fewer numbers than places.
+    if numbers.size != int(lengths.sum()) + n * k:
         return None
-    before = np.searchsorted(commas, ends)  # commas before each list's end
-    lengths = np.diff(before, prepend=0, append=commas.size) + 1  # list after list
-    which = np.repeat(np.tile(np.arange(k), n), lengths)  # each id's input
+    counts = np.ones(2 * n * k, np.int64)
+    counts[1::2] = lengths
+    # Each number's input, -1 for a key's number.
+    which = np.repeat(np.tile(np.array([(-1, j) for j in range(k)], np.int8).ravel(), n), counts)
     out = []
     for j, (_, vocab_size) in enumerate(inputs):
-        mine = ids if k == 1 else ids[which == j]
+        mine = numbers[which == j]
         if mine.min() < 0 or mine.max() >= vocab_size:
             return None
         out.append(TokenIds.unpadded(mine, lengths[j::k]))
     return out
 
 
+def _one_number(key: bytes) -> bool:
+    """Whether a key's digits are one run ("in0"): the parse reads one number for it."""
+    return len(bytes(c if c in _DIGITS else 32 for c in key).split()) == 1
+
+
+def _skeleton(keys: list[bytes]) -> bytes:
+    """A record of `keys` with empty lists: `{"in0":[],"in1":[]}`."""
+    return b'{"' + b'":[],"'.join(keys) + b'":[]}'
+
+
+def _plain_lists(blob: bytes, text: np.ndarray, n: int, keys: list[bytes]) -> np.ndarray | None:
+    """Where each record's lists open ("[" positions, record after record), when all `n`
+    records in `blob` are `{"<key>":[...],...}` with `keys` in order and nothing but
+    digits and commas between each list's brackets; None when one is not."""
+    k = len(keys)
+    skeleton = _skeleton(keys)
+    # Without their digits and commas, the records are the skeleton's, one per line...
+    if not (
+        blob.startswith(b'{"' + keys[0] + b'":[')
+        and blob.endswith(b"]}")
+        and blob.translate(None, _DIGITS_AND_COMMAS)
+        == b"\n".join([skeleton.translate(None, _DIGITS_AND_COMMAS)] * n)
+    ):
+        return None
+    opens = np.flatnonzero(text == 91)  # k a record, by the skeleton
+    # ... and each list's key, with whatever comes between it and the list before, is
+    # exactly as written: so no digit or comma stands outside a list.
+    for j, key in enumerate(keys):
+        seam = (b"]}\n{" if j == 0 else b"],") + b'"' + key + b'":'
+        at = opens[k::k] if j == 0 else opens[j::k]  # the first record's start is checked
+        if (
+            len(at)
+            and not (
+                text[at[:, None] + np.arange(-len(seam), 0)] == np.frombuffer(seam, np.uint8)
+            ).all()
+        ):
+            return None
+    return opens
+
+
 def _leading_zero(text: np.ndarray) -> bool:
-    """Whether a number among digits and separators starts with a 0 followed by a digit:
-    JSON numbers have none ("01" is not an id; the parser says so). Looks at the zeros
-    only: one pass over the text, the rest on the few zeros that are followed by a digit."""
-    zeros = np.flatnonzero(text[:-1] == 48)  # a last 0 has no digit after it
-    after = text[zeros + 1]
-    zeros = zeros[(after >= 48) & (after <= 57)]
-    before = text[zeros - 1]  # text[-1] for a 0 in front: not read then
-    return bool(((zeros == 0) | (before < 48) | (before > 57)).any())
+    """Whether a number in digits and commas starts with a 0 followed by a digit: JSON
+    numbers have none ("01" is not an id; the parser says so)."""
+    zero = text[:-1] == 48
+    zero &= text[1:] != 44  # followed by a digit
+    zero[1:] &= text[:-2] == 44  # at the start of its number
+    return bool(zero.any())
 
 
 def check_ids(sequences: Sequence[Any], vocab_size: int, input_name: str) -> TokenIds:
