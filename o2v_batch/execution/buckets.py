@@ -132,19 +132,23 @@ class Planner:
         ]
 
     def prepare(self, ids: TokenIds, encoder: int) -> Prepared:
-        """`ids` cut into device batches and padded: one gather of the rows into batch
-        order, then each batch filled in place."""
+        """`ids` cut into device batches and padded: every id written once, straight to
+        its place in its batch (its row's first place there, plus its place in the row),
+        onto zeros."""
         batches = self.plan(ids, encoder)
         shapes = np.array([(*b.shape, len(b.rows)) for b in batches], np.int64).reshape(-1, 3)
-        R, T = shapes[:, 0], shapes[:, 1]
-        tokens = np.empty(int((R * T).sum()), np.int32)
+        R, T, B = shapes[:, 0], shapes[:, 1], shapes[:, 2]
+        tokens = np.zeros(int((R * T).sum()), np.int32)
         lengths = np.zeros(int(R.sum()), np.int64)
         order = np.concatenate([b.rows for b in batches]) if batches else ids.lengths[:0]
-        ordered = ids.reordered(order)
-        prepared = Prepared(tokens, lengths, order, shapes)
-        done = 0
-        for block, batch_lengths, rows in prepared.batches():
-            ordered.fill_run(done, done + len(rows), block)
-            batch_lengths[: len(rows)] = ordered.lengths[done : done + len(rows)]
-            done += len(rows)
-        return prepared
+        # Each row held, in batch order: its row in `lengths` (its batch's first row,
+        # plus its place in the batch), and the first place of its ids in `tokens`.
+        first_row, first_token = np.cumsum(R) - R, np.cumsum(R * T) - R * T
+        place = np.arange(len(order)) - np.repeat(np.cumsum(B) - B, B)
+        row = np.repeat(first_row, B) + place
+        first = np.repeat(first_token, B) + place * np.repeat(T, B)
+        lengths[row] = ids.lengths[order]
+        shift = np.empty(len(ids), np.int64)  # per row of `ids`: its ids' move
+        shift[order] = first - ids.starts[order]
+        tokens[np.repeat(shift, ids.lengths) + np.arange(ids.ids.size)] = ids.ids
+        return Prepared(tokens, lengths, order, shapes)
