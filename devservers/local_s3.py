@@ -27,6 +27,8 @@ import boto3
 import botocore.config
 from botocore.client import BaseClient
 
+from o2v_batch.execution.worker import stop_signals_held
+
 ACCESS_KEY = "o2vtestaccesskey"
 SECRET_KEY = "o2vtestsecretkey0123456789"
 REGION = "us-east-1"
@@ -132,15 +134,17 @@ class LocalS3:
             self.ports = {"s3": self.port}
             self.ports.update({c: next(free) for c in _COMPONENTS[1:]})
             self.ports.update({f"{c}.grpc": next(free) for c in _COMPONENTS})
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                _weed_command(self.data_dir, self.ports),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() kills all of it
-            )
         try:
+            # Ctrl-C or SIGTERM while weed is launched waits until its handle is kept:
+            # then it stops weed below, which would otherwise run on, orphaned.
+            with stop_signals_held(), open(self.log_path, "ab") as log:
+                self._process = subprocess.Popen(
+                    _weed_command(self.data_dir, self.ports),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stop() kills all of it
+                )
             self._wait_ready(timeout)
         except BaseException:
             self.stop(timeout=2)

@@ -125,7 +125,7 @@ from o2v_batch.execution import worker
 seen = []
 signal.signal(signal.SIGTERM, lambda number, frame: seen.append("TERM"))
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job a script starts with &
-with worker._stop_signals_held():
+with worker.stop_signals_held():
     os.kill(os.getpid(), signal.SIGTERM)
     os.kill(os.getpid(), signal.SIGINT)
     for _ in range(1000):  # the handler would have run by now, were it not held

@@ -204,6 +204,28 @@ def test_ctrl_c_while_starting_stops_weed_without_a_traceback(tmp_path):
     assert refused(port) and weed_pids(data) == []
 
 
+@pytest.mark.s3
+def test_ctrl_c_as_weed_is_launched_stops_it_too(tmp_path, monkeypatch):
+    """Ctrl-C the moment weed's process exists, before its handle is kept: the server
+    still stops it, instead of leaving it running with nobody to stop it."""
+    launch = subprocess.Popen
+
+    def interrupted(*args, **kwargs):
+        process = launch(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # pytest's own handler: KeyboardInterrupt
+        return process
+
+    monkeypatch.setattr(local_s3.subprocess, "Popen", interrupted)
+    server = local_s3.LocalS3(tmp_path / "s3")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start()
+        assert weed_pids(tmp_path / "s3") == []
+    finally:
+        for pid in weed_pids(tmp_path / "s3"):
+            os.kill(pid, signal.SIGKILL)
+
+
 # -- make_example_model.py --------------------------------------------------------------
 
 

@@ -159,18 +159,19 @@ def start_process(ctx: Any, factory: str) -> tuple[mp.Process, Connection]:
     process = ctx.Process(
         target=_worker_main, args=(child, factory), daemon=True, name="o2v-worker"
     )
-    with _stop_signals_held():
+    with stop_signals_held():
         process.start()
     child.close()
     return process, parent
 
 
 @contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
+def stop_signals_held() -> Iterator[None]:
     """SIGTERM and SIGINT wait until the block ends (in the main thread, where their
-    handlers run): a job stopped while a worker is being launched would otherwise
-    leave it without its start-up data, and it would print an EOFError traceback. A
-    signal ignored stays ignored, so that the worker inherits that too."""
+    handlers run), so that a process launched in it is never left without its caller
+    knowing it: a job stopped while a worker is being launched would otherwise leave it
+    without its start-up data, and it would print an EOFError traceback. A signal
+    ignored stays ignored, so that the process inherits that too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
