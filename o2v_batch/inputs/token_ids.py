@@ -119,12 +119,13 @@ def plain_ids(records: Sequence[bytes], inputs: Sequence[tuple[str, int]]) -> li
     if b" " in blob:
         blob = blob.replace(b", ", b",").replace(b'": [', b'":[')
     text = np.frombuffer(blob, np.uint8)
-    opens = _plain_lists(blob, text, n, keys)  # where each list's "[" is
+    skeleton = b'{"' + b'":[],"'.join(keys) + b'":[]}'  # a record with empty lists
+    opens = _plain_lists(blob, text, n, keys, skeleton)  # where each list's "[" is
     if opens is None:
         return None
     # From here on the bytes are records of this form: between the brackets of each
     # list, digits and commas only.
-    dropped = bytes(set(_skeleton(keys)) - set(_DIGITS_AND_COMMAS + b"["))
+    dropped = bytes(set(skeleton) - set(_DIGITS_AND_COMMAS + b"["))
     numbers_text = blob.translate(_TO_COMMAS, dropped)
     if _leading_zero(np.frombuffer(numbers_text, np.uint8)):
         return None
@@ -158,17 +159,13 @@ def _one_number(key: bytes) -> bool:
     return len(bytes(c if c in _DIGITS else 32 for c in key).split()) == 1
 
 
-def _skeleton(keys: list[bytes]) -> bytes:
-    """A record of `keys` with empty lists: `{"in0":[],"in1":[]}`."""
-    return b'{"' + b'":[],"'.join(keys) + b'":[]}'
-
-
-def _plain_lists(blob: bytes, text: np.ndarray, n: int, keys: list[bytes]) -> np.ndarray | None:
+def _plain_lists(
+    blob: bytes, text: np.ndarray, n: int, keys: list[bytes], skeleton: bytes
+) -> np.ndarray | None:
     """Where each record's lists open ("[" positions, record after record), when all `n`
-    records in `blob` are `{"<key>":[...],...}` with `keys` in order and nothing but
-    digits and commas between each list's brackets; None when one is not."""
+    records in `blob` are `skeleton` (`{"<key>":[],...}`, `keys` in order) with nothing
+    but digits and commas added between each list's brackets; None when one is not."""
     k = len(keys)
-    skeleton = _skeleton(keys)
     # Without their digits and commas, the records are the skeleton's, one per line...
     if not (
         blob.startswith(b'{"' + keys[0] + b'":[')

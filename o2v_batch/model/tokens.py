@@ -146,9 +146,8 @@ class TokenIds:
         return TokenIds(self.ids[where], lengths)
 
     def fill_run(self, lo: int, hi: int, out: np.ndarray) -> None:
-        """fill() for the consecutive rows lo..hi-1: their ids are one slice of `ids`, so
-        a device loop that reorders a call's rows once (reordered) stages each device
-        batch in a few vectorised steps."""
+        """fill() for the consecutive rows lo..hi-1: their ids are one slice of `ids`,
+        written in a few vectorised steps."""
         lengths, T = self.lengths[lo:hi], out.shape[1]
         assert out.shape[0] >= hi - lo and lengths.max(initial=0) <= T, (
             f"{hi - lo} rows of up to {lengths.max(initial=0)} ids do not fit in {out.shape}"
