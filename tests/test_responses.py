@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from o2v_batch.inputs.formats import JSON, JSONLINES
+from o2v_batch.outputs import responses
 from o2v_batch.outputs.responses import (
     ACCEPT_TYPES,
     ENCODE_CHUNK,
@@ -191,3 +192,15 @@ def test_a_whole_array_encodes_as_row_by_row(accept, shape, key):
     expected = codec.encode_predictions([{key: row} for row in vectors])
     assert codec.encode_column(key, vectors) == expected
     assert codec.encode_column(key, vectors[:0]) == b""
+
+
+@pytest.mark.parametrize("accept", [JSONLINES, JSON])
+@pytest.mark.parametrize(("rows", "chunk"), [(7, 3), (7, 1), (6, 12), (5, 2), (1, 1)])
+def test_an_array_dumped_in_chunks_encodes_as_row_by_row(accept, rows, chunk, monkeypatch):
+    """A column dumped a few rows at a time (responses.COLUMN_CHUNK numbers: `chunk`
+    rows of 3) is byte for byte the per-row encoding, across every seam between chunks."""
+    monkeypatch.setattr(responses, "COLUMN_CHUNK", 3 * chunk)
+    vectors = np.random.default_rng(rows).standard_normal((rows, 3)).astype(np.float32)
+    codec = codec_for(accept)
+    expected = codec.encode_predictions([{"embeddings": row} for row in vectors])
+    assert codec.encode_column("embeddings", vectors) == expected

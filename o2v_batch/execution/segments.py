@@ -73,8 +73,11 @@ class Responses:
     def __init__(self, fds: list[int]):
         self._fds = fds
         self._maps: list[mmap.mmap | None] = [None] * len(fds)
-        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for slot in range(len(fds)):
+        # The segment freed last is used first: a worker then maps and faults in only as
+        # many segments as its responses need at once, where taking them in turn grew
+        # every one to the largest response, each page faulted in once per segment.
+        self._free: queue.LifoQueue[int] = queue.LifoQueue()
+        for slot in reversed(range(len(fds))):
             self._free.put(slot)
 
     def release(self, slot: int) -> None:
