@@ -224,3 +224,17 @@ def test_a_request_segment_that_cannot_be_written_sends_the_lines_through_the_pi
     payload = done.result.payload
     got = bytes(payload.view) if isinstance(payload, SharedPayload) else payload
     assert got == b"A" * MIN_SHARED_BYTES + b"\nB\n"
+
+
+def test_a_worker_places_a_response_in_the_segment_freed_last():
+    """The segment freed last is used first, so a worker maps and faults in only as many
+    segments as its responses need at once, not every one in turn."""
+    fds = segments.create(3)
+    try:
+        responses = segments.Responses(fds)
+        payload = b"x" * segments.MIN_SHARED_BYTES
+        first = responses.place(payload)
+        responses.release(first.slot)
+        assert responses.place(payload).slot == first.slot
+    finally:
+        segments.close(fds)
