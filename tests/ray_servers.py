@@ -8,6 +8,8 @@ actors, as the servers themselves are.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from o2v_batch.engines.ray_actor import ShardWorker
@@ -23,3 +25,36 @@ class ShardWorkerWithServers(ShardWorker):
         named = Path(model) / SERVERS
         worker._replaced_factory = named.read_text().strip() if named.exists() else None
         super().__init__(config, model, device, threads, node)
+
+
+class _ShardWorkerLeavingItsLastShard(ShardWorker):
+    """A node actor (a GPU's) that serves every shard of a call but the last, then does
+    what `then` does, as if that shard were still being served."""
+
+    def __init__(self, config, model: str, device: str, threads: int, node=None):
+        super().__init__(config, model, device, threads, node)
+        serve = self.node.serve
+
+        def serve_all_but_the_last(tasks, log, faults):
+            serve(tasks[:-1], log, faults)
+            self.then()
+
+        self.node.serve = serve_all_but_the_last
+
+    def then(self) -> None:
+        raise NotImplementedError
+
+
+class ShardWorkerHoldingItsLastShard(_ShardWorkerLeavingItsLastShard):
+    """Holds the call open until it is killed."""
+
+    def then(self) -> None:
+        time.sleep(3600)
+
+
+class ShardWorkerLostWithItsLastShard(_ShardWorkerLeavingItsLastShard):
+    """Dies, a few of the driver's polls later (engines.ray_driver.POLL_S)."""
+
+    def then(self) -> None:
+        time.sleep(2.0)
+        os._exit(3)

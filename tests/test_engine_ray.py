@@ -3,6 +3,7 @@ local engine on the same inputs, with local folders and with S3."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import datetime
 import fcntl
@@ -247,6 +248,78 @@ def test_a_node_actor_restarts_its_lost_device_process_and_says_so(
     assert any("lost its device process; started a new worker" in line for line in logged), logged
     assert tree(tmp_path / "out") == tree(tmp_path / "clean")
     assert summary.shards_ok == 6
+
+
+# The three shards of `three_shards`, in the driver's order (largest first), with their
+# records; a node actor serves them in one call (--max-concurrent-transforms 4).
+THREE = {"a.jsonl": 600, "b.jsonl": 400, "c.jsonl": 200}
+THREE_OPTIONS = {"engine": "ray", "max_concurrent_transforms": 4}
+
+
+@pytest.fixture
+def three_shards(model_dir, tmp_path, node_actors) -> tuple[Path, Path]:
+    """THREE's shards, and their outputs by a clean run."""
+    for seed, (name, n) in enumerate(THREE.items()):
+        write_jsonl(tmp_path / "in" / name, random_records(n, seed=seed))
+    clean, _ = run(tmp_path / "in", tmp_path / "clean", model_dir, **THREE_OPTIONS)
+    assert (clean.shards_ok, clean.records_out) == (3, sum(THREE.values()))
+    return tmp_path / "in", tmp_path / "clean"
+
+
+@pytest.mark.ray
+def test_a_stopped_job_counts_what_a_node_actor_committed_while_its_call_went_on(
+    ray_instance, model_dir, tmp_path, three_shards, monkeypatch
+):
+    """Ctrl-C once a GPU's actor has committed all its call's shards but the last: the
+    progress file that --resume reads counts the committed ones, and the last one's
+    output is not there. --resume then serves only that one, and the job's counts and
+    bytes are a clean run's."""
+    inputs, clean = three_shards
+    product = ray_actor.ShardWorker
+    monkeypatch.setattr(ray_actor, "ShardWorker", ray_servers.ShardWorkerHoldingItsLastShard)
+    out = tmp_path / "out"
+    committed = [out / "a.jsonl.out", out / "b.jsonl.out"]
+
+    def stop_once_committed() -> None:
+        deadline = time.monotonic() + 120
+        while not all(path.exists() for path in committed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # a moment later: the actor's report of a shard follows its commit
+        _thread.interrupt_main()  # Ctrl-C
+
+    stopper = threading.Thread(target=stop_once_committed)
+    stopper.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(inputs, out, model_dir, **THREE_OPTIONS)
+    stopper.join()
+
+    assert progress(out) == {str(inputs / "a.jsonl"): 600, str(inputs / "b.jsonl"): 400}
+    assert sorted(p.name for p in out.iterdir()) == ["_PROGRESS", "a.jsonl.out", "b.jsonl.out"]
+
+    monkeypatch.setattr(ray_actor, "ShardWorker", product)
+    summary, _ = run(inputs, out, model_dir, resume=True, **THREE_OPTIONS)
+    assert (summary.shards_ok, summary.shards_skipped) == (1, 2)
+    assert summary.records_out == sum(THREE.values())  # the skipped shards counted too
+    assert tree(out) == tree(clean)
+
+
+@pytest.mark.ray
+def test_what_a_node_actor_committed_stays_done_when_its_call_fails_later(
+    ray_instance, model_dir, tmp_path, three_shards, monkeypatch
+):
+    """A GPU's actor commits all its call's shards but the last, then dies, each time
+    Ray retries the call: the last shard fails alone, the others are ok and counted."""
+    inputs, clean = three_shards
+    monkeypatch.setattr(ray_actor, "ShardWorker", ray_servers.ShardWorkerLostWithItsLastShard)
+    summary, logged = run(inputs, tmp_path / "out", model_dir, max_retries=1, **THREE_OPTIONS)
+
+    assert (summary.shards_ok, summary.shards_failed) == (2, 1)
+    assert summary.records_out == 1000
+    [failure] = summary.failed
+    assert failure["shard"] == str(inputs / "c.jsonl")
+    assert "its Ray actor died" in failure["reason"]
+    assert f"o2v-batch: shard failed: {failure['reason']}" in logged
+    assert tree(tmp_path / "out") == {k: v for k, v in tree(clean).items() if k != "c.jsonl.out"}
 
 
 def _kill_device_process(timeout: float = 60.0) -> bool:

@@ -30,6 +30,9 @@ from o2v_batch.inputs.formats import Oversize
 from o2v_batch.reporting.messages import batch_failure
 from o2v_batch.reporting.report import Faults, ShardReport
 
+# A shard's report is final once it says one of these.
+FINISHED = ("ok", "failed")
+
 
 class ShardWorker:
     """A Ray actor. Runs with two threads, so progress() answers while serve_shards() works.
@@ -79,15 +82,24 @@ class ShardWorker:
     def ready(self) -> tuple[int, str | None]:
         return self.pid, self.fatal
 
-    def progress(self) -> tuple[int, dict[int, int], int, float]:
+    def progress(self) -> tuple[int, dict[int, int], int, float, dict[int, ShardReport]]:
         """(pid, records read of each shard it serves, first record of the mini-batch at
-        hand, seconds spent on it): measured here, so the nodes' clocks need not agree. A
-        node's pool times its own mini-batches out (--invocation-timeout): it says 0 s."""
+        hand, seconds spent on it, the reports of the shards it has finished while the
+        call goes on): measured here, so the nodes' clocks need not agree. A node's pool
+        times its own mini-batches out (--invocation-timeout): it says 0 s.
+
+        A node serves a group of shards in one call, which returns once all are done;
+        the driver keeps the reports of those finished, so that a job stopped meanwhile
+        still counts the outputs they committed. Elsewhere a call serves one shard and
+        returns as it ends."""
         serving = self.serving  # once: the serving thread may end its shards meanwhile
         if serving is not None:
-            return self.pid, {idx: task.report.records_in for idx, task in serving}, 0, 0.0
+            records = {idx: task.report.records_in for idx, task in serving}
+            finished = {idx: task.report for idx, task in serving if task.report.status in FINISHED}
+            return self.pid, records, 0, 0.0, finished
         idx, records, pos, started = self.now
-        return self.pid, {idx: records} if idx >= 0 else {}, pos, time.monotonic() - started
+        read = {idx: records} if idx >= 0 else {}
+        return self.pid, read, pos, time.monotonic() - started, {}
 
     def serve_shards(
         self, shards: list[tuple[int, ShardTask]]

@@ -4,6 +4,7 @@ an actor stuck past --invocation-timeout restarted, and each shard's report kept
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from o2v_batch.reporting.report import Faults, ShardReport
 
 # How often the driver looks at the actors while shards are running.
 POLL_S = 0.5
+# How long a stopped job waits for its actors to say which shards they finished.
+LAST_WORD_S = 2.0
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -85,6 +88,8 @@ class Driver:
         self.tasks: list[ShardTask] = tasks
         self.faults = faults
         self.shown = [0] * len(tasks)  # records on the progress bar, per shard
+        # Reports of shards an actor has finished while its call still serves others.
+        self.finished: dict[int, ShardReport] = {}
         self.read_bytes = 0  # stored bytes of the shards finished
         self.progress: Progress  # drawn once the actors are asked for
 
@@ -116,12 +121,17 @@ class Driver:
                         idle.append(slot)
                 self._poll(running.values(), pings)
         finally:
+            busy = [i for slot in running.values() for i in slot.shards]
+            if busy:  # interrupted: the shards its actors finished still count
+                self._last_word(running.values())
             for slot in slots:
                 ray.kill(slot.actor, no_restart=True)
-            # Interrupted: the killed actors' half-written outputs go, --resume redoes them.
-            io.discard_partial(
-                [self.tasks[i].report.output for slot in running.values() for i in slot.shards]
-            )
+            for idx in busy:
+                if idx in self.finished:
+                    self._report(idx, self.finished.pop(idx))
+            # The killed actors' half-written outputs go, --resume redoes them (a
+            # committed output stays: only temp files and open uploads go).
+            io.discard_partial([self.tasks[i].report.output for i in busy])
             self.progress.close()
 
     def _ready(self, ref: Any, slot: _Slot) -> _Slot:
@@ -143,24 +153,24 @@ class Driver:
         return method.remote([(i, self.tasks[i]) for i in slot.shards])
 
     def _finished(self, ref: Any, slot: _Slot) -> None:
-        reports = [self.tasks[i].report for i in slot.shards]
-        self.read_bytes += sum(max(0, self.tasks[i].shard.size) for i in slot.shards)
+        shards = slot.shards
+        self.read_bytes += sum(max(0, self.tasks[i].shard.size) for i in shards)
         exceptions = self.ray.exceptions
         gave_up = f"gave up after {self.config.max_retries + 1} attempts"
         try:
             pid, results, faults, lines = self.ray.get(ref)
         except exceptions.RayTaskError as exc:
             cause = describe(exc.cause) if exc.cause is not None else _describe_ray_error(exc)
-            self._fail(reports, f"{cause}; {gave_up}")
+            self._fail(shards, f"{cause}; {gave_up}")
             return
         except exceptions.RayActorError as exc:
-            # The actor died each time: whatever it had written is still there.
-            io.discard_partial([report.output for report in reports])
             reason = slot.hung or f"its Ray actor died ({type(exc).__name__}; Ray's logs say why)"
-            self._fail(reports, f"{reason}; {gave_up}")
+            # The actor died each time: whatever it had written is still there.
+            io.discard_partial([self.tasks[i].report.output for i in shards])
+            self._fail(shards, f"{reason}; {gave_up}")
             return
         except exceptions.RayError as exc:
-            self._fail(reports, _describe_ray_error(exc))
+            self._fail(shards, _describe_ray_error(exc))
             return
         self._saw(slot, pid)
         # A node's pool restarts its workers and retries mini-batches itself.
@@ -168,15 +178,26 @@ class Driver:
         self.faults.mini_batch_retries += faults.mini_batch_retries
         for line in lines:
             self.log(line)
-        for idx, report, result in zip(slot.shards, reports, results, strict=True):
-            report.take(result)
-            self._show(idx, report.records_in)
-            if report.status == "failed":
-                self.log(shard_failed(report.reason))
+        for idx, result in zip(shards, results, strict=True):
+            self.finished.pop(idx, None)
+            self._report(idx, result)
 
-    def _fail(self, reports: list[ShardReport], reason: str) -> None:
-        """Shards an actor could not serve, each failed with `reason` after its name."""
-        for report in reports:
+    def _report(self, idx: int, result: ShardReport) -> None:
+        """What an actor reported for shard `idx`."""
+        report = self.tasks[idx].report
+        report.take(result)
+        self._show(idx, report.records_in)
+        if report.status == "failed":
+            self.log(shard_failed(report.reason))
+
+    def _fail(self, shards: list[int], reason: str) -> None:
+        """Shards of a call that failed, each with `reason` after its name; but those
+        its actor had finished before, as it said then (a committed output is whole)."""
+        for idx in shards:
+            if idx in self.finished:
+                self._report(idx, self.finished.pop(idx))
+                continue
+            report = self.tasks[idx].report
             report.status, report.reason = "failed", f"{io.shown(report.shard)}: {reason}"
             self.log(shard_failed(report.reason))
 
@@ -190,7 +211,7 @@ class Driver:
             for ref in answered:
                 slot = pings.pop(ref)
                 try:
-                    pid, records, pos, seconds = ray.get(ref)
+                    pid, records, pos, seconds, finished = ray.get(ref)
                 except ray.exceptions.RayError:  # asked just before it died: Ray restarts it
                     continue
                 self._saw(slot, pid)
@@ -198,12 +219,28 @@ class Driver:
                     continue
                 for idx, count in records.items():
                     self._show(idx, count)
+                self.finished.update(finished)
                 if seconds > self.config.invocation_timeout:
                     self._restart_hung(slot, pid, pos)
         asked = set(pings.values())
         for slot in busy:
             if slot not in asked:
                 pings[slot.actor.progress.remote()] = slot
+
+    def _last_word(self, busy) -> None:
+        """Asks the actors still serving which of their shards they have finished, for a
+        stopped job's reports: at most LAST_WORD_S seconds, then the job stops anyway."""
+        ray = self.ray
+        asked = {slot.actor.progress.remote(): slot for slot in busy}
+        with contextlib.suppress(ray.exceptions.RayError):
+            answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LAST_WORD_S)
+            for ref in answered:
+                with contextlib.suppress(ray.exceptions.RayError):  # it died meanwhile
+                    *_, finished = ray.get(ref)
+                    slot_shards = set(asked[ref].shards)
+                    self.finished.update(
+                        (idx, report) for idx, report in finished.items() if idx in slot_shards
+                    )
 
     def _restart_hung(self, slot: _Slot, pid: int, pos: int) -> None:
         """Worded as the local engine words a hung worker, for when the retries run out."""
