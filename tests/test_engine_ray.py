@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -320,6 +321,43 @@ def test_what_a_node_actor_committed_stays_done_when_its_call_fails_later(
     assert "its Ray actor died" in failure["reason"]
     assert f"o2v-batch: shard failed: {failure['reason']}" in logged
     assert tree(tmp_path / "out") == {k: v for k, v in tree(clean).items() if k != "c.jsonl.out"}
+
+
+@pytest.mark.ray
+def test_sigterm_stops_a_ray_job_with_143_and_resume_finishes_it(ray_instance, model_dir, tmp_path):
+    """The command with --engine ray (a Ray of its own) gets SIGTERM once a shard is
+    written: it exits 143, as the local engine does, after the summary so far, with no
+    temp file left and every committed shard counted in _PROGRESS; --resume counts
+    them all and writes a clean run's bytes."""
+    for i in range(8):
+        write_jsonl(tmp_path / "in" / f"s{i}.jsonl", random_records(3000, seed=i))
+    clean, _ = run(tmp_path / "in", tmp_path / "clean", model_dir, max_payload=0.002)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "o2v_batch", "transform", str(tmp_path / "in"), str(out)]
+    options = ["--model", str(model_dir), "--engine", "ray", "--max-payload", "0.002"]
+    process = subprocess.Popen(
+        [*command, *options, "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.out")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "o2v-batch: terminated" in stderr and "o2v-batch: shards: " in stderr
+    done = sorted(path.name for path in out.glob("*.out"))
+    assert 0 < len(done) < 8, stderr
+    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == []
+    assert progress(out) == {str(tmp_path / "in" / name[: -len(".out")]): 3000 for name in done}
+
+    summary, _ = run(tmp_path / "in", out, model_dir, engine="ray", resume=True, max_payload=0.002)
+    assert (summary.shards_ok, summary.shards_skipped) == (8 - len(done), len(done))
+    assert summary.records_out == clean.records_out == 24000
+    assert tree(out) == tree(tmp_path / "clean")
 
 
 def _kill_device_process(timeout: float = 60.0) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -58,12 +60,55 @@ def run(
 
     ray = _import_ray()
     model = config.model if io.transport_for(config.model).REMOTE else model_dir
-    started = _connect(ray, config.ray_address)
-    try:
-        Driver(ray, config, log, tasks, faults).run(model)
-    finally:
-        if started:
-            ray.shutdown()
+    with _SigtermBetweenRayCalls() as sigterm:
+        started = _connect(ray, config.ray_address)
+        try:
+            sigterm.defer()  # after ray.init, which puts in a handler of its own
+            Driver(ray, config, log, tasks, faults, sigterm.deliver).run(model)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+class _SigtermBetweenRayCalls:
+    """SIGTERM while the driver waits inside one of Ray's calls: the caller's handler (the
+    CLI's aborts what is half written and exits 143) runs once that call has returned,
+    in the driver's loop (`deliver`). Raised inside the call, any exception but
+    KeyboardInterrupt would come out as a SystemError, and ray.init's own handler exits
+    at once. Only the main thread handles signals; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.caller = signal.getsignal(signal.SIGTERM) if self.active else None
+        self.pending: tuple[int, Any] | None = None
+
+    def __enter__(self) -> _SigtermBetweenRayCalls:
+        return self
+
+    def defer(self) -> None:
+        if self.active and self.caller is not None:
+            signal.signal(signal.SIGTERM, self._arrived)
+
+    def _arrived(self, signum: int, frame: Any) -> None:
+        self.pending = (signum, frame)
+
+    def deliver(self) -> None:
+        """Runs the caller's handler for a SIGTERM that arrived meanwhile."""
+        if self.pending is None:
+            return
+        signum, frame = self.pending
+        self.pending = None
+        if callable(self.caller):
+            self.caller(signum, frame)
+        elif self.caller == signal.SIG_DFL:  # the default: the process ends
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        if self.active and self.caller is not None:
+            signal.signal(signal.SIGTERM, self.caller)
+            if kind is None:  # one that arrived as the job ended
+                self.deliver()
 
 
 def _import_ray() -> Any:

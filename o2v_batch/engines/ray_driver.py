@@ -80,9 +80,16 @@ class Driver:
     """Hands shards to actors as they free up, largest first, and keeps their reports."""
 
     def __init__(
-        self, ray: Any, config: TransformConfig, log: Callable[[str], None], tasks, faults: Faults
+        self,
+        ray: Any,
+        config: TransformConfig,
+        log: Callable[[str], None],
+        tasks,
+        faults: Faults,
+        signals: Callable[[], None] = lambda: None,
     ):
         self.ray = ray
+        self.signals = signals  # runs the handlers of signals that arrived in Ray's calls
         self.config = config
         self.log = log
         self.tasks: list[ShardTask] = tasks
@@ -120,9 +127,18 @@ class Driver:
                         slot.shards, slot.hung = [], None
                         idle.append(slot)
                 self._poll(running.values(), pings)
+                self.signals()
         finally:
+            # Stopped: the calls that ended meanwhile still count, and of those still
+            # running, the shards their actors finished.
+            with contextlib.suppress(ray.exceptions.RayError):
+                ended = (
+                    ray.wait([*running], num_returns=len(running), timeout=0)[0] if running else []
+                )
+                for ref in ended:
+                    self._finished(ref, running.pop(ref))
             busy = [i for slot in running.values() for i in slot.shards]
-            if busy:  # interrupted: the shards its actors finished still count
+            if busy:
                 self._last_word(running.values())
             for slot in slots:
                 ray.kill(slot.actor, no_restart=True)
