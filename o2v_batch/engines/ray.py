@@ -75,7 +75,8 @@ class _SigtermBetweenRayCalls:
     CLI's aborts what is half written and exits 143) runs once that call has returned,
     in the driver's loop (`deliver`). Raised inside the call, any exception but
     KeyboardInterrupt would come out as a SystemError, and ray.init's own handler exits
-    at once. Only the main thread handles signals; elsewhere this does nothing."""
+    at once (with status 1, by that SystemError). Only the main thread handles signals;
+    elsewhere this does nothing."""
 
     def __init__(self) -> None:
         self.active = threading.current_thread() is threading.main_thread()
@@ -100,9 +101,11 @@ class _SigtermBetweenRayCalls:
         self.pending = None
         if callable(self.caller):
             self.caller(signum, frame)
-        elif self.caller == signal.SIG_DFL:  # the default: the process ends
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        elif self.caller == signal.SIG_DFL:
+            # The process ends, as by default; but once the job has unwound (its actors
+            # killed, its half-written outputs gone, the Ray it started stopped), as
+            # ray.init's own handler means to.
+            raise SystemExit(128 + signum)
 
     def __exit__(self, kind: Any, *rest: Any) -> None:
         if self.active and self.caller is not None:
