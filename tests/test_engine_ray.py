@@ -360,6 +360,40 @@ def test_sigterm_stops_a_ray_job_with_143_and_resume_finishes_it(ray_instance, m
     assert tree(out) == tree(tmp_path / "clean")
 
 
+@pytest.mark.ray
+def test_sigterm_left_at_its_default_ends_a_python_api_job_with_143_once_it_has_unwound(
+    ray_instance, model_dir, tmp_path, request
+):
+    """transform() from a program that leaves SIGTERM at its default: the signal, arriving
+    while the driver waits on Ray, ends the job as SystemExit(143) once it has unwound,
+    as the CLI's handler does: committed shards counted in _PROGRESS, no temp file."""
+    for i in range(8):
+        write_jsonl(tmp_path / "in" / f"s{i}.jsonl", random_records(3000, seed=i))
+    out = tmp_path / "out"
+    # This module's Ray (ray_instance) put in a handler of its own.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
+
+    def terminate_once_written() -> None:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.out")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    terminator = threading.Thread(target=terminate_once_written)
+    terminator.start()
+    with pytest.raises(SystemExit) as stopped:
+        run(tmp_path / "in", out, model_dir, engine="ray", max_payload=0.002)
+    terminator.join()
+
+    assert stopped.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as the program left it
+    done = sorted(path.name for path in out.glob("*.out"))
+    assert 0 < len(done) < 8
+    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == []
+    assert progress(out) == {str(tmp_path / "in" / name[: -len(".out")]): 3000 for name in done}
+
+
 def _kill_device_process(timeout: float = 60.0) -> bool:
     """SIGKILL the first worker a ShardWorker actor started (its device process: the
     crew starts device processes first), once it has loaded the model."""
