@@ -251,6 +251,14 @@ def test_a_node_actor_restarts_its_lost_device_process_and_says_so(
     assert summary.shards_ok == 6
 
 
+def wait_for(condition, timeout: float = 120) -> None:
+    """Until `condition()` holds, or `timeout` seconds have passed (the test's asserts
+    then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 # The three shards of `three_shards`, in the driver's order (largest first), with their
 # records; a node actor serves them in one call (--max-concurrent-transforms 4).
 THREE = {"a.jsonl": 600, "b.jsonl": 400, "c.jsonl": 200}
@@ -282,9 +290,7 @@ def test_a_stopped_job_counts_what_a_node_actor_committed_while_its_call_went_on
     committed = [out / "a.jsonl.out", out / "b.jsonl.out"]
 
     def stop_once_committed() -> None:
-        deadline = time.monotonic() + 120
-        while not all(path.exists() for path in committed) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: all(path.exists() for path in committed))
         time.sleep(0.5)  # a moment later: the actor's report of a shard follows its commit
         _thread.interrupt_main()  # Ctrl-C
 
@@ -340,9 +346,7 @@ def test_sigterm_stops_a_ray_job_with_143_and_resume_finishes_it(ray_instance, m
         [*command, *options, "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.out")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: list(out.glob("*.out")))
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -375,9 +379,7 @@ def test_sigterm_left_at_its_default_ends_a_python_api_job_with_143_once_it_has_
     request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
 
     def terminate_once_written() -> None:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.out")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: list(out.glob("*.out")))
         os.kill(os.getpid(), signal.SIGTERM)
 
     terminator = threading.Thread(target=terminate_once_written)

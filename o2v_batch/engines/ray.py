@@ -79,15 +79,16 @@ class _SigtermBetweenRayCalls:
     elsewhere this does nothing."""
 
     def __init__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        self.caller = signal.getsignal(signal.SIGTERM) if self.active else None
+        # None: nothing to do (not the main thread, or a handler not set from Python).
+        main = threading.current_thread() is threading.main_thread()
+        self.caller = signal.getsignal(signal.SIGTERM) if main else None
         self.pending: tuple[int, Any] | None = None
 
     def __enter__(self) -> _SigtermBetweenRayCalls:
         return self
 
     def defer(self) -> None:
-        if self.active and self.caller is not None:
+        if self.caller is not None:
             signal.signal(signal.SIGTERM, self._arrived)
 
     def _arrived(self, signum: int, frame: Any) -> None:
@@ -108,7 +109,7 @@ class _SigtermBetweenRayCalls:
             raise SystemExit(128 + signum)
 
     def __exit__(self, kind: Any, *rest: Any) -> None:
-        if self.active and self.caller is not None:
+        if self.caller is not None:
             signal.signal(signal.SIGTERM, self.caller)
             if kind is None:  # one that arrived as the job ended
                 self.deliver()

@@ -235,7 +235,7 @@ class Driver:
                     continue
                 for idx, count in records.items():
                     self._show(idx, count)
-                self.finished.update(finished)
+                self._heard(slot, finished)
                 if seconds > self.config.invocation_timeout:
                     self._restart_hung(slot, pid, pos)
         asked = set(pings.values())
@@ -252,11 +252,12 @@ class Driver:
             answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LAST_WORD_S)
             for ref in answered:
                 with contextlib.suppress(ray.exceptions.RayError):  # it died meanwhile
-                    *_, finished = ray.get(ref)
-                    slot_shards = set(asked[ref].shards)
-                    self.finished.update(
-                        (idx, report) for idx, report in finished.items() if idx in slot_shards
-                    )
+                    self._heard(asked[ref], ray.get(ref)[-1])
+
+    def _heard(self, slot: _Slot, finished: dict[int, ShardReport]) -> None:
+        """Keeps the reports of the shards an actor says it has finished, of those it
+        serves now (an answer to an earlier call's question names others)."""
+        self.finished.update((i, report) for i, report in finished.items() if i in slot.shards)
 
     def _restart_hung(self, slot: _Slot, pid: int, pos: int) -> None:
         """Worded as the local engine words a hung worker, for when the retries run out."""
