@@ -9,9 +9,11 @@ actors, as the servers themselves are.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
+from o2v_batch.engines import writer
 from o2v_batch.engines.ray_actor import ShardWorker
 from o2v_batch.execution import worker
 
@@ -35,8 +37,8 @@ class _ShardWorkerLeavingItsLastShard(ShardWorker):
         super().__init__(config, model, device, threads, node)
         serve = self.node.serve
 
-        def serve_all_but_the_last(tasks, log, faults):
-            serve(tasks[:-1], log, faults)
+        def serve_all_but_the_last(tasks, *args):
+            serve(tasks[:-1], *args)
             self.then()
 
         self.node.serve = serve_all_but_the_last
@@ -58,3 +60,31 @@ class ShardWorkerLostWithItsLastShard(_ShardWorkerLeavingItsLastShard):
     def then(self) -> None:
         time.sleep(2.0)
         os._exit(3)
+
+
+class ShardWorkerCommittingAsItIsStopped(ShardWorker):
+    """An actor whose commit of the output named HELD waits until its driver stops the
+    job, and goes on once the actor has answered that: the commit the stop races."""
+
+    HELD = "c.jsonl.out"
+
+    def __init__(self, config, model: str, device: str, threads: int, node=None):
+        super().__init__(config, model, device, threads, node)
+        self.asked, self.tried = threading.Event(), threading.Event()
+        commit = writer._Outputs._commit  # this actor's process alone
+
+        def commit_once_asked(outputs, idx):
+            held = outputs._outputs[idx].uri.endswith(self.HELD)
+            if held:
+                self.asked.wait(60)
+            commit(outputs, idx)
+            if held:
+                self.tried.set()
+
+        writer._Outputs._commit = commit_once_asked
+
+    def stop(self):
+        answer = super().stop()
+        self.asked.set()
+        self.tried.wait(10)  # the driver kills the actor once answered: not before the try
+        return answer

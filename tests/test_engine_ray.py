@@ -276,22 +276,33 @@ def three_shards(model_dir, tmp_path, node_actors) -> tuple[Path, Path]:
 
 
 @pytest.mark.ray
-def test_a_stopped_job_counts_what_a_node_actor_committed_while_its_call_went_on(
-    ray_instance, model_dir, tmp_path, three_shards, monkeypatch
+@pytest.mark.parametrize(
+    "actor",
+    [
+        # It has committed all its call's shards but the last, and holds the call open.
+        ray_servers.ShardWorkerHoldingItsLastShard,
+        # Its commit of the last one waits for the stop, and tries once answered.
+        ray_servers.ShardWorkerCommittingAsItIsStopped,
+    ],
+    ids=["committed-while-its-call-went-on", "complete-as-the-job-stops"],
+)
+def test_a_stopped_job_counts_every_output_a_node_actor_committed(
+    ray_instance, model_dir, tmp_path, three_shards, monkeypatch, actor
 ):
-    """Ctrl-C once a GPU's actor has committed all its call's shards but the last: the
-    progress file that --resume reads counts the committed ones, and the last one's
-    output is not there. --resume then serves only that one, and the job's counts and
-    bytes are a clean run's."""
+    """Ctrl-C once a GPU's actor has committed the outputs of two of its call's three
+    shards: the progress file that --resume reads counts those two, and the third's
+    output is not there, even when it is complete as the job stops (the stop shuts the
+    actor's commits first: committed after the actor's answer, it would be an output
+    that --resume finds and no count). --resume then serves only that one, and the job's
+    counts and bytes are a clean run's."""
     inputs, clean = three_shards
     product = ray_actor.ShardWorker
-    monkeypatch.setattr(ray_actor, "ShardWorker", ray_servers.ShardWorkerHoldingItsLastShard)
+    monkeypatch.setattr(ray_actor, "ShardWorker", actor)
     out = tmp_path / "out"
     committed = [out / "a.jsonl.out", out / "b.jsonl.out"]
 
     def stop_once_committed() -> None:
         wait_for(lambda: all(path.exists() for path in committed))
-        time.sleep(0.5)  # a moment later: the actor's report of a shard follows its commit
         _thread.interrupt_main()  # Ctrl-C
 
     stopper = threading.Thread(target=stop_once_committed)

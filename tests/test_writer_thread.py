@@ -12,7 +12,7 @@ import pytest
 from helpers import make_model, write_jsonl
 
 from o2v_batch.config import TransformConfig
-from o2v_batch.engines.writer import Committed, Failed, WriterThread
+from o2v_batch.engines.writer import STOPPED, CommitGate, Committed, Failed, WriterThread
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.inputs.formats import JSONLINES
 from o2v_batch.io.local import _LocalWriter
@@ -37,6 +37,29 @@ def test_shards_are_committed_as_they_complete(tmp_path: Path) -> None:
     assert (tmp_path / "a.out").read_bytes() == b"0\n2\n1\n"
     assert (tmp_path / "b.out").read_bytes() == b"b\n"
     assert writer_threads() == []
+
+
+def test_a_closed_gate_commits_nothing_more_and_named_what_was_committed(tmp_path: Path) -> None:
+    """A Ray actor's writers commit through its gate: once the driver has closed it, a
+    shard complete afterwards is dropped, and close() named every output committed."""
+    gate = CommitGate()
+    with WriterThread(2, in_order=False, gate=gate) as writer:
+        writer.open(0, str(tmp_path / "a.out"), JSONLINES)
+        writer.open(1, str(tmp_path / "b.out"), JSONLINES)
+        writer.add(0, 0, b"0\n1\n", 2)
+        writer.end(0, 1)
+        writer.add(1, 0, b"b\n", 1)
+        # A call waits for room in the queue of two: once this one is in, the thread has
+        # taken add(1, 0), so it has committed shard 0.
+        writer.add(1, 1, b"c\n", 1)
+        writer.add(1, 2, b"d\n", 1)
+        committed = gate.close()
+        writer.end(1, 3)  # complete once closed
+        writer.finish()
+        assert writer.outcomes() == [Committed(0, 2), Failed(1, STOPPED)]
+    assert committed == {str(tmp_path / "a.out"): 2}
+    assert os.listdir(tmp_path) == ["a.out"]  # and no temp file of b
+    assert (tmp_path / "a.out").read_bytes() == b"0\n1\n"
 
 
 def test_in_order_commits_wait_for_every_earlier_shard(tmp_path: Path) -> None:

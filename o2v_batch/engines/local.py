@@ -12,7 +12,7 @@ from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.reader import DONE, End, Item, Reader, Start
 from o2v_batch.engines.shard import ShardTask, oversize, served, serving_options, total_bytes
-from o2v_batch.engines.writer import Committed, Failed, WriterThread
+from o2v_batch.engines.writer import CommitGate, Committed, Failed, WriterThread
 from o2v_batch.errors import ShardFailed
 from o2v_batch.execution.main_module import check_main_module
 from o2v_batch.execution.planning import plan_workers
@@ -67,9 +67,11 @@ class _Run:
         model_dir: str,
         log: Callable[[str], None],
         faults: Faults,
+        gate: CommitGate | None = None,
     ):
         self.config = config
         self.tasks = tasks
+        self.gate = gate  # a Ray actor's: its driver may stop the commits
         self.model_dir = model_dir
         self.log = log
         self.faults = faults
@@ -94,7 +96,7 @@ class _Run:
         try:
             # Interrupted or broken, the writer aborts whatever is half written, and
             # --resume redoes it; stdout shows shards in input order.
-            self.writer = WriterThread(pool.capacity, self.config.output == io.STDIO)
+            self.writer = WriterThread(pool.capacity, self.config.output == io.STDIO, self.gate)
             try:
                 with self.writer:
                     # Bounded by the workers' capacity: memory stays flat whatever the
@@ -218,9 +220,16 @@ class Node:
         specs = _specs(config, model_dir, plan)
         self.pool = _pool(config, specs, self._recovered, None).__enter__()
 
-    def serve(self, tasks: list[ShardTask], log: Callable[[str], None], faults: Faults) -> None:
-        """Serves `tasks` as the local engine would, their reports and `faults` kept."""
-        self.current = _Run(self.config, tasks, self.model_dir, log, faults)
+    def serve(
+        self,
+        tasks: list[ShardTask],
+        log: Callable[[str], None],
+        faults: Faults,
+        gate: CommitGate | None = None,
+    ) -> None:
+        """Serves `tasks` as the local engine would, their reports and `faults` kept;
+        their outputs committed through `gate`, when given."""
+        self.current = _Run(self.config, tasks, self.model_dir, log, faults, gate)
         for event in self.pending:
             self.current._recovered(event)
         self.pending.clear()

@@ -21,7 +21,7 @@ from o2v_batch.engines.shard import (
     served,
     serving_options,
 )
-from o2v_batch.engines.writer import Committed, WriterThread
+from o2v_batch.engines.writer import CommitGate, Committed, WriterThread
 from o2v_batch.errors import ShardFailed, WorkerError, describe
 from o2v_batch.execution.protocol import WorkerSpec
 from o2v_batch.execution.worker import server_factory, start_server
@@ -63,6 +63,9 @@ class ShardWorker:
         self.fatal: str | None = None
         self.node: Node | None = None
         self.serving: list[tuple[int, ShardTask]] | None = None  # the shards its node serves
+        # Every output it commits goes through the gate, which stop() closes.
+        self.gate = CommitGate()
+        self.called: list[tuple[int, ShardTask]] = []  # the shards of its latest call
         try:
             if node is not None:
                 # Its workers show no bar: the driver draws the job's.
@@ -101,6 +104,20 @@ class ShardWorker:
         read = {idx: records} if idx >= 0 else {}
         return self.pid, read, pos, time.monotonic() - started, {}
 
+    def stop(self) -> dict[int, ShardReport]:
+        """The driver stops the job: this actor commits no output from now on (a shard
+        complete later is dropped, as a failed one is). The reports of the shards of its
+        latest call whose outputs it has committed, so that the driver counts each one
+        committed, however late in the job: the driver kills the actor once answered."""
+        committed = self.gate.close()
+        finished = {}
+        for idx, task in self.called:
+            report = task.report
+            if report.output in committed:
+                report.status, report.records_out = "ok", committed[report.output]
+                finished[idx] = report
+        return finished
+
     def serve_shards(
         self, shards: list[tuple[int, ShardTask]]
     ) -> tuple[int, list[ShardReport], Faults, list[str]]:
@@ -114,6 +131,7 @@ class ShardWorker:
         """
         if self.fatal:
             raise WorkerError(self.fatal)
+        self.called = shards
         if self.sweep:
             self.sweep = False
             io.discard_partial([task.report.output for _, task in shards])
@@ -129,7 +147,7 @@ class ShardWorker:
         tasks = [task for _, task in shards]
         self.serving = shards
         try:
-            self.node.serve(tasks, lines.append, faults)
+            self.node.serve(tasks, lines.append, faults, self.gate)
         except WorkerError:
             # Its pool cannot go on (a worker that took a lost one's place failed to
             # start): Ray restarts this actor, with a node of its own, and retries.
@@ -147,7 +165,7 @@ class ShardWorker:
         report = task.report
         self.now = (idx, 0, 0, time.monotonic())
         # Holds two parts: a slow write (an S3 part) overlaps serving, memory stays flat.
-        with WriterThread(2, in_order=False) as writer:
+        with WriterThread(2, in_order=False, gate=self.gate) as writer:
             try:
                 writer.open(idx, report.output, task.accept)
                 outcomes = self._serve(idx, task, writer)

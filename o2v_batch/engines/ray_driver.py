@@ -244,15 +244,16 @@ class Driver:
                 pings[slot.actor.progress.remote()] = slot
 
     def _last_word(self, busy) -> None:
-        """Asks the actors still serving which of their shards they have finished, for a
-        stopped job's reports: at most LAST_WORD_S seconds, then the job stops anyway."""
+        """Stops the actors still serving: each commits nothing more and says which of
+        its shards' outputs it has committed, for a stopped job's reports. At most
+        LAST_WORD_S seconds, then the job stops anyway."""
         ray = self.ray
-        asked = {slot.actor.progress.remote(): slot for slot in busy}
+        asked = {slot.actor.stop.remote(): slot for slot in busy}
         with contextlib.suppress(ray.exceptions.RayError):
             answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LAST_WORD_S)
             for ref in answered:
                 with contextlib.suppress(ray.exceptions.RayError):  # it died meanwhile
-                    self._heard(asked[ref], ray.get(ref)[-1])
+                    self._heard(asked[ref], ray.get(ref))
 
     def _heard(self, slot: _Slot, finished: dict[int, ShardReport]) -> None:
         """Keeps the reports of the shards an actor says it has finished, of those it

@@ -1,6 +1,7 @@
 """The writer thread: the outputs of a job's shards (`engines.shard_output`), written
 on one thread so that storage never holds up the engine's dispatch, and committed as
-they complete or in shard order."""
+they complete or in shard order; and the gate through which a Ray actor stops its
+writers' commits when its driver stops the job."""
 
 from __future__ import annotations
 
@@ -30,18 +31,56 @@ class Failed:
     reason: str
 
 
+# Why an output complete after its job stopped is dropped (a report nobody reads: the
+# driver has stopped listening to the actor).
+STOPPED = "the job was stopped before its output was committed"
+
+
+class CommitGate:
+    """The outputs that writers of this process have committed, by URI, with their
+    records; and a way to stop those commits from another thread. Once `close()` has
+    returned, no writer holding the gate commits anything more (the output is dropped,
+    as a failed shard's is), and what `close()` returned names every output committed.
+
+    A Ray actor's writers hold one: when its driver stops the job, the actor's last
+    answer then names each output it committed, and none is committed after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._committed: dict[str, int] = {}
+
+    def commit(self, output: ShardOutput) -> bool:
+        """Commits `output` unless the gate is closed; whether it did."""
+        with self._lock:
+            if self._closed:
+                return False
+            output.commit()
+            self._committed[output.uri] = output.records
+            return True
+
+    def close(self) -> dict[str, int]:
+        """No more commits; the records of each output committed until now, by URI."""
+        with self._lock:
+            self._closed = True
+            return dict(self._committed)
+
+
 class _Outputs:
     """The shard outputs open on the writer thread, which owns them, and the rule of
     their commits: as they complete, or in shard order when `in_order`. What becomes of
     each shard goes to `outcomes`; `done_elsewhere` is told (from any thread) of each
-    part a worker wrote into an output itself, as (shard, None or why it could not)."""
+    part a worker wrote into an output itself, as (shard, None or why it could not).
+    Commits go through `gate` when given."""
 
     def __init__(
         self,
         in_order: bool,
         outcomes: queue.Queue,
         done_elsewhere: Callable[[tuple[int, str | None]], None],
+        gate: CommitGate | None = None,
     ):
+        self._gate = gate
         self._outputs: dict[int, ShardOutput] = {}
         self._failed: set[int] = set()
         self._in_order = in_order
@@ -129,7 +168,11 @@ class _Outputs:
     def _commit(self, idx: int) -> None:
         output = self._outputs[idx]
         try:
-            output.commit()
+            if self._gate is None:
+                output.commit()
+            elif not self._gate.commit(output):
+                self._failed_shard(idx, STOPPED)
+                return
         except Exception as exc:
             self._failed_shard(idx, describe_error(exc, output.uri))
             return
@@ -146,9 +189,9 @@ class WriterThread:
     shard alone. An error that is no one shard's (stdout closed) stops the writing
     and is raised by `outcomes()`. As a
     context manager it starts the thread; leaving it aborts every output not
-    committed and joins the thread."""
+    committed and joins the thread. Commits go through `gate` when given."""
 
-    def __init__(self, maxsize: int, in_order: bool):
+    def __init__(self, maxsize: int, in_order: bool, gate: CommitGate | None = None):
         self._calls: queue.Queue = queue.Queue(maxsize)
         self._outcomes: queue.Queue = queue.Queue()  # at most two per shard
         # (shard, None or a reason): parts workers wrote into outputs themselves.
@@ -156,7 +199,7 @@ class WriterThread:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="o2v-batch writer", daemon=True)
         # Owned by the thread.
-        self._outputs = _Outputs(in_order, self._outcomes, self._done_elsewhere.put)
+        self._outputs = _Outputs(in_order, self._outcomes, self._done_elsewhere.put, gate)
 
     def __enter__(self) -> WriterThread:
         self._thread.start()
