@@ -23,8 +23,9 @@ from o2v_batch.reporting.report import Faults, ShardReport
 
 # How often the driver looks at the actors while shards are running.
 POLL_S = 0.5
-# How long a stopped job waits for its actors to say which shards they finished.
-LAST_WORD_S = 2.0
+# How long a stopped job waits for its actors to stop committing and say which
+# outputs they committed.
+STOP_S = 2.0
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -130,7 +131,7 @@ class Driver:
                 self.signals()
         finally:
             # Stopped: the calls that ended meanwhile still count, and of those still
-            # running, the shards their actors finished.
+            # running, the shards whose outputs their actors committed.
             with contextlib.suppress(ray.exceptions.RayError):
                 ended = (
                     ray.wait([*running], num_returns=len(running), timeout=0)[0] if running else []
@@ -139,7 +140,7 @@ class Driver:
                     self._finished(ref, running.pop(ref))
             busy = [i for slot in running.values() for i in slot.shards]
             if busy:
-                self._last_word(running.values())
+                self._stop_actors(running.values())
             for slot in slots:
                 ray.kill(slot.actor, no_restart=True)
             for idx in busy:
@@ -243,14 +244,14 @@ class Driver:
             if slot not in asked:
                 pings[slot.actor.progress.remote()] = slot
 
-    def _last_word(self, busy) -> None:
+    def _stop_actors(self, busy) -> None:
         """Stops the actors still serving: each commits nothing more and says which of
         its shards' outputs it has committed, for a stopped job's reports. At most
-        LAST_WORD_S seconds, then the job stops anyway."""
+        STOP_S seconds, then the job stops anyway."""
         ray = self.ray
         asked = {slot.actor.stop.remote(): slot for slot in busy}
         with contextlib.suppress(ray.exceptions.RayError):
-            answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LAST_WORD_S)
+            answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=STOP_S)
             for ref in answered:
                 with contextlib.suppress(ray.exceptions.RayError):  # it died meanwhile
                     self._heard(asked[ref], ray.get(ref))

@@ -31,8 +31,8 @@ class Failed:
     reason: str
 
 
-# Why an output complete after its job stopped is dropped (a report nobody reads: the
-# driver has stopped listening to the actor).
+# The reason of a shard whose output was complete only once its job had stopped: the
+# output is dropped. Nobody reads it: the driver no longer listens to the actor.
 STOPPED = "the job was stopped before its output was committed"
 
 
