@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import VOCAB, build, embed, random_rows, tiny
+from tiny_models import VOCAB, build, embed, random_rows, saved, tiny
 
+from o2v_batch.artifacts import load_network
 from o2v_batch.errors import O2VError
 from o2v_batch.model.network import Comparator, count_parameters
 
@@ -114,6 +115,59 @@ def test_hcnn_against_a_hand_computation(layers: int, width: int) -> None:
         x = np.maximum(_conv_same(x, *params), 0)
     expected = x.max(axis=0)
     np.testing.assert_allclose(embed(network, [[*ids, 0, 0]])[0].numpy(), expected, atol=1e-5)
+
+
+def _hcnn_over_time_axis(encoder: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The hcnn as (B, C, T) Conv1d blocks: the layout the encoder does not use."""
+    T = tokens.shape[1]
+    mask = (tokens != 0).unsqueeze(1).float()
+    x = encoder.embedding(tokens).transpose(1, 2)
+    for conv in encoder.convs:
+        x = torch.relu(
+            torch.nn.functional.conv1d(x * mask, conv.weight, conv.bias, padding=conv.padding)[
+                :, :, :T
+            ]
+        )
+    return (x * mask).amax(dim=2)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_hcnn_trains_and_serves_as_conv1d_over_time(width: int) -> None:
+    """Serving (in place, no autograd) and training (autograd) give the embeddings and,
+    in training, the gradients of plain Conv1d blocks over (B, C, T)."""
+    network = build(tiny(enc0_layers=3, enc0_cnn_filter_width=width)).train()
+    encoder = network.enc0
+    rows = random_rows(16, seed=5)
+    tokens = torch.tensor([r + [0] * (10 - len(r)) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    with torch.inference_mode():
+        served = encoder(tokens, lengths)
+    trained = encoder(tokens, lengths)
+    (trained * torch.arange(1.0, 9.0)).sum().backward()
+    grads = [p.grad.clone() for p in encoder.parameters()]
+    encoder.zero_grad()
+    reference = _hcnn_over_time_axis(encoder, tokens)
+    (reference * torch.arange(1.0, 9.0)).sum().backward()
+    torch.testing.assert_close(served, reference.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(trained.detach(), reference.detach(), atol=1e-6, rtol=1e-6)
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+    for got, expected in zip(grads, (p.grad for p in encoder.parameters()), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_hcnn_weights_keep_their_layout_through_loading_and_saving(tmp_path) -> None:
+    """The conv weights stay laid out for the channels-last kernels once loaded and
+    moved to another dtype, and the saved file holds the same values."""
+    _, network = saved(tmp_path, enc0_layers=2)
+    for precision in ("fp32", "bf16"):
+        loaded = load_network(tmp_path, precision=precision)
+        for mine, theirs in zip(loaded.enc0.convs, network.enc0.convs, strict=True):
+            view = mine.weight.unsqueeze(2)
+            assert view.is_contiguous(memory_format=torch.channels_last)
+            assert mine.weight.shape == theirs.weight.shape
+            torch.testing.assert_close(mine.weight.float(), theirs.weight, atol=1e-2, rtol=1e-2)
+            if precision == "fp32":
+                assert torch.equal(mine.weight, theirs.weight)
 
 
 def test_pooled_embedding_is_the_mean_of_token_embeddings() -> None:
