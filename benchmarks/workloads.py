@@ -26,14 +26,15 @@ ONE_FILE = "one-file"  # the same records as the shards, in one file: data/<work
 GENERATE_CHUNK = 100_000  # records drawn at a time
 # Records per workload. On this project's 2-core machine a default o2v-batch run lasts
 # at least 20 s even at 0.85 of the bound, with a tenth to spare for ceilings that move
-# between runs (the bounds measured at commit a3f2e41: light embedding ~338,000
-# records/s, light classification ~185,000, heavy embedding ~4,000, heavy
-# classification ~2,040), so that start-up is a small part of it.
+# between runs (the bounds measured at commit 5d5ccbe, once hcnn's convolutions ran
+# channels-last: light embedding ~338,000 records/s, light classification ~203,000,
+# heavy embedding ~4,970, heavy classification ~2,520), so that start-up is a small
+# part of it.
 DEFAULT_RECORDS = {
     "light-embedding": 6_400_000,
-    "light-classification": 3_600_000,
-    "heavy-embedding": 76_000,
-    "heavy-classification": 38_000,
+    "light-classification": 4_000_000,
+    "heavy-embedding": 94_000,
+    "heavy-classification": 48_000,
 }
 QUICK_RECORDS = {"light": 5_000, "heavy": 300}
 # --gpu on one H200 and 16 cores, at the rates measured there (o2v-batch light
