@@ -57,17 +57,13 @@ class HCNN(nn.Module):
         )
         self._channels_last()
         # Loading assigns the file's contiguous tensors: they are laid out again after.
-        self.register_load_state_dict_post_hook(HCNN._loaded)
+        self.register_load_state_dict_post_hook(HCNN._channels_last)
 
-    @staticmethod
-    def _loaded(module: HCNN, incompatible_keys: object) -> None:
-        module._channels_last()
-
-    def _channels_last(self) -> None:
+    def _channels_last(self, *_: object) -> None:
         """Each (C_out, C_in, W) weight stored as its (C_out, C_in, 1, W) view wants it
         in channels-last memory, so that the kernels read it without a reorder. Values,
         shapes and names are unchanged (the saved file is the same); moves and dtype
-        changes keep the layout."""
+        changes keep the layout. (As a load hook it is also given the keys' report.)"""
         for conv in self.convs:
             weight = conv.weight.data.unsqueeze(2)
             conv.weight.data = weight.contiguous(memory_format=torch.channels_last).squeeze(2)
