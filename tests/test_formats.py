@@ -215,6 +215,24 @@ def test_jsonlines_fuzz(data: bytes, limit: int, sizes: list[int]) -> None:
     assert blank >= 0 and len(got) + blank == nlines
 
 
+plain_line = st.sampled_from(
+    [b"{}", b'{"in0":[1]}', b"", b" {}", b"\t{}", b"\x01{}", b"\x0b{}", b"!{}", b"{} ", b"{}\r"]
+)
+
+
+@FUZZ
+@given(lines=st.lists(plain_line, min_size=1, max_size=30))
+def test_plain_lines_counts_the_lines_that_need_no_closer_look(lines: list[bytes]) -> None:
+    """_plain_lines, whole-array passes with a look at each newline only when a byte
+    <= 32 follows one: the line count when no line is blank, starts with a space or a
+    tab, or holds a carriage return, and the first starts above a space; else 0."""
+    body = b"\n".join(lines)
+    plain = body[:1] > b" " and all(
+        line and line[:1] not in (b" ", b"\t") and b"\r" not in line for line in lines
+    )
+    assert formats._plain_lines(body) == (len(lines) if plain else 0)
+
+
 def test_jsonlines_hard_limit_applies_without_max(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(formats, "MAX_RECORD_BYTES", 4)
     assert lines_of(b"1234\n12345\n", 0) == [Record(1, b"1234"), Oversize(2, 5)]
