@@ -307,6 +307,24 @@ def test_inspect_imports_no_torch() -> None:
     assert done.stdout.splitlines()[-1] == "False 0", done.stderr
 
 
+def test_a_job_without_a_bar_or_metrics_file_starts_without_their_libraries(tmp_path):
+    """The parent imports neither torch nor, when stderr gets no progress bar and no
+    --metrics-file is asked for, tqdm and prometheus_client: each is start-up time."""
+    out = tmp_path / "out"
+    code = (
+        "import sys; from o2v_batch.cli import main\n"
+        f"args = ['transform', {str(REPO / 'examples' / 'requests')!r}, {str(out)!r},\n"
+        f"        '--model', {str(REPO / 'examples' / 'model')!r}, '--workers', '1']\n"
+        "try:\n    main(args)\n"
+        "except SystemExit as exit:\n"
+        "    print(*(m in sys.modules for m in ('torch', 'tqdm', 'prometheus_client')), exit.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.splitlines()[-1] == "False False False 0", done.stderr
+    assert (out / "_SUCCESS").exists()
+    assert "o2v-batch: " in done.stderr  # its summary, written without tqdm
+
+
 def test_inspect_a_missing_model(tmp_path: Path) -> None:
     result = invoke("inspect", tmp_path / "nope")
     assert result.exit_code == 1

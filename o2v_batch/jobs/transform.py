@@ -27,9 +27,9 @@ from o2v_batch.errors import (
 from o2v_batch.jobs.nodes import assign, summary_name
 from o2v_batch.model.hyperparameters import Hyperparameters
 from o2v_batch.reporting.messages import shard_failed
-from o2v_batch.reporting.metrics import check_textfile, job_metrics
 from o2v_batch.reporting.progress import stderr_line
 from o2v_batch.reporting.report import Faults, JobSummary, ShardReport, reader_closed
+from o2v_batch.reporting.textfile import check_textfile, job_metrics
 
 
 def transform(config: TransformConfig, log: Callable[[str], None] | None = None) -> JobSummary:

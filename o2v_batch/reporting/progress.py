@@ -11,9 +11,11 @@ from o2v_batch.reporting.messages import count
 
 def stderr_line(line: str) -> None:
     """Prints a line on stderr above the progress bar, never onto it."""
-    from tqdm import tqdm  # only a job needs it, not --help
-
-    tqdm.write(line, file=sys.stderr)
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:  # so no bar was ever drawn: a job without one never imports tqdm
+        print(line, file=sys.stderr)
+        return
+    tqdm.tqdm.write(line, file=sys.stderr)
 
 
 # Seconds between redraws of the bar while nothing changes: its time keeps moving.
