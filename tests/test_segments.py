@@ -203,13 +203,45 @@ def test_the_parent_writes_none_of_the_responses_of_a_local_output(tmp_path, mon
         np.testing.assert_allclose(got[rows], wanted, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("iov_max", "buffers"), [(None, 5), (4, 1)])
+def test_lines_in_runs_reach_the_worker_joined_by_newlines(tmp_path, monkeypatch, iov_max, buffers):
+    """The parent's mini-batches of Blocks go into a request segment run by run, in one
+    gathering write (joined first only when the runs and newlines are more buffers than
+    one write takes): the worker reads the lines the joined bytes hold."""
+    if iov_max is not None:
+        monkeypatch.setattr(segments, "_IOV_MAX", iov_max)
+    writes = []
+    pwritev = segments.os.pwritev
+
+    def noted(fd, buffers, offset):
+        writes.append(len(buffers))
+        return pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(segments.os, "pwritev", noted)
+    runs = [b"a" * MIN_SHARED_BYTES + b"\nb", b"c", b"d\n" + b"e" * 10]
+    lines = Lines(runs, 5)
+    with pool_of(tmp_path, "Echo", workers=1, shared_memory=True) as pool:
+        pool.submit(0, [1, 2, 3, 4, 5], lines, "application/jsonlines", "application/jsonlines")
+        events = []
+        while not events:
+            events = pool.poll(0.5)
+    assert writes == [buffers]  # three runs, two newlines between them
+    [done] = events
+    payload = done.result.payload
+    got = bytes(payload.view) if isinstance(payload, SharedPayload) else payload
+    assert got == b"\n".join(runs).upper() + b"\n"
+
+
+@pytest.mark.parametrize("failure", ["no memory", "short write"])
 def test_a_request_segment_that_cannot_be_written_sends_the_lines_through_the_pipe(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, failure
 ):
-    def no_memory(fd, data, offset):
+    def cannot(fd, buffers, offset):
+        if failure == "short write":
+            return os.pwrite(fd, buffers[0][:10], offset)
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(segments.os, "pwrite", no_memory)
+    monkeypatch.setattr(segments.os, "pwritev", cannot)
     lines = Lines(b"a" * MIN_SHARED_BYTES + b"\nb", 2)
     recoveries: list[Recovery] = []
     with pool_of(

@@ -40,6 +40,8 @@ MIN_SHARED_BYTES = 64 * 1024
 _PAGE = mmap.PAGESIZE
 
 SUPPORTED = hasattr(os, "memfd_create")
+# The most buffers one gathering write takes.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if SUPPORTED else 0
 
 
 def create(count: int, kind: str = "response") -> list[int]:
@@ -219,15 +221,22 @@ class WorkerSegments:
         records = request.records
         if not (self.free and isinstance(records, Lines)):
             return request, None
-        if len(records.data) < MIN_SHARED_BYTES:
+        size = records.size
+        if size < MIN_SHARED_BYTES:
             return request, None
         slot = self.free.pop()
         try:
-            os.pwrite(self.requests[slot], records.data, 0)
+            # The lines' runs as they are, newlines between them: one gathering write.
+            pieces = records.pieces if len(records.pieces) < _IOV_MAX // 2 else [records.data]
+            buffers = [b"\n"] * (2 * len(pieces) - 1)
+            buffers[::2] = pieces
+            wrote = os.pwritev(self.requests[slot], buffers, 0)
         except OSError:  # short of memory: the pipe it is (the worker is fine)
+            wrote = -1
+        if wrote != size:
             self.free.append(slot)
             return request, None
-        shared = SharedLines(slot, len(records.data), records.count)
+        shared = SharedLines(slot, size, records.count)
         return replace(request, records=shared), slot
 
     def pass_on(self, message: Release | RemoteWrite) -> Release | WriteAt:

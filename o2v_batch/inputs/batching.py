@@ -157,9 +157,10 @@ class _Filling:
 
     def flush(self) -> MiniBatch:
         if self.pieces:
-            data = self.pieces[0] if len(self.pieces) == 1 else b"\n".join(self.pieces)
             batch = MiniBatch(
-                range(self.first, self.first + self.count), Lines(data, self.count), self.nbytes
+                range(self.first, self.first + self.count),
+                Lines(self.pieces, self.count),
+                self.nbytes,
             )
         else:
             batch = MiniBatch(self.positions, self.records, self.nbytes)

@@ -51,13 +51,33 @@ class Block(NamedTuple):
 class Lines(Sequence[bytes]):
     """Records that are the lines of one run of bytes (none holds a newline): a
     mini-batch built from Blocks. It travels to a worker as that one bytes object and is
-    split only where its records are looked at one by one."""
+    split only where its records are looked at one by one.
 
-    __slots__ = ("_lines", "count", "data")
+    The parent builds it from the Blocks' runs of whole lines (`pieces`) and joins them
+    by newlines only where the bytes are asked for: a worker's request segment takes the
+    pieces as they are, one gathering write (a join copied every byte once more)."""
 
-    def __init__(self, data: bytes, count: int) -> None:
-        self.data, self.count = data, count
+    __slots__ = ("_data", "_lines", "count", "pieces")
+
+    def __init__(self, data: bytes | list[bytes], count: int) -> None:
+        """`data`: the lines' bytes, or runs of whole lines to be joined by newlines."""
+        self.pieces = data if isinstance(data, list) else [data]
+        self._data = data if isinstance(data, bytes) else None
+        self.count = count
         self._lines: list[bytes] | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            pieces = self.pieces
+            self._data = pieces[0] if len(pieces) == 1 else b"\n".join(pieces)
+            self.pieces = [self._data]
+        return self._data
+
+    @property
+    def size(self) -> int:
+        """len(data), without joining."""
+        return sum(map(len, self.pieces)) + len(self.pieces) - 1
 
     def __len__(self) -> int:
         return self.count
