@@ -214,3 +214,21 @@ def test_a_block_built_mini_batch_travels_as_one_bytes_object() -> None:
     assert list(batch.records) == data.split(b"\n")[:-1]
     again = pickle.loads(pickle.dumps(batch))
     assert again == batch and again.records.data == data[:-1]
+
+
+@given(
+    runs=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), min_size=1),
+    nbytes=st.integers(0, 80),
+)
+def test_lines_in_runs_are_the_runs_joined_by_newlines(runs, nbytes) -> None:
+    """A mini-batch built from Blocks holds its runs of lines unjoined: its size, its
+    first bytes, its lines and its pickle are those of the runs joined by newlines."""
+    import pickle
+
+    joined = b"\n".join(runs)
+    lines = Lines(list(runs), len(runs))
+    assert lines.size == len(joined)
+    assert lines.head(nbytes) == joined[:nbytes]
+    assert lines.pieces == runs  # neither asked for the join
+    assert pickle.loads(pickle.dumps(lines)).data == joined
+    assert lines.data == joined and list(lines) == joined.split(b"\n")

@@ -234,7 +234,7 @@ def _tokens_per_byte(records: Sequence[bytes]) -> float:
     """Estimated from the mini-batch's first SAMPLE_BYTES: a record's ids are about its
     commas and one more."""
     if isinstance(records, Lines):
-        sample = records.data[:SAMPLE_BYTES]
+        sample = records.head(SAMPLE_BYTES)
     else:
         taken, size = [], 0
         for record in records:

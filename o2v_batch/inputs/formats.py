@@ -79,6 +79,16 @@ class Lines(Sequence[bytes]):
         """len(data), without joining."""
         return sum(map(len, self.pieces)) + len(self.pieces) - 1
 
+    def head(self, nbytes: int) -> bytes:
+        """data[:nbytes], joining only the runs it takes."""
+        taken, size = [], -1
+        for piece in self.pieces:
+            taken.append(piece)
+            size += len(piece) + 1
+            if size >= nbytes:
+                break
+        return (taken[0] if len(taken) == 1 else b"\n".join(taken))[:nbytes]
+
     def __len__(self) -> int:
         return self.count
 
