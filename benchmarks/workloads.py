@@ -25,16 +25,16 @@ SHARDS = 8
 ONE_FILE = "one-file"  # the same records as the shards, in one file: data/<workload>-one-file
 GENERATE_CHUNK = 100_000  # records drawn at a time
 # Records per workload. On this project's 2-core machine a default o2v-batch run lasts
-# at least 20 s even at 0.85 of the bound, with a tenth to spare for ceilings that move
-# between runs (the bounds measured at commit 5d5ccbe, once hcnn's convolutions ran
-# channels-last: light embedding ~338,000 records/s, light classification ~203,000,
-# heavy embedding ~4,970, heavy classification ~2,520), so that start-up is a small
-# part of it.
+# at least 20 s even at the bound itself (o2v-batch ran at 0.83-0.97 of it), so that
+# start-up is a small part of it. The bounds: light embedding 396,000 records/s and
+# light classification 235,000 at commit bcd0df7 (hcnn's max over tokens as a pooling
+# window); heavy embedding 5,050-5,490 (by output format) and heavy classification
+# 2,580 at commit 82df84a.
 DEFAULT_RECORDS = {
-    "light-embedding": 6_400_000,
-    "light-classification": 4_000_000,
-    "heavy-embedding": 94_000,
-    "heavy-classification": 48_000,
+    "light-embedding": 8_000_000,
+    "light-classification": 4_800_000,
+    "heavy-embedding": 110_000,
+    "heavy-classification": 56_000,
 }
 QUICK_RECORDS = {"light": 5_000, "heavy": 300}
 # --gpu on one H200 and 16 cores, at the rates measured there (o2v-batch light
