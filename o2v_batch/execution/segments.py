@@ -233,7 +233,7 @@ class WorkerSegments:
             wrote = os.pwritev(self.requests[slot], buffers, 0)
         except OSError:  # short of memory: the pipe it is (the worker is fine)
             wrote = -1
-        if wrote != size:
+        if wrote != size:  # failed, or wrote part: the segment holds no whole request
             self.free.append(slot)
             return request, None
         shared = SharedLines(slot, size, records.count)
