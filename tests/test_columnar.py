@@ -121,6 +121,32 @@ def test_joined_fields_travel_as_columns_with_their_json_kinds() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("accept", "key", "width"),
+    [
+        (PARQUET_3_2, "embeddings", 3),
+        (PARQUET_3_2, "scores", 2),
+        (f"{PARQUET}; embeddings=3; scores=1; dtype=float16", "embeddings", 3),
+        (f"{PARQUET}; embeddings=3; scores=1; dtype=float16", "scores", 1),
+        (NPY_3, "embeddings", 3),
+    ],
+)
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_a_column_of_vectors_is_the_fragment_of_its_rows(accept, key, width, n) -> None:
+    codec = codec_for(accept)
+    vectors = np.random.default_rng(n).standard_normal((n, width)).astype(np.float32)
+    positions = [2 * i + 1 for i in range(n)]
+    assert codec.takes(key)
+    expected = encode(codec, [Row(p, {key: v}) for p, v in zip(positions, vectors, strict=True)])
+    assert codec.encode_column(positions, key, vectors) == expected
+
+
+def test_npy_takes_no_column_of_scores() -> None:
+    assert codec_for(NPY_3).takes("embeddings") and not codec_for(NPY_3).takes("scores")
+    with pytest.raises(AssertionError, match="no column for scores"):
+        codec_for(NPY_3).encode_column([1], "scores", np.ones((1, 2), np.float32))
+
+
 def test_a_vector_of_another_width_is_refused() -> None:
     with pytest.raises(AssertionError, match="a 2-wide vector in a 3-wide column"):
         encode(codec_for(PARQUET_3_2), [Row(0, {"embeddings": vec(1, 2)})])
@@ -152,6 +178,33 @@ def test_npy_rows_in_order_with_nan_for_errors() -> None:
     assert array.dtype == np.float32 and array.shape == (4, 3)
     assert array[0].tolist() == [0.5, -1.0, 2.0] and array[3].tolist() == [1.0, 2.0, 3.0]
     assert np.isnan(array[1:3]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_npy_fragments_of_embeddings_only_give_the_same_bytes(dtype: str) -> None:
+    """A fragment without error rows is written as it came; one with them row by row,
+    NaN in the errors' rows: the document is the same whichever way its rows came."""
+    accept = f"{NPY}; embeddings=3; dtype={dtype}"
+    codec = codec_for(accept)
+    vectors = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    rows = [Row(i, {"embeddings": v}) for i, v in enumerate(vectors)]
+    rows[4] = Row(4, None, "bad")
+
+    def document(split: list[int]) -> bytes:
+        out, start = io.BytesIO(), 0
+        framer = codec.start(out)
+        for n in split:
+            framer.add(encode(codec, rows[start : start + n]))
+            start += n
+        framer.finish()
+        return out.getvalue()
+
+    whole = document([6])  # one fragment with an error row
+    assert document([2, 2, 1, 1]) == whole  # three fragments without one
+    array = np.load(io.BytesIO(whole))
+    assert array.dtype == np.dtype(dtype) and np.isnan(array[4]).all()
+    expected = np.delete(vectors, 4, axis=0).astype(dtype)
+    assert np.array_equal(np.delete(array, 4, axis=0), expected)
 
 
 def test_npy_float16_and_empty_shard() -> None:

@@ -96,6 +96,37 @@ def test_row_groups_have_a_fixed_size_whatever_the_fragments(monkeypatch, split)
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 2]
 
 
+@pytest.mark.parametrize("split", [[3, 3, 1, 2, 1], [1] * 10, [6, 4]])
+def test_fragments_with_every_row_of_a_kind_give_the_same_bytes(monkeypatch, split) -> None:
+    """A fragment whose rows all have embeddings (or all scores) lends its own array to
+    the column; a mixed one is masked row by row: the shard's bytes are the same."""
+    monkeypatch.setattr(parquet, "ROW_GROUP_ROWS", 4)
+    rng = np.random.default_rng(3)
+    width = {"embeddings": 4, "scores": 3}
+    kinds = ["embeddings"] * 3 + ["scores"] * 3 + ["error"] + ["embeddings"] * 3
+    all_rows = [
+        Row(i, None, "bad")
+        if kind == "error"
+        else Row(i, {kind: rng.standard_normal(width[kind]).astype(np.float32)})
+        for i, kind in enumerate(kinds)
+    ]
+    parts, start = [], 0
+    for n in split:
+        parts.append(all_rows[start : start + n])
+        start += n
+    data = document(parts)
+    assert data == document([all_rows])  # one mixed fragment, masked row by row
+    table = read(data)
+    for row, embedding, scores in zip(
+        all_rows, table["embeddings"].to_pylist(), table["scores"].to_pylist(), strict=True
+    ):
+        prediction = row.prediction or {}
+        assert embedding == (
+            prediction["embeddings"].tolist() if "embeddings" in prediction else None
+        )
+        assert scores == (prediction["scores"].tolist() if "scores" in prediction else None)
+
+
 def test_row_group_rows_bounded_by_bytes() -> None:
     assert row_group_rows(codec_for(ACCEPT)) == parquet.ROW_GROUP_ROWS
     wide = codec_for(f"{PARQUET}; embeddings=8192; scores=0; dtype=float32")

@@ -46,6 +46,8 @@ class Predictions(ParsedRecords):
         if self.vectors is not None:
             if plain and isinstance(codec, TextCodec):
                 return codec.encode_column(self.key, self.vectors)
+            if plain and isinstance(codec, ColumnarCodec) and codec.takes(self.key):
+                return codec.encode_column(self.positions, self.key, self.vectors)
             self.outputs = [{self.key: row} for row in self.vectors]
         if isinstance(codec, ColumnarCodec):
             fields = self._columnar_fields(codec)

@@ -117,9 +117,38 @@ class ColumnarCodec(Codec):
         }
         if fields:
             head["fields"], head["kinds"] = _field_columns(fields, len(positions))
+        return self._fragment(head, positions, kinds, *vectors)
+
+    def takes(self, key: str) -> bool:
+        """Whether this format has a column for `key`'s vectors (`embeddings`, `scores`)."""
+        return key == "embeddings" or bool(self.layout.scores)
+
+    def encode_column(self, positions: Sequence[int], key: str, vectors: np.ndarray) -> bytes:
+        """encode_rows() of one {key: row} per row of an (n, width) array, no problems and
+        no fields: the embeddings or the scores of every record of a mini-batch, taken
+        whole (takes(key) must hold)."""
+        assert self.takes(key), f"no column for {key}"
+        self.layout.check()
+        n = len(positions)
+        assert len(vectors) == n, f"{len(vectors)} vectors for {n} records"
+        if key == "embeddings":
+            return self._fragment({"rows": n, "errors": []}, positions, bytes(n), vectors, [])
+        kinds = bytes([SCORES]) * n
+        return self._fragment({"rows": n, "errors": []}, positions, kinds, [], vectors)
+
+    def _fragment(
+        self,
+        head: dict[str, Any],
+        positions: Sequence[int],
+        kinds: bytes | bytearray,
+        embeddings: Sequence | np.ndarray,
+        scores: Sequence | np.ndarray,
+    ) -> bytes:
+        """A fragment's bytes: its JSON head, then the positions, the row kinds, the
+        EMBEDDING rows' vectors and the SCORES rows' vectors as raw little-endian arrays."""
         blocks = (
-            _block(vectors[0], self.layout.embeddings, self.layout.vector_dtype),
-            _block(vectors[1], self.layout.scores, np.dtype("<f4")),
+            _block(embeddings, self.layout.embeddings, self.layout.vector_dtype),
+            _block(scores, self.layout.scores, np.dtype("<f4")),
         )
         data = orjson.dumps(head)
         return b"".join(
@@ -180,11 +209,14 @@ def _kinds_and_vectors(
     return kinds, vectors
 
 
-def _block(vectors: list, width: int, dtype: np.dtype) -> np.ndarray:
-    """Vectors as one (n, width) array of `dtype`; float16 rounds to nearest."""
-    if not vectors:
+def _block(vectors: Sequence | np.ndarray, width: int, dtype: np.dtype) -> np.ndarray:
+    """Vectors (rows, or an (n, width) array) as one (n, width) array of `dtype`; float16
+    rounds to nearest."""
+    if not len(vectors):
         return np.empty((0, width), dtype)
-    block = np.stack(vectors).astype(dtype, copy=False)
+    block = (vectors if isinstance(vectors, np.ndarray) else np.stack(vectors)).astype(
+        dtype, copy=False
+    )
     assert block.shape[1] == width, f"a {block.shape[1]}-wide vector in a {width}-wide column"
     return block
 
@@ -249,7 +281,10 @@ class _NpyFramer(Framer):
             return
         decoded = self._codec.decode(fragment)
         assert not (decoded.kinds == SCORES).any(), "npy rows hold embeddings only"
-        self._spool.write(self._codec.full_rows(decoded, EMBEDDING, np.nan).tobytes())
+        if len(decoded.embeddings) == len(decoded.kinds):  # no error rows: written as is
+            self._spool.write(decoded.embeddings.data)
+        else:
+            self._spool.write(self._codec.full_rows(decoded, EMBEDDING, np.nan).data)
         self._rows += len(decoded.kinds)
 
     def finish(self) -> None:

@@ -146,6 +146,8 @@ def _table(fragment: Fragment, schema: pa.Schema, types: dict[str, str]) -> pa.T
 
 def _vectors(fragment: Fragment, kind: int) -> pa.FixedSizeListArray:
     block = fragment.embeddings if kind == EMBEDDING else fragment.scores
+    if len(block) == len(fragment.kinds):  # every row has one: the fragment's own array
+        return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
     rows = np.zeros((len(fragment.kinds), block.shape[1]), dtype=block.dtype)
     present = fragment.kinds == kind
     rows[present] = block
