@@ -185,6 +185,8 @@ class ColumnarCodec(Codec):
     def full_rows(self, fragment: Fragment, kind: int, fill: float) -> np.ndarray:
         """The fragment's embeddings (or scores) as one row per record, `fill` elsewhere."""
         block = fragment.embeddings if kind == EMBEDDING else fragment.scores
+        if len(block) == len(fragment.kinds):  # every row has one: the block itself
+            return block
         rows = np.full((len(fragment.kinds), block.shape[1]), fill, dtype=block.dtype)
         rows[fragment.kinds == kind] = block
         return rows
@@ -281,10 +283,7 @@ class _NpyFramer(Framer):
             return
         decoded = self._codec.decode(fragment)
         assert not (decoded.kinds == SCORES).any(), "npy rows hold embeddings only"
-        if len(decoded.embeddings) == len(decoded.kinds):  # no error rows: written as is
-            self._spool.write(decoded.embeddings.data)
-        else:
-            self._spool.write(self._codec.full_rows(decoded, EMBEDDING, np.nan).data)
+        self._spool.write(self._codec.full_rows(decoded, EMBEDDING, np.nan).data)
         self._rows += len(decoded.kinds)
 
     def finish(self) -> None:
