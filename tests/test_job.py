@@ -434,6 +434,32 @@ def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_outpu
     assert f"o2v-batch: skipped: {tmp_path / 'in' / 'a.jsonl'}: output exists (--resume)" in logged
 
 
+def test_a_small_job_takes_one_worker_and_stops_the_others_at_once(
+    tmp_path, model_dir, reference, monkeypatch
+):
+    """Workers start, one per core, before the inputs are listed; a job of a few records
+    takes one of them and stops the others as its pool starts, not at the job's end.
+    Its output is the model's own."""
+    from o2v_batch.execution.worker import Spares
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    out = tmp_path / "out"
+    closed: list[tuple[int, bool]] = []  # (spares left untaken, output written) per close
+    close = Spares.close
+
+    def spy(spares: Spares) -> None:
+        closed.append((len(spares._started), (out / "a.jsonl.out").exists()))
+        close(spares)
+
+    monkeypatch.setattr(Spares, "close", spy)
+    records = random_records(20, seed=5)
+    write_jsonl(tmp_path / "in" / "a.jsonl", records)
+    summary, _ = run(tmp_path / "in", out, model_dir, progress=False)
+    assert summary.shards_ok == 1
+    assert closed[0] == (2, False)
+    assert_predictions(read_predictions(out / "a.jsonl.out"), records, reference)
+
+
 @pytest.mark.slow
 def test_a_resumed_jobs_success_describes_the_whole_output(tmp_path, model_dir):
     records = random_records(30, seed=7)

@@ -11,7 +11,7 @@ from pools import expected, pids, pool_of, run
 from processes import alive
 
 from o2v_batch.errors import WorkerError
-from o2v_batch.execution.planning import plan_workers
+from o2v_batch.execution.planning import MIN_BYTES_PER_WORKER, plan_workers
 from o2v_batch.execution.pool import WorkerPool
 from o2v_batch.execution.protocol import (
     DEVICE,
@@ -185,6 +185,36 @@ def test_worker_plan_on_gpus():
         (DEVICE, "cpu", 1),
         (HOST, "cpu", 1),
         (HOST, "cpu", 1),
+    ]
+
+
+def test_a_small_input_gets_fewer_workers_by_default():
+    """One worker per MIN_BYTES_PER_WORKER of input, at least one, never more than the
+    cores give; --workers and an input of unknown size (stdin) keep the full plan."""
+    per = MIN_BYTES_PER_WORKER
+
+    def count(input_bytes, workers=None, devices=("cpu",), cores=8):
+        plan = plan_workers(list(devices), workers, cpu_count=cores, input_bytes=input_bytes)
+        return sum(role != DEVICE for role, _, _ in plan), plan
+
+    assert count(None)[0] == count(100 * per)[0] == 8
+    assert count(0)[0] == count(1)[0] == count(per)[0] == 1
+    assert count(per + 1)[0] == 2
+    assert count(3 * per)[0] == 3
+    assert count(100, workers=4)[0] == 4
+    # One worker of a small job gets the cores' torch threads.
+    assert count(100)[1] == [(WHOLE, "cpu", 8)]
+    # On GPUs a small job feeds one device: one device process, one host worker.
+    assert count(100, devices=("cuda:0", "cuda:1"), cores=16)[1] == [
+        (DEVICE, "cuda:0", 1),
+        (HOST, "cuda:0", 1),
+    ]
+    assert count(3 * per, devices=("cuda:0", "cuda:1"), cores=16)[1] == [
+        (DEVICE, "cuda:0", 1),
+        (DEVICE, "cuda:1", 1),
+        (HOST, "cuda:0", 1),
+        (HOST, "cuda:1", 1),
+        (HOST, "cuda:0", 1),
     ]
 
 

@@ -117,7 +117,8 @@ def worker_options(unit: Unit) -> Callable[[Command], Command]:
             type=click.IntRange(min=1),
             help="Worker processes that take mini-batches: on GPUs, host workers (no torch) "
             "feeding one device process per GPU; on CPU, whole workers. [default: on GPUs "
-            "one per core left, on CPU one per core; up to 32]",
+            "one per core left, on CPU one per core; up to 32; one per 16 KB of input "
+            "for a smaller one]",
         ),
         click.option(
             "--max-concurrent-transforms",

@@ -35,12 +35,14 @@ def check(config: TransformConfig) -> None:
 
 def prestart(config: TransformConfig) -> Spares:
     """The job's worker processes, started before the model is checked and the inputs
-    listed: their torch import (most of a second) overlaps both."""
+    listed: their torch import (most of a second) overlaps both. Once the inputs are
+    listed, a small job takes fewer (planning.MIN_BYTES_PER_WORKER)."""
     return Spares([server_factory(role=role) for role, _, _ in _plan(config)])
 
 
-def _plan(config: TransformConfig) -> list[tuple[str, str, int]]:
-    return plan_workers(parse_devices(config.devices), config.workers, split=splitting())
+def _plan(config: TransformConfig, input_bytes: int | None = None) -> list[tuple[str, str, int]]:
+    devices = parse_devices(config.devices)
+    return plan_workers(devices, config.workers, split=splitting(), input_bytes=input_bytes)
 
 
 def run(
@@ -83,9 +85,12 @@ class _Run:
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
 
     def run(self, spares: Spares | None) -> None:
-        specs = _specs(self.config, self.model_dir, _plan(self.config))
+        plan = _plan(self.config, total_bytes(self.tasks))
+        specs = _specs(self.config, self.model_dir, plan)
         try:
             with _pool(self.config, specs, self._recovered, spares) as pool:
+                if spares is not None:
+                    spares.close()  # those a small job does not take stop now
                 self.serve(pool)
         finally:
             self.reader.stop()  # once more: the pool may not have started

@@ -11,6 +11,12 @@ from o2v_batch.execution.protocol import DEVICE, HOST, WHOLE
 # One single-threaded worker per core, up to this many (then more torch threads each):
 # each holds its own torch and model (about 250 MB on CPU), and the parent feeds them all.
 MAX_CPU_WORKERS = 32
+# A worker's start costs about a second of a core (importing torch). A job whose inputs
+# come to less than this per worker starts fewer workers, one per this many bytes
+# (16 KiB: about 150 records of the bench's heavy classification, a quarter of a second
+# of one core), so that a small job's workers do not start for nothing: on few cores
+# they slow the one that serves it, on many they hold 250 MB each.
+MIN_BYTES_PER_WORKER = 16 * 1024
 
 
 def plan_workers(
@@ -18,6 +24,7 @@ def plan_workers(
     workers: int | None,
     cpu_count: int | None = None,
     split: bool = False,
+    input_bytes: int | None = None,
 ) -> list[tuple[str, str, int]]:
     """(role, device, torch threads) per worker, the cores shared out.
 
@@ -29,12 +36,22 @@ def plan_workers(
     passes. On CPU, whole workers: one single-threaded worker per core (up to
     MAX_CPU_WORKERS, then threads per worker), which keeps every core busy, parsing
     included, and never leaves torch threads waiting on a core the parent holds
-    (measured: scripts/bench.py)."""
+    (measured: scripts/bench.py). By default a job of `input_bytes` (None: unknown, as
+    stdin's) starts no more workers than it has MIN_BYTES_PER_WORKER of input."""
     cores = cpu_count or os.cpu_count() or 1
     if split or devices != ["cpu"]:
-        n = workers or max(len(devices), min(cores - len(devices), MAX_CPU_WORKERS))
+        n = workers or _fewer(
+            max(len(devices), min(cores - len(devices), MAX_CPU_WORKERS)), input_bytes
+        )
         fed = devices[:n]  # --workers below the GPUs' count leaves the last ones out
         hosts = [(HOST, fed[i % len(fed)], 1) for i in range(n)]
         return [(DEVICE, device, 1) for device in fed] + hosts
-    n = workers or min(cores, MAX_CPU_WORKERS)
+    n = workers or _fewer(min(cores, MAX_CPU_WORKERS), input_bytes)
     return [(WHOLE, devices[i % len(devices)], max(1, cores // n)) for i in range(n)]
+
+
+def _fewer(n: int, input_bytes: int | None) -> int:
+    """`n` workers, or fewer for a small input: one per MIN_BYTES_PER_WORKER of it."""
+    if input_bytes is None:
+        return n
+    return min(n, max(1, -(-input_bytes // MIN_BYTES_PER_WORKER)))
