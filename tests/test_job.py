@@ -434,11 +434,13 @@ def test_a_resume_with_nothing_left_starts_no_workers_and_counts_the_whole_outpu
     assert f"o2v-batch: skipped: {tmp_path / 'in' / 'a.jsonl'}: output exists (--resume)" in logged
 
 
+@pytest.mark.parametrize("name, untaken", [("a.jsonl", 2), ("a.jsonl.gz", 0)])
 def test_a_small_job_takes_one_worker_and_stops_the_others_at_once(
-    tmp_path, model_dir, reference, monkeypatch
+    tmp_path, model_dir, reference, monkeypatch, name, untaken
 ):
     """Workers start, one per core, before the inputs are listed; a job of a few records
-    takes one of them and stops the others as its pool starts, not at the job's end.
+    takes one of them and stops the others as its pool starts, not at the job's end. A
+    compressed shard's records may take many times its size: that job takes them all.
     Its output is the model's own."""
     from o2v_batch.execution.worker import Spares
 
@@ -448,16 +450,19 @@ def test_a_small_job_takes_one_worker_and_stops_the_others_at_once(
     close = Spares.close
 
     def spy(spares: Spares) -> None:
-        closed.append((len(spares._started), (out / "a.jsonl.out").exists()))
+        closed.append((len(spares._started), (out / f"{name}.out").exists()))
         close(spares)
 
     monkeypatch.setattr(Spares, "close", spy)
     records = random_records(20, seed=5)
-    write_jsonl(tmp_path / "in" / "a.jsonl", records)
+    write_jsonl(tmp_path / "a.jsonl", records)
+    data = (tmp_path / "a.jsonl").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
     summary, _ = run(tmp_path / "in", out, model_dir, progress=False)
     assert summary.shards_ok == 1
-    assert closed[0] == (2, False)
-    assert_predictions(read_predictions(out / "a.jsonl.out"), records, reference)
+    assert closed[0] == (untaken, False)
+    assert_predictions(read_predictions(out / f"{name}.out"), records, reference)
 
 
 @pytest.mark.slow

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from o2v_batch import io
 from o2v_batch.config import TransformConfig
 from o2v_batch.engines.reader import DONE, End, Item, Reader, Start
-from o2v_batch.engines.shard import ShardTask, oversize, served, serving_options, total_bytes
+from o2v_batch.engines.shard import (
+    ShardTask,
+    oversize,
+    record_bytes,
+    served,
+    serving_options,
+    total_bytes,
+)
 from o2v_batch.engines.writer import CommitGate, Committed, Failed, WriterThread
 from o2v_batch.errors import ShardFailed
 from o2v_batch.execution.main_module import check_main_module
@@ -85,7 +92,7 @@ class _Run:
         self.unwritten: dict[int, int] = {}  # task id -> stored bytes of its part
 
     def run(self, spares: Spares | None) -> None:
-        plan = _plan(self.config, total_bytes(self.tasks))
+        plan = _plan(self.config, record_bytes(self.tasks))
         specs = _specs(self.config, self.model_dir, plan)
         try:
             with _pool(self.config, specs, self._recovered, spares) as pool:

@@ -24,7 +24,7 @@ from o2v_batch.inputs.formats import (
     iter_jsonlines,
 )
 from o2v_batch.inputs.jsonstream import iter_json_instances
-from o2v_batch.io.compression import decompressed
+from o2v_batch.io.compression import decompressed, is_compressed
 from o2v_batch.model.hyperparameters import Hyperparameters
 from o2v_batch.model.weights import ForwardWork, forward_work
 from o2v_batch.outputs.responses import codec_for, error_fragment, output_type
@@ -65,6 +65,15 @@ def total_bytes(tasks: list[ShardTask]) -> int | None:
     """The stored size of every shard together; None when one is unknown (stdin)."""
     sizes = [t.shard.size for t in tasks]
     return sum(sizes) if all(size >= 0 for size in sizes) else None
+
+
+def record_bytes(tasks: list[ShardTask]) -> int | None:
+    """The bytes of every shard's records together, as far as known before reading:
+    None when a shard's size is unknown (stdin) or compressed (its records may take
+    many times its stored size)."""
+    if any(is_compressed(t.shard.uri) for t in tasks):
+        return None
+    return total_bytes(tasks)
 
 
 def serving_options(config: TransformConfig) -> ServingOptions:

@@ -37,7 +37,8 @@ def plan_workers(
     MAX_CPU_WORKERS, then threads per worker), which keeps every core busy, parsing
     included, and never leaves torch threads waiting on a core the parent holds
     (measured: scripts/bench.py). By default a job of `input_bytes` (None: unknown, as
-    stdin's) starts no more workers than it has MIN_BYTES_PER_WORKER of input."""
+    stdin's or a compressed shard's) starts no more workers than it has
+    MIN_BYTES_PER_WORKER of input."""
     cores = cpu_count or os.cpu_count() or 1
     if split or devices != ["cpu"]:
         n = workers or _fewer(
